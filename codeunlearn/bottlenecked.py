@@ -1,0 +1,281 @@
+"""`BottleneckedModel`: a frozen transformers causal LM with codebook bottlenecks wrapped around decoder layers.
+
+The wrapper replaces `layers[L]` by a module that runs the original layer and passes its output (tuple in
+transformers 4.x, tensor in 5.x) through the bottleneck. Disabled, it returns the layer output untouched, so the
+logits are bit-identical to the base model's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from codeunlearn import __version__
+from codeunlearn.architectures import check_layer_indices, decoder_layers, hidden_size, model_type_of
+from codeunlearn.codebook import CodebookBottleneck, QuantizeOutput
+from codeunlearn.config import CONFIG_NAME, BottleneckConfig
+from codeunlearn.edit import Edit
+from codeunlearn.errors import CodeunlearnError
+from codeunlearn.io import atomic_directory, atomic_save_tensors, atomic_write_text, load_tensors
+
+WEIGHTS_NAME = "bottleneck.safetensors"
+EDITS_NAME = "edits.json"
+
+Observer = Callable[[int, Tensor, QuantizeOutput], None]
+
+
+class StopForward(Exception):
+    """Raised by the deepest bottleneck layer when the caller only needs states up to there."""
+
+
+class BottleneckLayer(nn.Module):
+    """A decoder layer followed by its bottleneck."""
+
+    def __init__(self, layer: nn.Module, bottleneck: CodebookBottleneck, index: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.bottleneck = bottleneck
+        self.index = index
+        self.enabled = True
+        self.fit_keys = False
+        self.observer: Observer | None = None
+        self.stop_here = False
+
+    def __getattr__(self, name: str) -> Any:
+        # Model forwards read attributes such as `attention_type` off their layers.
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.layer, name)
+
+    def forward(self, hidden_states: Tensor, *args: Any, **kwargs: Any) -> Any:
+        out = self.layer(hidden_states, *args, **kwargs)
+        if not self.enabled:
+            return out
+        h = out[0] if isinstance(out, tuple) else out
+        x = h - hidden_states if self.bottleneck.config.site == "block_output" else h
+        positions = kwargs.get("position_ids")
+        if self.fit_keys:
+            self.bottleneck.fit_keys(x.detach(), positions)
+        result = self.bottleneck.quantize(x, positions)
+        if self.observer is not None:
+            self.observer(self.index, x, result)
+        if self.stop_here:
+            raise StopForward
+        y = result.output + hidden_states if self.bottleneck.config.site == "block_output" else result.output
+        return (y, *out[1:]) if isinstance(out, tuple) else y
+
+
+class BottleneckedModel(nn.Module):
+    """A base causal LM (frozen) with bottlenecks at `config.layers`, plus the stack of active edits."""
+
+    def __init__(self, model: nn.Module, config: BottleneckConfig, bottlenecks: dict[int, CodebookBottleneck]) -> None:
+        super().__init__()
+        self.model = model
+        self.config = config
+        self.bottlenecks = nn.ModuleDict({str(k): v for k, v in bottlenecks.items()})
+        self.edits: list[Edit] = []
+        model.requires_grad_(False)
+        layers = decoder_layers(model)
+        for index, bottleneck in bottlenecks.items():
+            if isinstance(layers[index], BottleneckLayer):
+                raise CodeunlearnError(f"layer {index} already has a bottleneck", "detach() the old one first")
+            layers[index] = BottleneckLayer(layers[index], bottleneck, index)
+
+    # ------------------------------------------------------------------------------------------------ creation
+    @classmethod
+    def attach(cls, model: nn.Module, config: BottleneckConfig) -> BottleneckedModel:
+        """Attach fresh (untrained) bottlenecks described by `config` to `model`."""
+        num_layers = len(decoder_layers(model))
+        config.layers = check_layer_indices(config.layers, num_layers)
+        config.hidden_size = hidden_size(model)
+        config.num_hidden_layers = num_layers
+        config.model_type = model_type_of(model)
+        config.base_model = config.base_model or str(getattr(model.config, "_name_or_path", ""))
+        config = BottleneckConfig.from_dict(config.to_dict())  # re-validate with the model facts filled in
+        device = next(model.parameters()).device
+        bottlenecks = {layer: CodebookBottleneck(config).to(device) for layer in config.layers}
+        return cls(model, config, bottlenecks)
+
+    @classmethod
+    def from_pretrained(cls, model: nn.Module, path: str | Path) -> BottleneckedModel:
+        """Attach the bottlenecks saved in `path` (and re-apply its saved edits) to `model`."""
+        path = Path(path)
+        config = BottleneckConfig.from_json_file(path / CONFIG_NAME)
+        layers = decoder_layers(model)
+        mismatches = []
+        if config.hidden_size != hidden_size(model):
+            mismatches.append(f"hidden size {config.hidden_size} vs model {hidden_size(model)}")
+        if config.num_hidden_layers != len(layers):
+            mismatches.append(f"{config.num_hidden_layers} layers vs model {len(layers)}")
+        if config.model_type != model_type_of(model):
+            mismatches.append(f"model_type {config.model_type!r} vs model {model_type_of(model)!r}")
+        if mismatches:
+            raise CodeunlearnError(
+                f"bottleneck at {path} was trained for another model ({'; '.join(mismatches)})",
+                f"load it onto {config.base_model or 'the model it was trained on'} or train a new one",
+            )
+        tensors = load_tensors(path / WEIGHTS_NAME, "bottleneck weights")
+        device = next(model.parameters()).device
+        bottlenecks = {}
+        for layer in config.layers:
+            bottleneck = CodebookBottleneck(config)
+            prefix = f"{layer}."
+            state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            try:
+                bottleneck.load_state_dict(state, strict=True)
+            except RuntimeError as err:
+                first = str(err).splitlines()[0]
+                raise CodeunlearnError(
+                    f"bottleneck weights at {path} do not match its config ({first})", "re-save the bottleneck"
+                ) from None
+            bottlenecks[layer] = bottleneck.to(device)
+        bmodel = cls(model, config, bottlenecks)
+        if (path / EDITS_NAME).is_file():
+            for data in json.loads((path / EDITS_NAME).read_text()):
+                bmodel.apply_edit(Edit.from_dict(data))
+        return bmodel
+
+    def save_pretrained(self, path: str | Path, overwrite: bool = False, with_edits: bool = True) -> None:
+        """Write config, weights (safetensors) and the active edits to `path` atomically."""
+        with atomic_directory(path, overwrite=overwrite) as tmp:
+            atomic_write_text(tmp / CONFIG_NAME, self.config.to_json_string())
+            atomic_save_tensors(self.bottleneck_state(), tmp / WEIGHTS_NAME, {"codeunlearn": __version__})
+            if with_edits and self.edits:
+                atomic_write_text(tmp / EDITS_NAME, json.dumps([e.to_dict() for e in self.edits], indent=1) + "\n")
+
+    def bottleneck_state(self) -> dict[str, Tensor]:
+        return {f"{layer}.{k}": v for layer, bn in self.bottlenecks.items() for k, v in bn.state_dict().items()}
+
+    def fingerprint(self) -> str:
+        """Hash of the search keys: identifies which bottleneck an edit's code ids refer to."""
+        digest = hashlib.sha256(self.config.to_json_string().encode())
+        for layer in self.layers:
+            for stage in range(self.config.num_stages):
+                digest.update(self.bottleneck(layer).keys(stage).detach().cpu().float().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+    def detach(self) -> nn.Module:
+        """Remove the wrappers and return the untouched base model."""
+        layers = decoder_layers(self.model)
+        for index in self.layers:
+            layers[index] = layers[index].layer
+        return self.model
+
+    # ------------------------------------------------------------------------------------------------ access
+    @property
+    def layers(self) -> list[int]:
+        return list(self.config.layers)
+
+    def bottleneck(self, layer: int) -> CodebookBottleneck:
+        return self.bottlenecks[str(layer)]
+
+    def wrappers(self) -> list[BottleneckLayer]:
+        layers = decoder_layers(self.model)
+        return [layers[index] for index in self.layers]
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def disabled(self) -> Iterator[None]:
+        """Run the base model: every bottleneck returns its layer's output untouched."""
+        wrappers = self.wrappers()
+        previous = [w.enabled for w in wrappers]
+        for wrapper in wrappers:
+            wrapper.enabled = False
+        try:
+            yield
+        finally:
+            for wrapper, state in zip(wrappers, previous):
+                wrapper.enabled = state
+
+    @contextlib.contextmanager
+    def observing(self, observer: Observer, stop_at_deepest: bool = False) -> Iterator[None]:
+        """Call `observer(layer, states, quantize_output)` at every bottleneck; optionally stop the forward at the
+        deepest bottleneck (callers catch `StopForward` through `run_to_deepest`)."""
+        wrappers = self.wrappers()
+        for wrapper in wrappers:
+            wrapper.observer = observer
+        wrappers[-1].stop_here = stop_at_deepest
+        try:
+            yield
+        finally:
+            for wrapper in wrappers:
+                wrapper.observer = None
+                wrapper.stop_here = False
+
+    def run_to_deepest(self, input_ids: Tensor, observer: Observer, attention_mask: Tensor | None = None) -> None:
+        """Forward pass that stops right after the deepest bottleneck (no later layer, no LM head)."""
+        with self.observing(observer, stop_at_deepest=True):
+            try:
+                self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            except StopForward:
+                return
+        raise RuntimeError("the forward pass never reached the deepest bottleneck")
+
+    # ------------------------------------------------------------------------------------------------ edits
+    def apply_edit(self, edit: Edit) -> None:
+        """Add an edit on top of the active ones (takes milliseconds: only masks change)."""
+        self._check_edit(edit)
+        self.edits.append(edit)
+        self._refresh_masks()
+
+    def undo_edit(self, topic: str | None = None) -> Edit:
+        """Remove the most recent edit (or the most recent one for `topic`) and return it."""
+        for position in range(len(self.edits) - 1, -1, -1):
+            if topic is None or self.edits[position].topic == topic:
+                edit = self.edits.pop(position)
+                self._refresh_masks()
+                return edit
+        raise CodeunlearnError(f"no active edit for topic {topic!r}", f"active topics: {[e.topic for e in self.edits]}")
+
+    def clear_edits(self) -> None:
+        self.edits.clear()
+        self._refresh_masks()
+
+    @contextlib.contextmanager
+    def edited(self, edit: Edit) -> Iterator[None]:
+        """Temporarily apply an edit."""
+        self.apply_edit(edit)
+        try:
+            yield
+        finally:
+            self.edits.remove(edit)
+            self._refresh_masks()
+
+    def _check_edit(self, edit: Edit) -> None:
+        if edit.kind != self.config.kind:
+            raise CodeunlearnError(f"edit is for a {edit.kind!r} bottleneck, this one is {self.config.kind!r}", "use a matching edit")
+        if edit.bottleneck_fingerprint and edit.bottleneck_fingerprint != self.fingerprint():
+            raise CodeunlearnError(
+                f"edit {edit.topic!r} was made for another bottleneck (fingerprint {edit.bottleneck_fingerprint})",
+                "recompute statistics and selection with this bottleneck (codeunlearn stats / forget)",
+            )
+        total = self.config.codes_per_layer
+        for layer, codes in edit.layers.items():
+            if layer not in self.layers:
+                raise CodeunlearnError(f"edit names layer {layer}, bottlenecks are at {self.layers}", "use an edit made for this bottleneck")
+            bad = [c for c in codes.codes if not 0 <= c < total]
+            if bad:
+                raise CodeunlearnError(
+                    f"edit names code ids {bad[:5]} at layer {layer}; valid ids are 0..{total - 1}",
+                    "use an edit made for this bottleneck",
+                )
+
+    def _refresh_masks(self) -> None:
+        shape = (self.config.num_stages, self.config.num_heads, self.config.codebook_size)
+        for layer in self.layers:
+            bottleneck = self.bottleneck(layer)
+            masks = {name: torch.zeros(shape, dtype=torch.bool, device=bottleneck.excluded.device) for name in ("exclude", "substitute")}
+            for edit in self.edits:
+                if layer in edit.layers:
+                    masks[edit.intervention].view(-1)[torch.tensor(edit.layers[layer].codes, dtype=torch.long)] = True
+            bottleneck.set_removed(masks["exclude"], masks["substitute"])

@@ -1,0 +1,115 @@
+"""`BottleneckConfig`: everything that defines a bottleneck's shape, stored as JSON beside its weights."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from codeunlearn.errors import CodeunlearnError
+
+CONFIG_NAME = "bottleneck_config.json"
+SITES = ("residual", "block_output")
+KINDS = ("vq",)
+
+
+@dataclass
+class BottleneckConfig:
+    """Shape of a set of codebook bottlenecks attached at decoder layers.
+
+    Each token's state at a bottleneck is centred, rotated by a fixed random orthogonal matrix (so that every head
+    sees a similar share of the variance instead of a few outlier dimensions), split into `num_heads` pieces and
+    each piece snapped to one of `codebook_size` codes, `num_stages` times on the remaining residual. A token thus
+    carries `num_stages * num_heads` codes, `num_stages * num_heads * log2(codebook_size)` bits.
+
+    Attributes:
+        layers: decoder-layer indices; the bottleneck replaces the output of each of these layers.
+        site: `residual` quantizes the whole residual stream after the layer (a true bottleneck: later layers see
+            only codes); `block_output` quantizes only what the layer writes into the stream (output - input).
+        num_heads: code pieces per stage; the hidden size must divide by it.
+        codebook_size: codes per head and stage.
+        num_stages: residual-quantization stages (1 = plain multi-head VQ).
+        passthrough_first_position: leave position 0 unquantized (attention sink: huge norm, no content).
+        massive_norm_factor: tokens whose norm exceeds this multiple of the typical norm are left unquantized
+            ("massive activations", ~0.01% of tokens); 0 disables.
+        ema_decay / kmeans_iters / dead_code_threshold: passed to `vector_quantize_pytorch.VectorQuantize`.
+        seed: seeds the rotation and the k-means initialisation.
+        hidden_size / num_hidden_layers / model_type / base_model: the model it was built for, checked on load.
+    """
+
+    layers: list[int]
+    kind: Literal["vq"] = "vq"
+    site: Literal["residual", "block_output"] = "residual"
+    num_heads: int = 8
+    codebook_size: int = 4096
+    num_stages: int = 1
+    passthrough_first_position: bool = True
+    massive_norm_factor: float = 20.0
+    ema_decay: float = 0.95
+    kmeans_iters: int = 10
+    dead_code_threshold: float = 1.0
+    seed: int = 0
+    hidden_size: int = 0
+    num_hidden_layers: int = 0
+    model_type: str = ""
+    base_model: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.layers = [int(layer) for layer in self.layers]
+        if self.kind not in KINDS:
+            raise CodeunlearnError(f"unknown bottleneck kind {self.kind!r}", f"use one of {KINDS}")
+        if self.site not in SITES:
+            raise CodeunlearnError(f"unknown bottleneck site {self.site!r}", f"use one of {SITES}")
+        for name in ("num_heads", "codebook_size", "num_stages"):
+            if getattr(self, name) < 1:
+                raise CodeunlearnError(f"{name} must be >= 1, got {getattr(self, name)}", f"set {name} to 1 or more")
+        if self.hidden_size and self.hidden_size % self.num_heads:
+            raise CodeunlearnError(
+                f"hidden size {self.hidden_size} is not divisible by num_heads={self.num_heads}",
+                "choose num_heads that divides the hidden size",
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def codes_per_layer(self) -> int:
+        """Number of distinct code ids at one layer (stage x head x code)."""
+        return self.num_stages * self.num_heads * self.codebook_size
+
+    @property
+    def bits_per_token(self) -> float:
+        import math
+
+        return self.num_stages * self.num_heads * math.log2(self.codebook_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BottleneckConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise CodeunlearnError(
+                f"bottleneck config has unknown keys {unknown}", "write it with this codeunlearn version"
+            )
+        return cls(**data)
+
+    @classmethod
+    def from_json_file(cls, path: str | Path) -> BottleneckConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise CodeunlearnError(f"no bottleneck config at {path}", f"point to a directory holding {CONFIG_NAME}")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise CodeunlearnError(f"{path} is not valid JSON ({err.msg})", "re-save the bottleneck") from None
+        return cls.from_dict(data)

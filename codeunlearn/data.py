@@ -1,0 +1,143 @@
+"""Corpora: loaded with `datasets.load_dataset`, split into held-out documents, tokenized and packed.
+
+A corpus is a list of documents. Held-out splits are by document (never by chunk), so statistics and metrics
+never see the same text. Local `.txt` files hold one document per line, except that lines matching
+`doc_start_regex` (by default WikiText article headings ` = Title = `) start a new multi-line document.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from codeunlearn.errors import CodeunlearnError
+
+WIKITEXT_ARTICLE_START = r"^ = [^=].* = $"
+JSON_SUFFIXES = (".json", ".jsonl")
+
+
+@dataclass
+class DocumentSplit:
+    """Documents of one corpus, split into the part statistics/training may see and the held-out part."""
+
+    name: str
+    train: list[str]
+    heldout: list[str]
+
+
+def _group_lines(lines: list[str], doc_start_regex: str | None) -> list[str]:
+    lines = [line for line in lines if line.strip()]
+    pattern = re.compile(doc_start_regex) if doc_start_regex else None
+    if pattern is None or not any(pattern.match(line) for line in lines):
+        return lines
+    docs: list[list[str]] = []
+    for line in lines:
+        if pattern.match(line) or not docs:
+            docs.append([])
+        docs[-1].append(line)
+    return ["\n".join(doc) for doc in docs]
+
+
+def load_documents(
+    source: str, text_field: str = "text", doc_start_regex: str | None = WIKITEXT_ARTICLE_START, split: str = "train"
+) -> list[str]:
+    """Load a corpus as documents: a local `.txt` / `.json(l)` file, or a dataset name for `load_dataset`."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    path = Path(source)
+    looks_local = path.suffix in (".txt", *JSON_SUFFIXES) or source.startswith((".", "/"))
+    if looks_local and not path.is_file():
+        raise CodeunlearnError(f"corpus file not found: {source}", "check the path (a .txt or .jsonl file)")
+    try:
+        if path.suffix == ".txt":
+            lines = datasets.load_dataset("text", data_files=str(path), split="train")["text"]
+            docs = _group_lines(lines, doc_start_regex)
+        elif path.suffix in JSON_SUFFIXES:
+            table = datasets.load_dataset("json", data_files=str(path), split="train")
+            if text_field not in table.column_names:
+                raise CodeunlearnError(
+                    f"{source} has no field {text_field!r} (fields: {table.column_names})", "pass --text_field NAME"
+                )
+            docs = [d for d in table[text_field] if d and d.strip()]
+        else:
+            table = datasets.load_dataset(source, split=split)
+            if text_field not in table.column_names:
+                raise CodeunlearnError(f"{source} has no field {text_field!r}", "pass --text_field NAME")
+            docs = [d for d in table[text_field] if d and d.strip()]
+    except CodeunlearnError:
+        raise
+    except Exception as err:  # datasets raises many types; the user needs the one line
+        raise CodeunlearnError(f"cannot load corpus {source!r} ({type(err).__name__}: {err})", "pass a readable local file or dataset name") from None
+    if not docs:
+        raise CodeunlearnError(f"corpus {source} is empty", "pass a file with at least one non-empty document")
+    return docs
+
+
+def split_documents(name: str, docs: list[str], heldout_fraction: float, seed: int) -> DocumentSplit:
+    """Seeded split by document; at least one document on each side when there are two or more."""
+    if not 0.0 <= heldout_fraction < 1.0:
+        raise CodeunlearnError(f"heldout_fraction={heldout_fraction}", "use a value in [0, 1)")
+    order = list(range(len(docs)))
+    random.Random(seed).shuffle(order)
+    n_heldout = round(heldout_fraction * len(docs))
+    if heldout_fraction > 0 and len(docs) >= 2:
+        n_heldout = min(max(n_heldout, 1), len(docs) - 1)
+    held = set(order[:n_heldout])
+    return DocumentSplit(
+        name=name,
+        train=[d for i, d in enumerate(docs) if i not in held],
+        heldout=[d for i, d in enumerate(docs) if i in held],
+    )
+
+
+def pack_documents(docs: list[str], tokenizer, seq_len: int, max_tokens: int | None = None) -> Tensor:
+    """Tokenize documents, join them with EOS and cut into (num_chunks, seq_len) token ids."""
+    if seq_len < 2:
+        raise CodeunlearnError(f"seq_len={seq_len}", "use a sequence length of at least 2")
+    eos = tokenizer.eos_token_id
+    ids: list[int] = []
+    budget = None if max_tokens is None else max(max_tokens, seq_len)
+    for start in range(0, len(docs), 64):
+        for row in tokenizer(docs[start : start + 64], add_special_tokens=False)["input_ids"]:
+            ids.extend(row)
+            if eos is not None:
+                ids.append(eos)
+        if budget is not None and len(ids) >= budget:
+            ids = ids[:budget]
+            break
+    n_chunks = len(ids) // seq_len
+    if n_chunks == 0:
+        raise CodeunlearnError(
+            f"corpus has {len(ids)} tokens, fewer than one chunk of seq_len={seq_len}", "use more text or a smaller --seq_len"
+        )
+    return torch.tensor(ids[: n_chunks * seq_len], dtype=torch.long).view(n_chunks, seq_len)
+
+
+def load_split(
+    source: str,
+    tokenizer,
+    seq_len: int,
+    heldout_fraction: float,
+    seed: int,
+    text_field: str = "text",
+    max_tokens: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Load one corpus and return packed (train_chunks, heldout_chunks)."""
+    docs = load_documents(source, text_field=text_field)
+    split = split_documents(Path(source).stem, docs, heldout_fraction, seed)
+    train = pack_documents(split.train, tokenizer, seq_len, max_tokens)
+    heldout = pack_documents(split.heldout, tokenizer, seq_len, max_tokens) if split.heldout else train[:0]
+    return train, heldout
+
+
+def shuffled_chunks(chunks: list[Tensor], seed: int) -> Tensor:
+    """Concatenate packed corpora and shuffle chunk order deterministically."""
+    joined = torch.cat(chunks)
+    generator = torch.Generator().manual_seed(seed)
+    return joined[torch.randperm(len(joined), generator=generator)]

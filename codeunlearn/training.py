@@ -1,0 +1,271 @@
+"""Training a bottleneck: one loop on `accelerate`, in two phases.
+
+1. **Keys** (`key_steps`): k-means initialisation, then EMA updates and dead-code replacement of the search keys
+   (`vector_quantize_pytorch`), on truncated forwards that stop at the deepest bottleneck. No gradients. Every
+   process sees the same batches, so keys stay identical across processes without a codebook all-reduce.
+2. **Values** (`value_steps`): the codes' output vectors are trained by gradient through the frozen downstream
+   layers; the objective is `reconstruction` (FVU), `kl` (KL from the base model's next-token distribution to the
+   bottlenecked model's) or `kl+reconstruction`. Batches are sharded across processes; DDP averages gradients.
+
+Checkpoints (every `checkpoint_every` steps, atomic directories) hold the bottleneck weights and buffers, the
+optimizer and scheduler, the RNG states and the data cursor; `resume=True` continues from the latest one and ends
+with exactly the weights an uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from codeunlearn.bottlenecked import BottleneckedModel
+from codeunlearn.codebook import QuantizeOutput
+from codeunlearn.errors import CodeunlearnError
+from codeunlearn.io import atomic_directory, atomic_save_tensors, atomic_write_text, load_tensors
+from codeunlearn.runtime import autocast
+from codeunlearn.statistics import flat_code_ids
+
+OBJECTIVES = ("reconstruction", "kl", "kl+reconstruction")
+STATE_NAME = "trainer_state.json"
+RNG_NAME = "rng_state.safetensors"
+OPTIMIZER_NAME = "optimizer.pt"
+
+
+@dataclass
+class TrainingArguments:
+    """How to train a bottleneck (the bottleneck's shape is `BottleneckConfig`)."""
+
+    output_dir: str = field(metadata={"help": "Where checkpoints, metrics.jsonl and the final bottleneck go."})
+    objective: Literal["reconstruction", "kl", "kl+reconstruction"] = field(
+        default="kl+reconstruction", metadata={"help": "Loss for the value phase."}
+    )
+    key_steps: int = field(default=100, metadata={"help": "EMA/k-means steps on the search keys."})
+    value_steps: int = field(default=200, metadata={"help": "Gradient steps on the output values."})
+    batch_size: int = field(default=8, metadata={"help": "Chunks per step and process."})
+    kmeans_init_tokens: int = field(default=16384, metadata={"help": "Tokens in the k-means initialisation batch."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate of the value phase."})
+    warmup_steps: int = field(default=10, metadata={"help": "Linear warm-up before the cosine decay."})
+    reconstruction_weight: float = field(default=1.0, metadata={"help": "Weight of FVU in kl+reconstruction."})
+    checkpoint_every: int = field(default=100, metadata={"help": "Save a resumable checkpoint every N steps."})
+    keep_checkpoints: int = field(default=2, metadata={"help": "Older checkpoints are deleted."})
+    log_every: int = field(default=10, metadata={"help": "Write metrics every N steps."})
+    resume: bool = field(default=False, metadata={"help": "Continue from the latest checkpoint in output_dir."})
+    stop_after_steps: int | None = field(default=None, metadata={"help": "End this run after this global step (for staged runs)."})
+    seed: int = field(default=0, metadata={"help": "Seeds data order and RNG."})
+    bf16: bool = field(default=True, metadata={"help": "bf16 autocast for the frozen model (bottleneck math stays fp32)."})
+    progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise CodeunlearnError(f"unknown objective {self.objective!r}", f"use one of {OBJECTIVES}")
+        if self.key_steps < 1:
+            raise CodeunlearnError("key_steps must be >= 1", "the keys need at least the k-means initialisation step")
+        if self.batch_size < 1 or self.value_steps < 0:
+            raise CodeunlearnError("batch_size must be >= 1 and value_steps >= 0", "fix the training arguments")
+
+    @property
+    def total_steps(self) -> int:
+        return self.key_steps + self.value_steps
+
+
+class ChunkStream:
+    """An endless, seeded stream of chunks (a fresh permutation each epoch); `cursor` is its position."""
+
+    def __init__(self, chunks: Tensor, seed: int, cursor: int = 0) -> None:
+        if len(chunks) == 0:
+            raise CodeunlearnError("the training corpus gave no chunks", "pass more text or a smaller --seq_len")
+        self.chunks, self.seed, self.cursor = chunks, seed, cursor
+
+    def _index(self, position: int) -> int:
+        epoch, offset = divmod(position, len(self.chunks))
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        return int(torch.randperm(len(self.chunks), generator=generator)[offset])
+
+    def take(self, count: int, skip: int = 0) -> Tensor:
+        """The next `count` chunks after skipping `skip`; the cursor is not advanced (call `advance`)."""
+        return self.chunks[[self._index(self.cursor + skip + i) for i in range(count)]]
+
+    def advance(self, count: int) -> None:
+        self.cursor += count
+
+
+def _fvu(states: Tensor, result: QuantizeOutput, mean: Tensor) -> Tensor:
+    ordinary = ~result.passthrough
+    x, y = states.float()[ordinary], result.output.float()[ordinary]
+    return ((x - y) ** 2).sum() / ((x - mean) ** 2).sum().clamp_min(1e-12)
+
+
+def _latest_checkpoint(output_dir: Path) -> Path | None:
+    found = sorted((output_dir / "checkpoints").glob("step-*"))
+    return found[-1] if found else None
+
+
+def _save_checkpoint(bmodel, optimizer, scheduler, stream, step, args, accelerator) -> None:
+    if not accelerator.is_main_process:
+        return
+    root = Path(args.output_dir) / "checkpoints"
+    target = root / f"step-{step:07d}"
+    with atomic_directory(target, overwrite=True) as tmp:
+        bmodel.save_pretrained(tmp / "bottleneck", overwrite=True, with_edits=False)
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state()
+        atomic_save_tensors(rng, tmp / RNG_NAME)
+        state = {"step": step, "cursor": stream.cursor, "args": dataclasses.asdict(args)}
+        if optimizer is not None:
+            torch.save(optimizer.state_dict(), tmp / OPTIMIZER_NAME)
+            state["scheduler"] = scheduler.state_dict()
+        atomic_write_text(tmp / STATE_NAME, json.dumps(state, indent=1) + "\n")
+    for old in sorted(root.glob("step-*"))[: -args.keep_checkpoints]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_checkpoint(path: Path, bmodel: BottleneckedModel) -> dict:
+    state_file = path / STATE_NAME
+    if not state_file.is_file():
+        raise CodeunlearnError(f"checkpoint {path} has no {STATE_NAME}", "delete the incomplete checkpoint directory")
+    config_path = path / "bottleneck" / "bottleneck_config.json"
+    saved_config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    if saved_config and saved_config != bmodel.config.to_dict():
+        raise CodeunlearnError(f"checkpoint {path} was made with another bottleneck config", "resume with the same config or use a new output_dir")
+    tensors = load_tensors(path / "bottleneck" / "bottleneck.safetensors", "checkpoint weights")
+    for layer, bottleneck in bmodel.bottlenecks.items():
+        prefix = f"{layer}."
+        bottleneck.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    rng = load_tensors(path / RNG_NAME, "checkpoint RNG state")
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
+    return json.loads(state_file.read_text())
+
+
+def train_bottleneck(bmodel: BottleneckedModel, chunks: Tensor, args: TrainingArguments, accelerator: Accelerator | None = None) -> list[dict]:
+    """Train `bmodel`'s bottlenecks on `chunks` (num_chunks, seq_len); returns the logged metrics."""
+    accelerator = accelerator or Accelerator()
+    output_dir = Path(args.output_dir)
+    torch.manual_seed(args.seed)
+    stream = ChunkStream(chunks, args.seed)
+    step = 0
+    resume_state: dict | None = None
+    if args.resume:
+        latest = _latest_checkpoint(output_dir)
+        if latest is None:
+            raise CodeunlearnError(f"--resume given but {output_dir}/checkpoints holds no checkpoint", "drop --resume to start fresh")
+        resume_state = _load_checkpoint(latest, bmodel)
+        step, stream.cursor = resume_state["step"], resume_state["cursor"]
+    elif _latest_checkpoint(output_dir) is not None:
+        raise CodeunlearnError(f"{output_dir} already holds checkpoints", "pass --resume to continue, or choose a new output_dir")
+
+    bmodel.to(accelerator.device)
+    metrics: list[dict] = []
+    metrics_path = output_dir / "metrics.jsonl"
+    output_dir.mkdir(parents=True, exist_ok=True)
+    end = args.total_steps if args.stop_after_steps is None else min(args.total_steps, args.stop_after_steps)
+    bar = tqdm(total=end, initial=step, desc="train", unit="step", disable=not (args.progress and accelerator.is_main_process))
+    wrappers = bmodel.wrappers()
+    means = {layer: bmodel.bottleneck(layer).mean for layer in bmodel.layers}
+    started = time.time()
+
+    def log(record: dict) -> None:
+        record = {"step": step, "seconds": round(time.time() - started, 2), **record}
+        metrics.append(record)
+        if accelerator.is_main_process:
+            with metrics_path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+        bar.set_postfix({k: v for k, v in record.items() if k in ("fvu", "kl", "ppl_ratio")})
+
+    # ---------------------------------------------------------------- phase 1: search keys (no gradients)
+    while step < min(end, args.key_steps):
+        count = max(args.batch_size, math.ceil(args.kmeans_init_tokens / chunks.shape[1])) if step == 0 else args.batch_size
+        batch = stream.take(count).to(accelerator.device)
+        stream.advance(count)
+        fvus: dict[int, float] = {}
+        used: dict[int, int] = {}
+
+        def observe(layer: int, states: Tensor, result: QuantizeOutput) -> None:
+            fvus[layer] = float(_fvu(states, result, means[layer]))
+            ids = flat_code_ids(result.codes, bmodel.config.num_heads, bmodel.config.codebook_size)
+            used[layer] = int(ids[~result.passthrough].unique().numel())
+
+        for wrapper in wrappers:
+            wrapper.fit_keys = True
+        try:
+            with torch.no_grad(), autocast(accelerator.device, args.bf16):
+                bmodel.run_to_deepest(batch, observe)
+        finally:
+            for wrapper in wrappers:
+                wrapper.fit_keys = False
+        step += 1
+        bar.update(1)
+        if step % args.log_every == 0 or step == args.key_steps:
+            dead = {layer: int(bmodel.bottleneck(layer).dead_codes().sum()) for layer in bmodel.layers}
+            log({"phase": "keys", "fvu": round(sum(fvus.values()) / len(fvus), 4), "fvu_by_layer": fvus, "codes_used_in_batch": used, "dead_codes": dead})
+        if step % args.checkpoint_every == 0 or step == args.key_steps:
+            _save_checkpoint(bmodel, None, None, stream, step, args, accelerator)
+
+    # ---------------------------------------------------------------- phase 2: output values (gradients)
+    if step < end:
+        params = [p for bn in bmodel.bottlenecks.values() for p in bn.values]
+        for p in params:
+            p.requires_grad_(True)
+        optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=0.0)
+        scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, max(args.value_steps, 1))
+        if resume_state is not None and "scheduler" in resume_state:
+            ckpt = _latest_checkpoint(output_dir)
+            optimizer.load_state_dict(torch.load(ckpt / OPTIMIZER_NAME, weights_only=True))
+            scheduler.load_state_dict(resume_state["scheduler"])
+        model, optimizer, scheduler = accelerator.prepare(bmodel, optimizer, scheduler)
+        while step < end:
+            world, rank = accelerator.num_processes, accelerator.process_index
+            batch = stream.take(args.batch_size, skip=rank * args.batch_size).to(accelerator.device)
+            stream.advance(args.batch_size * world)
+            recorded: dict[int, tuple[Tensor, QuantizeOutput]] = {}
+            with torch.no_grad(), bmodel.disabled(), autocast(accelerator.device, args.bf16):
+                base_logits = bmodel.model(input_ids=batch, use_cache=False).logits[:, :-1].float()
+            with bmodel.observing(lambda layer, states, result: recorded.__setitem__(layer, (states, result))):
+                with autocast(accelerator.device, args.bf16):
+                    logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
+            base_logp = F.log_softmax(base_logits, -1)
+            logp = F.log_softmax(logits, -1)
+            kl = F.kl_div(logp, base_logp, log_target=True, reduction="none").sum(-1).mean()
+            fvu = torch.stack([_fvu(s, r, means[layer]) for layer, (s, r) in recorded.items()]).mean()
+            if args.objective == "kl":
+                loss = kl
+            elif args.objective == "reconstruction":
+                loss = fvu
+            else:
+                loss = kl + args.reconstruction_weight * fvu
+            accelerator.backward(loss)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
+            if step % args.log_every == 0 or step == args.total_steps:
+                with torch.no_grad():
+                    targets = batch[:, 1:]
+                    ce = float(F.cross_entropy(logits.transpose(1, 2), targets))
+                    ce_base = float(F.cross_entropy(base_logits.transpose(1, 2), targets))
+                log({"phase": "values", "loss": round(float(loss), 4), "kl": round(float(kl), 4), "fvu": round(float(fvu), 4), "ce": round(ce, 4), "ce_base": round(ce_base, 4), "ppl_ratio": round(math.exp(ce - ce_base), 4), "lr": scheduler.get_last_lr()[0]})
+            if step % args.checkpoint_every == 0 or step == args.total_steps:
+                _save_checkpoint(bmodel, optimizer, scheduler, stream, step, args, accelerator)
+        for p in params:
+            p.requires_grad_(False)
+    bar.close()
+    accelerator.wait_for_everyone()
+    if step >= args.total_steps and accelerator.is_main_process:
+        bmodel.save_pretrained(output_dir / "bottleneck", overwrite=True)
+        atomic_write_text(output_dir / "training_args.json", json.dumps(dataclasses.asdict(args), indent=1) + "\n")
+    return metrics
