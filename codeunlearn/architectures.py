@@ -30,7 +30,13 @@ DECODER_LAYER_PATHS: dict[str, str] = {
 
 
 def _resolve(module: nn.Module, dotted: str) -> nn.Module:
+    root = module
     for part in dotted.split("."):
+        if not hasattr(module, part):
+            raise CodeunlearnError(
+                f"{type(root).__name__} has no decoder layers at `{dotted}`",
+                "load the model with AutoModelForCausalLM (not a base or headless class)",
+            )
         module = getattr(module, part)
     return module
 

@@ -18,6 +18,13 @@ import torch
 from torch import Tensor, nn
 
 from codeunlearn import __version__
+from codeunlearn.adapters import (
+    ADAPTER_PREFIX,
+    adapter_parameters,
+    adapter_state,
+    inject_adapters,
+    set_adapters_enabled,
+)
 from codeunlearn.architectures import check_layer_indices, decoder_layers, hidden_size, model_type_of
 from codeunlearn.codebook import CodebookBottleneck, QuantizeOutput
 from codeunlearn.config import CONFIG_NAME, BottleneckConfig
@@ -29,6 +36,20 @@ WEIGHTS_NAME = "bottleneck.safetensors"
 EDITS_NAME = "edits.json"
 
 Observer = Callable[[int, Tensor, QuantizeOutput], None]
+
+
+def _read_saved_edits(path: Path) -> list[Edit]:
+    """The edits saved beside a bottleneck (`edits.json`, a list), or [] when there is none."""
+    if not path.is_file():
+        return []
+    fix = "re-save the bottleneck, or delete the file to load it without edits"
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CodeunlearnError(f"{path} is not valid JSON ({err.msg})", fix) from None
+    if not isinstance(data, list):
+        raise CodeunlearnError(f"{path} must hold a list of edits, not a JSON {type(data).__name__}", fix)
+    return [Edit.from_dict(item) for item in data]
 
 
 class StopForward(Exception):
@@ -62,9 +83,12 @@ class BottleneckLayer(nn.Module):
         h = out[0] if isinstance(out, tuple) else out
         x = h - hidden_states if self.bottleneck.config.site == "block_output" else h
         positions = kwargs.get("position_ids")
+        if self.fit_keys and not bool(self.bottleneck.initialized):
+            self.bottleneck.fit_keys(x.detach(), positions)  # k-means initialisation
+        # Quantize before updating the keys, so logged fidelity is measured on a batch the keys have not seen.
+        result = self.bottleneck.quantize(x, positions)
         if self.fit_keys:
             self.bottleneck.fit_keys(x.detach(), positions)
-        result = self.bottleneck.quantize(x, positions)
         if self.observer is not None:
             self.observer(self.index, x, result)
         if self.stop_here:
@@ -84,10 +108,14 @@ class BottleneckedModel(nn.Module):
         self.edits: list[Edit] = []
         model.requires_grad_(False)
         layers = decoder_layers(model)
-        for index, bottleneck in bottlenecks.items():
+        for index in bottlenecks:  # check every layer before wrapping any, so a refusal changes nothing
             if isinstance(layers[index], BottleneckLayer):
                 raise CodeunlearnError(f"layer {index} already has a bottleneck", "detach() the old one first")
+        for index, bottleneck in bottlenecks.items():
             layers[index] = BottleneckLayer(layers[index], bottleneck, index)
+        if config.adapter_rank:
+            inject_adapters(model, config.adapter_rank, first_layer=min(bottlenecks) + 1)
+            model.requires_grad_(False)
 
     # ------------------------------------------------------------------------------------------------ creation
     @classmethod
@@ -128,7 +156,7 @@ class BottleneckedModel(nn.Module):
         for layer in config.layers:
             bottleneck = CodebookBottleneck(config)
             prefix = f"{layer}."
-            state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
             try:
                 bottleneck.load_state_dict(state, strict=True)
             except RuntimeError as err:
@@ -137,10 +165,24 @@ class BottleneckedModel(nn.Module):
                     f"bottleneck weights at {path} do not match its config ({first})", "re-save the bottleneck"
                 ) from None
             bottlenecks[layer] = bottleneck.to(device)
+        edits = _read_saved_edits(path / EDITS_NAME)
         bmodel = cls(model, config, bottlenecks)
-        if (path / EDITS_NAME).is_file():
-            for data in json.loads((path / EDITS_NAME).read_text()):
-                bmodel.apply_edit(Edit.from_dict(data))
+        try:
+            if config.adapter_rank:
+                adapters = bmodel.adapter_parameters()
+                saved = {k[len(ADAPTER_PREFIX) :]: v for k, v in tensors.items() if k.startswith(ADAPTER_PREFIX)}
+                if set(saved) != set(adapters):
+                    raise CodeunlearnError(
+                        f"adapter weights at {path} do not match the model's layers", "re-save the bottleneck"
+                    )
+                with torch.no_grad():
+                    for name, param in adapters.items():
+                        param.copy_(saved[name])
+            for edit in edits:
+                bmodel.apply_edit(edit)
+        except BaseException:
+            bmodel.detach()  # a failed load leaves the caller's model as it was
+            raise
         return bmodel
 
     def save_pretrained(self, path: str | Path, overwrite: bool = False, with_edits: bool = True) -> None:
@@ -152,7 +194,17 @@ class BottleneckedModel(nn.Module):
                 atomic_write_text(tmp / EDITS_NAME, json.dumps([e.to_dict() for e in self.edits], indent=1) + "\n")
 
     def bottleneck_state(self) -> dict[str, Tensor]:
-        return {f"{layer}.{k}": v for layer, bn in self.bottlenecks.items() for k, v in bn.state_dict().items()}
+        """Bottleneck tensors keyed `{layer}.{name}`, plus `adapters.{name}` for downstream adapters."""
+        state = {f"{layer}.{k}": v for layer, bn in self.bottlenecks.items() for k, v in bn.state_dict().items()}
+        return {**state, **adapter_state(self.model)}
+
+    def adapter_parameters(self) -> dict[str, nn.Parameter]:
+        return adapter_parameters(self.model)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """What the value phase trains: codebook output values and, if configured, the downstream adapters."""
+        values = [p for bn in self.bottlenecks.values() for p in bn.values]
+        return values + list(self.adapter_parameters().values())
 
     def fingerprint(self) -> str:
         """Hash of the search keys: identifies which bottleneck an edit's code ids refer to."""
@@ -163,10 +215,20 @@ class BottleneckedModel(nn.Module):
         return digest.hexdigest()[:16]
 
     def detach(self) -> nn.Module:
-        """Remove the wrappers and return the untouched base model."""
+        """Remove the wrappers (and adapters) and return the untouched base model."""
+        if self.config.adapter_rank:
+            from peft.tuners.tuners_utils import BaseTunerLayer
+
+            for name, module in list(self.model.named_modules()):
+                if isinstance(module, BaseTunerLayer):
+                    parent, _, child = name.rpartition(".")
+                    setattr(self.model.get_submodule(parent), child, module.get_base_layer())
+            if hasattr(self.model, "peft_config"):
+                del self.model.peft_config
         layers = decoder_layers(self.model)
         for index in self.layers:
-            layers[index] = layers[index].layer
+            if isinstance(layers[index], BottleneckLayer):  # detaching twice is harmless
+                layers[index] = layers[index].layer
         return self.model
 
     # ------------------------------------------------------------------------------------------------ access
@@ -191,11 +253,13 @@ class BottleneckedModel(nn.Module):
         previous = [w.enabled for w in wrappers]
         for wrapper in wrappers:
             wrapper.enabled = False
+        set_adapters_enabled(self.model, False)
         try:
             yield
         finally:
-            for wrapper, state in zip(wrappers, previous):
+            for wrapper, state in zip(wrappers, previous, strict=True):
                 wrapper.enabled = state
+            set_adapters_enabled(self.model, True)
 
     @contextlib.contextmanager
     def observing(self, observer: Observer, stop_at_deepest: bool = False) -> Iterator[None]:
@@ -226,7 +290,13 @@ class BottleneckedModel(nn.Module):
         """Add an edit on top of the active ones (takes milliseconds: only masks change)."""
         self._check_edit(edit)
         self.edits.append(edit)
-        self._refresh_masks()
+        try:
+            self._refresh_masks()
+        except CodeunlearnError:
+            # e.g. the edits together exclude a whole head: drop the new edit and restore the previous masks
+            self.edits.pop()
+            self._refresh_masks()
+            raise
 
     def undo_edit(self, topic: str | None = None) -> Edit:
         """Remove the most recent edit (or the most recent one for `topic`) and return it."""
@@ -253,7 +323,9 @@ class BottleneckedModel(nn.Module):
 
     def _check_edit(self, edit: Edit) -> None:
         if edit.kind != self.config.kind:
-            raise CodeunlearnError(f"edit is for a {edit.kind!r} bottleneck, this one is {self.config.kind!r}", "use a matching edit")
+            raise CodeunlearnError(
+                f"edit is for a {edit.kind!r} bottleneck, this one is {self.config.kind!r}", "use a matching edit"
+            )
         if edit.bottleneck_fingerprint and edit.bottleneck_fingerprint != self.fingerprint():
             raise CodeunlearnError(
                 f"edit {edit.topic!r} was made for another bottleneck (fingerprint {edit.bottleneck_fingerprint})",
@@ -262,7 +334,10 @@ class BottleneckedModel(nn.Module):
         total = self.config.codes_per_layer
         for layer, codes in edit.layers.items():
             if layer not in self.layers:
-                raise CodeunlearnError(f"edit names layer {layer}, bottlenecks are at {self.layers}", "use an edit made for this bottleneck")
+                raise CodeunlearnError(
+                    f"edit names layer {layer}, bottlenecks are at {self.layers}",
+                    "use an edit made for this bottleneck",
+                )
             bad = [c for c in codes.codes if not 0 <= c < total]
             if bad:
                 raise CodeunlearnError(
@@ -274,7 +349,10 @@ class BottleneckedModel(nn.Module):
         shape = (self.config.num_stages, self.config.num_heads, self.config.codebook_size)
         for layer in self.layers:
             bottleneck = self.bottleneck(layer)
-            masks = {name: torch.zeros(shape, dtype=torch.bool, device=bottleneck.excluded.device) for name in ("exclude", "substitute")}
+            masks = {
+                name: torch.zeros(shape, dtype=torch.bool, device=bottleneck.excluded.device)
+                for name in ("exclude", "substitute")
+            }
             for edit in self.edits:
                 if layer in edit.layers:
                     masks[edit.intervention].view(-1)[torch.tensor(edit.layers[layer].codes, dtype=torch.long)] = True

@@ -50,7 +50,9 @@ class CodebookBottleneck(nn.Module):
     def __init__(self, config: BottleneckConfig) -> None:
         super().__init__()
         if not config.hidden_size:
-            raise CodeunlearnError("bottleneck config has no hidden_size", "build it with attach_bottlenecks(model, ...)")
+            raise CodeunlearnError(
+                "bottleneck config has no hidden_size", "build it with attach_bottlenecks(model, ...)"
+            )
         self.config = config
         dim, heads, size = config.hidden_size, config.num_heads, config.codebook_size
         self.quantizers = nn.ModuleList(
@@ -184,6 +186,10 @@ class CodebookBottleneck(nn.Module):
                 out = out + self._lookup(self.values[stage], idx) * (~dropped).unsqueeze(-1)
                 out = out + self.substitute[stage].unsqueeze(0) * newly.unsqueeze(-1)
             y = self._from_code_space(out.reshape(flat.shape)).view(x.shape)
+            if x.requires_grad:
+                # Straight-through path to the input: the forward value is unchanged, but a shallower bottleneck's
+                # values still receive the downstream gradient through this one.
+                y = y + (x.float() - x.float().detach())
             y = torch.where(passthrough.unsqueeze(-1), x.float(), y).to(x.dtype)
         codes = torch.stack(codes, dim=-2).view(*lead, self.config.num_stages, self.config.num_heads)
         codes = codes.masked_fill(passthrough[..., None, None], -1)

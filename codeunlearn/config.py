@@ -34,7 +34,11 @@ class BottleneckConfig:
         passthrough_first_position: leave position 0 unquantized (attention sink: huge norm, no content).
         massive_norm_factor: tokens whose norm exceeds this multiple of the typical norm are left unquantized
             ("massive activations", ~0.01% of tokens); 0 disables.
-        ema_decay / kmeans_iters / dead_code_threshold: passed to `vector_quantize_pytorch.VectorQuantize`.
+        ema_decay / kmeans_iters / dead_code_threshold: passed to `vector_quantize_pytorch.VectorQuantize`. The
+            threshold is on a code's EMA usage *per batch*: with 2048-token batches and 4096 codes an average code
+            scores 0.5, so the threshold must sit far below that or live codes get replaced by batch samples.
+        adapter_rank: rank of LoRA adapters (peft) trained on the layers after the first bottleneck to read the
+            quantized stream; 0 = none. Base weights are never changed.
         seed: seeds the rotation and the k-means initialisation.
         hidden_size / num_hidden_layers / model_type / base_model: the model it was built for, checked on load.
     """
@@ -47,9 +51,10 @@ class BottleneckConfig:
     num_stages: int = 1
     passthrough_first_position: bool = True
     massive_norm_factor: float = 20.0
-    ema_decay: float = 0.95
+    ema_decay: float = 0.99
     kmeans_iters: int = 10
-    dead_code_threshold: float = 1.0
+    dead_code_threshold: float = 0.02
+    adapter_rank: int = 0
     seed: int = 0
     hidden_size: int = 0
     num_hidden_layers: int = 0
@@ -58,11 +63,26 @@ class BottleneckConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if isinstance(self.layers, int) or not all(isinstance(layer, int) for layer in self.layers):
+            raise CodeunlearnError(f"layers must be a list of integers, got {self.layers!r}", "pass e.g. layers=[15]")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            expected = {"int": int, "float": (int, float), "str": str, "bool": bool}.get(str(f.type))
+            if expected is not None and (
+                not isinstance(value, expected) or (expected is int and isinstance(value, bool))
+            ):
+                raise CodeunlearnError(
+                    f"{f.name} must be {f.type}, got {value!r}", f"fix {f.name} in the bottleneck config"
+                )
         self.layers = [int(layer) for layer in self.layers]
         if self.kind not in KINDS:
             raise CodeunlearnError(f"unknown bottleneck kind {self.kind!r}", f"use one of {KINDS}")
         if self.site not in SITES:
             raise CodeunlearnError(f"unknown bottleneck site {self.site!r}", f"use one of {SITES}")
+        if self.adapter_rank < 0:
+            raise CodeunlearnError(
+                f"adapter_rank must be >= 0, got {self.adapter_rank}", "use 0 (no adapters) or a small rank such as 8"
+            )
         for name in ("num_heads", "codebook_size", "num_stages"):
             if getattr(self, name) < 1:
                 raise CodeunlearnError(f"{name} must be >= 1, got {getattr(self, name)}", f"set {name} to 1 or more")
@@ -95,6 +115,8 @@ class BottleneckConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BottleneckConfig:
+        if not isinstance(data, dict):
+            raise CodeunlearnError("bottleneck config is not a JSON object", "re-save the bottleneck")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

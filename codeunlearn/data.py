@@ -73,7 +73,9 @@ def load_documents(
     except CodeunlearnError:
         raise
     except Exception as err:  # datasets raises many types; the user needs the one line
-        raise CodeunlearnError(f"cannot load corpus {source!r} ({type(err).__name__}: {err})", "pass a readable local file or dataset name") from None
+        raise CodeunlearnError(
+            f"cannot load corpus {source!r} ({type(err).__name__}: {err})", "pass a readable local file or dataset name"
+        ) from None
     if not docs:
         raise CodeunlearnError(f"corpus {source} is empty", "pass a file with at least one non-empty document")
     return docs
@@ -114,7 +116,8 @@ def pack_documents(docs: list[str], tokenizer, seq_len: int, max_tokens: int | N
     n_chunks = len(ids) // seq_len
     if n_chunks == 0:
         raise CodeunlearnError(
-            f"corpus has {len(ids)} tokens, fewer than one chunk of seq_len={seq_len}", "use more text or a smaller --seq_len"
+            f"corpus has {len(ids)} tokens, fewer than one chunk of seq_len={seq_len}",
+            "use more text or a smaller --seq_len",
         )
     return torch.tensor(ids[: n_chunks * seq_len], dtype=torch.long).view(n_chunks, seq_len)
 

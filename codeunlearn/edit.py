@@ -68,11 +68,16 @@ class Edit:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Edit:
+        if not isinstance(data, dict):
+            raise CodeunlearnError(
+                f"not an edit file (a JSON {type(data).__name__}, not an object)",
+                "pass a JSON written by `codeunlearn forget`",
+            )
         data = dict(data)
         data.pop("num_codes", None)
         try:
             return cls(**data)
-        except TypeError as err:
+        except (TypeError, ValueError) as err:
             raise CodeunlearnError(f"not an edit file ({err})", "pass a JSON written by `codeunlearn forget`") from None
 
     def save(self, path: str | Path) -> None:

@@ -19,7 +19,9 @@ from codeunlearn.statistics import flat_code_ids
 
 
 @torch.no_grad()
-def token_losses(model: nn.Module, chunks: Tensor, batch_size: int = 8, desc: str | None = None, bf16: bool = True) -> Tensor:
+def token_losses(
+    model: nn.Module, chunks: Tensor, batch_size: int = 8, desc: str | None = None, bf16: bool = False
+) -> Tensor:
     """Per-token next-token cross-entropy, (num_chunks, seq_len - 1), in fp32."""
     device = model_device(model)
     out = []
@@ -31,7 +33,14 @@ def token_losses(model: nn.Module, chunks: Tensor, batch_size: int = 8, desc: st
     return torch.cat(out)
 
 
-def mean_loss(model: nn.Module, chunks: Tensor, batch_size: int = 8, skip_positions: int = 0, desc: str | None = None, bf16: bool = True) -> float:
+def mean_loss(
+    model: nn.Module,
+    chunks: Tensor,
+    batch_size: int = 8,
+    skip_positions: int = 0,
+    desc: str | None = None,
+    bf16: bool = False,
+) -> float:
     """Mean next-token loss (nat/token) over `chunks`."""
     return float(token_losses(model, chunks, batch_size, desc, bf16)[:, skip_positions:].mean())
 
@@ -48,10 +57,14 @@ class Fidelity:
 
 
 @torch.no_grad()
-def bottleneck_fidelity(bmodel: BottleneckedModel, chunks: Tensor, batch_size: int = 8, bf16: bool = True) -> list[Fidelity]:
+def bottleneck_fidelity(
+    bmodel: BottleneckedModel, chunks: Tensor, batch_size: int = 8, bf16: bool = False
+) -> list[Fidelity]:
     """FVU of each bottleneck on ordinary tokens and on all tokens (massive-activation tokens carry most of the
     variance, so an all-token FVU alone flatters the quantizer)."""
-    sums: dict[int, dict[str, float]] = {layer: dict.fromkeys(("err_o", "var_o", "err_a", "var_a", "n", "pass"), 0.0) for layer in bmodel.layers}
+    sums: dict[int, dict[str, float]] = {
+        layer: dict.fromkeys(("err_o", "var_o", "err_a", "var_a", "n", "pass"), 0.0) for layer in bmodel.layers
+    }
     used: dict[int, set[int]] = {layer: set() for layer in bmodel.layers}
     states_mean = {layer: bmodel.bottleneck(layer).mean for layer in bmodel.layers}
 

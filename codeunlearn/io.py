@@ -34,7 +34,9 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         raise
 
 
-def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
+def atomic_save_tensors(
+    tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None
+) -> None:
     """Save tensors as safetensors through a temporary file and an atomic rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -57,7 +59,9 @@ def load_tensors(path: str | Path, what: str = "tensor file") -> dict[str, torch
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
-        raise CodeunlearnError(f"{what} at {path} is corrupt or not safetensors ({err})", "re-create it from its source run") from None
+        raise CodeunlearnError(
+            f"{what} at {path} is corrupt or not safetensors ({err})", "re-create it from its source run"
+        ) from None
 
 
 @contextlib.contextmanager

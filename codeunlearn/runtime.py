@@ -1,5 +1,8 @@
-"""Batching and precision for forward passes: bf16 autocast for the frozen model on CPU/GPU (3-4x faster on this
-CPU), while bottleneck distances stay fp32 inside the bottleneck."""
+"""Batching and precision for forward passes.
+
+bf16 autocast of the frozen model is opt-in (`bf16=True`): it is 3-4x faster on GPUs and on CPUs with bf16 matmul
+kernels (AMX / AVX512-BF16), but 6-50x *slower* on AVX2-only CPUs. Bottleneck distances always stay fp32.
+"""
 
 from __future__ import annotations
 

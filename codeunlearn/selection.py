@@ -40,11 +40,17 @@ def enrichment_scores(forget: CodeStatistics, retain: CodeStatistics, layer: int
     """Score of every code at `layer`; ineligible codes get -inf."""
     for stats in (forget, retain):
         if layer not in stats.counts:
-            raise CodeunlearnError(f"statistics of {stats.corpus!r} have no layer {layer}", "recompute them with this bottleneck")
+            raise CodeunlearnError(
+                f"statistics of {stats.corpus!r} have no layer {layer}", "recompute them with this bottleneck"
+            )
     pseudo = 1.0 / max(retain.tokens[layer], 1)
     f_forget, f_retain = forget.frequency(layer), retain.frequency(layer)
     scores = torch.log((f_forget + pseudo) / (f_retain + pseudo))
-    eligible = (forget.counts[layer] >= rule.min_forget_count) & (f_retain <= rule.max_retain_frequency) & (scores > rule.min_score)
+    eligible = (
+        (forget.counts[layer] >= rule.min_forget_count)
+        & (f_retain <= rule.max_retain_frequency)
+        & (scores > rule.min_score)
+    )
     return scores.masked_fill(~eligible, -math.inf)
 
 
@@ -56,7 +62,11 @@ def _check_same_bottleneck(forget: CodeStatistics, retain: CodeStatistics) -> No
 
 
 def select_codes(
-    forget: CodeStatistics, retain: CodeStatistics, rule: SelectionRule, topic: str, intervention: str = DEFAULT_INTERVENTION
+    forget: CodeStatistics,
+    retain: CodeStatistics,
+    rule: SelectionRule,
+    topic: str,
+    intervention: str = DEFAULT_INTERVENTION,
 ) -> Edit:
     """Pick the top `rule.num_codes` eligible codes per layer (fewer if fewer are eligible)."""
     _check_same_bottleneck(forget, retain)
@@ -67,12 +77,19 @@ def select_codes(
         top = torch.topk(scores, k)
         layers[layer] = LayerCodes(codes=top.indices.tolist(), scores=[round(s, 4) for s in top.values.tolist()])
     if not any(c.codes for c in layers.values()):
-        raise CodeunlearnError("no code passes the selection rule", "lower --min_forget_count / --min_score or use more forget text")
+        raise CodeunlearnError(
+            "no code passes the selection rule", "lower --min_forget_count / --min_score or use more forget text"
+        )
     return Edit(
         topic=topic,
         layers=layers,
         intervention=intervention,
-        rule={"name": "enrichment", **dataclasses.asdict(rule), "forget_corpus": forget.corpus, "retain_corpus": retain.corpus},
+        rule={
+            "name": "enrichment",
+            **dataclasses.asdict(rule),
+            "forget_corpus": forget.corpus,
+            "retain_corpus": retain.corpus,
+        },
         bottleneck_fingerprint=forget.bottleneck_fingerprint,
     )
 

@@ -69,7 +69,12 @@ class CodeStatistics:
 
 @torch.no_grad()
 def collect_code_statistics(
-    bmodel: BottleneckedModel, chunks: Tensor, batch_size: int = 8, corpus: str = "", progress: bool = True, bf16: bool = True
+    bmodel: BottleneckedModel,
+    chunks: Tensor,
+    batch_size: int = 8,
+    corpus: str = "",
+    progress: bool = True,
+    bf16: bool = False,
 ) -> CodeStatistics:
     """Count code firings of `chunks` (num_chunks, seq_len) at every bottleneck layer."""
     if len(chunks) == 0:

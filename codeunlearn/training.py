@@ -30,6 +30,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from codeunlearn.adapters import ADAPTER_PREFIX
 from codeunlearn.bottlenecked import BottleneckedModel
 from codeunlearn.codebook import QuantizeOutput
 from codeunlearn.errors import CodeunlearnError
@@ -55,16 +56,24 @@ class TrainingArguments:
     value_steps: int = field(default=200, metadata={"help": "Gradient steps on the output values."})
     batch_size: int = field(default=8, metadata={"help": "Chunks per step and process."})
     kmeans_init_tokens: int = field(default=16384, metadata={"help": "Tokens in the k-means initialisation batch."})
-    learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate of the value phase."})
+    learning_rate: float = field(default=1e-2, metadata={"help": "AdamW learning rate of the codebook values."})
+    adapter_learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate of downstream adapters."})
     warmup_steps: int = field(default=10, metadata={"help": "Linear warm-up before the cosine decay."})
     reconstruction_weight: float = field(default=1.0, metadata={"help": "Weight of FVU in kl+reconstruction."})
     checkpoint_every: int = field(default=100, metadata={"help": "Save a resumable checkpoint every N steps."})
     keep_checkpoints: int = field(default=2, metadata={"help": "Older checkpoints are deleted."})
     log_every: int = field(default=10, metadata={"help": "Write metrics every N steps."})
     resume: bool = field(default=False, metadata={"help": "Continue from the latest checkpoint in output_dir."})
-    stop_after_steps: int | None = field(default=None, metadata={"help": "End this run after this global step (for staged runs)."})
+    stop_after_steps: int | None = field(
+        default=None, metadata={"help": "End this run after this global step (for staged runs)."}
+    )
     seed: int = field(default=0, metadata={"help": "Seeds data order and RNG."})
-    bf16: bool = field(default=True, metadata={"help": "bf16 autocast for the frozen model (bottleneck math stays fp32)."})
+    bf16: bool = field(
+        default=False,
+        metadata={
+            "help": "bf16 autocast for the frozen model (bottleneck math stays fp32); fast on GPUs and AMX CPUs only."
+        },
+    )
     progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
 
     def __post_init__(self) -> None:
@@ -107,6 +116,13 @@ def _fvu(states: Tensor, result: QuantizeOutput, mean: Tensor) -> Tensor:
     return ((x - y) ** 2).sum() / ((x - mean) ** 2).sum().clamp_min(1e-12)
 
 
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metrics logged after the checkpoint we resume from (they will be logged again)."""
+    if path.is_file():
+        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
 def _latest_checkpoint(output_dir: Path) -> Path | None:
     found = sorted((output_dir / "checkpoints").glob("step-*"))
     return found[-1] if found else None
@@ -139,11 +155,17 @@ def _load_checkpoint(path: Path, bmodel: BottleneckedModel) -> dict:
     config_path = path / "bottleneck" / "bottleneck_config.json"
     saved_config = json.loads(config_path.read_text()) if config_path.is_file() else {}
     if saved_config and saved_config != bmodel.config.to_dict():
-        raise CodeunlearnError(f"checkpoint {path} was made with another bottleneck config", "resume with the same config or use a new output_dir")
+        raise CodeunlearnError(
+            f"checkpoint {path} was made with another bottleneck config",
+            "resume with the same config or use a new output_dir",
+        )
     tensors = load_tensors(path / "bottleneck" / "bottleneck.safetensors", "checkpoint weights")
     for layer, bottleneck in bmodel.bottlenecks.items():
         prefix = f"{layer}."
-        bottleneck.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        bottleneck.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
+    with torch.no_grad():
+        for name, param in bmodel.adapter_parameters().items():
+            param.copy_(tensors[ADAPTER_PREFIX + name])
     rng = load_tensors(path / RNG_NAME, "checkpoint RNG state")
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():
@@ -151,7 +173,9 @@ def _load_checkpoint(path: Path, bmodel: BottleneckedModel) -> dict:
     return json.loads(state_file.read_text())
 
 
-def train_bottleneck(bmodel: BottleneckedModel, chunks: Tensor, args: TrainingArguments, accelerator: Accelerator | None = None) -> list[dict]:
+def train_bottleneck(
+    bmodel: BottleneckedModel, chunks: Tensor, args: TrainingArguments, accelerator: Accelerator | None = None
+) -> list[dict]:
     """Train `bmodel`'s bottlenecks on `chunks` (num_chunks, seq_len); returns the logged metrics."""
     accelerator = accelerator or Accelerator()
     output_dir = Path(args.output_dir)
@@ -162,18 +186,25 @@ def train_bottleneck(bmodel: BottleneckedModel, chunks: Tensor, args: TrainingAr
     if args.resume:
         latest = _latest_checkpoint(output_dir)
         if latest is None:
-            raise CodeunlearnError(f"--resume given but {output_dir}/checkpoints holds no checkpoint", "drop --resume to start fresh")
+            raise CodeunlearnError(
+                f"--resume given but {output_dir}/checkpoints holds no checkpoint", "drop --resume to start fresh"
+            )
         resume_state = _load_checkpoint(latest, bmodel)
         step, stream.cursor = resume_state["step"], resume_state["cursor"]
+        _truncate_metrics(output_dir / "metrics.jsonl", step)
     elif _latest_checkpoint(output_dir) is not None:
-        raise CodeunlearnError(f"{output_dir} already holds checkpoints", "pass --resume to continue, or choose a new output_dir")
+        raise CodeunlearnError(
+            f"{output_dir} already holds checkpoints", "pass --resume to continue, or choose a new output_dir"
+        )
 
     bmodel.to(accelerator.device)
     metrics: list[dict] = []
     metrics_path = output_dir / "metrics.jsonl"
     output_dir.mkdir(parents=True, exist_ok=True)
     end = args.total_steps if args.stop_after_steps is None else min(args.total_steps, args.stop_after_steps)
-    bar = tqdm(total=end, initial=step, desc="train", unit="step", disable=not (args.progress and accelerator.is_main_process))
+    bar = tqdm(
+        total=end, initial=step, desc="train", unit="step", disable=not (args.progress and accelerator.is_main_process)
+    )
     wrappers = bmodel.wrappers()
     means = {layer: bmodel.bottleneck(layer).mean for layer in bmodel.layers}
     started = time.time()
@@ -187,18 +218,22 @@ def train_bottleneck(bmodel: BottleneckedModel, chunks: Tensor, args: TrainingAr
         bar.set_postfix({k: v for k, v in record.items() if k in ("fvu", "kl", "ppl_ratio")})
 
     # ---------------------------------------------------------------- phase 1: search keys (no gradients)
+    fvus: dict[int, float] = {}
+    used: dict[int, int] = {}
+
+    def observe(layer: int, states: Tensor, result: QuantizeOutput) -> None:
+        fvus[layer] = float(_fvu(states, result, means[layer]))
+        ids = flat_code_ids(result.codes, bmodel.config.num_heads, bmodel.config.codebook_size)
+        used[layer] = int(ids[~result.passthrough].unique().numel())
+
     while step < min(end, args.key_steps):
-        count = max(args.batch_size, math.ceil(args.kmeans_init_tokens / chunks.shape[1])) if step == 0 else args.batch_size
+        count = (
+            max(args.batch_size, math.ceil(args.kmeans_init_tokens / chunks.shape[1])) if step == 0 else args.batch_size
+        )
         batch = stream.take(count).to(accelerator.device)
         stream.advance(count)
-        fvus: dict[int, float] = {}
-        used: dict[int, int] = {}
-
-        def observe(layer: int, states: Tensor, result: QuantizeOutput) -> None:
-            fvus[layer] = float(_fvu(states, result, means[layer]))
-            ids = flat_code_ids(result.codes, bmodel.config.num_heads, bmodel.config.codebook_size)
-            used[layer] = int(ids[~result.passthrough].unique().numel())
-
+        fvus.clear()
+        used.clear()
         for wrapper in wrappers:
             wrapper.fit_keys = True
         try:
@@ -211,32 +246,48 @@ def train_bottleneck(bmodel: BottleneckedModel, chunks: Tensor, args: TrainingAr
         bar.update(1)
         if step % args.log_every == 0 or step == args.key_steps:
             dead = {layer: int(bmodel.bottleneck(layer).dead_codes().sum()) for layer in bmodel.layers}
-            log({"phase": "keys", "fvu": round(sum(fvus.values()) / len(fvus), 4), "fvu_by_layer": fvus, "codes_used_in_batch": used, "dead_codes": dead})
+            log(
+                {
+                    "phase": "keys",
+                    "fvu": round(sum(fvus.values()) / len(fvus), 4),
+                    "fvu_by_layer": dict(fvus),
+                    "codes_used_in_batch": dict(used),
+                    "dead_codes": dead,
+                }
+            )
         if step % args.checkpoint_every == 0 or step == args.key_steps:
             _save_checkpoint(bmodel, None, None, stream, step, args, accelerator)
 
     # ---------------------------------------------------------------- phase 2: output values (gradients)
     if step < end:
-        params = [p for bn in bmodel.bottlenecks.values() for p in bn.values]
+        params = bmodel.trainable_parameters()
         for p in params:
             p.requires_grad_(True)
-        optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=0.0)
+        values = [p for bn in bmodel.bottlenecks.values() for p in bn.values]
+        groups = [{"params": values, "lr": args.learning_rate}]
+        if bmodel.adapter_parameters():
+            groups.append({"params": list(bmodel.adapter_parameters().values()), "lr": args.adapter_learning_rate})
+        optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
         scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, max(args.value_steps, 1))
         if resume_state is not None and "scheduler" in resume_state:
             ckpt = _latest_checkpoint(output_dir)
             optimizer.load_state_dict(torch.load(ckpt / OPTIMIZER_NAME, weights_only=True))
             scheduler.load_state_dict(resume_state["scheduler"])
         model, optimizer, scheduler = accelerator.prepare(bmodel, optimizer, scheduler)
+        recorded: dict[int, tuple[Tensor, QuantizeOutput]] = {}
+
+        def record(layer: int, states: Tensor, result: QuantizeOutput) -> None:
+            recorded[layer] = (states, result)
+
         while step < end:
             world, rank = accelerator.num_processes, accelerator.process_index
             batch = stream.take(args.batch_size, skip=rank * args.batch_size).to(accelerator.device)
             stream.advance(args.batch_size * world)
-            recorded: dict[int, tuple[Tensor, QuantizeOutput]] = {}
+            recorded.clear()
             with torch.no_grad(), bmodel.disabled(), autocast(accelerator.device, args.bf16):
                 base_logits = bmodel.model(input_ids=batch, use_cache=False).logits[:, :-1].float()
-            with bmodel.observing(lambda layer, states, result: recorded.__setitem__(layer, (states, result))):
-                with autocast(accelerator.device, args.bf16):
-                    logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
+            with bmodel.observing(record), autocast(accelerator.device, args.bf16):
+                logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
             base_logp = F.log_softmax(base_logits, -1)
             logp = F.log_softmax(logits, -1)
             kl = F.kl_div(logp, base_logp, log_target=True, reduction="none").sum(-1).mean()
@@ -258,7 +309,18 @@ def train_bottleneck(bmodel: BottleneckedModel, chunks: Tensor, args: TrainingAr
                     targets = batch[:, 1:]
                     ce = float(F.cross_entropy(logits.transpose(1, 2), targets))
                     ce_base = float(F.cross_entropy(base_logits.transpose(1, 2), targets))
-                log({"phase": "values", "loss": round(float(loss), 4), "kl": round(float(kl), 4), "fvu": round(float(fvu), 4), "ce": round(ce, 4), "ce_base": round(ce_base, 4), "ppl_ratio": round(math.exp(ce - ce_base), 4), "lr": scheduler.get_last_lr()[0]})
+                log(
+                    {
+                        "phase": "values",
+                        "loss": round(loss.item(), 4),
+                        "kl": round(kl.item(), 4),
+                        "fvu": round(fvu.item(), 4),
+                        "ce": round(ce, 4),
+                        "ce_base": round(ce_base, 4),
+                        "ppl_ratio": round(math.exp(ce - ce_base), 4),
+                        "lr": scheduler.get_last_lr()[0],
+                    }
+                )
             if step % args.checkpoint_every == 0 or step == args.total_steps:
                 _save_checkpoint(bmodel, optimizer, scheduler, stream, step, args, accelerator)
         for p in params:

@@ -1,0 +1,123 @@
+"""Fidelity sweep: train bottleneck variants on SmolLM2-135M and measure what each costs on held-out text.
+
+Prints one row per variant: bits/token, FVU on ordinary tokens and on all tokens, and the held-out next-token
+loss increase (nat/token) over the base model on US history, WikiText and microbiology.
+
+    python benchmarks/fidelity_sweep.py --data_dir ../shared/data --variants '[{"name": "kmeans", ...}]'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from codeunlearn.bottlenecked import BottleneckedModel
+from codeunlearn.config import BottleneckConfig
+from codeunlearn.data import load_split, shuffled_chunks
+from codeunlearn.evaluation import bottleneck_fidelity, mean_loss
+from codeunlearn.modeling import load_model_and_tokenizer
+from codeunlearn.training import TrainingArguments, train_bottleneck
+
+TRAIN_CORPORA = {
+    "micro": "topics/biology/corpus_openstax_microbiology.jsonl",
+    "history": "retain/openstax_us_history.jsonl",
+    "wiki": "retain/wikitext2_raw_test.txt",
+    "cyber": "topics/cyber/corpus_owasp_wstg.jsonl",
+    "hp": "topics/harry_potter/corpus_wikipedia_plot_summaries.txt",
+}
+EVAL_CORPORA = ("history", "wiki", "micro")
+CONFIG_KEYS = {
+    "layers",
+    "site",
+    "num_heads",
+    "codebook_size",
+    "num_stages",
+    "massive_norm_factor",
+    "ema_decay",
+    "dead_code_threshold",
+    "adapter_rank",
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data_dir", required=True)
+    parser.add_argument(
+        "--variants", required=True, help="JSON list of {name, BottleneckConfig and TrainingArguments fields}"
+    )
+    parser.add_argument("--seq_len", type=int, default=256)
+    parser.add_argument("--train_tokens_per_corpus", type=int, default=200_000)
+    parser.add_argument("--eval_tokens", type=int, default=16_384)
+    parser.add_argument("--output_dir", default="outputs/fidelity_sweep")
+    parser.add_argument("--results", default="outputs/fidelity_sweep/results.jsonl")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+
+    started = time.time()
+    model, tokenizer = load_model_and_tokenizer("smollm2-135m")
+    train_parts, heldout = [], {}
+    for name, rel in TRAIN_CORPORA.items():
+        train, held = load_split(
+            str(Path(args.data_dir) / rel),
+            tokenizer,
+            args.seq_len,
+            0.2,
+            seed=0,
+            max_tokens=args.train_tokens_per_corpus,
+        )
+        train_parts.append(train)
+        heldout[name] = held[: max(1, args.eval_tokens // args.seq_len)]
+    train_chunks = shuffled_chunks(train_parts, seed=0)
+    print(f"loaded in {time.time() - started:.0f}s; train chunks {len(train_chunks)}", flush=True)
+
+    base_file = Path(args.output_dir) / f"base_ce_{args.eval_tokens}.json"
+    if base_file.is_file():
+        base = json.loads(base_file.read_text())
+    else:
+        base = {name: mean_loss(model, heldout[name], skip_positions=1) for name in EVAL_CORPORA}
+        base_file.parent.mkdir(parents=True, exist_ok=True)
+        base_file.write_text(json.dumps(base))
+    print("base CE", base, flush=True)
+    for variant in json.loads(args.variants):
+        variant = dict(variant)
+        name = variant.pop("name")
+        parent = variant.pop("continue_from", None)
+        if parent:
+            # Reuse a finished key phase: copy its checkpoints and resume into the value phase.
+            shutil.copytree(f"{args.output_dir}/{parent}/checkpoints", f"{args.output_dir}/{name}/checkpoints")
+            variant["resume"] = True
+        config = BottleneckConfig(**{k: v for k, v in variant.items() if k in CONFIG_KEYS})
+        targs = TrainingArguments(
+            output_dir=f"{args.output_dir}/{name}", **{k: v for k, v in variant.items() if k not in CONFIG_KEYS}
+        )
+        bmodel = BottleneckedModel.attach(model, config)
+        t0 = time.time()
+        train_bottleneck(bmodel, train_chunks, targs)
+        train_s = time.time() - t0
+        fid = bottleneck_fidelity(bmodel, heldout["history"])
+        losses = {n: mean_loss(bmodel, heldout[n], skip_positions=1) for n in EVAL_CORPORA}
+        row = {
+            "name": name,
+            "config": variant,
+            "bits_per_token": bmodel.config.bits_per_token,
+            "fvu_ordinary": round(sum(f.fvu_ordinary for f in fid) / len(fid), 4),
+            "fvu_all": round(sum(f.fvu_all for f in fid) / len(fid), 4),
+            "delta_ce": {n: round(losses[n] - base[n], 4) for n in EVAL_CORPORA},
+            "rel_delta_history": round((losses["history"] - base["history"]) / base["history"], 4),
+            "base_ce": {n: round(base[n], 4) for n in EVAL_CORPORA},
+            "train_seconds": round(train_s, 1),
+        }
+        print(json.dumps(row), flush=True)
+        Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.results, "a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        bmodel.detach()
+
+
+if __name__ == "__main__":
+    main()

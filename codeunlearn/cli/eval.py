@@ -1,0 +1,230 @@
+"""`codeunlearn eval`: held-out forget and retain loss of the base model, the unedited bottleneck and each edit.
+
+    codeunlearn eval --bottleneck_dir outputs/run/bottleneck \\
+        --forget_corpora ../shared/data/demo/forget_harry_potter.txt \\
+        --retain_corpora ../shared/data/demo/retain_wikitext.txt \\
+        --edits outputs/run/edits/edit.json outputs/run/edits/random_control.json --output_dir outputs/run/eval
+
+Rows: `base` (bottleneck disabled: the original model), `bottleneck` (no edit), `bottleneck + saved edits` (when
+--bottleneck_dir holds edits, e.g. the output of `codeunlearn apply`), then one row per --edits file applied alone.
+Losses are mean next-token cross-entropy in nat/token on the HELD-OUT documents (same --split_seed and
+--heldout_fraction as `stats`), deltas are against the unedited bottleneck. Also reports the bottleneck's
+reconstruction FVU. Writes OUTPUT/report.json and OUTPUT/report.md.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from codeunlearn.bottlenecked import BottleneckedModel
+from codeunlearn.cli.arguments import DataArguments, ModelArguments, bf16_is_fast, parse_arguments
+from codeunlearn.cli.common import load_bottlenecked, read_corpora, resolve_bottleneck_dir
+from codeunlearn.edit import Edit
+from codeunlearn.evaluation import bottleneck_fidelity, mean_loss
+from codeunlearn.io import atomic_write_text
+
+DESCRIPTION = "Held-out forget/retain loss (nat/token) of base, unedited bottleneck and edits, plus bottleneck FVU."
+REFERENCE_ROW = "bottleneck"
+
+
+@dataclass
+class EvalArguments:
+    """What to evaluate and where the report goes."""
+
+    bottleneck_dir: str = field(metadata={"help": "Bottleneck directory (or an edited one from `codeunlearn apply`)."})
+    output_dir: str = field(metadata={"help": "Directory for report.json and report.md."})
+    edits: list[str] = field(
+        default_factory=list, metadata={"help": "Edit files; each one is evaluated alone as a row."}
+    )
+    batch_size: int = field(default=8, metadata={"help": "Chunks per forward pass."})
+    skip_positions: int = field(
+        default=0, metadata={"help": "Ignore the first N targets of every chunk (they have little context)."}
+    )
+    bf16: bool = field(
+        default=bf16_is_fast(),
+        metadata={"help": "bf16 autocast for the frozen model (default: on where bf16 matmuls are fast)."},
+    )
+    progress: bool = field(default=True, metadata={"help": "Show progress bars."})
+
+
+@dataclass
+class RowSpec:
+    """One row of the table: the edits active while it is measured (None: bottleneck disabled, the base model)."""
+
+    name: str
+    edits: list[Edit] | None
+
+
+def evaluate_rows(
+    bmodel: BottleneckedModel,
+    forget: Tensor,
+    retain: Tensor,
+    specs: list[RowSpec],
+    batch_size: int = 8,
+    skip_positions: int = 0,
+    bf16: bool = True,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Forget/retain loss of every row; deltas (and selectivity) against the `bottleneck` row when there is one.
+
+    The model's own edits are set aside while rows are measured and restored afterwards."""
+    saved = list(bmodel.edits)
+    rows = []
+    try:
+        for spec in specs:
+            bmodel.clear_edits()
+            for edit in spec.edits or []:
+                bmodel.apply_edit(edit)
+            losses = {}
+            for corpus, chunks in (("forget", forget), ("retain", retain)):
+                desc = f"eval {spec.name} / {corpus}" if progress else None
+                if spec.edits is None:
+                    with bmodel.disabled():
+                        losses[corpus] = mean_loss(bmodel, chunks, batch_size, skip_positions, desc, bf16)
+                else:
+                    losses[corpus] = mean_loss(bmodel, chunks, batch_size, skip_positions, desc, bf16)
+            removed = None if spec.edits is None else sum(e.num_codes for e in spec.edits)
+            rows.append(
+                {
+                    "row": spec.name,
+                    "codes_removed": removed,
+                    "forget_loss": losses["forget"],
+                    "retain_loss": losses["retain"],
+                }
+            )
+    finally:
+        bmodel.clear_edits()
+        for edit in saved:
+            bmodel.apply_edit(edit)
+    add_deltas(rows)
+    return rows
+
+
+def add_deltas(rows: list[dict[str, Any]], reference: str = REFERENCE_ROW) -> None:
+    """Add loss changes against the reference row; selectivity = forget change - retain change."""
+    ref = next((r for r in rows if r["row"] == reference), None)
+    for row in rows:
+        if ref is None:
+            row.update(delta_forget=None, delta_retain=None, selectivity=None)
+            continue
+        row["delta_forget"] = row["forget_loss"] - ref["forget_loss"]
+        row["delta_retain"] = row["retain_loss"] - ref["retain_loss"]
+        row["selectivity"] = row["delta_forget"] - row["delta_retain"]
+
+
+def fidelity_rows(
+    bmodel: BottleneckedModel, corpora: dict[str, Tensor], batch_size: int = 8, bf16: bool = True
+) -> list[dict[str, Any]]:
+    """Reconstruction quality of the unedited bottleneck on each corpus (fraction of variance unexplained)."""
+    saved = list(bmodel.edits)
+    bmodel.clear_edits()
+    try:
+        return [
+            {"corpus": name, **asdict(fidelity)}
+            for name, chunks in corpora.items()
+            for fidelity in bottleneck_fidelity(bmodel, chunks, batch_size, bf16)
+        ]
+    finally:
+        for edit in saved:
+            bmodel.apply_edit(edit)
+
+
+def _fmt(value: Any, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:+.4f}" if signed else f"{value:.4f}"
+    return str(value)
+
+
+def loss_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown table of losses and deltas (nat/token)."""
+    lines = [
+        "| row | codes removed | forget loss | retain loss | Δ forget | Δ retain | selectivity |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['row']} | {_fmt(r['codes_removed'])} | {_fmt(r['forget_loss'])} | {_fmt(r['retain_loss'])} | "
+            f"{_fmt(r['delta_forget'], True)} | {_fmt(r['delta_retain'], True)} | {_fmt(r['selectivity'], True)} |"
+        )
+    return "\n".join(lines)
+
+
+def fidelity_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown table of the bottleneck's reconstruction quality."""
+    lines = [
+        "| layer | corpus | FVU (quantized tokens) | FVU (all tokens) | passthrough tokens | codes used |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['layer']} | {r['corpus']} | {r['fvu_ordinary']:.4f} | {r['fvu_all']:.4f} | {r['passthrough_fraction']:.2%} | {r['codes_used']} |"
+        )
+    return "\n".join(lines)
+
+
+TABLE_NOTE = (
+    "Losses: mean next-token cross-entropy (nat/token) on held-out documents. Δ: change against the unedited "
+    "bottleneck row. Selectivity: Δ forget − Δ retain (higher = more topic-specific)."
+)
+
+
+def main(argv: Sequence[str]) -> int:
+    """Run `codeunlearn eval` with command-line arguments `argv` (without the subcommand name)."""
+    model_args, data_args, args = parse_arguments(
+        (ModelArguments, DataArguments, EvalArguments), argv, "codeunlearn eval", DESCRIPTION
+    )
+    forget_corpora = read_corpora(data_args.forget_corpora, data_args, "forget_corpora")
+    retain_corpora = read_corpora(data_args.retain_corpora, data_args, "retain_corpora")
+    edit_files = [(path, Edit.load(path)) for path in args.edits]
+    bmodel, tokenizer = load_bottlenecked(model_args, args.bottleneck_dir, args.progress)
+    forget, retain = forget_corpora.pack(tokenizer, "heldout"), retain_corpora.pack(tokenizer, "heldout")
+    specs = [RowSpec("base", None), RowSpec(REFERENCE_ROW, [])]
+    if bmodel.edits:
+        specs.append(
+            RowSpec(f"{REFERENCE_ROW} + saved edits ({', '.join(e.topic for e in bmodel.edits)})", list(bmodel.edits))
+        )
+    specs += [RowSpec(f"{edit.topic} ({Path(path).name})", [edit]) for path, edit in edit_files]
+    rows = evaluate_rows(bmodel, forget, retain, specs, args.batch_size, args.skip_positions, args.bf16, args.progress)
+    fidelity = fidelity_rows(bmodel, {"forget": forget, "retain": retain}, args.batch_size, args.bf16)
+    report = {
+        "bottleneck_dir": str(resolve_bottleneck_dir(args.bottleneck_dir)),
+        "model": model_args.model_name_or_path,
+        "layers": bmodel.layers,
+        "edits": [str(path) for path, _ in edit_files],
+        "heldout_tokens": {"forget": forget.numel(), "retain": retain.numel()},
+        "forget_corpora": forget_corpora.sources,
+        "retain_corpora": retain_corpora.sources,
+        "data": asdict(data_args),
+        "skip_positions": args.skip_positions,
+        "rows": rows,
+        "fidelity": fidelity,
+    }
+    markdown = "\n\n".join(
+        [
+            "# codeunlearn eval",
+            f"Bottleneck `{report['bottleneck_dir']}` on `{model_args.model_name_or_path}`, layers {bmodel.layers}. "
+            f"Held-out tokens: forget {forget.numel():,}, retain {retain.numel():,} (split_seed {data_args.split_seed}, "
+            f"heldout_fraction {data_args.heldout_fraction}).",
+            loss_table(rows),
+            TABLE_NOTE,
+            "## Bottleneck fidelity",
+            fidelity_table(fidelity),
+        ]
+    )
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(output_dir / "report.json", json.dumps(report, indent=1) + "\n")
+    atomic_write_text(output_dir / "report.md", markdown + "\n")
+    print(loss_table(rows))
+    print()
+    print(fidelity_table(fidelity))
+    print(f"wrote {output_dir / 'report.json'} and {output_dir / 'report.md'}")
+    return 0

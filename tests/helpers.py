@@ -1,0 +1,101 @@
+"""Shared helpers: tiny randomly initialised causal LMs, token chunks and training arguments.
+
+Everything here is deliberately tiny (hidden 32, 3-4 layers, vocab 128, codebook 16) so the whole fast suite runs
+in a few minutes on two CPU cores. Models are rebuilt from a seed instead of shared, so a test can mutate its model
+(attach, edit, detach) without affecting another test.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from codeunlearn.config import BottleneckConfig
+from codeunlearn.training import TrainingArguments
+
+# Tiny matrices: one thread is far faster than two fighting over a shared, loaded CPU.
+torch.set_num_threads(1)
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+VOCAB = 128
+HIDDEN = 32
+ARCHITECTURES = ("llama", "gemma2", "gemma3_text", "qwen2", "mistral", "gpt2")
+
+
+def make_model(arch: str = "llama", seed: int = 0, num_layers: int = 3, hidden: int = HIDDEN) -> torch.nn.Module:
+    """A tiny randomly initialised *ForCausalLM of architecture `arch`, in eval mode (same seed -> same weights)."""
+    import transformers as tf
+
+    common = {
+        "vocab_size": VOCAB,
+        "hidden_size": hidden,
+        "intermediate_size": 2 * hidden,
+        "num_hidden_layers": num_layers,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 64,
+    }
+    alternating = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(num_layers)]
+    if arch == "llama":
+        config, cls = tf.LlamaConfig(**common), tf.LlamaForCausalLM
+    elif arch == "gemma2":
+        config = tf.Gemma2Config(**common, head_dim=hidden // 4, sliding_window=4, layer_types=alternating)
+        cls = tf.Gemma2ForCausalLM
+    elif arch == "gemma3_text":
+        config = tf.Gemma3TextConfig(**common, head_dim=hidden // 4, sliding_window=4, layer_types=alternating)
+        cls = tf.Gemma3ForCausalLM
+    elif arch == "qwen2":
+        config, cls = tf.Qwen2Config(**common), tf.Qwen2ForCausalLM
+    elif arch == "mistral":
+        config, cls = tf.MistralConfig(**common, head_dim=hidden // 4), tf.MistralForCausalLM
+    elif arch == "gpt2":
+        config = tf.GPT2Config(vocab_size=VOCAB, n_embd=hidden, n_layer=num_layers, n_head=4, n_positions=64)
+        cls = tf.GPT2LMHeadModel
+    elif arch == "bloom":
+        config = tf.BloomConfig(vocab_size=VOCAB, hidden_size=hidden, n_layer=num_layers, n_head=4)
+        cls = tf.BloomForCausalLM
+    else:
+        raise ValueError(arch)
+    torch.manual_seed(seed)
+    model = cls(config).eval()
+    model.requires_grad_(False)
+    return model
+
+
+def make_tokens(num_chunks: int = 32, seq_len: int = 12, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, VOCAB, (num_chunks, seq_len), generator=generator)
+
+
+def tiny_args(output_dir: str | Path, **overrides) -> TrainingArguments:
+    """Training arguments for a run of a few steps on tiny chunks (fp32: faster than bf16 autocast on CPU)."""
+    values = {
+        "output_dir": str(output_dir),
+        "key_steps": 3,
+        "value_steps": 3,
+        "batch_size": 4,
+        "kmeans_init_tokens": 96,
+        "learning_rate": 1e-3,
+        "warmup_steps": 1,
+        "checkpoint_every": 1000,
+        "log_every": 1,
+        "progress": False,
+        "bf16": False,
+    }
+    values.update(overrides)
+    return TrainingArguments(**values)
+
+
+def tiny_config(**overrides) -> BottleneckConfig:
+    values = {"layers": [1, 2], "num_heads": 4, "codebook_size": 16}
+    values.update(overrides)
+    return BottleneckConfig(**values)
+
+
+def assert_fix_error(excinfo) -> None:
+    """A CodeunlearnError is one line that names a fix."""
+    message = str(excinfo.value)
+    assert "fix:" in message, message
+    assert "\n" not in message, message

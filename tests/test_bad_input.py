@@ -1,0 +1,200 @@
+"""Bad input fails with one CodeunlearnError line that names the fix, and never damages what is already saved."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from helpers import assert_fix_error, make_model, make_tokens, tiny_config
+
+from codeunlearn.architectures import decoder_layers
+from codeunlearn.bottlenecked import WEIGHTS_NAME, BottleneckedModel
+from codeunlearn.config import CONFIG_NAME, BottleneckConfig
+from codeunlearn.edit import Edit, LayerCodes
+from codeunlearn.errors import CodeunlearnError
+from codeunlearn.io import atomic_directory, load_tensors
+from codeunlearn.statistics import CodeStatistics
+
+
+def snapshot(directory) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def raises_fix(call, *args, **kwargs) -> str:
+    with pytest.raises(CodeunlearnError) as excinfo:
+        call(*args, **kwargs)
+    assert_fix_error(excinfo)
+    return str(excinfo.value)
+
+
+# ------------------------------------------------------------------------------------------------ attaching
+@pytest.mark.parametrize("layers", [[3], [-1], [0, 7]], ids=["one-past-the-end", "negative", "far-out"])
+def test_wrong_layer_index(layers):
+    model = make_model("llama")
+    message = raises_fix(BottleneckedModel.attach, model, tiny_config(layers=layers))
+    assert "[0, 2]" in message  # names the valid range
+    assert not any(type(layer).__name__ == "BottleneckLayer" for layer in decoder_layers(model))
+
+
+def test_duplicate_and_missing_layers():
+    raises_fix(BottleneckedModel.attach, make_model("llama"), tiny_config(layers=[1, 1]))
+    raises_fix(BottleneckedModel.attach, make_model("llama"), tiny_config(layers=[]))
+
+
+def test_unknown_architecture():
+    model = make_model("bloom")
+    assert model.config.model_type == "bloom"
+    message = raises_fix(BottleneckedModel.attach, model, tiny_config(layers=[1]))
+    assert "bloom" in message and "DECODER_LAYER_PATHS" in message
+
+
+def test_headless_model_is_refused():
+    base = make_model("llama").model  # LlamaModel: no LM head, and no `model.layers` path
+    raises_fix(BottleneckedModel.attach, base, tiny_config(layers=[1]))
+    raises_fix(BottleneckedModel.attach, torch.nn.Linear(2, 2), tiny_config(layers=[0]))
+
+
+def test_num_heads_must_divide_hidden_size():
+    message = raises_fix(BottleneckedModel.attach, make_model("llama"), tiny_config(num_heads=5))
+    assert "32" in message and "num_heads=5" in message
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"num_heads": 0}, {"codebook_size": 0}, {"num_stages": 0}, {"site": "attention"}, {"kind": "sae"}],
+    ids=lambda o: next(iter(o)),
+)
+def test_bad_bottleneck_config(overrides):
+    raises_fix(BottleneckConfig, layers=[0], **overrides)
+
+
+def test_bad_config_files(tmp_path):
+    raises_fix(BottleneckConfig.from_json_file, tmp_path / CONFIG_NAME)
+    (tmp_path / CONFIG_NAME).write_text("{ not json")
+    raises_fix(BottleneckConfig.from_json_file, tmp_path / CONFIG_NAME)
+    raises_fix(BottleneckConfig.from_dict, {"layers": [1], "heads": 4})
+
+
+# ------------------------------------------------------------------------------------------------ loading
+@pytest.mark.parametrize(
+    ("arch", "num_layers", "hidden", "what"),
+    [
+        ("llama", 4, 64, "hidden size"),
+        ("llama", 3, 32, "layers"),
+        ("gpt2", 4, 32, "model_type"),
+    ],
+)
+def test_loading_onto_another_model(trained_dir, arch, num_layers, hidden, what):
+    model = make_model(arch, num_layers=num_layers, hidden=hidden)
+    message = raises_fix(BottleneckedModel.from_pretrained, model, trained_dir)
+    assert what in message
+    assert not any(type(layer).__name__ == "BottleneckLayer" for layer in decoder_layers(model))
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda p: p.write_bytes(b"\x00\xff garbage, not a safetensors file \x13\x37" * 8),
+        lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]),  # a save cut off halfway
+        lambda p: p.write_bytes(b""),
+        lambda p: p.unlink(),
+    ],
+    ids=["garbage", "truncated", "empty", "missing"],
+)
+def test_corrupt_weights(trained_dir, tmp_path, damage):
+    copy = tmp_path / "bottleneck"
+    shutil.copytree(trained_dir, copy)
+    damage(copy / WEIGHTS_NAME)
+    model = make_model("llama", num_layers=4)
+    raises_fix(BottleneckedModel.from_pretrained, model, copy)
+    assert not any(type(layer).__name__ == "BottleneckLayer" for layer in decoder_layers(model))
+
+
+def test_weights_that_do_not_match_their_config(trained_dir, tmp_path):
+    copy = tmp_path / "bottleneck"
+    shutil.copytree(trained_dir, copy)
+    config = json.loads((copy / CONFIG_NAME).read_text())
+    config["codebook_size"] = 8
+    (copy / CONFIG_NAME).write_text(json.dumps(config))
+    raises_fix(BottleneckedModel.from_pretrained, make_model("llama", num_layers=4), copy)
+    config["codebook_size"], config["layers"] = 16, [1, 3]  # layer 3 has no weights
+    (copy / CONFIG_NAME).write_text(json.dumps(config))
+    raises_fix(BottleneckedModel.from_pretrained, make_model("llama", num_layers=4), copy)
+
+
+def test_corrupt_statistics_and_tensor_files(tmp_path):
+    raises_fix(load_tensors, tmp_path / "nothing.safetensors")
+    (tmp_path / "stats.safetensors").write_bytes(b"\x10" * 64)
+    (tmp_path / "stats.json").write_text(json.dumps({"tokens": {"1": 3}}))
+    raises_fix(CodeStatistics.load, tmp_path / "stats.safetensors")
+
+
+# ------------------------------------------------------------------------------------------------ saving
+def test_save_refuses_a_non_empty_directory_and_leaves_it_untouched(trained, tmp_path):
+    target = tmp_path / "saved"
+    trained.save_pretrained(target)
+    before = snapshot(target)
+    assert set(before) == {CONFIG_NAME, WEIGHTS_NAME}
+
+    trained.apply_edit(Edit("t", {1: LayerCodes([1, 2])}, bottleneck_fingerprint=trained.fingerprint()))
+    raises_fix(trained.save_pretrained, target)
+    assert snapshot(target) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["saved"]  # no temporary directory left behind
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    raises_fix(trained.save_pretrained, other)
+    assert snapshot(other) == {"notes.txt": b"mine"}
+
+    raises_fix(trained.save_pretrained, other / "notes.txt")  # a file, not a directory
+
+    trained.save_pretrained(target, overwrite=True)
+    assert set(snapshot(target)) == {CONFIG_NAME, WEIGHTS_NAME, "edits.json"}
+    reloaded = BottleneckedModel.from_pretrained(make_model("llama", num_layers=4), target)
+    assert [e.topic for e in reloaded.edits] == ["t"]
+
+
+def test_a_failed_save_keeps_the_old_directory(tmp_path):
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "good.txt").write_text("good")
+    with pytest.raises(RuntimeError), atomic_directory(target, overwrite=True) as tmp:
+        (tmp / "half.txt").write_text("half")
+        raise RuntimeError("crash while saving")
+    assert snapshot(target) == {"good.txt": b"good"}
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_detach_twice_is_harmless():
+    model = make_model("llama")
+    bmodel = BottleneckedModel.attach(model, tiny_config(layers=[1]))
+    original = bmodel.detach()
+    layers = list(decoder_layers(original))
+    assert bmodel.detach() is model
+    assert list(decoder_layers(model)) == layers
+    with torch.no_grad():
+        model(input_ids=make_tokens(1, 4))
+
+
+@pytest.mark.parametrize(
+    "edits",
+    [
+        "[{not json",
+        json.dumps({"topic": "x", "layers": {}}),  # one edit, not a list
+        json.dumps([{"topic": "x", "layers": {"1": {"codes": [1]}}, "bottleneck_fingerprint": "0123456789abcdef"}]),
+        json.dumps([{"topic": "x", "layers": {"1": {"codes": [9999]}}}]),
+    ],
+    ids=["not-json", "not-a-list", "other-bottleneck", "code-out-of-range"],
+)
+def test_bad_saved_edits_fail_without_touching_the_model(trained_dir, tmp_path, edits):
+    copy = tmp_path / "bottleneck"
+    shutil.copytree(trained_dir, copy)
+    (copy / "edits.json").write_text(edits)
+    model = make_model("llama", num_layers=4)
+    raises_fix(BottleneckedModel.from_pretrained, model, copy)
+    assert not any(type(layer).__name__ == "BottleneckLayer" for layer in decoder_layers(model))
+    (copy / "edits.json").unlink()
+    BottleneckedModel.from_pretrained(model, copy)  # the model is still free to take a bottleneck

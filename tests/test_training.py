@@ -1,0 +1,193 @@
+"""Training: logged metrics, the two phases, checkpoints and exact resumption."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from helpers import assert_fix_error, make_model, make_tokens, tiny_args, tiny_config
+
+from codeunlearn.bottlenecked import BottleneckedModel
+from codeunlearn.errors import CodeunlearnError
+from codeunlearn.evaluation import bottleneck_fidelity, mean_loss
+from codeunlearn.training import ChunkStream, train_bottleneck
+
+KEY_STEPS, VALUE_STEPS = 3, 4
+CHUNKS = make_tokens(40, 10, seed=11)
+
+
+def fresh() -> BottleneckedModel:
+    """The same base model and bottleneck shape every time (two stages, two layers)."""
+    return BottleneckedModel.attach(make_model("llama"), tiny_config(layers=[0, 2], num_stages=2))
+
+
+def run_args(output_dir, **overrides):
+    values = {"key_steps": KEY_STEPS, "value_steps": VALUE_STEPS, "batch_size": 3, "kmeans_init_tokens": 60}
+    values.update(overrides)
+    return tiny_args(output_dir, **values)
+
+
+def final_state(bmodel: BottleneckedModel) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in bmodel.bottleneck_state().items()}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """Run A: all key and value steps in one go."""
+    out = tmp_path_factory.mktemp("run-a")
+    bmodel = fresh()
+    metrics = train_bottleneck(bmodel, CHUNKS, run_args(out))
+    return {"dir": out, "metrics": metrics, "state": final_state(bmodel)}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_bf16(tmp_path_factory):
+    """Run A under bf16 autocast (the default on CPU and GPU)."""
+    bmodel = fresh()
+    train_bottleneck(bmodel, CHUNKS, run_args(tmp_path_factory.mktemp("run-a-bf16"), bf16=True))
+    return {"state": final_state(bmodel)}
+
+
+def test_metrics_are_logged_for_both_phases(uninterrupted):
+    out = uninterrupted["dir"]
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert lines == json.loads(json.dumps(uninterrupted["metrics"]))
+    assert [r["step"] for r in lines] == list(range(1, KEY_STEPS + VALUE_STEPS + 1))
+    assert [r["phase"] for r in lines] == ["keys"] * KEY_STEPS + ["values"] * VALUE_STEPS
+    for record in lines[:KEY_STEPS]:
+        assert {"fvu", "fvu_by_layer", "codes_used_in_batch", "dead_codes", "seconds"} <= set(record)
+        assert sorted(record["fvu_by_layer"]) == ["0", "2"]
+        assert 0.0 <= record["fvu"] < 1.5
+    for record in lines[KEY_STEPS:]:
+        assert {"loss", "kl", "fvu", "ce", "ce_base", "ppl_ratio", "lr"} <= set(record)
+        assert record["kl"] >= 0.0
+        assert record["loss"] == pytest.approx(record["kl"] + record["fvu"], abs=2e-4)  # kl+reconstruction, weight 1
+    assert (out / "bottleneck" / "bottleneck.safetensors").is_file()
+    assert json.loads((out / "training_args.json").read_text())["value_steps"] == VALUE_STEPS
+
+
+def test_saved_bottleneck_equals_trained_one(uninterrupted):
+    loaded = BottleneckedModel.from_pretrained(make_model("llama"), uninterrupted["dir"] / "bottleneck")
+    state = uninterrupted["state"]
+    assert sorted(loaded.bottleneck_state()) == sorted(state)
+    for key, tensor in loaded.bottleneck_state().items():
+        assert torch.equal(tensor, state[key]), key
+
+
+def test_key_phase_fixes_keys_and_value_phase_trains_values(tmp_path):
+    bmodel = fresh()
+    train_bottleneck(bmodel, CHUNKS, run_args(tmp_path / "keys", value_steps=0))
+    keys = {layer: [bmodel.bottleneck(layer).keys(s).clone() for s in range(2)] for layer in bmodel.layers}
+    for layer in bmodel.layers:
+        for stage in range(2):
+            # until value training starts, the outputs are the keys themselves
+            assert torch.equal(bmodel.bottleneck(layer).values[stage].data, keys[layer][stage])
+
+    train_bottleneck(bmodel, CHUNKS, run_args(tmp_path / "keys", resume=True))
+    for layer in bmodel.layers:
+        for stage in range(2):
+            assert torch.equal(bmodel.bottleneck(layer).keys(stage), keys[layer][stage])
+            assert not torch.equal(bmodel.bottleneck(layer).values[stage].data, keys[layer][stage])
+    assert not any(p.requires_grad for p in bmodel.parameters())
+
+
+@pytest.mark.parametrize(
+    ("stop", "checkpoint_every", "bf16"),
+    [
+        (2, 1, False),
+        (KEY_STEPS, 1, False),
+        (KEY_STEPS + 2, 1, False),
+        (KEY_STEPS + 2, 2, False),
+        (KEY_STEPS + 1, 1, True),
+    ],
+    ids=["in-key-phase", "at-phase-boundary", "in-value-phase", "between-checkpoints", "bf16-autocast"],
+)
+def test_resume_is_exact(uninterrupted, uninterrupted_bf16, tmp_path, stop, checkpoint_every, bf16):
+    expected = (uninterrupted_bf16 if bf16 else uninterrupted)["state"]
+    first = fresh()
+    args = run_args(tmp_path, stop_after_steps=stop, checkpoint_every=checkpoint_every, bf16=bf16)
+    metrics = train_bottleneck(first, CHUNKS, args)
+    assert metrics[-1]["step"] == stop
+    assert not (tmp_path / "bottleneck").exists()  # an unfinished run leaves only checkpoints
+    checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert checkpoints and len(checkpoints) <= 2  # keep_checkpoints
+    assert all(int(name.split("-")[1]) <= stop for name in checkpoints)
+
+    second = fresh()  # a new process would attach a new, untrained bottleneck to the same base
+    args = run_args(tmp_path, checkpoint_every=checkpoint_every, resume=True, bf16=bf16)
+    metrics = train_bottleneck(second, CHUNKS, args)
+    assert metrics[-1]["step"] == KEY_STEPS + VALUE_STEPS
+    state = final_state(second)
+    assert sorted(state) == sorted(expected)
+    different = [k for k in expected if not torch.equal(state[k], expected[k])]
+    assert different == []
+    saved = BottleneckedModel.from_pretrained(make_model("llama"), tmp_path / "bottleneck").bottleneck_state()
+    assert all(torch.equal(saved[k], expected[k]) for k in expected)
+
+
+def test_new_run_over_checkpoints_is_refused(tmp_path):
+    train_bottleneck(fresh(), CHUNKS, run_args(tmp_path, stop_after_steps=1, checkpoint_every=1))
+    with pytest.raises(CodeunlearnError) as excinfo:
+        train_bottleneck(fresh(), CHUNKS, run_args(tmp_path))
+    assert_fix_error(excinfo)
+    assert "resume" in str(excinfo.value)
+
+
+def test_resume_without_checkpoint_is_refused(tmp_path):
+    with pytest.raises(CodeunlearnError) as excinfo:
+        train_bottleneck(fresh(), CHUNKS, run_args(tmp_path, resume=True))
+    assert_fix_error(excinfo)
+
+
+def test_resume_with_another_bottleneck_config_is_refused(tmp_path):
+    train_bottleneck(fresh(), CHUNKS, run_args(tmp_path, stop_after_steps=1, checkpoint_every=1))
+    other = BottleneckedModel.attach(make_model("llama"), tiny_config(layers=[0, 2], num_stages=1))
+    with pytest.raises(CodeunlearnError) as excinfo:
+        train_bottleneck(other, CHUNKS, run_args(tmp_path, resume=True))
+    assert_fix_error(excinfo)
+
+
+@pytest.mark.parametrize("objective", ["reconstruction", "kl"])
+def test_value_training_improves_its_objective(tmp_path, objective):
+    """From values = keys (end of the key phase), value steps lower the FVU or the loss gap on fixed chunks."""
+    bmodel = fresh()
+    train_bottleneck(bmodel, CHUNKS, run_args(tmp_path, objective=objective, key_steps=2, value_steps=0))
+
+    def measure():
+        fvu = sum(f.fvu_ordinary for f in bottleneck_fidelity(bmodel, CHUNKS, bf16=False))
+        return fvu, mean_loss(bmodel, CHUNKS, bf16=False)
+
+    with bmodel.disabled():
+        base_loss = mean_loss(bmodel, CHUNKS, bf16=False)
+    fvu_before, loss_before = measure()
+    args = run_args(tmp_path, objective=objective, key_steps=2, value_steps=20, learning_rate=1e-3, resume=True)
+    metrics = [r for r in train_bottleneck(bmodel, CHUNKS, args) if r["phase"] == "values"]
+    fvu_after, loss_after = measure()
+    if objective == "reconstruction":
+        assert all(r["loss"] == pytest.approx(r["fvu"], abs=1e-4) for r in metrics)
+        assert fvu_after < 0.95 * fvu_before, (fvu_before, fvu_after)
+    else:
+        assert all(r["loss"] == pytest.approx(r["kl"], abs=1e-4) for r in metrics)
+        assert loss_after - base_loss < 0.8 * (loss_before - base_loss), (base_loss, loss_before, loss_after)
+
+
+def test_bad_training_arguments():
+    for bad in ({"objective": "mse"}, {"key_steps": 0}, {"batch_size": 0}, {"value_steps": -1}):
+        with pytest.raises(CodeunlearnError) as excinfo:
+            tiny_args("/nonexistent", **bad)
+        assert_fix_error(excinfo)
+    with pytest.raises(CodeunlearnError):
+        ChunkStream(CHUNKS[:0], seed=0)
+
+
+def test_chunk_stream_is_a_seeded_permutation_per_epoch():
+    chunks = torch.arange(10).view(5, 2)
+    stream = ChunkStream(chunks, seed=3)
+    epoch = stream.take(5)
+    assert sorted(epoch[:, 0].tolist()) == [0, 2, 4, 6, 8]
+    assert torch.equal(ChunkStream(chunks, seed=3).take(5), epoch)
+    assert not torch.equal(ChunkStream(chunks, seed=4).take(10), stream.take(10))
+    stream.advance(3)
+    assert torch.equal(stream.take(2), epoch[3:])
+    assert torch.equal(ChunkStream(chunks, seed=3, cursor=3).take(4), stream.take(4))
