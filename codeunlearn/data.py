@@ -88,6 +88,11 @@ def split_documents(name: str, docs: list[str], heldout_fraction: float, seed: i
     order = list(range(len(docs)))
     random.Random(seed).shuffle(order)
     n_heldout = round(heldout_fraction * len(docs))
+    if len(docs) == 1 and n_heldout:
+        raise CodeunlearnError(
+            f"corpus {name!r} is a single document, so it cannot be split into train and held-out parts",
+            "put one document per line (or JSONL row), or set heldout_fraction 0",
+        )
     if heldout_fraction > 0 and len(docs) >= 2:
         n_heldout = min(max(n_heldout, 1), len(docs) - 1)
     held = set(order[:n_heldout])

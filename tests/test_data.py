@@ -152,3 +152,10 @@ def test_shuffled_chunks_is_a_seeded_permutation():
     mixed = shuffled_chunks([a, b], seed=1)
     assert sorted(mixed[:, 0].tolist()) == [0, 2, 4, 6, 8]
     assert torch.equal(mixed, shuffled_chunks([a, b], seed=1))
+
+
+def test_single_document_cannot_be_held_out():
+    with pytest.raises(CodeunlearnError, match="single document"):
+        split_documents("one", ["only document"], heldout_fraction=0.9, seed=0)
+    kept = split_documents("one", ["only document"], heldout_fraction=0.2, seed=0)
+    assert kept.train == ["only document"] and kept.heldout == []
