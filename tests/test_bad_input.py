@@ -198,3 +198,18 @@ def test_bad_saved_edits_fail_without_touching_the_model(trained_dir, tmp_path, 
     assert not any(type(layer).__name__ == "BottleneckLayer" for layer in decoder_layers(model))
     (copy / "edits.json").unlink()
     BottleneckedModel.from_pretrained(model, copy)  # the model is still free to take a bottleneck
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"layers": 5}, "list of integers"),
+        ({"layers": [1], "num_heads": "8"}, "num_heads must be int"),
+        ({"layers": [1], "adapter_rank": -1}, "adapter_rank"),
+        ([1, 2], "not a JSON object"),
+    ],
+)
+def test_ill_typed_bottleneck_config_is_one_line_error(data, message):
+    with pytest.raises(CodeunlearnError, match=message) as excinfo:
+        BottleneckConfig.from_dict(data)
+    assert_fix_error(excinfo)
