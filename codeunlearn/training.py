@@ -31,8 +31,9 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from codeunlearn.adapters import ADAPTER_PREFIX
-from codeunlearn.bottlenecked import BottleneckedModel
+from codeunlearn.bottlenecked import WEIGHTS_NAME, BottleneckedModel
 from codeunlearn.codebook import QuantizeOutput
+from codeunlearn.config import CONFIG_NAME
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.io import atomic_directory, atomic_save_tensors, atomic_write_text, load_tensors
 from codeunlearn.runtime import autocast
@@ -152,14 +153,14 @@ def _load_checkpoint(path: Path, bmodel: BottleneckedModel) -> dict:
     state_file = path / STATE_NAME
     if not state_file.is_file():
         raise CodeunlearnError(f"checkpoint {path} has no {STATE_NAME}", "delete the incomplete checkpoint directory")
-    config_path = path / "bottleneck" / "bottleneck_config.json"
+    config_path = path / "bottleneck" / CONFIG_NAME
     saved_config = json.loads(config_path.read_text()) if config_path.is_file() else {}
     if saved_config and saved_config != bmodel.config.to_dict():
         raise CodeunlearnError(
             f"checkpoint {path} was made with another bottleneck config",
             "resume with the same config or use a new output_dir",
         )
-    tensors = load_tensors(path / "bottleneck" / "bottleneck.safetensors", "checkpoint weights")
+    tensors = load_tensors(path / "bottleneck" / WEIGHTS_NAME, "checkpoint weights")
     for layer, bottleneck in bmodel.bottlenecks.items():
         prefix = f"{layer}."
         bottleneck.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
