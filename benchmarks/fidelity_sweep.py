@@ -44,6 +44,50 @@ CONFIG_KEYS = {
 }
 
 
+def load_corpora(
+    data_dir: str, tokenizer, seq_len: int, train_tokens: int, eval_tokens: int
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The shuffled training mix of every corpus's train split, and `eval_tokens` held-out tokens per corpus."""
+    train_parts, heldout = [], {}
+    for name, rel in TRAIN_CORPORA.items():
+        train, held = load_split(str(Path(data_dir) / rel), tokenizer, seq_len, 0.2, seed=0, max_tokens=train_tokens)
+        train_parts.append(train)
+        heldout[name] = held[: max(1, eval_tokens // seq_len)]
+    return shuffled_chunks(train_parts, seed=0), heldout
+
+
+def base_losses(model, heldout: dict[str, torch.Tensor], output_dir: str, eval_tokens: int) -> dict[str, float]:
+    """Base-model held-out losses, cached in output_dir (they depend only on the data and eval_tokens)."""
+    base_file = Path(output_dir) / f"base_ce_{eval_tokens}.json"
+    if base_file.is_file():
+        return json.loads(base_file.read_text())
+    base = {name: mean_loss(model, heldout[name], skip_positions=1) for name in EVAL_CORPORA}
+    base_file.parent.mkdir(parents=True, exist_ok=True)
+    base_file.write_text(json.dumps(base))
+    return base
+
+
+def measure(bmodel: BottleneckedModel, heldout: dict[str, torch.Tensor], base: dict[str, float]) -> dict:
+    """FVU on held-out history and the held-out loss increase over the base model on every eval corpus."""
+    fid = bottleneck_fidelity(bmodel, heldout["history"])
+    losses = {n: mean_loss(bmodel, heldout[n], skip_positions=1) for n in EVAL_CORPORA}
+    return {
+        "bits_per_token": bmodel.config.bits_per_token,
+        "fvu_ordinary": round(sum(f.fvu_ordinary for f in fid) / len(fid), 4),
+        "fvu_all": round(sum(f.fvu_all for f in fid) / len(fid), 4),
+        "delta_ce": {n: round(losses[n] - base[n], 4) for n in EVAL_CORPORA},
+        "rel_delta_history": round((losses["history"] - base["history"]) / base["history"], 4),
+        "base_ce": {n: round(base[n], 4) for n in EVAL_CORPORA},
+    }
+
+
+def append_result(path: str, row: dict) -> None:
+    print(json.dumps(row), flush=True)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        handle.write(json.dumps(row) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data_dir", required=True)
@@ -60,28 +104,11 @@ def main() -> None:
 
     started = time.time()
     model, tokenizer = load_model_and_tokenizer("smollm2-135m")
-    train_parts, heldout = [], {}
-    for name, rel in TRAIN_CORPORA.items():
-        train, held = load_split(
-            str(Path(args.data_dir) / rel),
-            tokenizer,
-            args.seq_len,
-            0.2,
-            seed=0,
-            max_tokens=args.train_tokens_per_corpus,
-        )
-        train_parts.append(train)
-        heldout[name] = held[: max(1, args.eval_tokens // args.seq_len)]
-    train_chunks = shuffled_chunks(train_parts, seed=0)
+    train_chunks, heldout = load_corpora(
+        args.data_dir, tokenizer, args.seq_len, args.train_tokens_per_corpus, args.eval_tokens
+    )
     print(f"loaded in {time.time() - started:.0f}s; train chunks {len(train_chunks)}", flush=True)
-
-    base_file = Path(args.output_dir) / f"base_ce_{args.eval_tokens}.json"
-    if base_file.is_file():
-        base = json.loads(base_file.read_text())
-    else:
-        base = {name: mean_loss(model, heldout[name], skip_positions=1) for name in EVAL_CORPORA}
-        base_file.parent.mkdir(parents=True, exist_ok=True)
-        base_file.write_text(json.dumps(base))
+    base = base_losses(model, heldout, args.output_dir, args.eval_tokens)
     print("base CE", base, flush=True)
     for variant in json.loads(args.variants):
         variant = dict(variant)
@@ -99,23 +126,8 @@ def main() -> None:
         t0 = time.time()
         train_bottleneck(bmodel, train_chunks, targs)
         train_s = time.time() - t0
-        fid = bottleneck_fidelity(bmodel, heldout["history"])
-        losses = {n: mean_loss(bmodel, heldout[n], skip_positions=1) for n in EVAL_CORPORA}
-        row = {
-            "name": name,
-            "config": variant,
-            "bits_per_token": bmodel.config.bits_per_token,
-            "fvu_ordinary": round(sum(f.fvu_ordinary for f in fid) / len(fid), 4),
-            "fvu_all": round(sum(f.fvu_all for f in fid) / len(fid), 4),
-            "delta_ce": {n: round(losses[n] - base[n], 4) for n in EVAL_CORPORA},
-            "rel_delta_history": round((losses["history"] - base["history"]) / base["history"], 4),
-            "base_ce": {n: round(base[n], 4) for n in EVAL_CORPORA},
-            "train_seconds": round(train_s, 1),
-        }
-        print(json.dumps(row), flush=True)
-        Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.results, "a") as handle:
-            handle.write(json.dumps(row) + "\n")
+        row = {"name": name, "config": variant, **measure(bmodel, heldout, base), "train_seconds": round(train_s, 1)}
+        append_result(args.results, row)
         bmodel.detach()
 
 

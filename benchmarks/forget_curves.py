@@ -447,6 +447,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="restrict the edit to these bottleneck layers (default: all of the bottleneck config)",
     )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=METHODS,
+        default=list(METHODS),
+        help="curve methods to evaluate (topic codes substituted / excluded, random codes substituted)",
+    )
     parser.add_argument("--seq_len", type=int, default=256)
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--heldout_fraction", type=float, default=0.2)
@@ -570,7 +577,8 @@ def main(argv: list[str] | None = None) -> None:
             control = random_control(topic, forget_stats, retain_stats, seed=args.random_seed).with_intervention(
                 "substitute"
             )
-            points.append((n, {"substitute": topic, "exclude": topic.with_intervention("exclude"), "random": control}))
+            edits = {"substitute": topic, "exclude": topic.with_intervention("exclude"), "random": control}
+            points.append((n, {method: edits[method] for method in args.methods}))
             if any(len(c.codes) < n for c in full_edit.layers.values()):
                 print(
                     f"  note: N={n}: fewer eligible codes than N at some layer; {topic.num_codes} codes removed in all",
@@ -632,7 +640,7 @@ def main(argv: list[str] | None = None) -> None:
             "selected_codes_per_layer": eligible,
             "reference": {"base": base_losses, "unedited": unedited},
             "rows": rows,
-            "edits": {str(n): edits["substitute"].to_dict() for n, edits in points[-1:]},
+            "edits": {str(n): truncate(full_edit, n).to_dict() for n, _ in points[-1:]},
             "selection_report": report,
             "seconds": timer.seconds,
         }
