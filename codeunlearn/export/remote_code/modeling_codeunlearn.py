@@ -1,0 +1,346 @@
+"""A causal LM edited by codeunlearn: a stock transformers model with codebook bottlenecks after some decoder layers.
+
+This file is copied into every model directory that `codeunlearn export` writes, and is what
+`AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)` runs. It imports only `torch` and
+`transformers` (codeunlearn need not be installed) and is meant to be read: it is short on purpose.
+
+What the model computes
+-----------------------
+1. The base model is the stock transformers class of `config.base_config` (e.g. `LlamaForCausalLM`), built with
+   `AutoModelForCausalLM.from_config`; its weights are stored unchanged under `causal_lm.` in `model.safetensors`.
+2. After each decoder layer listed in `config.bottleneck["layers"]`, a forward hook passes the residual stream (or,
+   with `site = "block_output"`, only what the layer wrote into it) through a vector-quantizer: every token's state
+   is centred, rotated, split into heads and snapped to the nearest of `codebook_size` search keys per head, in
+   fp32, for `num_stages` residual stages; the later layers receive only the selected codes' output values.
+   Position 0 (the attention sink) and tokens of massive norm pass through unquantized.
+3. The edits (`config.edits`, each a topic and its code ids) are already folded into two boolean masks per layer:
+   an `excluded` code is dropped from the nearest-key search (the next-nearest code takes over); a `substituted`
+   code is still found, but it and that head's later stages are replaced by a substitute vector (the data mean).
+4. Optional LoRA adapters (`config.adapters`) on the layers after the first bottleneck add `B @ A @ x` to the
+   outputs of their linear modules; they were trained to read the quantized stream and are active with it.
+
+Why a new `model_type` instead of the base one: with a built-in `model_type` (say `llama`) transformers would load
+its stock class and silently drop the bottleneck tensors as unexpected keys -- a model that was never edited.
+Loading this one without `trust_remote_code=True` fails instead.
+
+`from_pretrained(DIR, trust_remote_code=True, bottleneck_enabled=False)` turns bottlenecks and adapters off, which
+gives exactly the base model (for audits); every other argument (`dtype`, `device_map`, ...) works as usual.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PretrainedConfig, PreTrainedModel
+
+# Where each supported architecture keeps its decoder layers (dotted path from the *ForCausalLM module).
+DECODER_LAYER_PATHS = {
+    "llama": "model.layers",
+    "mistral": "model.layers",
+    "mixtral": "model.layers",
+    "qwen2": "model.layers",
+    "qwen3": "model.layers",
+    "gemma": "model.layers",
+    "gemma2": "model.layers",
+    "gemma3_text": "model.layers",
+    "phi3": "model.layers",
+    "olmo": "model.layers",
+    "olmo2": "model.layers",
+    "gpt2": "transformer.h",
+    "gpt_neox": "gpt_neox.layers",
+}
+
+# Nearest-key search in chunks of this many tokens bounds the (tokens, heads, codes) distance tensor.
+SEARCH_CHUNK_TOKENS = 1024
+
+
+def _base_config_from_dict(data: dict[str, Any]) -> PretrainedConfig:
+    """The nested base model config (a dict in config.json) as its stock config class."""
+    data = dict(data)
+    return AutoConfig.for_model(data.pop("model_type"), **data)
+
+
+class CodeunlearnConfig(PretrainedConfig):
+    """Config of an edited model: the base model's config nested whole, plus the bottleneck and its edits.
+
+    Args:
+        base_config: the base model's config (a dict with its `model_type`, or a config object).
+        bottleneck: shape of the bottlenecks (`layers`, `site`, `num_heads`, `codebook_size`, `num_stages`,
+            `passthrough_first_position`, `massive_norm_factor`, `hidden_size`, ...).
+        edits: the active edits, in the order they were applied: `topic`, `intervention` and, per layer, the
+            removed code ids (flat id = (stage * num_heads + head) * codebook_size + code). Informational: the
+            masks they imply are stored in the weights.
+        adapters: LoRA adapters, `{"targets": [module paths in the base model], "scaling": float, "rank": int}`.
+        decoder_layers_path: dotted path of the decoder-layer list in the base model.
+        bottleneck_enabled: False runs the base model alone (bottlenecks and adapters off).
+        codeunlearn_version: version of codeunlearn that wrote the export.
+    """
+
+    model_type = "codeunlearn"
+    # Declared so that `dtype` and `attn_implementation` given to from_pretrained reach the base model's config.
+    sub_configs: ClassVar[dict[str, type]] = {"base_config": AutoConfig}
+
+    def __init__(
+        self,
+        base_config: dict[str, Any] | PretrainedConfig | None = None,
+        bottleneck: dict[str, Any] | None = None,
+        edits: list[dict[str, Any]] | None = None,
+        adapters: dict[str, Any] | None = None,
+        decoder_layers_path: str | None = None,
+        bottleneck_enabled: bool = True,
+        codeunlearn_version: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if isinstance(base_config, dict):
+            base_config = _base_config_from_dict(base_config)
+        self.base_config = base_config
+        self.base_model_type = base_config.model_type if base_config is not None else None
+        self.bottleneck = dict(bottleneck or {})
+        self.edits = list(edits or [])
+        self.adapters = dict(adapters or {})
+        if decoder_layers_path is None and self.base_model_type is not None:
+            decoder_layers_path = DECODER_LAYER_PATHS.get(self.base_model_type)
+        self.decoder_layers_path = decoder_layers_path
+        self.bottleneck_enabled = bool(bottleneck_enabled)
+        self.codeunlearn_version = codeunlearn_version
+        kwargs.pop("base_model_type", None)  # derived from base_config; written to config.json for readers
+        super().__init__(**kwargs)
+
+    def get_text_config(self, *args: Any, **kwargs: Any) -> PretrainedConfig:
+        """The base model's config: generation, caches and tokenizers read vocabulary and layer facts from it."""
+        return self.base_config if self.base_config is not None else self
+
+    # Read-only views of the base model's sizes, for tools that read them off the top-level config (lm-eval reads
+    # max_position_embeddings to cap the context length).
+    @property
+    def vocab_size(self) -> int:
+        return self._base_attribute("vocab_size")
+
+    @property
+    def hidden_size(self) -> int:
+        return self._base_attribute("hidden_size")
+
+    @property
+    def max_position_embeddings(self) -> int:
+        return self._base_attribute("max_position_embeddings")
+
+    def _base_attribute(self, name: str) -> Any:
+        base = self.__dict__.get("base_config")
+        if base is None or not hasattr(base, name):
+            raise AttributeError(name)
+        return getattr(base, name)
+
+
+class CodebookQuantizer(nn.Module):
+    """The inference-time forward pass of one layer's codebook bottleneck, edits included (no training state)."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        super().__init__()
+        self.site = spec.get("site", "residual")
+        self.num_heads = int(spec["num_heads"])
+        self.num_stages = int(spec.get("num_stages", 1))
+        self.passthrough_first_position = bool(spec.get("passthrough_first_position", True))
+        self.massive_norm_factor = float(spec.get("massive_norm_factor", 0.0))
+        dim, size = int(spec["hidden_size"]), int(spec["codebook_size"])
+        head_dim = dim // self.num_heads
+        shape = (self.num_stages, self.num_heads, size)
+        f32 = {"dtype": torch.float32}
+        self.register_buffer("mean", torch.zeros(dim, **f32))  # centring of the states
+        self.register_buffer("rotation", torch.eye(dim, **f32))  # fixed random orthogonal matrix
+        self.register_buffer("typical_norm", torch.ones((), **f32))  # for the massive-norm passthrough
+        self.register_buffer("keys", torch.zeros(*shape, head_dim, **f32))  # what the search compares against
+        self.register_buffer("values", torch.zeros(*shape, head_dim, **f32))  # what the next layers receive
+        self.register_buffer("substitute", torch.zeros(self.num_stages, self.num_heads, head_dim, **f32))
+        self.register_buffer("excluded", torch.zeros(shape, dtype=torch.bool))  # edit: out of the search
+        self.register_buffer("substituted", torch.zeros(shape, dtype=torch.bool))  # edit: replaced by `substitute`
+
+    def passthrough_mask(self, x: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+        """Tokens left unquantized: position 0 (attention sink) and tokens of massive norm."""
+        mask = torch.zeros(x.shape[:-1], dtype=torch.bool, device=x.device)
+        if self.passthrough_first_position:
+            if positions is None:
+                mask[..., 0] = True
+            else:
+                mask |= positions.to(x.device).expand(x.shape[:-1]) == 0
+        if self.massive_norm_factor > 0:
+            mask |= x.norm(dim=-1) > self.massive_norm_factor * self.typical_norm
+        return mask
+
+    @staticmethod
+    def _lookup(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """table (heads, codes, d), idx (tokens, heads) -> (tokens, heads, d)."""
+        heads = torch.arange(table.shape[0], device=idx.device)
+        return table[heads, idx]
+
+    @staticmethod
+    def _nearest(z: torch.Tensor, keys: torch.Tensor, excluded: torch.Tensor) -> torch.Tensor:
+        """Index of the nearest searchable key per head, in fp32. z (N, H, d), keys (H, C, d) -> (N, H)."""
+        keys = keys.float()
+        key_sq = (keys * keys).sum(-1).masked_fill(excluded, float("inf"))  # excluded codes are never nearest
+        out = []
+        for chunk in z.split(SEARCH_CHUNK_TOKENS):
+            distance = key_sq - 2 * torch.einsum("nhd,hcd->nhc", chunk.float(), keys)  # |z|^2 is the same for all
+            out.append(distance.argmin(-1))
+        return torch.cat(out) if out else torch.zeros(0, z.shape[1], dtype=torch.long, device=z.device)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Quantize states x (..., dim); returns the same shape and dtype."""
+        with torch.autocast(device_type=x.device.type, enabled=False):  # distances in bf16 pick near-random codes
+            passthrough = self.passthrough_mask(x, positions)
+            flat = x.reshape(-1, x.shape[-1]).float()
+            z = ((flat - self.mean.float()) @ self.rotation.float()).view(flat.shape[0], self.num_heads, -1)
+            out = torch.zeros_like(z)
+            dropped = torch.zeros(z.shape[:2], dtype=torch.bool, device=x.device)  # head already substituted
+            for stage in range(self.num_stages):
+                keys = self.keys[stage]
+                idx = self._nearest(z, keys, self.excluded[stage].bool())  # .bool(): a loader may have cast it
+                z = z - self._lookup(keys, idx).float()  # the next stage quantizes what is left
+                newly = ~dropped & self.substituted[stage].bool().gather(1, idx.T).T
+                dropped = dropped | newly
+                out = out + self._lookup(self.values[stage], idx) * (~dropped).unsqueeze(-1)
+                out = out + self.substitute[stage].unsqueeze(0) * newly.unsqueeze(-1)
+            y = (out.reshape(flat.shape) @ self.rotation.float().T + self.mean.float()).view(x.shape)
+            return torch.where(passthrough.unsqueeze(-1), x.float(), y).to(x.dtype)
+
+
+class LowRankAdapter(nn.Module):
+    """A LoRA adapter: adds `B @ (A @ x) * scaling` to a linear module's output."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, scaling: float) -> None:
+        super().__init__()
+        self.scaling = float(scaling)
+        self.lora_A = nn.Parameter(torch.zeros(rank, in_features), requires_grad=False)
+        self.lora_B = nn.Parameter(torch.zeros(out_features, rank), requires_grad=False)
+
+    def forward(self, x: torch.Tensor, base_output: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.lora_A.device)
+        if x.dtype != self.lora_A.dtype:
+            x = x.to(self.lora_A.dtype)
+        delta = F.linear(F.linear(x, self.lora_A), self.lora_B) * self.scaling
+        return (base_output + delta.to(base_output.device)).to(base_output.dtype)
+
+
+def _get_submodule(root: nn.Module, dotted: str) -> nn.Module:
+    module = root
+    for part in dotted.split("."):
+        module = module[int(part)] if part.isdigit() else getattr(module, part)
+    return module
+
+
+def _linear_shape(module: nn.Module) -> tuple[int, int]:
+    """(in_features, out_features) of an nn.Linear or a GPT-2 style Conv1D (weight stored transposed)."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    return module.weight.shape[0], module.weight.shape[1]
+
+
+class CodeunlearnForCausalLM(PreTrainedModel, GenerationMixin):
+    """The base causal LM with the edited codebook bottlenecks (and adapters) applied through forward hooks.
+
+    Hooks rather than wrapper modules keep the base model's own module tree, so its weights keep their stock names
+    (under `causal_lm.`) and device maps, attention backends and tensor-parallel plans apply unchanged.
+    """
+
+    config_class = CodeunlearnConfig
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    # The nearest-key search must stay fp32 when the model is loaded with dtype=bfloat16 or float16.
+    _keep_in_fp32_modules_strict: ClassVar[list[str]] = ["bottlenecks"]
+
+    def __init__(self, config: CodeunlearnConfig) -> None:
+        super().__init__(config)
+        if config.base_config is None:
+            raise ValueError("CodeunlearnConfig has no base_config: this is not an exported codeunlearn model")
+        if config.bottleneck.get("kind", "vq") != "vq":
+            raise ValueError(f"bottleneck kind {config.bottleneck.get('kind')!r} is not supported by this file")
+        if not config.decoder_layers_path:
+            raise ValueError(f"no decoder-layer path known for model_type {config.base_model_type!r}")
+        self.causal_lm = AutoModelForCausalLM.from_config(config.base_config)
+        layers = _get_submodule(self.causal_lm, config.decoder_layers_path)
+        layer_ids = [int(layer) for layer in config.bottleneck.get("layers", [])]
+        self.bottlenecks = nn.ModuleDict({str(i): CodebookQuantizer(config.bottleneck) for i in layer_ids})
+        for i in layer_ids:
+            layers[i].register_forward_hook(functools.partial(self._bottleneck_hook, i), with_kwargs=True)
+        targets = list(config.adapters.get("targets", []))
+        self.adapters = nn.ModuleList()
+        for number, target in enumerate(targets):
+            module = _get_submodule(self.causal_lm, target)
+            in_features, out_features = _linear_shape(module)
+            rank, scaling = int(config.adapters["rank"]), float(config.adapters["scaling"])
+            self.adapters.append(LowRankAdapter(in_features, out_features, rank, scaling))
+            module.register_forward_hook(functools.partial(self._adapter_hook, number))
+        self.post_init()
+
+    # ------------------------------------------------------------------------------------------------ hooks
+    def _bottleneck_hook(self, index: int, layer: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        """Replace decoder layer `index`'s output by its quantized version (what codeunlearn's BottleneckLayer does)."""
+        if not self.config.bottleneck_enabled:
+            return None
+        hidden_in = args[0] if args else kwargs["hidden_states"]
+        h = output[0] if isinstance(output, tuple) else output
+        quantizer = self.bottlenecks[str(index)]
+        block_output = quantizer.site == "block_output"
+        x = h - hidden_in if block_output else h
+        device = quantizer.keys.device
+        y = quantizer(x.to(device), kwargs.get("position_ids")).to(h.device)
+        if block_output:
+            y = y + hidden_in
+        return (y, *output[1:]) if isinstance(output, tuple) else y
+
+    def _adapter_hook(self, number: int, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        if not self.config.bottleneck_enabled:
+            return None
+        return self.adapters[number](args[0], output)
+
+    # ------------------------------------------------------------------------------------------------ model API
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Any = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """The base model's forward (same arguments and outputs); the hooks apply the bottlenecks."""
+        return self.causal_lm(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            labels=labels,
+            use_cache=use_cache,
+            **kwargs,
+        )
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        """The base model's own `generate` (its cache and input preparation); the hooks apply the bottlenecks."""
+        kwargs.setdefault("generation_config", self.generation_config)
+        return self.causal_lm.generate(*args, **kwargs)
+
+    def prepare_inputs_for_generation(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return self.causal_lm.prepare_inputs_for_generation(*args, **kwargs)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.causal_lm.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.causal_lm.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module | None:
+        return self.causal_lm.get_output_embeddings()
+
+    def get_decoder(self) -> nn.Module:
+        return self.causal_lm.get_decoder()
+
+
+__all__ = ["CodeunlearnConfig", "CodeunlearnForCausalLM"]

@@ -1,0 +1,205 @@
+"""`codeunlearn push` against a local HTTP server that plays the Hub (`HF_ENDPOINT`) and records every request: the
+repo is created, every file of the export is committed, the model card names the repo; a missing or refused token
+is a one-line error and the local directory stays byte for byte the same."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from export_helpers import make_tokenizer, topic_edits, trained_bmodel
+
+from codeunlearn.cli import main
+from codeunlearn.export.save import save_pretrained
+
+VALID_TOKEN = "hf_valid_test_token"
+REPO_ID = "alice/tiny-no-wizards"
+
+
+class FakeHub(BaseHTTPRequestHandler):
+    """The few Hub endpoints `create_repo` and `upload_folder` use; files are always `regular` (sent inline)."""
+
+    server: HubServer
+
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+    def _reply(self, status: int, payload: dict) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self):  # the name http.server dispatches to
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        auth = self.headers.get("Authorization", "")
+        self.server.requests.append({"method": "POST", "path": self.path, "auth": auth})
+        if auth != f"Bearer {VALID_TOKEN}":
+            self._reply(401, {"error": "Invalid credentials in Authorization header"})
+            return
+        path = self.path.split("?")[0]
+        if path == "/api/repos/create":
+            data = json.loads(body)
+            self.server.created.append(data)
+            name = f"{data['organization']}/{data['name']}" if data.get("organization") else data["name"]
+            self._reply(200, {"url": f"{self.server.endpoint}/{name}"})
+        elif path == "/api/validate-yaml":
+            self._reply(200, {"errors": [], "warnings": []})
+        elif "/preupload/" in path:
+            files = json.loads(body)["files"]
+            self._reply(
+                200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]}
+            )
+        elif "/commit/" in path:
+            lines = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
+            header = next(line["value"] for line in lines if line["key"] == "header")
+            files = {
+                line["value"]["path"]: base64.b64decode(line["value"]["content"])
+                for line in lines
+                if line["key"] == "file"
+            }
+            self.server.commits.append({"path": path, "summary": header["summary"], "files": files})
+            self._reply(
+                200, {"commitUrl": f"{self.server.endpoint}/{REPO_ID}/commit/{'0' * 40}", "commitOid": "0" * 40}
+            )
+        else:
+            self._reply(404, {"error": f"unknown endpoint {path}"})
+
+
+class HubServer(ThreadingHTTPServer):
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), FakeHub)
+        self.endpoint = f"http://127.0.0.1:{self.server_address[1]}"
+        self.requests: list[dict] = []
+        self.created: list[dict] = []
+        self.commits: list[dict] = []
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """A recording Hub on localhost; HF_ENDPOINT points at it and no stored token can leak in."""
+    from huggingface_hub import constants
+
+    server = HubServer()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "no-stored-tokens"))
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("push")
+    bmodel = trained_bmodel("llama", root / "run")
+    bmodel.apply_edit(topic_edits(bmodel)[0])
+    save_pretrained(bmodel, root / "export", make_tokenizer())
+    return root / "export"
+
+
+def snapshot(directory: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+def run_error(argv: list[str], capsys) -> str:
+    code = main(argv)
+    _, err = capsys.readouterr()
+    assert code == 2, err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "-- fix:" in errors[0], err
+    return errors[0]
+
+
+def test_push_creates_the_repo_and_uploads_every_file_with_a_card(hub, export_dir, monkeypatch, capsys):
+    monkeypatch.setenv("HF_TOKEN", VALID_TOKEN)
+    before = snapshot(export_dir)
+    assert main(["push", "--export_dir", str(export_dir), "--repo-id", REPO_ID]) == 0
+    assert f"{hub.endpoint}/{REPO_ID}" in capsys.readouterr().out
+    assert snapshot(export_dir) == before
+
+    assert len(hub.created) == 1
+    assert (hub.created[0].get("organization"), hub.created[0]["name"]) == ("alice", "tiny-no-wizards")
+    assert hub.created[0].get("visibility") != "private"
+    assert all(r["auth"] == f"Bearer {VALID_TOKEN}" for r in hub.requests)
+    files, card = hub.commits[0]["files"], hub.commits[1]["files"]
+    assert all(c["path"] == f"/api/models/{REPO_ID}/commit/main" for c in hub.commits)
+    local = {p for p in before if p != "README.md"}
+    assert set(files) == local  # every file of the export, nested codeunlearn_bottleneck/ included
+    assert all(hashlib.sha256(files[p]).hexdigest() == before[p] for p in local)
+    assert set(card) == {"README.md"}
+    text = card["README.md"].decode()
+    assert text.startswith("---\n") and "codeunlearn" in text
+    assert f'from_pretrained("{REPO_ID}", trust_remote_code=True)' in text
+    assert "| 1 | wizards | substitute |" in text
+
+
+def test_push_with_an_eval_report_publishes_it(hub, export_dir, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_TOKEN", VALID_TOKEN)
+    report = tmp_path / "report.json"
+    rows = [{"row": "base", "codes_removed": None, "forget_loss": 2.5, "retain_loss": 2.0}]
+    rows += [{"row": "bottleneck", "codes_removed": 0, "forget_loss": 2.75, "retain_loss": 2.125}]
+    for row in rows:
+        row.update(delta_forget=row["forget_loss"] - 2.75, delta_retain=row["retain_loss"] - 2.125)
+        row["selectivity"] = row["delta_forget"] - row["delta_retain"]
+    report.write_text(json.dumps({"rows": rows, "heldout_tokens": {"forget": 1000, "retain": 2000}}))
+    before = snapshot(export_dir)
+    argv = ["push", "--dir", str(export_dir), "--repo_id", REPO_ID, "--eval_report", str(report), "--private"]
+    assert main(argv) == 0
+    assert snapshot(export_dir) == before
+    assert hub.created[0]["visibility"] == "private"
+    card = hub.commits[1]["files"]
+    assert json.loads(card["eval_report.json"]) == json.loads(report.read_text())
+    text = card["README.md"].decode()
+    assert "| bottleneck | 0 | 2.7500 | 2.1250 | +0.0000 | +0.0000 | +0.0000 |" in text
+    assert "forget 1,000, retain 2,000" in text
+
+
+def test_missing_token_is_one_line_and_sends_nothing(hub, export_dir, capsys):
+    before = snapshot(export_dir)
+    line = run_error(["push", "--export_dir", str(export_dir), "--repo-id", REPO_ID], capsys)
+    assert "no Hugging Face token" in line and "HF_TOKEN" in line
+    assert hub.requests == []
+    assert snapshot(export_dir) == before
+
+
+def test_refused_token_is_one_line_and_keeps_the_directory(hub, export_dir, capsys):
+    before = snapshot(export_dir)
+    argv = ["push", "--export_dir", str(export_dir), "--repo-id", REPO_ID, "--token", "hf_revoked"]
+    line = run_error(argv, capsys)
+    assert "refused the token (401" in line and "unchanged" in line
+    assert hub.requests and hub.commits == []
+    assert snapshot(export_dir) == before
+
+
+def test_unreachable_hub_and_bad_directories(monkeypatch, export_dir, tmp_path, capsys):
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    line = run_error(["push", "--export_dir", str(export_dir), "--repo-id", REPO_ID, "--token", "x"], capsys)
+    assert "cannot reach the Hub" in line
+    assert "not found" in run_error(["push", "--export_dir", str(tmp_path / "nope"), "--repo-id", REPO_ID], capsys)
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "config.json").write_text('{"model_type": "llama"}')
+    line = run_error(["push", "--export_dir", str(tmp_path / "plain"), "--repo-id", REPO_ID], capsys)
+    assert "not a codeunlearn export" in line

