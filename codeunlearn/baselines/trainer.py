@@ -1,0 +1,362 @@
+"""The training loop every gradient baseline shares, on `accelerate`.
+
+`train_baseline(model, method, forget, retain, args)` trains `model` in place: AdamW over the method's parameters
+(weight decay on matrices only, as `transformers.Trainer` does), a warm-up then linear / cosine / constant
+schedule, gradient accumulation, optional gradient clipping and bf16 autocast. Every `log_every` steps a line goes to
+OUTPUT/metrics.jsonl; every `checkpoint_every` steps an atomic checkpoint (trained tensors, optimizer, scheduler,
+data cursors, RNG, elapsed seconds) goes to OUTPUT/checkpoints/, and `resume=True` continues from the latest one
+with the weights an uninterrupted run would reach. At the end the model (and tokenizer) is written with
+`save_pretrained` to a temporary directory renamed to OUTPUT/model, and OUTPUT/result.json records the method,
+its config, the resolved values (e.g. RMU's layer and c) and the wall time of the optimisation loop.
+
+Forget and retain chunks are read from two seeded endless streams (a fresh permutation each epoch). With several
+processes each takes its own slice of every step's batch and DDP averages gradients (RMU, whose forwards stop early,
+is meant for one process).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+from transformers import (
+    get_constant_schedule_with_warmup,
+    get_cosine_schedule_with_warmup,
+    get_linear_schedule_with_warmup,
+)
+
+from codeunlearn.baselines.base import UnlearningMethod
+from codeunlearn.errors import CodeunlearnError
+from codeunlearn.io import atomic_directory, atomic_save_tensors, atomic_write_text, load_tensors
+from codeunlearn.runtime import autocast
+from codeunlearn.training import ChunkStream
+
+METRICS_NAME = "metrics.jsonl"
+RESULT_NAME = "result.json"
+MODEL_DIR = "model"
+CHECKPOINTS_DIR = "checkpoints"
+STATE_NAME = "trainer_state.json"
+TRAINED_NAME = "trained.safetensors"
+RNG_NAME = "rng_state.safetensors"
+OPTIMIZER_NAME = "optimizer.pt"
+_SCHEDULES = {
+    "linear": get_linear_schedule_with_warmup,
+    "cosine": get_cosine_schedule_with_warmup,
+    "constant": lambda optimizer, warmup, total: get_constant_schedule_with_warmup(optimizer, warmup),
+}
+
+
+@dataclass
+class BaselineTrainingArguments:
+    """How a baseline run is executed and recorded (the method's hyperparameters are its config)."""
+
+    output_dir: str = field(metadata={"help": "Where metrics.jsonl, checkpoints/, model/ and result.json go."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
+    bf16: bool = field(
+        default=False, metadata={"help": "bf16 autocast of forwards (fast on GPUs and AMX CPUs only; weights fp32)."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seeds the order of forget and retain chunks and torch's RNG."})
+    log_every: int = field(default=10, metadata={"help": "Write a metrics line every N steps (and at the last)."})
+    checkpoint_every: int = field(
+        default=0, metadata={"help": "Save a resumable checkpoint every N steps (0 = never)."}
+    )
+    keep_checkpoints: int = field(default=1, metadata={"help": "Older checkpoints are deleted."})
+    resume: bool = field(default=False, metadata={"help": "Continue from the latest checkpoint in output_dir."})
+    stop_after_steps: int | None = field(default=None, metadata={"help": "End this run after this step (staged runs)."})
+    save_model: bool = field(default=True, metadata={"help": "Write the trained model to OUTPUT/model at the end."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace the results of an earlier run in output_dir."})
+    progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
+
+    def __post_init__(self) -> None:
+        if self.gradient_accumulation_steps < 1 or self.log_every < 1:
+            raise CodeunlearnError(
+                f"gradient_accumulation_steps={self.gradient_accumulation_steps}, log_every={self.log_every}",
+                "use values >= 1",
+            )
+        if self.checkpoint_every < 0 or self.keep_checkpoints < 1:
+            raise CodeunlearnError("checkpoint_every must be >= 0 and keep_checkpoints >= 1", "fix the arguments")
+        if self.stop_after_steps is not None and self.stop_after_steps < 1:
+            raise CodeunlearnError(f"stop_after_steps={self.stop_after_steps}", "use a step >= 1 or leave it unset")
+
+
+@dataclass
+class BaselineResult:
+    """What a baseline run did and cost."""
+
+    method: str
+    config: dict[str, Any]
+    steps: int
+    finished: bool
+    train_seconds: float  # wall time of the optimisation loop (summed over resumed runs): the cost of forgetting
+    prepare_seconds: float  # reference copies, RMU's norm measurement
+    save_seconds: float
+    trainable_parameters: int
+    tokens: dict[str, int]  # tokens trained on, per corpus
+    resolved: dict[str, Any]
+    metrics: list[dict[str, Any]]
+    model_dir: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check_chunks(name: str, chunks: Tensor | None, method: UnlearningMethod) -> None:
+    if chunks is None:
+        raise CodeunlearnError(f"{method.name} needs {name} text and none was given", f"pass {name} chunks/corpora")
+    if chunks.ndim != 2 or len(chunks) == 0:
+        raise CodeunlearnError(
+            f"the {name} corpus gave no chunks (shape {tuple(chunks.shape)})", "pass more text or a smaller --seq_len"
+        )
+
+
+def _latest_checkpoint(output_dir: Path) -> Path | None:
+    found = sorted((output_dir / CHECKPOINTS_DIR).glob("step-*"))
+    return found[-1] if found else None
+
+
+def check_output_dir(args: BaselineTrainingArguments) -> Path | None:
+    """Refuse to mix runs (changes nothing on disk); return the checkpoint to resume from, if any. Call it before
+    slow steps such as loading a model, so a mistake fails at once."""
+    output_dir = Path(args.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise CodeunlearnError(f"{output_dir} exists and is not a directory", "choose another output_dir")
+    if args.resume:
+        latest = _latest_checkpoint(output_dir)
+        if latest is None:
+            raise CodeunlearnError(
+                f"--resume given but {output_dir / CHECKPOINTS_DIR} holds no checkpoint", "drop --resume to start fresh"
+            )
+        return latest
+    earlier = [name for name in (METRICS_NAME, CHECKPOINTS_DIR, MODEL_DIR, RESULT_NAME) if (output_dir / name).exists()]
+    if earlier and not args.overwrite:
+        raise CodeunlearnError(
+            f"{output_dir} already holds a baseline run ({', '.join(earlier)})",
+            "pass --resume to continue it, --overwrite to replace it, or choose a new output_dir",
+        )
+    return None
+
+
+def _prepare_output_dir(output_dir: Path, args: BaselineTrainingArguments) -> Path | None:
+    """Check the output directory and clear an overwritten run's metrics and checkpoints."""
+    latest = check_output_dir(args)
+    if latest is not None:
+        return latest
+    for name in (METRICS_NAME, CHECKPOINTS_DIR):  # model/ and result.json are replaced atomically at the end
+        path = output_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    return None
+
+
+def _optimizer(params: dict[str, nn.Parameter], learning_rate: float, weight_decay: float) -> torch.optim.AdamW:
+    # Matrices decay, vectors (biases, norm weights) do not: the `transformers.Trainer` rule the papers ran under.
+    decay = [p for p in params.values() if p.ndim >= 2]
+    no_decay = [p for p in params.values() if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=learning_rate)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines logged after the checkpoint being resumed (they are logged again)."""
+    if path.is_file():
+        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def _save_checkpoint(
+    output_dir: Path, step: int, params, optimizer, scheduler, streams, seconds, method, args, accelerator
+) -> None:
+    if not accelerator.is_main_process:
+        return
+    root = output_dir / CHECKPOINTS_DIR
+    with atomic_directory(root / f"step-{step:07d}", overwrite=True) as tmp:
+        atomic_save_tensors({name: p.detach() for name, p in params.items()}, tmp / TRAINED_NAME)
+        atomic_save_tensors({"torch": torch.get_rng_state()}, tmp / RNG_NAME)
+        torch.save(optimizer.state_dict(), tmp / OPTIMIZER_NAME)
+        state = {
+            "step": step,
+            "cursors": {name: stream.cursor for name, stream in streams.items()},
+            "train_seconds": seconds,
+            "scheduler": scheduler.state_dict(),
+            "method": method.name,
+            "config": method.config.to_dict(),
+            "seed": args.seed,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        }
+        atomic_write_text(tmp / STATE_NAME, json.dumps(state, indent=1) + "\n")
+    for old in sorted(root.glob("step-*"))[: -args.keep_checkpoints]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_checkpoint(path: Path, params, method: UnlearningMethod, args: BaselineTrainingArguments) -> dict:
+    state_file = path / STATE_NAME
+    if not state_file.is_file():
+        raise CodeunlearnError(f"checkpoint {path} has no {STATE_NAME}", "delete the incomplete checkpoint directory")
+    state = json.loads(state_file.read_text())
+    same = (
+        state["method"] == method.name
+        and state["config"] == json.loads(json.dumps(method.config.to_dict()))
+        and state["seed"] == args.seed
+        and state["gradient_accumulation_steps"] == args.gradient_accumulation_steps
+    )
+    if not same:
+        raise CodeunlearnError(
+            f"checkpoint {path} was made by another method, config or seed ({state['method']})",
+            "resume with the run's own arguments (OUTPUT/run_args.json) or use a new output_dir",
+        )
+    saved = load_tensors(path / TRAINED_NAME, "checkpoint weights")
+    if set(saved) != set(params):
+        raise CodeunlearnError(f"checkpoint {path} holds other parameters than this run trains", "use a new output_dir")
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(saved[name])
+    torch.set_rng_state(load_tensors(path / RNG_NAME, "checkpoint RNG state")["torch"])
+    return state
+
+
+def train_baseline(
+    model: nn.Module,
+    method: UnlearningMethod,
+    forget: Tensor | None,
+    retain: Tensor | None,
+    args: BaselineTrainingArguments,
+    tokenizer: Any = None,
+    accelerator: Accelerator | None = None,
+) -> BaselineResult:
+    """Unlearn with `method` on forget chunks (and retain chunks if it reads them), training `model` in place.
+
+    Chunks are (num_chunks, seq_len) token ids of the *train* split. Returns the run's record; with
+    `args.save_model` the model (and `tokenizer`, if given) is saved to OUTPUT/model."""
+    if method.needs_forget:
+        _check_chunks("forget", forget, method)
+    if method.needs_retain:
+        _check_chunks("retain", retain, method)
+    config = method.config
+    accelerator = accelerator or Accelerator()
+    output_dir = Path(args.output_dir)
+    resume_from = _prepare_output_dir(output_dir, args)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    model.to(accelerator.device)
+
+    started = time.perf_counter()
+    resolved = method.prepare(model, forget, retain)
+    prepare_seconds = time.perf_counter() - started
+    model.requires_grad_(False)
+    params = method.trainable_parameters(model)
+    for param in params.values():
+        param.requires_grad_(True)
+    optimizer = _optimizer(params, config.learning_rate, config.weight_decay)
+    scheduler = _SCHEDULES[config.lr_scheduler](optimizer, config.warmup_steps, config.max_steps)
+    streams: dict[str, ChunkStream] = {}
+    if method.needs_forget:
+        streams["forget"] = ChunkStream(forget, args.seed)
+    if method.needs_retain:
+        streams["retain"] = ChunkStream(retain, args.seed + 1)
+
+    step, previous_seconds = 0, 0.0
+    metrics_path = output_dir / METRICS_NAME
+    if resume_from is not None:
+        state = _load_checkpoint(resume_from, params, method, args)
+        optimizer.load_state_dict(torch.load(resume_from / OPTIMIZER_NAME, weights_only=True))
+        scheduler.load_state_dict(state["scheduler"])
+        step, previous_seconds = state["step"], state["train_seconds"]
+        for name, stream in streams.items():
+            stream.cursor = state["cursors"][name]
+        _truncate_metrics(metrics_path, step)
+    prepared_model, optimizer = accelerator.prepare(model, optimizer)
+
+    end = config.max_steps if args.stop_after_steps is None else min(config.max_steps, args.stop_after_steps)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    accumulation = args.gradient_accumulation_steps
+    bar = tqdm(
+        total=end,
+        initial=step,
+        desc=method.name,
+        unit="step",
+        disable=not (args.progress and accelerator.is_main_process),
+    )
+    metrics: list[dict[str, Any]] = []
+    model.train()  # as under transformers.Trainer (no effect on dropout-free models such as Llama/SmolLM2)
+    loop_started = time.perf_counter()
+
+    def seconds() -> float:
+        return previous_seconds + time.perf_counter() - loop_started
+
+    while step < end:
+        sums: dict[str, float] = {}
+        for _ in range(accumulation):
+            batch = {}
+            for name, stream in streams.items():
+                batch[name] = stream.take(config.batch_size, skip=rank * config.batch_size).to(accelerator.device)
+                stream.advance(config.batch_size * world)
+            with autocast(accelerator.device, args.bf16):
+                loss, parts = method.loss(prepared_model, batch.get("forget"), batch.get("retain"))
+            accelerator.backward(loss / accumulation)
+            for key, value in {"loss": float(loss.detach()), **parts}.items():
+                sums[key] = sums.get(key, 0.0) + value / accumulation
+        if config.max_grad_norm > 0:
+            sums["grad_norm"] = float(accelerator.clip_grad_norm_(list(params.values()), config.max_grad_norm))
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        bar.update(1)
+        if step % args.log_every == 0 or step == end:
+            record = {"step": step, "seconds": round(seconds(), 3), "lr": scheduler.get_last_lr()[0], **sums}
+            metrics.append(record)
+            if accelerator.is_main_process:
+                with metrics_path.open("a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+            bar.set_postfix({k: round(v, 4) for k, v in sums.items() if k != "grad_norm"})
+        if args.checkpoint_every and (step % args.checkpoint_every == 0 or step == end):
+            _save_checkpoint(
+                output_dir, step, params, optimizer, scheduler, streams, seconds(), method, args, accelerator
+            )
+    train_seconds = seconds()
+    bar.close()
+    model.eval()
+    model.requires_grad_(False)
+    method.release()
+    accelerator.wait_for_everyone()
+
+    finished = step >= config.max_steps
+    save_seconds, model_dir = 0.0, None
+    if finished and args.save_model and accelerator.is_main_process:
+        started = time.perf_counter()
+        with atomic_directory(output_dir / MODEL_DIR, overwrite=True) as tmp:
+            accelerator.unwrap_model(prepared_model).save_pretrained(tmp)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+        save_seconds = time.perf_counter() - started
+        model_dir = str(output_dir / MODEL_DIR)
+    samples = step * accumulation * config.batch_size * world
+    seq_len = next(chunks.shape[1] for chunks in (forget, retain) if chunks is not None)
+    result = BaselineResult(
+        method=method.name,
+        config=config.to_dict(),
+        steps=step,
+        finished=finished,
+        train_seconds=round(train_seconds, 3),
+        prepare_seconds=round(prepare_seconds, 3),
+        save_seconds=round(save_seconds, 3),
+        trainable_parameters=sum(p.numel() for p in params.values()),
+        tokens={name: samples * seq_len for name in streams},
+        resolved=resolved,
+        metrics=metrics,
+        model_dir=model_dir,
+    )
+    if finished and accelerator.is_main_process:
+        atomic_write_text(output_dir / RESULT_NAME, json.dumps(result.to_dict(), indent=1) + "\n")
+    return result
