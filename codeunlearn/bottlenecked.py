@@ -1,8 +1,13 @@
-"""`BottleneckedModel`: a frozen transformers causal LM with codebook bottlenecks wrapped around decoder layers.
+"""`BottleneckedModel`: a frozen transformers causal LM with bottlenecks wrapped around decoder layers.
 
 The wrapper replaces `layers[L]` by a module that runs the original layer and passes its output (tuple in
 transformers 4.x, tensor in 5.x) through the bottleneck. Disabled, it returns the layer output untouched, so the
 logits are bit-identical to the base model's.
+
+A bottleneck is a `CodebookBottleneck` (`kind="vq"`) or an `SAEBottleneck` (`kind="sae"`, a sae-lens SAE). Both
+offer the small protocol the rest of the package relies on: `config`, `quantize(states, positions)` returning an
+output with `.output` and `.passthrough` (plus `.codes` for a codebook, `.acts` for an SAE), and a way to install
+the active edits (`set_removed` masks / `set_interventions`).
 """
 
 from __future__ import annotations
@@ -25,17 +30,52 @@ from codeunlearn.adapters import (
     inject_adapters,
     set_adapters_enabled,
 )
-from codeunlearn.architectures import check_layer_indices, decoder_layers, hidden_size, model_type_of
+from codeunlearn.architectures import (
+    DECODER_LAYER_PATHS,
+    check_layer_indices,
+    decoder_layers,
+    hidden_size,
+    model_type_of,
+)
 from codeunlearn.codebook import CodebookBottleneck, QuantizeOutput
 from codeunlearn.config import CONFIG_NAME, BottleneckConfig
 from codeunlearn.edit import Edit
 from codeunlearn.errors import CodeunlearnError
+from codeunlearn.interventions import compile_edit
 from codeunlearn.io import atomic_directory, atomic_save_tensors, atomic_write_text, load_tensors
+from codeunlearn.sae import (
+    LAYER_DIR,
+    SAEBottleneck,
+    SAEOutput,
+    Splice,
+    is_sae_directory,
+    load_sae_module,
+    spliced,
+)
 
 WEIGHTS_NAME = "bottleneck.safetensors"
 EDITS_NAME = "edits.json"
 
-Observer = Callable[[int, Tensor, QuantizeOutput], None]
+Bottleneck = CodebookBottleneck | SAEBottleneck
+Observer = Callable[[int, Tensor, QuantizeOutput | SAEOutput], None]
+SAESource = str | Path | nn.Module  # a sae-lens directory, or a sae-lens SAE module
+
+
+def _sae_sources(saes: Any) -> list[tuple[int | None, SAESource]]:
+    """(layer or None, source) pairs from `{layer: source}`, one source, or a list of sources; a directory whose
+    subdirectories are SAE directories (a downloaded release) stands for all of them."""
+    if isinstance(saes, dict):
+        return [(int(layer), source) for layer, source in saes.items()]
+    if isinstance(saes, (str, Path)):
+        path = Path(saes)
+        if path.is_dir() and not is_sae_directory(path):
+            found = sorted(p for p in path.iterdir() if p.is_dir() and is_sae_directory(p))
+            if found:
+                return [(None, p) for p in found]
+        return [(None, path)]
+    if isinstance(saes, nn.Module):
+        return [(None, saes)]
+    return [(None, source) for source in saes]
 
 
 def _read_saved_edits(path: Path) -> list[Edit]:
@@ -59,7 +99,7 @@ class StopForward(Exception):
 class BottleneckLayer(nn.Module):
     """A decoder layer followed by its bottleneck."""
 
-    def __init__(self, layer: nn.Module, bottleneck: CodebookBottleneck, index: int) -> None:
+    def __init__(self, layer: nn.Module, bottleneck: Bottleneck, index: int) -> None:
         super().__init__()
         self.layer = layer
         self.bottleneck = bottleneck
@@ -68,6 +108,7 @@ class BottleneckLayer(nn.Module):
         self.fit_keys = False
         self.observer: Observer | None = None
         self.stop_here = False
+        self.states_only = False  # hand the observer the states (result None) and leave them unchanged
 
     def __getattr__(self, name: str) -> Any:
         # Model forwards read attributes such as `attention_type` off their layers.
@@ -80,9 +121,17 @@ class BottleneckLayer(nn.Module):
         out = self.layer(hidden_states, *args, **kwargs)
         if not self.enabled:
             return out
+        if getattr(self.bottleneck, "transparent", False) and self.observer is None and not self.stop_here:
+            return out  # an unedited SAE with its error term returns its input exactly: no need to run it
         h = out[0] if isinstance(out, tuple) else out
         x = h - hidden_states if self.bottleneck.config.site == "block_output" else h
         positions = kwargs.get("position_ids")
+        if self.states_only:  # e.g. SAE training reads the base model's states; later layers see them unchanged
+            if self.observer is not None:
+                self.observer(self.index, x, None)
+            if self.stop_here:
+                raise StopForward
+            return out
         if self.fit_keys and not bool(self.bottleneck.initialized):
             self.bottleneck.fit_keys(x.detach(), positions)  # k-means initialisation
         # Quantize before updating the keys, so logged fidelity is measured on a batch the keys have not seen.
@@ -100,7 +149,7 @@ class BottleneckLayer(nn.Module):
 class BottleneckedModel(nn.Module):
     """A base causal LM (frozen) with bottlenecks at `config.layers`, plus the stack of active edits."""
 
-    def __init__(self, model: nn.Module, config: BottleneckConfig, bottlenecks: dict[int, CodebookBottleneck]) -> None:
+    def __init__(self, model: nn.Module, config: BottleneckConfig, bottlenecks: dict[int, Bottleneck]) -> None:
         super().__init__()
         self.model = model
         self.config = config
@@ -127,10 +176,56 @@ class BottleneckedModel(nn.Module):
         config.num_hidden_layers = num_layers
         config.model_type = model_type_of(model)
         config.base_model = config.base_model or str(getattr(model.config, "_name_or_path", ""))
+        if config.kind == "sae":
+            config.sae_width = config.sae_width or config.sae_expansion_factor * config.hidden_size
         config = BottleneckConfig.from_dict(config.to_dict())  # re-validate with the model facts filled in
         device = next(model.parameters()).device
-        bottlenecks = {layer: CodebookBottleneck(config).to(device) for layer in config.layers}
+        if config.kind == "sae":
+            path = DECODER_LAYER_PATHS[config.model_type]
+            bottlenecks = {
+                layer: SAEBottleneck.fresh(config, layer, config.base_model, f"{path}.{layer}").to(device)
+                for layer in config.layers
+            }
+        else:
+            bottlenecks = {layer: CodebookBottleneck(config).to(device) for layer in config.layers}
         return cls(model, config, bottlenecks)
+
+    @classmethod
+    def attach_sae(
+        cls,
+        model: nn.Module,
+        saes: dict[int, SAESource] | SAESource | list[SAESource],
+        error_term: bool = True,
+        passthrough_first_position: bool = True,
+    ) -> BottleneckedModel:
+        """Attach trained SAEs saved by sae-lens (or by codeunlearn, or a downloaded Gemma Scope folder).
+
+        `saes` is `{layer: directory or sae-lens SAE}`, or directories alone (each SAE's recorded hook name, e.g.
+        `blocks.12.hook_resid_post`, gives its layer), or one directory holding such directories. An SAE whose
+        d_in or hook layer does not match the model is refused with a one-line error.
+        """
+        layers = decoder_layers(model)
+        config = BottleneckConfig(
+            layers=[0],
+            kind="sae",
+            sae_architecture="pretrained",
+            sae_error_term=error_term,
+            passthrough_first_position=passthrough_first_position,
+            hidden_size=hidden_size(model),
+            num_hidden_layers=len(layers),
+            model_type=model_type_of(model),
+            base_model=str(getattr(model.config, "_name_or_path", "")),
+        )
+        bottlenecks: dict[int, SAEBottleneck] = {}
+        for layer, source in _sae_sources(saes):
+            bottleneck = load_sae_module(source, config, layer)
+            if bottleneck.layer in bottlenecks:
+                raise CodeunlearnError(f"two SAEs for layer {bottleneck.layer}", "attach one SAE per layer")
+            bottlenecks[bottleneck.layer] = bottleneck
+        config.layers = check_layer_indices(sorted(bottlenecks), len(layers))
+        config.sae_width = bottlenecks[config.layers[0]].num_features
+        device = next(model.parameters()).device
+        return cls(model, config, {layer: bn.to(device) for layer, bn in bottlenecks.items()})
 
     @classmethod
     def from_pretrained(cls, model: nn.Module, path: str | Path) -> BottleneckedModel:
@@ -150,8 +245,21 @@ class BottleneckedModel(nn.Module):
                 f"bottleneck at {path} was trained for another model ({'; '.join(mismatches)})",
                 f"load it onto {config.base_model or 'the model it was trained on'} or train a new one",
             )
-        tensors = load_tensors(path / WEIGHTS_NAME, "bottleneck weights")
         device = next(model.parameters()).device
+        if config.kind == "sae":
+            bottlenecks = {
+                layer: SAEBottleneck.from_directory(path / LAYER_DIR.format(layer=layer), config, layer).to(device)
+                for layer in config.layers
+            }
+            bmodel = cls(model, config, bottlenecks)
+            try:
+                for edit in _read_saved_edits(path / EDITS_NAME):
+                    bmodel.apply_edit(edit)
+            except BaseException:
+                bmodel.detach()
+                raise
+            return bmodel
+        tensors = load_tensors(path / WEIGHTS_NAME, "bottleneck weights")
         bottlenecks = {}
         for layer in config.layers:
             bottleneck = CodebookBottleneck(config)
@@ -189,7 +297,11 @@ class BottleneckedModel(nn.Module):
         """Write config, weights (safetensors) and the active edits to `path` atomically."""
         with atomic_directory(path, overwrite=overwrite) as tmp:
             atomic_write_text(tmp / CONFIG_NAME, self.config.to_json_string())
-            atomic_save_tensors(self.bottleneck_state(), tmp / WEIGHTS_NAME, {"codeunlearn": __version__})
+            if self.config.kind == "sae":  # one sae-lens directory per layer, loadable by sae-lens itself
+                for layer in self.layers:
+                    self.bottleneck(layer).save(tmp / LAYER_DIR.format(layer=layer))
+            else:
+                atomic_save_tensors(self.bottleneck_state(), tmp / WEIGHTS_NAME, {"codeunlearn": __version__})
             if with_edits and self.edits:
                 atomic_write_text(tmp / EDITS_NAME, json.dumps([e.to_dict() for e in self.edits], indent=1) + "\n")
 
@@ -202,12 +314,20 @@ class BottleneckedModel(nn.Module):
         return adapter_parameters(self.model)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """What the value phase trains: codebook output values and, if configured, the downstream adapters."""
+        """What the value phase trains: codebook output values and, if configured, the downstream adapters (SAE:
+        the SAE weights)."""
+        if self.config.kind == "sae":
+            return [p for bn in self.bottlenecks.values() for p in bn.sae.parameters()]
         values = [p for bn in self.bottlenecks.values() for p in bn.values]
         return values + list(self.adapter_parameters().values())
 
     def fingerprint(self) -> str:
-        """Hash of the search keys: identifies which bottleneck an edit's code ids refer to."""
+        """Hash of the search keys (SAE: of the encoders): identifies which bottleneck an edit's code ids refer to."""
+        if self.config.kind == "sae":
+            digest = hashlib.sha256(repr(self.layers).encode())
+            for layer in self.layers:
+                digest.update(self.bottleneck(layer).fingerprint_bytes())
+            return digest.hexdigest()[:16]
         digest = hashlib.sha256(self.config.to_json_string().encode())
         for layer in self.layers:
             for stage in range(self.config.num_stages):
@@ -236,8 +356,23 @@ class BottleneckedModel(nn.Module):
     def layers(self) -> list[int]:
         return list(self.config.layers)
 
-    def bottleneck(self, layer: int) -> CodebookBottleneck:
+    def bottleneck(self, layer: int) -> Bottleneck:
         return self.bottlenecks[str(layer)]
+
+    def num_features(self, layer: int) -> int:
+        """Distinct code ids (VQ) or features (SAE) at a layer."""
+        if self.config.kind == "sae":
+            return self.bottleneck(layer).num_features
+        return self.config.codes_per_layer
+
+    @contextlib.contextmanager
+    def splice(self, mode: Splice) -> Iterator[None]:
+        """SAE only: run with `reconstruction` (no error term: the "CE loss recovered" splice) or `zero_ablation`
+        (the states replaced by zeros) instead of the default error-term splice."""
+        if self.config.kind != "sae":
+            raise CodeunlearnError("splice modes are for SAE bottlenecks", "use a bottleneck of kind sae")
+        with spliced([self.bottleneck(layer) for layer in self.layers], mode):
+            yield
 
     def wrappers(self) -> list[BottleneckLayer]:
         layers = decoder_layers(self.model)
@@ -276,13 +411,29 @@ class BottleneckedModel(nn.Module):
                 wrapper.observer = None
                 wrapper.stop_here = False
 
-    def run_to_deepest(self, input_ids: Tensor, observer: Observer, attention_mask: Tensor | None = None) -> None:
-        """Forward pass that stops right after the deepest bottleneck (no later layer, no LM head)."""
-        with self.observing(observer, stop_at_deepest=True):
-            try:
-                self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-            except StopForward:
-                return
+    def run_to_deepest(
+        self,
+        input_ids: Tensor,
+        observer: Observer,
+        attention_mask: Tensor | None = None,
+        states_only: bool = False,
+    ) -> None:
+        """Forward pass that stops right after the deepest bottleneck (no later layer, no LM head).
+
+        `states_only`: the observer gets the base model's states at each bottleneck layer (and None for the
+        result); the bottlenecks do not run, so untrained ones are fine."""
+        wrappers = self.wrappers()
+        for wrapper in wrappers:
+            wrapper.states_only = states_only
+        try:
+            with self.observing(observer, stop_at_deepest=True):
+                try:
+                    self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+                except StopForward:
+                    return
+        finally:
+            for wrapper in wrappers:
+                wrapper.states_only = False
         raise RuntimeError("the forward pass never reached the deepest bottleneck")
 
     # ------------------------------------------------------------------------------------------------ edits
@@ -331,13 +482,13 @@ class BottleneckedModel(nn.Module):
                 f"edit {edit.topic!r} was made for another bottleneck (fingerprint {edit.bottleneck_fingerprint})",
                 "recompute statistics and selection with this bottleneck (codeunlearn stats / forget)",
             )
-        total = self.config.codes_per_layer
         for layer, codes in edit.layers.items():
             if layer not in self.layers:
                 raise CodeunlearnError(
                     f"edit names layer {layer}, bottlenecks are at {self.layers}",
                     "use an edit made for this bottleneck",
                 )
+            total = self.num_features(layer)
             bad = [c for c in codes.codes if not 0 <= c < total]
             if bad:
                 raise CodeunlearnError(
@@ -346,6 +497,11 @@ class BottleneckedModel(nn.Module):
                 )
 
     def _refresh_masks(self) -> None:
+        if self.config.kind == "sae":
+            for layer in self.layers:
+                compiled = [compile_edit(e, layer) for e in self.edits if layer in e.layers and e.layers[layer].codes]
+                self.bottleneck(layer).set_interventions(compiled)
+            return
         shape = (self.config.num_stages, self.config.num_heads, self.config.codebook_size)
         for layer in self.layers:
             bottleneck = self.bottleneck(layer)

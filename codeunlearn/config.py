@@ -12,12 +12,16 @@ from codeunlearn.errors import CodeunlearnError
 
 CONFIG_NAME = "bottleneck_config.json"
 SITES = ("residual", "block_output")
-KINDS = ("vq",)
+KINDS = ("vq", "sae")
+# SAE architectures a config can name: `relu` (MSE + L1) and `topk` are trained here; `pretrained` marks SAEs
+# attached from sae-lens directories, whose own cfg.json says what they are (jumprelu, gated, ...).
+SAE_ARCHITECTURES = ("relu", "topk", "pretrained")
+TRAINABLE_SAE_ARCHITECTURES = ("relu", "topk")
 
 
 @dataclass
 class BottleneckConfig:
-    """Shape of a set of codebook bottlenecks attached at decoder layers.
+    """Shape of a set of bottlenecks attached at decoder layers: codebooks (`kind="vq"`) or SAEs (`kind="sae"`).
 
     Each token's state at a bottleneck is centred, rotated by a fixed random orthogonal matrix (so that every head
     sees a similar share of the variance instead of a few outlier dimensions), split into `num_heads` pieces and
@@ -39,7 +43,15 @@ class BottleneckConfig:
             scores 0.5, so the threshold must sit far below that or live codes get replaced by batch samples.
         adapter_rank: rank of LoRA adapters (peft) trained on the layers after the first bottleneck to read the
             quantized stream; 0 = none. Base weights are never changed.
-        seed: seeds the rotation and the k-means initialisation.
+        seed: seeds the rotation and the k-means initialisation (VQ) or the SAE weight initialisation.
+        sae_architecture: `relu` (ReLU encoder, MSE + L1 on decoder-norm-weighted activations) or `topk` (the k
+            largest pre-activations, MSE + aux-k), both sae-lens's own training classes; `pretrained` for SAEs
+            attached from sae-lens directories.
+        sae_width: SAE features per layer (d_sae); 0 = `sae_expansion_factor` x hidden size.
+        sae_k: active features per token of a `topk` SAE.
+        sae_l1_coefficient: weight of the L1 sparsity loss of a `relu` SAE (on inputs scaled to norm sqrt(d_in)).
+        sae_error_term: keep the SAE's reconstruction error in the output (output = decode(edited features) +
+            (h - decode(features))), so an unedited SAE changes nothing; False splices the bare reconstruction in.
         hidden_size / num_hidden_layers / model_type / base_model: the model it was built for, checked on load.
     """
 
@@ -56,6 +68,12 @@ class BottleneckConfig:
     dead_code_threshold: float = 0.02
     adapter_rank: int = 0
     seed: int = 0
+    sae_architecture: Literal["relu", "topk", "pretrained"] = "topk"
+    sae_width: int = 0
+    sae_expansion_factor: int = 8
+    sae_k: int = 32
+    sae_l1_coefficient: float = 5.0
+    sae_error_term: bool = True
     hidden_size: int = 0
     num_hidden_layers: int = 0
     model_type: str = ""
@@ -86,10 +104,36 @@ class BottleneckConfig:
         for name in ("num_heads", "codebook_size", "num_stages"):
             if getattr(self, name) < 1:
                 raise CodeunlearnError(f"{name} must be >= 1, got {getattr(self, name)}", f"set {name} to 1 or more")
-        if self.hidden_size and self.hidden_size % self.num_heads:
+        if self.kind == "sae":
+            self._check_sae()
+        elif self.hidden_size and self.hidden_size % self.num_heads:
             raise CodeunlearnError(
                 f"hidden size {self.hidden_size} is not divisible by num_heads={self.num_heads}",
                 "choose num_heads that divides the hidden size",
+            )
+
+    def _check_sae(self) -> None:
+        if self.sae_architecture not in SAE_ARCHITECTURES:
+            raise CodeunlearnError(
+                f"unknown SAE architecture {self.sae_architecture!r}", f"use one of {TRAINABLE_SAE_ARCHITECTURES}"
+            )
+        if self.site != "residual":
+            raise CodeunlearnError(
+                f"an SAE bottleneck reads the residual stream, not site={self.site!r}", "use site residual"
+            )
+        if self.adapter_rank:
+            raise CodeunlearnError(
+                "downstream adapters are for codebooks; an SAE keeps its error term instead", "set adapter_rank 0"
+            )
+        for name in ("sae_width", "sae_expansion_factor", "sae_k"):
+            if getattr(self, name) < (0 if name == "sae_width" else 1):
+                raise CodeunlearnError(f"{name} must be positive, got {getattr(self, name)}", f"fix {name}")
+        if self.sae_l1_coefficient < 0:
+            raise CodeunlearnError(f"sae_l1_coefficient must be >= 0, got {self.sae_l1_coefficient}", "use e.g. 5.0")
+        width = self.sae_width or self.sae_expansion_factor * self.hidden_size
+        if self.sae_architecture == "topk" and width and self.sae_k > width:
+            raise CodeunlearnError(
+                f"sae_k={self.sae_k} exceeds the SAE width {width}", "choose sae_k below the number of features"
             )
 
     @property
@@ -98,7 +142,9 @@ class BottleneckConfig:
 
     @property
     def codes_per_layer(self) -> int:
-        """Number of distinct code ids at one layer (stage x head x code)."""
+        """Number of distinct code ids at one layer (stage x head x code; SAE: features)."""
+        if self.kind == "sae":
+            return self.sae_width or self.sae_expansion_factor * self.hidden_size
         return self.num_stages * self.num_heads * self.codebook_size
 
     @property

@@ -1,4 +1,4 @@
-"""Training a bottleneck: one loop on `accelerate`, in two phases.
+"""Training a bottleneck: one loop on `accelerate`; a codebook in two phases, an SAE in one.
 
 1. **Keys** (`key_steps`): k-means initialisation, then EMA updates and dead-code replacement of the search keys
    (`vector_quantize_pytorch`), on truncated forwards that stop at the deepest bottleneck. No gradients. Every
@@ -6,6 +6,14 @@
 2. **Values** (`value_steps`): the codes' output vectors are trained by gradient through the frozen downstream
    layers; the objective is `reconstruction` (FVU), `kl` (KL from the base model's next-token distribution to the
    bottlenecked model's) or `kl+reconstruction`. Batches are sharded across processes; DDP averages gradients.
+
+An SAE bottleneck (`kind="sae"`) trains in one gradient phase (`sae_steps`) on the base model's states at its
+layers, read by truncated forwards (no later layer): sae-lens's own training forward pass (MSE + L1 on
+decoder-norm-weighted activations for `relu`, MSE + aux-k on dead features for `topk`), Adam, gradient clipping at
+1 as sae-lens does. A first batch sets b_dec to the data mean and the input scale (average norm -> sqrt(d_in));
+the scale is folded into the weights when training ends. Logged: L0, FVU, features dead for `dead_feature_window`
+updates. Batches are sharded across processes and gradients averaged. Since the forward is the expensive part,
+`sae_updates_per_batch` > 1 makes several optimizer updates per forward batch, each on a share of its tokens.
 
 Checkpoints (every `checkpoint_every` steps, atomic directories) hold the bottleneck weights and buffers, the
 optimizer and scheduler, the RNG states and the data cursor; `resume=True` continues from the latest one and ends
@@ -43,6 +51,7 @@ OBJECTIVES = ("reconstruction", "kl", "kl+reconstruction")
 STATE_NAME = "trainer_state.json"
 RNG_NAME = "rng_state.safetensors"
 OPTIMIZER_NAME = "optimizer.pt"
+SAE_STATE_NAME = "sae_trainer_state.safetensors"  # steps since each SAE feature last fired
 
 
 @dataclass
@@ -56,11 +65,26 @@ class TrainingArguments:
     key_steps: int = field(default=100, metadata={"help": "EMA/k-means steps on the search keys."})
     value_steps: int = field(default=200, metadata={"help": "Gradient steps on the output values."})
     batch_size: int = field(default=8, metadata={"help": "Chunks per step and process."})
-    kmeans_init_tokens: int = field(default=16384, metadata={"help": "Tokens in the k-means initialisation batch."})
+    kmeans_init_tokens: int = field(
+        default=16384,
+        metadata={"help": "Tokens in the initialisation batch (VQ: k-means; SAE: b_dec, input scale, typical norm)."},
+    )
     learning_rate: float = field(default=1e-2, metadata={"help": "AdamW learning rate of the codebook values."})
     adapter_learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate of downstream adapters."})
     warmup_steps: int = field(default=10, metadata={"help": "Linear warm-up before the cosine decay."})
     reconstruction_weight: float = field(default=1.0, metadata={"help": "Weight of FVU in kl+reconstruction."})
+    sae_steps: int = field(
+        default=1000, metadata={"help": "Steps of an SAE bottleneck (kind sae): one truncated forward batch each."}
+    )
+    sae_learning_rate: float = field(default=5e-4, metadata={"help": "Adam learning rate of SAE weights."})
+    sae_updates_per_batch: int = field(
+        default=1,
+        metadata={"help": "SAE: optimizer updates per forward batch, each on a share of its tokens (forwards cost)."},
+    )
+    dead_feature_window: int = field(
+        default=200,
+        metadata={"help": "SAE: optimizer updates without firing after which a feature counts as dead (aux-k loss)."},
+    )
     checkpoint_every: int = field(default=100, metadata={"help": "Save a resumable checkpoint every N steps."})
     keep_checkpoints: int = field(default=2, metadata={"help": "Older checkpoints are deleted."})
     log_every: int = field(default=10, metadata={"help": "Write metrics every N steps."})
@@ -84,10 +108,20 @@ class TrainingArguments:
             raise CodeunlearnError("key_steps must be >= 1", "the keys need at least the k-means initialisation step")
         if self.batch_size < 1 or self.value_steps < 0:
             raise CodeunlearnError("batch_size must be >= 1 and value_steps >= 0", "fix the training arguments")
+        if min(self.sae_steps, self.dead_feature_window, self.sae_updates_per_batch) < 1:
+            raise CodeunlearnError(
+                "sae_steps, sae_updates_per_batch and dead_feature_window must be >= 1",
+                "fix the training arguments (e.g. --sae_steps 1000)",
+            )
 
     @property
     def total_steps(self) -> int:
+        """Steps of a codebook run (key + value steps); see `steps_for`."""
         return self.key_steps + self.value_steps
+
+    def steps_for(self, kind: str) -> int:
+        """Steps of a run training a bottleneck of `kind` (`vq`: key + value steps, `sae`: SAE steps)."""
+        return self.sae_steps if kind == "sae" else self.total_steps
 
 
 class ChunkStream:
@@ -129,13 +163,20 @@ def _latest_checkpoint(output_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def _save_checkpoint(bmodel, optimizer, scheduler, stream, step, args, accelerator) -> None:
+def _save_checkpoint(bmodel, optimizer, scheduler, stream, step, args, accelerator, extra=None) -> None:
     if not accelerator.is_main_process:
         return
     root = Path(args.output_dir) / "checkpoints"
     target = root / f"step-{step:07d}"
     with atomic_directory(target, overwrite=True) as tmp:
-        bmodel.save_pretrained(tmp / "bottleneck", overwrite=True, with_edits=False)
+        if bmodel.config.kind == "sae":
+            # The exact training state: a saved SAE is the inference form, with weights folded and re-normalised.
+            atomic_write_text(tmp / "bottleneck" / CONFIG_NAME, bmodel.config.to_json_string())
+            atomic_save_tensors(bmodel.bottleneck_state(), tmp / "bottleneck" / WEIGHTS_NAME)
+        else:
+            bmodel.save_pretrained(tmp / "bottleneck", overwrite=True, with_edits=False)
+        if extra:
+            atomic_save_tensors(extra, tmp / SAE_STATE_NAME)
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state()
@@ -174,6 +215,137 @@ def _load_checkpoint(path: Path, bmodel: BottleneckedModel) -> dict:
     return json.loads(state_file.read_text())
 
 
+def _sae_batch_metrics(out, fired: Tensor) -> dict[str, float]:
+    """L0 (features active per token) and FVU of one SAE training batch."""
+    x, y = out.sae_in.float(), out.sae_out.float()
+    fvu = ((x - y) ** 2).sum() / ((x - x.mean(0)) ** 2).sum().clamp_min(1e-12)
+    return {"l0": float(fired.sum(-1).float().mean()), "fvu": float(fvu)}
+
+
+def _train_sae(
+    bmodel: BottleneckedModel,
+    stream: ChunkStream,
+    args: TrainingArguments,
+    accelerator: Accelerator,
+    step: int,
+    end: int,
+    total: int,
+    log,
+    bar,
+    resume_state: dict | None,
+) -> int:
+    """The SAE phase of `train_bottleneck`, from `step` to `end`; returns the step reached.
+
+    One step = one truncated forward of `batch_size` chunks and `sae_updates_per_batch` optimizer updates, each on
+    a disjoint share of its tokens (the forward is what costs; the updates are cheap)."""
+    layers = bmodel.layers
+    bottlenecks = {layer: bmodel.bottleneck(layer) for layer in layers}
+    for layer, bottleneck in bottlenecks.items():
+        if not bottleneck.trainable:
+            raise CodeunlearnError(
+                f"the SAE at layer {layer} was loaded for inference, not attached for training",
+                "attach a fresh SAE (BottleneckedModel.attach with kind sae) to train it",
+            )
+    device = accelerator.device
+    updates = args.sae_updates_per_batch
+    since_fired = {layer: torch.zeros(bottlenecks[layer].num_features, dtype=torch.long) for layer in layers}
+    if resume_state is not None and step > 0:
+        saved = load_tensors(_latest_checkpoint(Path(args.output_dir)) / SAE_STATE_NAME, "SAE trainer state")
+        since_fired = {layer: saved[str(layer)] for layer in layers}
+    states: dict[int, Tensor] = {}
+
+    def record(layer: int, layer_states: Tensor, result: None) -> None:
+        states[layer] = layer_states
+
+    if not all(bool(b.initialized) for b in bottlenecks.values()):
+        # Every process reads the same first batch, so b_dec and the input scale agree across processes.
+        count = max(args.batch_size, math.ceil(args.kmeans_init_tokens / stream.chunks.shape[1]))
+        with torch.no_grad(), autocast(device, args.bf16):
+            bmodel.run_to_deepest(stream.take(count).to(device), record, states_only=True)
+        for layer, bottleneck in bottlenecks.items():
+            bottleneck.initialize(states[layer])
+
+    params = bmodel.trainable_parameters()
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.Adam(params, lr=args.sae_learning_rate, betas=(0.9, 0.999))
+    scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps * updates, max(total * updates, 1))
+    if resume_state is not None and "scheduler" in resume_state:
+        ckpt = _latest_checkpoint(Path(args.output_dir))
+        optimizer.load_state_dict(torch.load(ckpt / OPTIMIZER_NAME, weights_only=True))
+        scheduler.load_state_dict(resume_state["scheduler"])
+    optimizer, scheduler = accelerator.prepare(optimizer, scheduler)
+
+    def update(ordinary: dict[int, Tensor]) -> tuple[float, dict[str, float], dict[int, dict[str, float]]]:
+        """One optimizer update on the given ordinary-token states of every layer."""
+        loss = torch.zeros((), device=device)
+        parts: dict[str, float] = {}
+        by_layer: dict[int, dict[str, float]] = {}
+        for layer, bottleneck in bottlenecks.items():
+            dead = (since_fired[layer] > args.dead_feature_window).to(device)
+            out = bottleneck.training_step(ordinary[layer], dead, step)
+            loss = loss + out.loss
+            with torch.no_grad():
+                fired = out.feature_acts > 0
+                did_fire = accelerator.reduce(fired.any(0).long(), reduction="sum").cpu() > 0
+                since_fired[layer] += 1
+                since_fired[layer][did_fire] = 0
+                by_layer[layer] = _sae_batch_metrics(out, fired)
+                for name, value in out.losses.items():
+                    parts[name] = parts.get(name, 0.0) + float(value)
+        accelerator.backward(loss)
+        if accelerator.num_processes > 1:
+            for p in params:
+                if p.grad is not None:
+                    p.grad = accelerator.reduce(p.grad, reduction="mean")
+        accelerator.clip_grad_norm_(params, 1.0)  # as sae-lens's trainer does
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.item(), parts, by_layer
+
+    try:
+        while step < end:
+            world, rank = accelerator.num_processes, accelerator.process_index
+            batch = stream.take(args.batch_size, skip=rank * args.batch_size).to(device)
+            stream.advance(args.batch_size * world)
+            states.clear()
+            with torch.no_grad(), autocast(device, args.bf16):
+                bmodel.run_to_deepest(batch, record, states_only=True)
+            ordinary = {
+                layer: states[layer][~bottleneck.passthrough_mask(states[layer], None)].float()
+                for layer, bottleneck in bottlenecks.items()
+            }
+            for share in range(updates):  # strided shares: every update sees tokens from every chunk
+                loss, parts, by_layer = update({layer: x[share::updates] for layer, x in ordinary.items()})
+            step += 1
+            bar.update(1)
+            if step % args.log_every == 0 or step == total:
+                log(
+                    {
+                        "step": step,
+                        "phase": "sae",
+                        "loss": round(loss, 4),
+                        **{name: round(value, 4) for name, value in parts.items()},
+                        "fvu": round(sum(m["fvu"] for m in by_layer.values()) / len(by_layer), 4),
+                        "l0": round(sum(m["l0"] for m in by_layer.values()) / len(by_layer), 2),
+                        "fvu_by_layer": {layer: round(m["fvu"], 4) for layer, m in by_layer.items()},
+                        "l0_by_layer": {layer: round(m["l0"], 2) for layer, m in by_layer.items()},
+                        "dead_features": {
+                            layer: int((since_fired[layer] > args.dead_feature_window).sum()) for layer in layers
+                        },
+                        "lr": scheduler.get_last_lr()[0],
+                    }
+                )
+            if step % args.checkpoint_every == 0 or step == total:
+                extra = {str(layer): counts for layer, counts in since_fired.items()}
+                _save_checkpoint(bmodel, optimizer, scheduler, stream, step, args, accelerator, extra)
+    finally:
+        for p in params:
+            p.requires_grad_(False)
+    return step
+
+
 def train_bottleneck(
     bmodel: BottleneckedModel, chunks: Tensor, args: TrainingArguments, accelerator: Accelerator | None = None
 ) -> list[dict]:
@@ -202,21 +374,25 @@ def train_bottleneck(
     metrics: list[dict] = []
     metrics_path = output_dir / "metrics.jsonl"
     output_dir.mkdir(parents=True, exist_ok=True)
-    end = args.total_steps if args.stop_after_steps is None else min(args.total_steps, args.stop_after_steps)
+    total = args.steps_for(bmodel.config.kind)
+    end = total if args.stop_after_steps is None else min(total, args.stop_after_steps)
     bar = tqdm(
         total=end, initial=step, desc="train", unit="step", disable=not (args.progress and accelerator.is_main_process)
     )
     wrappers = bmodel.wrappers()
-    means = {layer: bmodel.bottleneck(layer).mean for layer in bmodel.layers}
+    means = {layer: bmodel.bottleneck(layer).mean for layer in bmodel.layers} if bmodel.config.kind == "vq" else {}
     started = time.time()
 
     def log(record: dict) -> None:
-        record = {"step": step, "seconds": round(time.time() - started, 2), **record}
+        record = {"step": step, "seconds": round(time.time() - started, 2), **record}  # a record may set its step
         metrics.append(record)
         if accelerator.is_main_process:
             with metrics_path.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
-        bar.set_postfix({k: v for k, v in record.items() if k in ("fvu", "kl", "ppl_ratio")})
+        bar.set_postfix({k: v for k, v in record.items() if k in ("fvu", "kl", "ppl_ratio", "l0")})
+
+    if bmodel.config.kind == "sae":  # one gradient phase; it ends at `end`, so the codebook phases below do nothing
+        step = _train_sae(bmodel, stream, args, accelerator, step, end, total, log, bar, resume_state)
 
     # ---------------------------------------------------------------- phase 1: search keys (no gradients)
     fvus: dict[int, float] = {}
@@ -305,7 +481,7 @@ def train_bottleneck(
             optimizer.zero_grad(set_to_none=True)
             step += 1
             bar.update(1)
-            if step % args.log_every == 0 or step == args.total_steps:
+            if step % args.log_every == 0 or step == total:
                 with torch.no_grad():
                     targets = batch[:, 1:]
                     ce = float(F.cross_entropy(logits.transpose(1, 2), targets))
@@ -322,13 +498,16 @@ def train_bottleneck(
                         "lr": scheduler.get_last_lr()[0],
                     }
                 )
-            if step % args.checkpoint_every == 0 or step == args.total_steps:
+            if step % args.checkpoint_every == 0 or step == total:
                 _save_checkpoint(bmodel, optimizer, scheduler, stream, step, args, accelerator)
         for p in params:
             p.requires_grad_(False)
     bar.close()
     accelerator.wait_for_everyone()
-    if step >= args.total_steps and accelerator.is_main_process:
+    if step >= total and bmodel.config.kind == "sae":
+        for layer in bmodel.layers:
+            bmodel.bottleneck(layer).finish_training()  # what the saved directory holds, bit for bit
+    if step >= total and accelerator.is_main_process:
         bmodel.save_pretrained(output_dir / "bottleneck", overwrite=True)
         atomic_write_text(output_dir / "training_args.json", json.dumps(dataclasses.asdict(args), indent=1) + "\n")
     return metrics

@@ -63,7 +63,7 @@ def test_num_heads_must_divide_hidden_size():
 
 @pytest.mark.parametrize(
     "overrides",
-    [{"num_heads": 0}, {"codebook_size": 0}, {"num_stages": 0}, {"site": "attention"}, {"kind": "sae"}],
+    [{"num_heads": 0}, {"codebook_size": 0}, {"num_stages": 0}, {"site": "attention"}, {"kind": "rvq"}],
     ids=lambda o: next(iter(o)),
 )
 def test_bad_bottleneck_config(overrides):

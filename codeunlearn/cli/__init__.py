@@ -5,7 +5,12 @@
     codeunlearn forget  select a topic's codes -> edit.json (+ a random-codes control)
     codeunlearn apply   write an edited bottleneck directory
     codeunlearn eval    held-out forget/retain loss table of base, bottleneck and edits
+    codeunlearn calibrate  turn an SAE edit into a guardrail calibrated on retain text
+    codeunlearn export  write the edited model as a directory plain transformers loads
+    codeunlearn push    upload an exported directory to the Hugging Face Hub with a model card
     codeunlearn demo    the whole pipeline on the shipped SmolLM2 and the demo corpora
+    codeunlearn baseline  unlearn with a gradient baseline (GA, GradDiff, NPO, RMU) for comparison
+    codeunlearn relearn   relearning attack: fine-tune on forget text, report the recovery curve
 
 Every subcommand reads `transformers.HfArgumentParser` dataclasses: flags, a single .yaml/.json file, or
 `--config FILE` plus overriding flags. A mistake the user can fix ends as one `error: ...` line and exit code 2.
@@ -27,7 +32,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "forget": ("codeunlearn.cli.forget", "select a topic's codes -> edit.json and a random-codes control"),
     "apply": ("codeunlearn.cli.apply", "apply/undo edits and write an edited bottleneck directory"),
     "eval": ("codeunlearn.cli.eval", "held-out forget/retain loss of base, bottleneck and edits, plus FVU"),
+    "calibrate": ("codeunlearn.cli.calibrate", "turn an SAE edit into a guardrail calibrated on retain text"),
+    "export": ("codeunlearn.cli.export", "write the edited model as a directory plain transformers loads"),
+    "push": ("codeunlearn.cli.push", "upload an exported directory to the Hugging Face Hub with a model card"),
     "demo": ("codeunlearn.cli.demo", "the whole pipeline on SmolLM2-135M and the demo corpora"),
+    "baseline": ("codeunlearn.cli.baseline", "unlearn with a gradient baseline (ga, grad_diff, npo, rmu) to compare"),
+    "relearn": ("codeunlearn.cli.relearn", "relearning attack: fine-tune on forget text, report the recovery curve"),
 }
 
 

@@ -25,11 +25,11 @@ from typing import Any, Literal, Union
 from transformers import HfArgumentParser
 from transformers.hf_argparser import string_to_bool
 
-from codeunlearn.config import KINDS, SITES, BottleneckConfig
-from codeunlearn.edit import DEFAULT_INTERVENTION, INTERVENTIONS
+from codeunlearn.config import KINDS, SAE_ARCHITECTURES, SITES, BottleneckConfig
+from codeunlearn.edit import DEFAULT_MULTIPLIER, INTERVENTIONS
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.modeling import SHIPPED_MODEL
-from codeunlearn.selection import SelectionRule
+from codeunlearn.selection import SCALES, SCORES, SelectionRule
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -97,7 +97,13 @@ class BottleneckArguments:
     """The shape of the bottleneck (`codeunlearn.config.BottleneckConfig`, minus the facts read off the model)."""
 
     layers: list[int] = field(metadata={"help": "Decoder-layer indices whose output goes through a bottleneck."})
-    kind: Literal[KINDS] = field(default=_default(BottleneckConfig, "kind"), metadata={"help": "Bottleneck kind."})
+    kind: Literal[KINDS] = field(
+        default=_default(BottleneckConfig, "kind"),
+        metadata={
+            "help": "Bottleneck kind: `vq` (codebook) or `sae` (sparse autoencoder).",
+            "aliases": ["--bottleneck"],
+        },
+    )
     site: Literal[SITES] = field(
         default=_default(BottleneckConfig, "site"),
         metadata={
@@ -143,6 +149,29 @@ class BottleneckArguments:
     bottleneck_seed: int = field(
         default=_default(BottleneckConfig, "seed"), metadata={"help": "Seeds the rotation and k-means init."}
     )
+    sae_architecture: Literal[SAE_ARCHITECTURES] = field(
+        default=_default(BottleneckConfig, "sae_architecture"),
+        metadata={"help": "SAE (kind sae): `relu` (MSE + L1) or `topk` (k active features, aux-k loss)."},
+    )
+    sae_width: int = field(
+        default=_default(BottleneckConfig, "sae_width"),
+        metadata={"help": "SAE features per layer (0: sae_expansion_factor x hidden size)."},
+    )
+    sae_expansion_factor: int = field(
+        default=_default(BottleneckConfig, "sae_expansion_factor"),
+        metadata={"help": "SAE width as a multiple of the hidden size (when sae_width is 0)."},
+    )
+    sae_k: int = field(
+        default=_default(BottleneckConfig, "sae_k"), metadata={"help": "Active features per token of a topk SAE."}
+    )
+    sae_l1_coefficient: float = field(
+        default=_default(BottleneckConfig, "sae_l1_coefficient"),
+        metadata={"help": "L1 sparsity weight of a relu SAE (inputs scaled to norm sqrt(d_in))."},
+    )
+    sae_error_term: bool = field(
+        default=_default(BottleneckConfig, "sae_error_term"),
+        metadata={"help": "Keep the SAE error term (an unedited SAE then changes nothing)."},
+    )
 
     def to_config(self) -> BottleneckConfig:
         """The library config these arguments describe (model facts are filled in by `attach`)."""
@@ -172,11 +201,32 @@ class SelectionArguments:
         default=_default(SelectionRule, "min_score"),
         metadata={"help": "Only codes with log-enrichment above this are eligible."},
     )
-    intervention: Literal[INTERVENTIONS] = field(
-        default=DEFAULT_INTERVENTION,
-        metadata={"help": "`substitute`: replace the code by the data mean; `exclude`: drop it from the search."},
+    intervention: Literal[INTERVENTIONS] | None = field(
+        default=None,
+        metadata={
+            "help": "Codebook: `substitute` (default; replace the code by the data mean) or `exclude` (drop it from "
+            "the search). SAE: `clamp` (default; firing features set to multiplier x scale) or `zero`; a guardrail "
+            "is made from either with `codeunlearn calibrate`."
+        },
     )
     control_seed: int = field(default=0, metadata={"help": "Seed of the random-codes control edit."})
+    score: Literal[SCORES] = field(
+        default=_default(SelectionRule, "score"),
+        metadata={
+            "help": "`frequency_ratio` (log-enrichment of firing frequency) or, for an SAE, "
+            "`mean_activation_difference` (mean activation on forget minus retain tokens)."
+        },
+    )
+    multiplier: float | None = field(
+        default=None,
+        metadata={
+            "help": f"SAE clamp: firing features are set to multiplier x scale; negative (default {DEFAULT_MULTIPLIER})."
+        },
+    )
+    clamp_scale: Literal[SCALES] = field(
+        default="mean",
+        metadata={"help": "SAE clamp scale per feature: its `mean` or `max` activation on the forget text."},
+    )
 
     def rule(self) -> SelectionRule:
         """The library selection rule these arguments describe."""

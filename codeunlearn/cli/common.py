@@ -77,15 +77,28 @@ def read_corpora(sources: list[str], data: DataArguments, what: str = "corpora")
 
 
 def resolve_bottleneck_dir(path: str | Path) -> Path:
-    """Accept a bottleneck directory, or the output directory of `codeunlearn train` that holds `bottleneck/`."""
+    """Accept a bottleneck directory, or the output directory of `codeunlearn train` that holds `bottleneck/`, or a
+    sae-lens SAE directory (or a folder of them, e.g. a downloaded release), attached by its hook names."""
     path = Path(path)
     if (path / CONFIG_NAME).is_file():
         return path
     if (path / "bottleneck" / CONFIG_NAME).is_file():
         return path / "bottleneck"
+    if is_sae_source(path):
+        return path
     raise CodeunlearnError(
-        f"no bottleneck at {path} (no {CONFIG_NAME})", "pass the bottleneck directory written by `codeunlearn train`"
+        f"no bottleneck at {path} (no {CONFIG_NAME})",
+        "pass the bottleneck directory written by `codeunlearn train`, or a sae-lens SAE directory",
     )
+
+
+def is_sae_source(path: Path) -> bool:
+    """A sae-lens (or Gemma Scope) SAE directory, or a directory whose subdirectories are."""
+    from codeunlearn.sae import is_sae_directory
+
+    if is_sae_directory(path):
+        return True
+    return path.is_dir() and any(p.is_dir() and is_sae_directory(p) for p in path.iterdir())
 
 
 def load_base(model_args: ModelArguments, progress: bool = True):
@@ -99,9 +112,12 @@ def load_base(model_args: ModelArguments, progress: bool = True):
 def load_bottlenecked(
     model_args: ModelArguments, bottleneck_dir: str | Path, progress: bool = True
 ) -> tuple[BottleneckedModel, object]:
-    """Base model + the bottleneck (and its saved edits) from `bottleneck_dir`; returns (bmodel, tokenizer)."""
+    """Base model + the bottleneck (and its saved edits) from `bottleneck_dir`; returns (bmodel, tokenizer). A sae-lens
+    SAE directory is attached at the layer its hook name records."""
     path = resolve_bottleneck_dir(bottleneck_dir)
     model, tokenizer = load_base(model_args, progress)
+    if not (path / CONFIG_NAME).is_file():
+        return BottleneckedModel.attach_sae(model, path), tokenizer
     return BottleneckedModel.from_pretrained(model, path), tokenizer
 
 

@@ -41,6 +41,7 @@ from codeunlearn.cli.arguments import (
 from codeunlearn.cli.common import Stopwatch, load_base, read_corpora
 from codeunlearn.cli.eval import TABLE_NOTE, RowSpec, evaluate_rows, fidelity_rows, fidelity_table, loss_table
 from codeunlearn.cli.forget import CONTROL_NAME, EDIT_NAME, make_edits, summarize
+from codeunlearn.edit import DEFAULT_INTERVENTION
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.io import atomic_write_text
 from codeunlearn.statistics import collect_code_statistics
@@ -137,6 +138,11 @@ def main(argv: Sequence[str]) -> int:
     data_args.retain_corpora = in_data_dir(data_args.retain_corpora, data_dir)
     data_args.corpora = in_data_dir(data_args.corpora, data_dir)
     config = bottleneck_args.to_config()
+    if config.kind != "vq":
+        raise CodeunlearnError(
+            "the demo runs the codebook pipeline",
+            "run the SAE one with train --kind sae, stats, forget, calibrate, eval",
+        )
     output_dir = Path(training_args.output_dir)
     watch = Stopwatch()
     batch, bf16, progress = training_args.batch_size, training_args.bf16, training_args.progress
@@ -290,7 +296,7 @@ def render_report(
             f"objective `{training.objective}`, on {tokens['train']:,} train-split tokens.\n"
             f"- Statistics on train splits: forget {tokens['forget_train']:,} tokens, retain {tokens['retain_train']:,} tokens.\n"
             f"- Selection: top {selection.num_codes} codes per layer (min_forget_count {selection.min_forget_count}); "
-            f"{num_codes} codes removed by `{selection.intervention}`.\n"
+            f"{num_codes} codes removed by `{selection.intervention or DEFAULT_INTERVENTION}`.\n"
             f"- Evaluation on held-out documents: forget {tokens['forget_heldout']:,} tokens, retain {tokens['retain_heldout']:,} tokens.",
             "## Held-out losses",
             loss_table(report["rows"]),

@@ -9,7 +9,9 @@ Rows: `base` (bottleneck disabled: the original model), `bottleneck` (no edit), 
 --bottleneck_dir holds edits, e.g. the output of `codeunlearn apply`), then one row per --edits file applied alone.
 Losses are mean next-token cross-entropy in nat/token on the HELD-OUT documents (same --split_seed and
 --heldout_fraction as `stats`), deltas are against the unedited bottleneck. Also reports the bottleneck's
-reconstruction FVU. Writes OUTPUT/report.json and OUTPUT/report.md.
+reconstruction FVU (SAE: L0, FVU, dead features and the CE loss with the bare reconstruction spliced in, and for a
+guardrail edit the share of forget and retain windows it gates). --bottleneck_dir may also be a sae-lens SAE
+directory. Writes OUTPUT/report.json and OUTPUT/report.md.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from codeunlearn.bottlenecked import BottleneckedModel
 from codeunlearn.cli.arguments import DataArguments, ModelArguments, bf16_is_fast, parse_arguments
 from codeunlearn.cli.common import load_bottlenecked, read_corpora, resolve_bottleneck_dir
 from codeunlearn.edit import Edit
-from codeunlearn.evaluation import bottleneck_fidelity, mean_loss
+from codeunlearn.evaluation import bottleneck_fidelity, mean_loss, sae_loss_recovered, sae_quality
 from codeunlearn.io import atomic_write_text
 
 DESCRIPTION = "Held-out forget/retain loss (nat/token) of base, unedited bottleneck and edits, plus bottleneck FVU."
@@ -135,6 +137,48 @@ def fidelity_rows(
             bmodel.apply_edit(edit)
 
 
+def sae_quality_rows(
+    bmodel: BottleneckedModel, corpora: dict[str, Tensor], batch_size: int = 8, bf16: bool = True, skip: int = 0
+) -> list[dict[str, Any]]:
+    """SAE quality on each corpus: L0, FVU, dead features, and the CE loss with the bare reconstruction spliced in
+    (no error term) against the base model and zero-ablation ("CE loss recovered")."""
+    rows = []
+    for name, chunks in corpora.items():
+        recovered = sae_loss_recovered(bmodel, chunks, batch_size, skip, bf16)
+        for quality in sae_quality(bmodel, chunks, batch_size, bf16):
+            rows.append({"corpus": name, **asdict(quality), **{f"ce_{k}": v for k, v in recovered.items()}})
+    return rows
+
+
+def sae_quality_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown table of SAE quality (CE columns cover all SAE layers spliced together)."""
+    lines = [
+        "| layer | corpus | L0 | FVU | dead features | CE base | CE spliced (no error term) | Δ CE | CE recovered |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['layer']} | {r['corpus']} | {r['l0']:.1f} | {r['fvu']:.4f} | {r['dead_features']} of "
+            f"{r['num_features']} | {r['ce_base']:.4f} | {r['ce_spliced']:.4f} | {r['ce_delta_spliced']:+.4f} | "
+            f"{r['ce_recovered']:.2%} |"
+        )
+    return "\n".join(lines)
+
+
+def guardrail_rows(
+    bmodel: BottleneckedModel, edits: list[tuple[str, Edit]], corpora: dict[str, Tensor], batch_size: int, bf16: bool
+) -> list[dict[str, Any]]:
+    """For each guardrail edit: the share of windows it gates on each corpus (on retain text: false positives)."""
+    from codeunlearn.guardrail import gate_rate
+
+    return [
+        {"edit": name, "corpus": corpus, "gated": gate_rate(bmodel, edit, chunks, batch_size, bf16)["any"]}
+        for name, edit in edits
+        if edit.guardrail is not None
+        for corpus, chunks in corpora.items()
+    ]
+
+
 def _fmt(value: Any, signed: bool = False) -> str:
     if value is None:
         return "-"
@@ -193,7 +237,16 @@ def main(argv: Sequence[str]) -> int:
         )
     specs += [RowSpec(f"{edit.topic} ({Path(path).name})", [edit]) for path, edit in edit_files]
     rows = evaluate_rows(bmodel, forget, retain, specs, args.batch_size, args.skip_positions, args.bf16, args.progress)
-    fidelity = fidelity_rows(bmodel, {"forget": forget, "retain": retain}, args.batch_size, args.bf16)
+    heldout = {"forget": forget, "retain": retain}
+    gates: list[dict[str, Any]] = []
+    if bmodel.config.kind == "sae":
+        fidelity = sae_quality_rows(bmodel, heldout, args.batch_size, args.bf16, args.skip_positions)
+        named = [(spec.name, e) for spec in specs for e in spec.edits or []]
+        gates = guardrail_rows(bmodel, named, heldout, args.batch_size, args.bf16)
+    else:
+        fidelity = fidelity_rows(bmodel, heldout, args.batch_size, args.bf16)
+    quality_table = sae_quality_table(fidelity) if bmodel.config.kind == "sae" else fidelity_table(fidelity)
+    gate_lines = [f"- {g['edit']}: gates {g['gated']:.2%} of held-out {g['corpus']} windows" for g in gates]
     report = {
         "bottleneck_dir": str(resolve_bottleneck_dir(args.bottleneck_dir)),
         "model": model_args.model_name_or_path,
@@ -206,6 +259,7 @@ def main(argv: Sequence[str]) -> int:
         "skip_positions": args.skip_positions,
         "rows": rows,
         "fidelity": fidelity,
+        "guardrails": gates,
     }
     markdown = "\n\n".join(
         [
@@ -216,7 +270,8 @@ def main(argv: Sequence[str]) -> int:
             loss_table(rows),
             TABLE_NOTE,
             "## Bottleneck fidelity",
-            fidelity_table(fidelity),
+            quality_table,
+            *(["## Guardrail gate rates", "\n".join(gate_lines)] if gate_lines else []),
         ]
     )
     output_dir = Path(args.output_dir)
@@ -225,6 +280,8 @@ def main(argv: Sequence[str]) -> int:
     atomic_write_text(output_dir / "report.md", markdown + "\n")
     print(loss_table(rows))
     print()
-    print(fidelity_table(fidelity))
+    print(quality_table)
+    if gate_lines:
+        print("\n".join(gate_lines))
     print(f"wrote {output_dir / 'report.json'} and {output_dir / 'report.md'}")
     return 0

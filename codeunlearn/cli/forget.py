@@ -1,4 +1,5 @@
-"""`codeunlearn forget`: select the codes a topic uses far more than the retain text, and write the edit.
+"""`codeunlearn forget`: select the codes (SAE: features) a topic uses far more than the retain text, and write the
+edit.
 
     codeunlearn forget --forget_stats outputs/run/stats/forget.safetensors \\
         --retain_stats outputs/run/stats/retain.safetensors --topic harry_potter --num_codes 1024 \\
@@ -7,6 +8,13 @@
 Writes OUTPUT/edit.json (the topic's codes with their scores) and OUTPUT/random_control.json (as many codes per
 layer, drawn at random among codes that fire at all): evaluate both, or a loss change cannot be told from the
 damage of removing any codes.
+
+On SAE statistics the edit clamps (default) or zero-ablates the selected features when they fire:
+
+    codeunlearn forget --forget_stats ... --retain_stats ... --topic micro --num_codes 64 \
+        --score mean_activation_difference --intervention clamp --multiplier -10 --output_dir outputs/sae/edits
+
+and `codeunlearn calibrate` turns such an edit into a guardrail.
 """
 
 from __future__ import annotations
@@ -60,7 +68,15 @@ def summarize(edit: Edit, forget: CodeStatistics, retain: CodeStatistics) -> str
 
 def make_edits(forget: CodeStatistics, retain: CodeStatistics, selection: SelectionArguments) -> tuple[Edit, Edit]:
     """The topic edit and its random-codes control (same number of codes per layer)."""
-    edit = select_codes(forget, retain, selection.rule(), selection.topic, selection.intervention)
+    edit = select_codes(
+        forget,
+        retain,
+        selection.rule(),
+        selection.topic,
+        selection.intervention,
+        multiplier=selection.multiplier,
+        scale=selection.clamp_scale,
+    )
     return edit, random_control(edit, forget, retain, seed=selection.control_seed)
 
 

@@ -1,7 +1,12 @@
-"""`codeunlearn train`: attach a codebook bottleneck to a frozen model and train it on the train split of corpora.
+"""`codeunlearn train`: attach a bottleneck to a frozen model and train it on the train split of corpora.
 
     codeunlearn train --layers 15 --corpora ../shared/data/demo/retain_wikitext.txt \\
         --key_steps 60 --value_steps 150 --output_dir outputs/run
+
+An SAE instead of a codebook (`--bottleneck sae`, same as `--kind sae`), saved as one sae-lens directory per layer:
+
+    codeunlearn train --bottleneck sae --layers 15 --sae_architecture topk --sae_expansion_factor 8 --sae_k 32 \\
+        --corpora ../shared/data/demo/retain_wikitext.txt --sae_steps 2000 --output_dir outputs/sae
 
 Writes OUTPUT/bottleneck (the trained bottleneck), OUTPUT/metrics.jsonl, OUTPUT/checkpoints/ and
 OUTPUT/run_args.json (every argument of this run: `codeunlearn train --config OUTPUT/run_args.json --resume`
@@ -21,7 +26,8 @@ from codeunlearn.io import atomic_write_text
 from codeunlearn.training import TrainingArguments, train_bottleneck
 
 DESCRIPTION = (
-    "Train a codebook bottleneck into chosen decoder layers of a frozen causal LM (train split of every corpus)."
+    "Train a codebook (or, with --bottleneck sae, an SAE) into chosen decoder layers of a frozen causal LM "
+    "(train split of every corpus)."
 )
 DATACLASSES = (ModelArguments, DataArguments, BottleneckArguments, TrainingArguments)
 
@@ -49,10 +55,13 @@ def main(argv: Sequence[str]) -> int:
         last = {k: v for k, v in metrics[-1].items() if not isinstance(v, dict)}
         print("final metrics: " + ", ".join(f"{k}={v}" for k, v in last.items()))
     stop = training_args.stop_after_steps
-    if stop is None or stop >= training_args.total_steps:
-        print(
-            f"wrote {output_dir / 'bottleneck'} (layers {bmodel.layers}, {config.codebook_size} codes x {config.num_heads} heads)"
-        )
+    total = training_args.steps_for(config.kind)
+    if config.kind == "sae":
+        shape = f"{config.sae_architecture} SAE, {bmodel.config.sae_width} features"
     else:
-        print(f"stopped at step {stop} of {training_args.total_steps}; continue with --resume")
+        shape = f"{config.codebook_size} codes x {config.num_heads} heads"
+    if stop is None or stop >= total:
+        print(f"wrote {output_dir / 'bottleneck'} (layers {bmodel.layers}, {shape})")
+    else:
+        print(f"stopped at step {stop} of {total}; continue with --resume")
     return 0
