@@ -99,3 +99,28 @@ def assert_fix_error(excinfo) -> None:
     message = str(excinfo.value)
     assert "fix:" in message, message
     assert "\n" not in message, message
+
+
+def run_ok(argv: list[str], capsys) -> str:
+    """Run the `codeunlearn` CLI in-process, assert exit code 0 and return stdout."""
+    from codeunlearn.cli import main
+
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert code == 0, f"exit {code}\nstdout:\n{out}\nstderr:\n{err}"
+    return out
+
+
+def run_error(argv: list[str], capsys) -> str:
+    """Run the CLI in-process; assert exit code 2 and a last stderr line `error: ... -- fix: ...` (the only one,
+    no traceback); return it."""
+    from codeunlearn.cli import main
+
+    code = main(argv)
+    _, err = capsys.readouterr()
+    assert code == 2, err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "-- fix:" in errors[0], err
+    assert err.rstrip().splitlines()[-1] == errors[0]
+    return errors[0]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_error, run_ok
 
 from codeunlearn.cli import main
 
@@ -78,24 +79,6 @@ def flags(ws, *extra: str) -> list[str]:
         "--no_progress",
         *extra,
     ]
-
-
-def run_ok(argv: list[str], capsys) -> str:
-    code = main(argv)
-    out, err = capsys.readouterr()
-    assert code == 0, f"exit {code}\nstdout:\n{out}\nstderr:\n{err}"
-    return out
-
-
-def run_error(argv: list[str], capsys) -> str:
-    """Exit code 2 and exactly one `error: ... -- fix: ...` line, no traceback."""
-    code = main(argv)
-    _, err = capsys.readouterr()
-    assert code == 2, err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "-- fix:" in lines[0], err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

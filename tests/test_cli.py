@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_error, run_ok
 
 from codeunlearn.cli import main
 from codeunlearn.cli.arguments import BottleneckArguments, SelectionArguments
@@ -85,26 +86,6 @@ def common_flags(ws: dict[str, Path]) -> list[str]:
         "--split_seed",
         "0",
     ]
-
-
-def run_ok(argv: list[str], capsys) -> str:
-    """Run the CLI in-process, assert exit code 0 and return stdout."""
-    code = main(argv)
-    out, err = capsys.readouterr()
-    assert code == 0, f"exit {code}\nstdout:\n{out}\nstderr:\n{err}"
-    return out
-
-
-def run_error(argv: list[str], capsys) -> str:
-    """Run the CLI in-process, assert exit code 2 with exactly one `error:` line and no traceback; return it."""
-    code = main(argv)
-    _, err = capsys.readouterr()
-    assert code == 2, err
-    assert "Traceback" not in err
-    errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, err
-    assert err.rstrip().splitlines()[-1] == errors[0]
-    return errors[0]
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from export_helpers import PROBE, make_tokenizer, topic_edits, trained_bmodel
-from helpers import make_model
+from helpers import make_model, run_error, run_ok
 from huggingface_hub import ModelCard
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
@@ -22,24 +22,6 @@ from codeunlearn.cli import main
 from codeunlearn.export.card import model_card
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def run_ok(argv: list[str], capsys) -> str:
-    code = main(argv)
-    out, err = capsys.readouterr()
-    assert code == 0, f"exit {code}\nstdout:\n{out}\nstderr:\n{err}"
-    return out
-
-
-def run_error(argv: list[str], capsys) -> str:
-    """Exit code 2 and exactly one `error: ... -- fix: ...` line, no traceback."""
-    code = main(argv)
-    _, err = capsys.readouterr()
-    assert code == 2, err
-    assert "Traceback" not in err
-    errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "-- fix:" in errors[0], err
-    return errors[0]
 
 
 def write_corpus(path: Path, words: range, seed: int) -> str:

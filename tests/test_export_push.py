@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from export_helpers import make_tokenizer, topic_edits, trained_bmodel
+from helpers import run_error
 
 from codeunlearn.cli import main
 from codeunlearn.export.save import save_pretrained
@@ -115,16 +116,6 @@ def snapshot(directory: Path) -> dict[str, str]:
         for p in sorted(directory.rglob("*"))
         if p.is_file()
     }
-
-
-def run_error(argv: list[str], capsys) -> str:
-    code = main(argv)
-    _, err = capsys.readouterr()
-    assert code == 2, err
-    assert "Traceback" not in err
-    errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "-- fix:" in errors[0], err
-    return errors[0]
 
 
 def test_push_creates_the_repo_and_uploads_every_file_with_a_card(hub, export_dir, monkeypatch, capsys):
