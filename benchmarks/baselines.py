@@ -24,7 +24,6 @@ import datetime
 import gc
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,8 +32,8 @@ from forget_curves import (  # same directory: run as `python benchmarks/baselin
     RETAIN,
     TOPICS,
     Timer,
-    build_tiny,
     command_line,
+    load_benchmark_model,
     machine_info,
     native_bf16,
     train_tiny_bottleneck,
@@ -195,16 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
 
     with timer.stage("load model"):
-        tiny_dir = None
-        if args.tiny:
-            tiny_dir = Path(tempfile.mkdtemp(prefix="baselines_tiny_"))
-            model, tokenizer = build_tiny(tiny_dir / "data", args.seq_len)
-            args.data_dir = args.data_dir or str(tiny_dir / "data")
-        else:
-            from codeunlearn.modeling import load_model_and_tokenizer
-
-            model, tokenizer = load_model_and_tokenizer(args.model)
-        model.to(args.device)
+        model, tokenizer, tiny_dir = load_benchmark_model(args, "baselines_tiny_")
 
     with timer.stage("load data"):
         data_dir = Path(args.data_dir)

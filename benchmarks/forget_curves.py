@@ -176,6 +176,21 @@ def build_tiny(workdir: Path, seq_len: int):
     return model, tokenizer
 
 
+def load_benchmark_model(args: argparse.Namespace, prefix: str):
+    """The real model named by `args.model`, or with `args.tiny` a random tiny Llama plus a synthetic corpus
+    written to a temporary folder (then `args.data_dir` defaults to it). Returns (model, tokenizer, tiny_dir)."""
+    tiny_dir = None
+    if args.tiny:
+        tiny_dir = Path(tempfile.mkdtemp(prefix=prefix))
+        model, tokenizer = build_tiny(tiny_dir / "data", args.seq_len)
+        args.data_dir = args.data_dir or str(tiny_dir / "data")
+    else:
+        from codeunlearn.modeling import load_model_and_tokenizer
+
+        model, tokenizer = load_model_and_tokenizer(args.model)
+    return model.to(args.device), tokenizer, tiny_dir
+
+
 def train_tiny_bottleneck(model, chunks: torch.Tensor, directory: Path) -> None:
     from codeunlearn.training import TrainingArguments, train_bottleneck
 
@@ -496,17 +511,8 @@ def main(argv: list[str] | None = None) -> None:
     print(command_line(), flush=True)
     torch.manual_seed(0)
 
-    tiny_dir = None
     with timer.stage("load model"):
-        if args.tiny:
-            tiny_dir = Path(tempfile.mkdtemp(prefix="forget_curves_tiny_"))
-            model, tokenizer = build_tiny(tiny_dir / "data", args.seq_len)
-            args.data_dir = args.data_dir or str(tiny_dir / "data")
-        else:
-            from codeunlearn.modeling import load_model_and_tokenizer
-
-            model, tokenizer = load_model_and_tokenizer(args.model)
-        model.to(args.device)
+        model, tokenizer, tiny_dir = load_benchmark_model(args, "forget_curves_tiny_")
 
     with timer.stage("load data"):
         data_dir = Path(args.data_dir)

@@ -30,7 +30,6 @@ import datetime
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -41,9 +40,9 @@ from forget_curves import (  # a sibling script, not a package
     RETAIN,
     TOPICS,
     Timer,
-    build_tiny,
     command_line,
     evaluate,
+    load_benchmark_model,
     machine_info,
     native_bf16,
 )
@@ -281,15 +280,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
 
     with timer.stage("load model"):
-        if args.tiny:
-            tiny_dir = Path(tempfile.mkdtemp(prefix="sae_curves_tiny_"))
-            model, tokenizer = build_tiny(tiny_dir / "data", args.seq_len)
-            args.data_dir = args.data_dir or str(tiny_dir / "data")
-        else:
-            from codeunlearn.modeling import load_model_and_tokenizer
-
-            model, tokenizer = load_model_and_tokenizer(args.model)
-        model.to(args.device)
+        model, tokenizer, tiny_dir = load_benchmark_model(args, "sae_curves_tiny_")
 
     with timer.stage("load data"):
         data_dir = Path(args.data_dir)

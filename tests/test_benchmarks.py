@@ -1,0 +1,52 @@
+"""The benchmark scripts run end to end in their `--tiny` mode (random tiny Llama, synthetic corpora) and write the
+rows their options ask for, so a refactor of the library cannot silently break them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(script: str, *argv: str) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *argv], capture_output=True, text=True, env=env, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_forget_curves_tiny_writes_one_row_per_point_and_method(tmp_path):
+    out = tmp_path / "fc"
+    run_script(
+        "forget_curves.py",
+        *("--tiny", "--num_codes", "2", "8", "--methods", "substitute", "random"),
+        *("--stats_tokens", "2048", "--eval_tokens", "512", "--out", str(out), "--no-selection_report"),
+    )
+    result = json.loads((out / "curves.json").read_text())
+    points = [(r["num_codes_per_layer"], r["method"]) for r in result["rows"] if r["num_codes_per_layer"]]
+    assert points == [(2, "substitute"), (2, "random"), (8, "substitute"), (8, "random")]
+    references = [r for r in result["rows"] if r["num_codes_per_layer"] is None]
+    assert [r["method"] for r in references] == ["base model (bottleneck off)", "unedited bottleneck"]
+    assert references[1]["delta"]["forget"] == 0.0  # deltas are measured against the unedited bottleneck
+    assert (out / "curves.png").stat().st_size > 0 and "| N/layer |" in (out / "curves.md").read_text()
+
+
+def test_sae_curves_tiny_reports_quality_curves_and_the_padding_attack(tmp_path):
+    out = tmp_path / "sae"
+    run_script(
+        "sae_curves.py",
+        *("--tiny", "--num_features", "2", "8", "--methods", "zero", "clamp"),
+        *("--stats_tokens", "4096", "--calibration_tokens", "2048", "--eval_tokens", "512"),
+        *("--gate_eval_tokens", "1024", "--pad_tokens", "256", "--padding_passages", "2", "--out", str(out)),
+    )
+    result = json.loads((out / "sae_curves.json").read_text())
+    edited = {(r["n"], r["method"]) for r in result["rows"] if r["n"] is not None}
+    assert edited == {(2, "zero"), (2, "clamp"), (8, "zero"), (8, "clamp")}
+    base = next(r for r in result["rows"] if r["method"] == "base")
+    assert base["delta"]["forget"] == 0.0
+    assert result["padding_attack"] and result["quality"]
