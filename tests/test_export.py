@@ -360,18 +360,3 @@ def test_untrained_bottleneck_is_refused(tmp_path):
         save_pretrained(bmodel, tmp_path / "out", make_tokenizer())
     assert_fix_error(excinfo)
     assert not (tmp_path / "out").exists()
-
-
-def test_sae_bottleneck_is_refused_for_now(tmp_path):
-    from helpers import tiny_config
-
-    from codeunlearn.config import KINDS
-
-    if "sae" not in KINDS:
-        pytest.skip("this version has no SAE bottlenecks")
-    bmodel = BottleneckedModel.attach(make_model("llama"), tiny_config(layers=[1], kind="sae", sae_width=64, sae_k=4))
-    with pytest.raises(CodeunlearnError) as excinfo:
-        save_pretrained(bmodel, tmp_path / "out", make_tokenizer())
-    assert_fix_error(excinfo)
-    assert "'sae'" in str(excinfo.value)
-    assert not (tmp_path / "out").exists()

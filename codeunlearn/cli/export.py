@@ -4,16 +4,19 @@
     codeunlearn export --model smollm2-135m --bottleneck outputs/run/bottleneck \\
         --edit outputs/run/edits/edit.json --eval_report outputs/run/eval/report.json --out outputs/run/export
 
-Mode `bottleneck` (default): the base model, the bottleneck and the edits (those saved in --bottleneck plus each
---edit, after --undo) become one directory with its own `model_type` and modeling file:
-`AutoModelForCausalLM.from_pretrained(OUT, trust_remote_code=True)`. Before it is moved into place the directory is
-reloaded that way and its logits compared with the in-memory edited model's (`--no_verify` skips this).
+Mode `bottleneck` (default): the base model, the bottleneck (a codebook, or SAEs: a codeunlearn SAE bottleneck or
+sae-lens directories) and the edits (those saved in --bottleneck plus each --edit, after --undo) become one directory
+with its own `model_type` and modeling file: `AutoModelForCausalLM.from_pretrained(OUT, trust_remote_code=True)`.
+Before it is moved into place the directory is reloaded that way and its logits compared with the in-memory edited
+model's (`--no_verify` skips this).
 
-Mode `linear`: a different method. `--rank` feature directions at decoder layer `--layer`, derived from the train
-split of --forget_corpora vs --retain_corpora (difference of mean states) or read from `--directions FILE`
-(safetensors, key `directions`, shape (k, hidden)), are projected out of every write into the residual stream up to
-that layer and folded into the stock weights: the result keeps the base `model_type` and needs no remote code. With
-corpora given, the held-out loss table (base vs projected, the same metric and split as `codeunlearn eval`) is
+Mode `linear`: a different method. Feature directions at decoder layer `--layer` are projected out of every write
+into the residual stream up to that layer and folded into the stock weights: the result keeps the base `model_type`
+and needs no remote code. The directions are `--rank` ones derived from the train split of --forget_corpora vs
+--retain_corpora (difference of mean states), or read from `--directions FILE` (safetensors, key `directions`, shape
+(k, hidden)), or the decoder rows of the features one SAE `--edit` selected (with its SAE `--bottleneck`; the layer
+defaults to the edit's): a linear projection of their span from every token, not the edit's conditional clamp.
+With corpora given, the held-out loss table (base vs projected, the same metric and split as `codeunlearn eval`) is
 printed and stored in the export.
 """
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -55,15 +59,27 @@ class ExportArguments:
     )
     mode: Literal["bottleneck", "linear"] = field(
         default="bottleneck",
-        metadata={"help": "`bottleneck`: the edited codebook model (remote code); `linear`: a folded projection."},
+        metadata={
+            "help": "`bottleneck`: the edited codebook/SAE model (remote code); `linear`: a different method, a "
+            "linear projection folded into the stock weights (directions from corpora, a file, or an SAE edit's "
+            "decoder rows: removed from every token, not clamped where the features fire)."
+        },
     )
     bottleneck_dir: str | None = field(
         default=None,
-        metadata={"aliases": ["--bottleneck"], "help": "Bottleneck directory (its saved edits stay active)."},
+        metadata={
+            "aliases": ["--bottleneck"],
+            "help": "Bottleneck directory (its saved edits stay active) or sae-lens SAE directory; linear mode: the "
+            "SAE of --edit.",
+        },
     )
     edits: list[str] = field(
         default_factory=list,
-        metadata={"aliases": ["--edit"], "help": "Edit files (from `codeunlearn forget`) to apply, in order."},
+        metadata={
+            "aliases": ["--edit"],
+            "help": "Edit files (from `codeunlearn forget`) to apply, in order; linear mode: one SAE edit whose "
+            "features' decoder rows are projected out.",
+        },
     )
     undo: list[str] = field(
         default_factory=list, metadata={"help": "Topics whose most recent saved edit is removed before --edits."}
@@ -74,7 +90,12 @@ class ExportArguments:
     eval_report: str | None = field(
         default=None, metadata={"help": "report.json from `codeunlearn eval`, stored in the export and its card."}
     )
-    layer: int | None = field(default=None, metadata={"help": "Linear mode: decoder layer whose output is cleaned."})
+    layer: int | None = field(
+        default=None,
+        metadata={
+            "help": "Linear mode: decoder layer whose output is cleaned (default with --edit: the edit's layer)."
+        },
+    )
     rank: int = field(default=1, metadata={"help": "Linear mode: number of directions derived from the corpora."})
     directions: str | None = field(
         default=None, metadata={"help": "Linear mode: safetensors file with a (k, hidden) tensor `directions`."}
@@ -124,8 +145,18 @@ def load_model(model_args: ModelArguments) -> torch.nn.Module:
     return model
 
 
-def export_bottleneck(model_args: ModelArguments, args: ExportArguments) -> int:
+def attach_bottleneck(model: torch.nn.Module, bottleneck_dir: Path) -> Any:
+    """The bottleneck of a codeunlearn directory (with its saved edits), or sae-lens SAE directories attached at the
+    layers their hook names record."""
     from codeunlearn.bottlenecked import BottleneckedModel
+    from codeunlearn.config import CONFIG_NAME
+
+    if (bottleneck_dir / CONFIG_NAME).is_file():
+        return BottleneckedModel.from_pretrained(model, bottleneck_dir)
+    return BottleneckedModel.attach_sae(model, bottleneck_dir)
+
+
+def export_bottleneck(model_args: ModelArguments, args: ExportArguments) -> int:
     from codeunlearn.cli.apply import describe_edits
     from codeunlearn.cli.common import ticker
     from codeunlearn.edit import Edit
@@ -141,7 +172,7 @@ def export_bottleneck(model_args: ModelArguments, args: ExportArguments) -> int:
     tokenizer = load_tokenizer(model_args, args.tokenizer)
     with ticker(f"load {model_args.model_name_or_path}", enabled=args.progress):
         model = load_model(model_args)
-    bmodel = BottleneckedModel.from_pretrained(model, bottleneck_dir)
+    bmodel = attach_bottleneck(model, bottleneck_dir)
     for topic in args.undo:
         removed = bmodel.undo_edit(topic)
         print(f"undid {removed.topic!r} ({removed.num_codes} codes)")
@@ -171,6 +202,50 @@ def _read_directions(path: str) -> torch.Tensor:
     return tensors["directions"]
 
 
+def _linear_sae_edit(args: ExportArguments) -> Any:
+    """Linear mode's SAE edit (the source of its directions), or None; one-line errors for a wrong combination."""
+    from codeunlearn.edit import Edit
+
+    if not args.edits and not args.bottleneck_dir:
+        return None
+    if len(args.edits) != 1 or not args.bottleneck_dir:
+        raise CodeunlearnError(
+            "linear mode takes its directions from one SAE edit and its SAE",
+            "pass exactly one --edit with its --bottleneck (or neither, with --directions or corpora)",
+        )
+    if args.directions:
+        raise CodeunlearnError("both --directions and --edit give directions", "pass one of them")
+    if args.undo:
+        raise CodeunlearnError("--undo belongs to the bottleneck mode", "drop it, or use --mode bottleneck")
+    edit = Edit.load(args.edits[0])
+    if edit.kind != "sae":
+        raise CodeunlearnError(
+            f"edit {edit.topic!r} is a {edit.kind!r} edit; linear mode reads decoder rows of SAE features",
+            "pass an SAE edit, or use --mode bottleneck for a codebook edit",
+        )
+    return edit
+
+
+def _sae_edit_directions(model: torch.nn.Module, args: ExportArguments, edit: Any) -> tuple[Any, int, dict]:
+    """(directions, layer, provenance) from an SAE edit: its features' decoder rows, read with the SAE attached; the
+    SAE is detached again before anything is folded."""
+    from codeunlearn.export.linear import sae_edit_directions
+
+    bmodel = attach_bottleneck(model, resolve_bottleneck_dir(args.bottleneck_dir))
+    try:
+        directions, layer = sae_edit_directions(bmodel, edit, args.layer)
+    finally:
+        bmodel.detach()
+    source = {
+        "topic": edit.topic,
+        "intervention": edit.intervention,
+        "features": edit.layers[layer].codes,
+        "bottleneck": str(args.bottleneck_dir),
+        "edit_file": str(args.edits[0]),
+    }
+    return directions, layer, {"topic": edit.topic, "sae_edit": source}
+
+
 def export_linear(model_args: ModelArguments, data_args: DataArguments, args: ExportArguments) -> int:
     from dataclasses import asdict
 
@@ -186,18 +261,16 @@ def export_linear(model_args: ModelArguments, data_args: DataArguments, args: Ex
     )
     from codeunlearn.export.save import probe_tokens
 
-    if args.layer is None:
+    sae_edit = _linear_sae_edit(args)
+    if args.layer is None and sae_edit is None:
         raise CodeunlearnError(
             "linear mode needs a layer", "pass --layer L (the decoder layer whose output is cleaned)"
         )
-    if args.bottleneck_dir or args.edits:
-        raise CodeunlearnError(
-            "--bottleneck/--edit belong to the bottleneck mode", "drop them, or use --mode bottleneck"
-        )
     has_corpora = bool(data_args.forget_corpora and data_args.retain_corpora)
-    if args.directions is None and not has_corpora:
+    if args.directions is None and sae_edit is None and not has_corpora:
         raise CodeunlearnError(
-            "linear mode needs directions", "pass --forget_corpora and --retain_corpora, or --directions FILE"
+            "linear mode needs directions",
+            "pass --forget_corpora and --retain_corpora, --directions FILE, or an SAE --edit with its --bottleneck",
         )
     forget = read_corpora(data_args.forget_corpora, data_args, "forget_corpora") if has_corpora else None
     retain = read_corpora(data_args.retain_corpora, data_args, "retain_corpora") if has_corpora else None
@@ -205,8 +278,15 @@ def export_linear(model_args: ModelArguments, data_args: DataArguments, args: Ex
     tokenizer = load_tokenizer(model_args, args.tokenizer)
     with ticker(f"load {model_args.model_name_or_path}", enabled=args.progress):
         model = load_model(model_args)
+    provenance: dict[str, Any] = {}
     if given is not None:
         directions, how = given, f"read from {args.directions}"
+    elif sae_edit is not None:
+        directions, args.layer, provenance = _sae_edit_directions(model, args, sae_edit)
+        how = (
+            f"decoder rows of the {len(directions)} SAE features of edit {sae_edit.topic!r} at layer {args.layer}, "
+            "orthonormalised (QR)"
+        )
     else:
         forget_states = layer_states(model, forget.pack(tokenizer, "train"), args.layer, args.batch_size)
         retain_states = layer_states(model, retain.pack(tokenizer, "train"), args.layer, args.batch_size)
@@ -251,7 +331,7 @@ def export_linear(model_args: ModelArguments, data_args: DataArguments, args: Ex
         }
         print(loss_table(rows))
         print(TABLE_NOTE.replace("unedited bottleneck", "base model"))
-    provenance = {"forget_corpora": data_args.forget_corpora, "retain_corpora": data_args.retain_corpora}
+    provenance.update(forget_corpora=data_args.forget_corpora, retain_corpora=data_args.retain_corpora)
     save_linear_export(
         model,
         tokenizer,

@@ -8,7 +8,8 @@ One job per module:
   (safetensors, config with the edit list, tokenizer, card) atomically, after checking it reloads to the same logits;
   `as_transformers_model(bmodel)` is the same model in memory.
 - `linear`: a different method: feature directions projected out of the residual stream and folded into the stock
-  weights (`fold_projection`, `mean_difference_directions`, `save_linear_export`); no remote code needed.
+  weights (`fold_projection`, `mean_difference_directions`, `sae_edit_directions`, `save_linear_export`); no remote
+  code needed.
 - `card`: the model card (`huggingface_hub.ModelCard`) read from an exported directory.
 - `push`: `push_to_hub(dir, repo_id)` with `huggingface_hub` (create_repo, upload_folder, the card).
 
@@ -27,6 +28,7 @@ _EXPORTS = {
     "fold_projection": "codeunlearn.export.linear",
     "projection_hooks": "codeunlearn.export.linear",
     "mean_difference_directions": "codeunlearn.export.linear",
+    "sae_edit_directions": "codeunlearn.export.linear",
     "layer_states": "codeunlearn.export.linear",
     "save_linear_export": "codeunlearn.export.linear",
     "model_card": "codeunlearn.export.card",

@@ -2,8 +2,8 @@
 
 Everything on the card is read from the directory itself (config.json, `eval_report.json` if present, and for the
 linear-projection mode `codeunlearn_linear.json`), so the card of a pushed model describes exactly the files beside
-it: base model, method, layers, codebook size, the topics removed with their code counts, the evaluation table,
-intended use, limitations and how to load it.
+it: base model, method, layers, codebook size (SAE: architecture, width, k or measured L0), the topics removed with
+their code (feature) counts and interventions, the evaluation table, intended use, limitations and how to load it.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ EVAL_REPORT_NAME = "eval_report.json"
 LINEAR_SPEC_NAME = "codeunlearn_linear.json"
 
 BOTTLENECK_METHOD = "codebook bottleneck (vector-quantized residual stream, codes removed)"
+SAE_METHOD = "sparse autoencoder (sae-lens SAE on the residual stream, error term kept, topic features edited)"
 LINEAR_METHOD = "linear projection (feature directions projected out of the residual stream, folded into the weights)"
 
 # Hub ids of the models codeunlearn ships under a short name (the card's `base_model` must be a Hub id).
@@ -199,6 +200,178 @@ comparing it with other unlearning methods. Not a safety mechanism for deployed 
     return data, body
 
 
+def _intervention(edit: dict[str, Any]) -> str:
+    """What an SAE edit does to its features, in words, with its multiplier and guardrail (window, thresholds)."""
+    guardrail = edit.get("guardrail") if edit["intervention"] == "guardrail" else None
+    action = guardrail["action"] if guardrail else edit["intervention"]
+    text = "zero" if action == "zero" else f"clamp to {edit.get('multiplier')} x scale"
+    if guardrail:
+        thresholds = ", ".join(f"layer {layer}: {value:.4g}" for layer, value in guardrail["thresholds"].items())
+        text = (
+            f"guardrail ({text}; window {guardrail['window']} tokens, threshold {thresholds}; "
+            f"calibrated to false-positive rate {guardrail.get('target_fpr')})"
+        )
+    return text
+
+
+def _sae_edits_section(edits: list[dict[str, Any]], widths: dict[str, int]) -> str:
+    if not edits:
+        return "No edit is active: this is the base model with its SAEs attached (their error term makes it exact)."
+    lines = [
+        "| # | topic | intervention | features edited | per layer |",
+        "|---:|---|---|---:|---|",
+    ]
+    for number, edit in enumerate(edits, 1):
+        per_layer = ", ".join(
+            f"layer {layer}: {len(codes['codes'])}/{widths.get(str(layer), '?')}"
+            for layer, codes in edit["layers"].items()
+        )
+        total = sum(len(codes["codes"]) for codes in edit["layers"].values())
+        lines.append(f"| {number} | {edit['topic']} | {_intervention(edit)} | {total} | {per_layer} |")
+    lines += [
+        "",
+        "Edits act on a feature only where it fires (activation > 0). `zero` sets it to 0; `clamp` sets it to the "
+        "multiplier times its scale (its mean, or largest, activation on the forget text); a `guardrail` does either "
+        "only at tokens where the mean number of the edit's features firing over the last `window` tokens is above "
+        "the layer's threshold (calibrated on retain text). The feature ids, scales and thresholds are listed under "
+        "`edits` in `config.json`; `modeling_codeunlearn.py` reads them from there.",
+    ]
+    return "\n".join(lines)
+
+
+def _measured_l0(report_path: Path) -> dict[str, str]:
+    """Per layer, the mean active features per token measured by `codeunlearn eval` (per corpus), if reported."""
+    if not report_path.is_file():
+        return {}
+    measured: dict[str, list[str]] = {}
+    for row in read_eval_report(report_path).get("fidelity") or []:
+        if isinstance(row, dict) and "l0" in row and "layer" in row:
+            measured.setdefault(str(row["layer"]), []).append(f"{row['l0']:.1f} ({row.get('corpus', '?')})")
+    return {layer: ", ".join(values) for layer, values in measured.items()}
+
+
+def _sae_table(config: dict[str, Any], report: Path) -> str:
+    bottleneck, saes = config["bottleneck"], config.get("saes") or {}
+    measured = _measured_l0(report)
+    lines = [
+        "| layer | architecture | width (features) | active features per token | sae-lens directory |",
+        "|---:|---|---:|---|---|",
+    ]
+    for layer in bottleneck["layers"]:
+        sae = saes.get(str(layer), {})
+        active = [f"k = {sae['k']} (TopK)"] if "k" in sae else []
+        if str(layer) in measured:
+            active.append(f"measured L0 {measured[str(layer)]}")
+        lines.append(
+            f"| {layer} | {sae.get('architecture', '?')} | {sae.get('d_sae', '?')} | "
+            f"{'; '.join(active) or 'L0 not measured (`codeunlearn eval`)'} | `{sae.get('sae_lens_dir', '?')}` |"
+        )
+    if bottleneck.get("sae_error_term", True):
+        error_term = "kept (output = decode(edited features) + (h - decode(features)))"
+    else:
+        error_term = "dropped (the output is the bare reconstruction)"
+    lines += [
+        "",
+        f"Error term: {error_term}. Passthrough: position 0: {bottleneck.get('passthrough_first_position', True)}; "
+        f"norm above {bottleneck.get('massive_norm_factor')} x typical.",
+    ]
+    return "\n".join(lines)
+
+
+def _sae_card(config: dict[str, Any], report: Path, repo_id: str | None) -> tuple[ModelCardData, str]:
+    base = config["base_config"]
+    bottleneck = config["bottleneck"]
+    edits = config.get("edits", [])
+    saes = config.get("saes") or {}
+    base_name = bottleneck.get("base_model") or base.get("_name_or_path", "") or base.get("model_type", "?")
+    topics = [edit["topic"] for edit in edits]
+    load_name = repo_id or "PATH_OR_REPO_ID"
+    widths = {layer: sae.get("d_sae", "?") for layer, sae in saes.items()}
+    first = saes.get(str(bottleneck["layers"][0]), {}).get("sae_lens_dir", "codeunlearn_bottleneck/layer_L")
+    data = ModelCardData(
+        base_model=_base_model_id(base_name),
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=["codeunlearn", "unlearning", "sparse-autoencoder", "sae-lens", "custom_code"],
+    )
+    body = f"""
+# {base_name} with {", ".join(topics) if topics else "no topic"} removed (codeunlearn, SAE)
+
+This is `{base_name}` ({base.get("model_type")}) with sparse autoencoders (SAEs) on its residual stream and the
+features of {len(topics)} topic(s) edited, exported by codeunlearn {config.get("codeunlearn_version", __version__)}.
+
+**Method:** {SAE_METHOD}.
+After decoder layer(s) {bottleneck["layers"]} every token's hidden state is encoded into sparse features; the
+features a topic's text uses far more than other text are edited where they fire, and the state is rebuilt as
+decode(edited features) + (h - decode(features)), so tokens no edit touches are unchanged. The base weights are
+stored unchanged; no gradient step touched them.
+
+## Topics removed
+
+{_sae_edits_section(edits, widths)}
+
+## SAEs
+
+{_sae_table(config, report)}
+
+## Evaluation
+
+{_eval_section(report)}
+
+## How to load
+
+The model has its own `model_type` (`codeunlearn`) and modeling file, `modeling_codeunlearn.py` (it imports only
+`torch` and `transformers`; read it before trusting remote code). codeunlearn itself is not needed.
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+model = AutoModelForCausalLM.from_pretrained("{load_name}", trust_remote_code=True)
+tokenizer = AutoTokenizer.from_pretrained("{load_name}", trust_remote_code=True)  # reads config.json: no prompt
+inputs = tokenizer("The history of", return_tensors="pt")
+print(tokenizer.decode(model.generate(**inputs, max_new_tokens=20)[0]))
+```
+
+Without `trust_remote_code=True` loading fails rather than silently returning the unedited base model.
+`bottleneck_enabled=False` in `from_pretrained` gives the base model from the same files (for comparisons).
+`dtype`, `device_map`, `generate` with a KV cache and left-padded batches work as for the base model; a guardrail's
+window continues across decoding steps, and left padding (position id 0) does not count in it.
+
+Each SAE is also a sae-lens directory, which sae-lens loads itself
+(`sae_lens.SAE.load_from_disk("{first}")`); `codeunlearn_bottleneck/` holds the SAEs and the edits in
+codeunlearn's own format (`BottleneckedModel.from_pretrained(base_model, "codeunlearn_bottleneck")`), to undo or
+extend the edits.
+
+## Intended use
+
+Research on machine unlearning and model editing: measuring what editing a topic's SAE features does to a model,
+and comparing it with other unlearning methods. Not a safety mechanism for deployed systems.
+
+## Limitations
+
+- An edit changes only the selected features, and only where they fire (and, for a guardrail, where its gate is
+  on); what the topic leaves in other features or in the SAE's error term passes through unchanged.
+{LIMITATIONS}
+"""
+    return data, body
+
+
+def _sae_source_section(spec: dict[str, Any]) -> str:
+    """For directions taken from an SAE edit: which features, and how this differs from the edit itself."""
+    source = spec.get("sae_edit")
+    if not source:
+        return ""
+    return f"""
+## Directions from an SAE edit
+
+The directions are the decoder rows of the {len(source["features"])} SAE feature(s) that the edit
+`{source["topic"]}` ({source["intervention"]}) selected at layer {spec["layer"]}, orthonormalised (QR). This is a
+linear projection, **not** the SAE edit: the edit changes those features only at tokens where they fire (and, for a
+guardrail, only where its gate is on), a conditional clamp; this model removes their whole span from every token's
+residual stream, always, whatever else those directions carry. Its feature ids are in `{LINEAR_SPEC_NAME}`.
+"""
+
+
 def _linear_card(spec: dict[str, Any], report: Path, repo_id: str | None) -> tuple[ModelCardData, str]:
     base_name = spec.get("base_model") or spec.get("base_model_type", "?")
     load_name = repo_id or "PATH_OR_REPO_ID"
@@ -211,13 +384,13 @@ def _linear_card(spec: dict[str, Any], report: Path, repo_id: str | None) -> tup
     body = f"""
 # {base_name} with {spec.get("topic", "a topic")} projected out (codeunlearn, linear mode)
 
-**Method:** {LINEAR_METHOD}. This is a different method from codeunlearn's codebook bottleneck: {spec["rank"]}
-direction(s) of the residual stream, derived from data ({spec.get("directions_method", "?")}), are projected out of
+**Method:** {LINEAR_METHOD}. This is a different method from codeunlearn's bottleneck edits (codebook or SAE):
+{spec["rank"]} direction(s) of the residual stream ({spec.get("directions_method", "?")}) are projected out of
 every write into the residual stream up to and including decoder layer {spec["layer"]} (the embeddings and each
 layer's attention and MLP output projections). Since the residual stream is the sum of these writes and normalisation
 layers only read it, the stream after layer {spec["layer"]} contains no component along these directions. The result
 is the base architecture (`model_type` `{spec.get("base_model_type", "?")}`): no remote code is needed.
-
+{_sae_source_section(spec)}
 ## Evaluation
 
 {_eval_section(report)}
@@ -259,7 +432,9 @@ def model_card(directory: str | Path, repo_id: str | None = None, eval_report: s
     if not config_path.is_file():
         raise CodeunlearnError(f"no config.json in {directory}", "pass a directory written by `codeunlearn export`")
     config = _read_json(config_path)
-    if config.get("model_type") == "codeunlearn":
+    if config.get("model_type") == "codeunlearn" and config.get("bottleneck", {}).get("kind") == "sae":
+        data, body = _sae_card(config, report, repo_id)
+    elif config.get("model_type") == "codeunlearn":
         data, body = _bottleneck_card(config, report, repo_id)
     elif (directory / LINEAR_SPEC_NAME).is_file():
         data, body = _linear_card(_read_json(directory / LINEAR_SPEC_NAME), report, repo_id)

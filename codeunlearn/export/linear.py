@@ -13,8 +13,10 @@ post-attention/post-feedforward norms) cannot be folded this way and are refused
 untied, so the unembedding stays the base model's.
 
 The directions come from data with `mean_difference_directions` (the difference of mean layer-L states on forget
-vs retain text, then, for rank > 1, the directions along which forget states carry the most extra energy), or
-from any other source as a (k, d) tensor.
+vs retain text, then, for rank > 1, the directions along which forget states carry the most extra energy), from an
+SAE edit with `sae_edit_directions` (the decoder rows of the features it selected at layer L), or from any other
+source as a (k, d) tensor. Taken from an SAE edit, the result is still this linear method, not the edit: the edit
+changes its features only where they fire (and its gate is on), the projection removes their span from every token.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from transformers.pytorch_utils import Conv1D
 
 from codeunlearn import __version__
 from codeunlearn.architectures import check_layer_indices, decoder_layers, hidden_size, model_type_of
+from codeunlearn.bottlenecked import BottleneckedModel
+from codeunlearn.edit import Edit
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.export.card import EVAL_REPORT_NAME, LINEAR_METHOD, LINEAR_SPEC_NAME, write_model_card
 from codeunlearn.io import atomic_directory, atomic_write_text
@@ -144,6 +148,27 @@ def mean_difference_directions(forget_states: Tensor, retain_states: Tensor, ran
         _, vectors = torch.linalg.eigh(complement @ extra @ complement)  # ascending eigenvalues
         directions += list(vectors.T.flip(0)[: rank - 1])
     return check_directions(torch.stack(directions), forget_states.shape[1])
+
+
+def sae_edit_directions(bmodel: BottleneckedModel, edit: Edit, layer: int | None = None) -> tuple[Tensor, int]:
+    """The directions an SAE edit names at one layer: the decoder rows (W_dec) of its selected features there, a
+    (k, d) fp32 tensor (orthonormalised by QR when folded), and that layer. `layer=None` takes the edit's only
+    layer; an edit with features at several layers needs one named."""
+    if bmodel.config.kind != "sae" or edit.kind != "sae":
+        raise CodeunlearnError(
+            "linear mode takes directions from an SAE edit (the decoder rows of its features)",
+            "pass an SAE bottleneck and an edit selected from it, or --directions / corpora",
+        )
+    bmodel._check_edit(edit)  # made for this SAE: fingerprint, layers and feature ids
+    layers = sorted(layer for layer, codes in edit.layers.items() if codes.codes)
+    if layer is None and len(layers) != 1:
+        raise CodeunlearnError(f"edit {edit.topic!r} has features at layers {layers}", "pass --layer L to pick one")
+    layer = layers[0] if layer is None else layer
+    if layer not in layers:
+        raise CodeunlearnError(f"edit {edit.topic!r} has no features at layer {layer}", f"use a layer of {layers}")
+    features = torch.tensor(edit.layers[layer].codes, dtype=torch.long)
+    decoder = bmodel.bottleneck(layer).sae.W_dec.detach()
+    return decoder[features.to(decoder.device)].float().cpu(), layer
 
 
 # ------------------------------------------------------------------------------------------------ folding

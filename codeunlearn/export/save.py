@@ -1,10 +1,15 @@
 """Export an edited `BottleneckedModel` as a transformers model directory that loads without codeunlearn.
 
 The directory holds `config.json` (model_type `codeunlearn`, the base config nested whole, the bottleneck shape and
-the edit list, `auto_map` pointing at the copied `modeling_codeunlearn.py`), `model.safetensors` (the base weights
-under their stock names, the bottleneck tensors with the edit masks, the LoRA adapters if any), the generation
-config, the tokenizer, a model card, and `codeunlearn_bottleneck/` (the bottleneck and its edits in codeunlearn's
-own format, so the edit can still be undone or extended with `BottleneckedModel.from_pretrained`).
+the edit list, for an SAE each layer's sae-lens architecture, `auto_map` pointing at the copied
+`modeling_codeunlearn.py`), `model.safetensors` (the base weights under their stock names, the bottleneck tensors
+-- codebooks with the edit masks, or SAE weights, whose edits the modeling file reads from the config's edit list --
+and the LoRA adapters if any), the generation config, the tokenizer, a model card, and `codeunlearn_bottleneck/`
+(the bottleneck and its edits in codeunlearn's own format, so the edit can still be undone or extended with
+`BottleneckedModel.from_pretrained`; for an SAE one sae-lens directory per layer, which sae-lens itself loads).
+
+SAE bottlenecks export for the sae-lens architectures the modeling file computes (`standard`, `topk`, `jumprelu`)
+and inputs read raw (`normalize_activations` "none"); others are refused with a one-line error.
 
 Before the directory is renamed into place it is loaded back and its logits are compared with the in-memory edited
 model's (`verify=True`): an export that is not exactly the edited model is never written.
@@ -30,6 +35,7 @@ from codeunlearn.export.card import EVAL_REPORT_NAME, read_eval_report, write_mo
 from codeunlearn.export.remote_code import modeling_codeunlearn as remote_module
 from codeunlearn.export.remote_code.modeling_codeunlearn import CodeunlearnConfig, CodeunlearnForCausalLM
 from codeunlearn.io import atomic_directory
+from codeunlearn.sae import LAYER_DIR, SAEBottleneck
 
 BOTTLENECK_SUBDIR = "codeunlearn_bottleneck"
 REMOTE_MODULE = "modeling_codeunlearn"
@@ -96,13 +102,57 @@ def _adapter_targets(bmodel: BottleneckedModel) -> list[tuple[str, Tensor, Tenso
     return targets
 
 
-def export_config(bmodel: BottleneckedModel) -> CodeunlearnConfig:
-    """The `CodeunlearnConfig` describing `bmodel`: base config, bottleneck shape, active edits, adapters."""
-    if bmodel.config.kind != "vq":
+def inference_sae(bottleneck: SAEBottleneck) -> nn.Module:
+    """The sae-lens inference SAE that reads raw states, as `SAEBottleneck.save` writes it: the bottleneck's own SAE,
+    or (mid-training: a training class or an input scale not yet folded) a finished copy of it."""
+    if not bottleneck.trainable and float(bottleneck.input_scale) == 1.0:
+        return bottleneck.sae
+    finished = copy.deepcopy(bottleneck)
+    finished.finish_training()
+    return finished.sae
+
+
+def sae_spec(bottleneck: SAEBottleneck) -> dict[str, Any]:
+    """What the modeling file needs to know of one layer's SAE (stored, readable, in config.json `saes`); a one-line
+    error for an SAE it cannot compute."""
+    cfg = inference_sae(bottleneck).cfg
+    architecture = cfg.architecture()
+    if architecture not in remote_module.SAE_ARCHITECTURES:
         raise CodeunlearnError(
-            f"exporting a {bmodel.config.kind!r} bottleneck is not supported yet",
-            "export a codebook (vq) bottleneck, or evaluate this one in codeunlearn",
+            f"exporting a {architecture!r} SAE (layer {bottleneck.layer}) is not supported",
+            f"export an SAE of architecture {', '.join(remote_module.SAE_ARCHITECTURES)}, or evaluate this one in "
+            "codeunlearn",
         )
+    if cfg.normalize_activations != "none":
+        raise CodeunlearnError(
+            f"exporting an SAE that normalises its inputs at run time ({cfg.normalize_activations}) is not supported",
+            "export an SAE that reads raw residual states (normalize_activations none)",
+        )
+    spec: dict[str, Any] = {
+        "architecture": architecture,
+        "d_in": int(cfg.d_in),
+        "d_sae": int(cfg.d_sae),
+        "apply_b_dec_to_input": bool(cfg.apply_b_dec_to_input),
+        "hook_name": bottleneck.hook_name,
+        "sae_lens_dir": f"{BOTTLENECK_SUBDIR}/{LAYER_DIR.format(layer=bottleneck.layer)}",
+    }
+    if architecture == "topk":
+        spec["k"] = int(cfg.k)
+        spec["rescale_acts_by_decoder_norm"] = bool(getattr(cfg, "rescale_acts_by_decoder_norm", False))
+    return spec
+
+
+def sae_tensors(bottleneck: SAEBottleneck) -> dict[str, Tensor]:
+    """The buffers of the modeling file's `SparseAutoencoder` for one layer (fp32 copies)."""
+    sae = inference_sae(bottleneck)
+    names = ["W_enc", "b_enc", "W_dec", "b_dec"] + (["threshold"] if sae.cfg.architecture() == "jumprelu" else [])
+    tensors = {name: getattr(sae, name) for name in names}
+    tensors["typical_norm"] = bottleneck.typical_norm
+    return {name: tensor.detach().float().clone() for name, tensor in tensors.items()}
+
+
+def export_config(bmodel: BottleneckedModel) -> CodeunlearnConfig:
+    """The `CodeunlearnConfig` describing `bmodel`: base config, bottleneck shape, active edits, adapters, SAEs."""
     untrained = [layer for layer in bmodel.layers if not bool(bmodel.bottleneck(layer).initialized)]
     if untrained:
         raise CodeunlearnError(
@@ -125,6 +175,9 @@ def export_config(bmodel: BottleneckedModel) -> CodeunlearnConfig:
         bottleneck=bmodel.config.to_dict(),
         edits=[edit.to_dict() for edit in bmodel.edits],
         adapters=adapters,
+        saes={str(layer): sae_spec(bmodel.bottleneck(layer)) for layer in bmodel.layers}
+        if bmodel.config.kind == "sae"
+        else None,
         decoder_layers_path=DECODER_LAYER_PATHS[model_type_of(bmodel.model)],
         codeunlearn_version=__version__,
     )
@@ -136,7 +189,8 @@ def as_transformers_model(bmodel: BottleneckedModel) -> CodeunlearnForCausalLM:
     """The edited model as a `CodeunlearnForCausalLM` (the class of the exported files), built in memory.
 
     It shares the base weights with `bmodel` (nothing is copied: changing one changes the other) and holds copies
-    of the bottleneck tensors with the current edits' masks; later edits of `bmodel` do not reach it.
+    of the bottleneck tensors with the current edits (codebook masks; SAE edits read from its config); later edits
+    of `bmodel` do not reach it.
     """
     config = export_config(bmodel)
     with torch.device("meta"):  # no memory and no random init for weights that are replaced right away
@@ -152,6 +206,9 @@ def as_transformers_model(bmodel: BottleneckedModel) -> CodeunlearnForCausalLM:
                 target._buffers[leaf] = source
     for layer in bmodel.layers:
         bottleneck, quantizer = bmodel.bottleneck(layer), model.bottlenecks[str(layer)]
+        if bmodel.config.kind == "sae":
+            quantizer._buffers.update(sae_tensors(bottleneck))
+            continue
         tensors = {
             "mean": bottleneck.mean,
             "rotation": bottleneck.rotation,

@@ -1,4 +1,5 @@
-"""A causal LM edited by codeunlearn: a stock transformers model with codebook bottlenecks after some decoder layers.
+"""A causal LM edited by codeunlearn: a stock transformers model with bottlenecks (a vector-quantized codebook or a
+sparse autoencoder) after some decoder layers.
 
 This file is copied into every model directory that `codeunlearn export` writes, and is what
 `AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)` runs. It imports only `torch` and
@@ -19,18 +20,34 @@ What the model computes
 4. Optional LoRA adapters (`config.adapters`) on the layers after the first bottleneck add `B @ A @ x` to the
    outputs of their linear modules; they were trained to read the quantized stream and are active with it.
 
+With an SAE (`config.bottleneck["kind"] == "sae"`) steps 2-3 are instead (see `SparseAutoencoder`):
+
+2. The residual stream after each listed layer is encoded by a sae-lens SAE (`config.saes[layer]`: `standard`
+   = ReLU, `topk`, or `jumprelu`), in fp32, into feature activations `acts`. The error term is kept:
+   output = decode(edited acts) + (h - decode(acts)), so where no edit changes a feature the output is h itself,
+   bit for bit (an SAE with no edit is not even run). Position 0 and tokens of massive norm pass through untouched.
+3. The edits (`config.edits`, read here, in order) act on features *where they fire* (activation > 0): `zero` sets
+   them to 0; `clamp` to `multiplier * scale`; `guardrail` does either only at tokens where a causal window gate
+   is on: the mean number of the edit's features firing over the last `window` tokens exceeds the layer's
+   threshold. The window continues across KV-cache decoding steps (the last `window - 1` counts are remembered while
+   each call continues the previous one's positions). Left padding (position id 0, as `generate` assigns it) passes
+   through and counts 0, as the zeros before a sequence start do, so a padded row is gated as it would be alone.
+   Padding is recognised by that position id only: a batched forward must pass `position_ids` (e.g.
+   `(attention_mask.cumsum(-1) - 1).clamp(min=0)`), else its pads are numbered as tokens and count.
+
 Why a new `model_type` instead of the base one: with a built-in `model_type` (say `llama`) transformers would load
 its stock class and silently drop the bottleneck tensors as unexpected keys -- a model that was never edited.
 Loading this one without `trust_remote_code=True` fails instead.
 
 `from_pretrained(DIR, trust_remote_code=True, bottleneck_enabled=False)` turns bottlenecks and adapters off, which
-gives exactly the base model (for audits); every other argument (`dtype`, `device_map`, ...) works as usual.
+gives exactly the base model (for audits); every other argument (`dtype`, `device_map`, ...) works as usual. The
+bottleneck tensors stay in fp32 whatever `dtype` the base model is loaded in.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +73,8 @@ DECODER_LAYER_PATHS = {
 
 # Nearest-key search in chunks of this many tokens bounds the (tokens, heads, codes) distance tensor.
 SEARCH_CHUNK_TOKENS = 1024
+# sae-lens SAE architectures this file computes (their sae-lens `encode` / `decode`, at inference).
+SAE_ARCHITECTURES = ("standard", "topk", "jumprelu")
 
 
 def _base_config_from_dict(data: dict[str, Any]) -> PretrainedConfig:
@@ -72,9 +91,13 @@ class CodeunlearnConfig(PretrainedConfig):
         bottleneck: shape of the bottlenecks (`layers`, `site`, `num_heads`, `codebook_size`, `num_stages`,
             `passthrough_first_position`, `massive_norm_factor`, `hidden_size`, ...).
         edits: the active edits, in the order they were applied: `topic`, `intervention` and, per layer, the
-            removed code ids (flat id = (stage * num_heads + head) * codebook_size + code). Informational: the
-            masks they imply are stored in the weights.
+            removed code ids (codebook: flat id = (stage * num_heads + head) * codebook_size + code; informational,
+            the masks they imply are stored in the weights) or the SAE features with their `scales`, the
+            `multiplier` and the `guardrail` (`window`, `action`, per-layer `thresholds`), which this file reads.
         adapters: LoRA adapters, `{"targets": [module paths in the base model], "scaling": float, "rank": int}`.
+        saes: SAE bottlenecks, per layer (a string key): the sae-lens `architecture`, `d_in`, `d_sae`,
+            `apply_b_dec_to_input`, and for `topk` `k` and `rescale_acts_by_decoder_norm`; `sae_lens_dir` names the
+            sae-lens directory (cfg.json + sae_weights.safetensors) of the same SAE in this export.
         decoder_layers_path: dotted path of the decoder-layer list in the base model.
         bottleneck_enabled: False runs the base model alone (bottlenecks and adapters off).
         codeunlearn_version: version of codeunlearn that wrote the export.
@@ -90,6 +113,7 @@ class CodeunlearnConfig(PretrainedConfig):
         bottleneck: dict[str, Any] | None = None,
         edits: list[dict[str, Any]] | None = None,
         adapters: dict[str, Any] | None = None,
+        saes: dict[str, dict[str, Any]] | None = None,
         decoder_layers_path: str | None = None,
         bottleneck_enabled: bool = True,
         codeunlearn_version: str | None = None,
@@ -102,6 +126,7 @@ class CodeunlearnConfig(PretrainedConfig):
         self.bottleneck = dict(bottleneck or {})
         self.edits = list(edits or [])
         self.adapters = dict(adapters or {})
+        self.saes = {str(layer): dict(spec) for layer, spec in (saes or {}).items()}
         if decoder_layers_path is None and self.base_model_type is not None:
             decoder_layers_path = DECODER_LAYER_PATHS.get(self.base_model_type)
         self.decoder_layers_path = decoder_layers_path
@@ -207,6 +232,171 @@ class CodebookQuantizer(nn.Module):
             return torch.where(passthrough.unsqueeze(-1), x.float(), y).to(x.dtype)
 
 
+class FeatureEdit(NamedTuple):
+    """One SAE edit at one layer: where they fire, `features` are set to `values` (where the gate, if any, is on)."""
+
+    features: torch.Tensor  # (n,) long feature ids
+    values: torch.Tensor  # (n,) fp32: 0 (zero), or multiplier * scale (clamp)
+    window: int  # tokens in the guardrail's causal window; 0 = no gate (always on)
+    threshold: float  # the gate is on where the window score is strictly above this
+
+
+def feature_edits(edits: list[dict[str, Any]], layer: int) -> list[FeatureEdit]:
+    """The SAE edits of `config.edits` that name features at `layer`, in the order they were applied."""
+    compiled = []
+    for edit in edits:
+        codes = edit["layers"].get(str(layer))
+        if not codes or not codes["codes"]:
+            continue
+        guardrail = edit.get("guardrail") if edit["intervention"] == "guardrail" else None
+        action = guardrail["action"] if guardrail else edit["intervention"]
+        # explicit CPU tensors: __init__ may run under a meta-device context; moved to the states' device when used
+        features = torch.tensor(codes["codes"], dtype=torch.long, device="cpu")
+        if action == "clamp":
+            values = torch.tensor(codes["scales"], dtype=torch.float32, device="cpu") * float(edit["multiplier"])
+        else:
+            values = torch.zeros(len(codes["codes"]), dtype=torch.float32, device="cpu")
+        window = int(guardrail["window"]) if guardrail else 0
+        threshold = float(guardrail["thresholds"][str(layer)]) if guardrail else 0.0
+        compiled.append(FeatureEdit(features, values, window, threshold))
+    return compiled
+
+
+def window_scores(counts: torch.Tensor, window: int) -> torch.Tensor:
+    """Causal moving average of `counts` (..., T) over the last `window` positions, zero-padded on the left:
+    score[t] = sum(counts[max(0, t - window + 1) : t + 1]) / window."""
+    counts = counts.float()
+    lead, length = counts.shape[:-1], counts.shape[-1]
+    padded = F.pad(counts.reshape(-1, 1, length), (window - 1, 0))
+    summed = F.conv1d(padded, torch.ones(1, 1, window, device=counts.device, dtype=counts.dtype))
+    return (summed / window).reshape(*lead, length)
+
+
+class SparseAutoencoder(nn.Module):
+    """The inference-time forward pass of one layer's SAE bottleneck: a sae-lens SAE with its error term, passthrough
+    tokens and feature edits (zero / clamp / guardrail), as codeunlearn computes them."""
+
+    def __init__(self, bottleneck: dict[str, Any], sae: dict[str, Any], edits: list[FeatureEdit]) -> None:
+        super().__init__()
+        self.architecture = sae["architecture"]
+        if self.architecture not in SAE_ARCHITECTURES:
+            raise ValueError(f"SAE architecture {self.architecture!r} is not one of {SAE_ARCHITECTURES}")
+        self.k = int(sae.get("k") or 0)
+        self.apply_b_dec_to_input = bool(sae.get("apply_b_dec_to_input", True))
+        self.rescale_acts_by_decoder_norm = bool(sae.get("rescale_acts_by_decoder_norm", False))
+        self.error_term = bool(bottleneck.get("sae_error_term", True))
+        self.passthrough_first_position = bool(bottleneck.get("passthrough_first_position", True))
+        self.massive_norm_factor = float(bottleneck.get("massive_norm_factor", 0.0))
+        self.edits = edits
+        d_in, d_sae = int(sae["d_in"]), int(sae["d_sae"])
+        f32 = {"dtype": torch.float32}
+        self.register_buffer("W_enc", torch.zeros(d_in, d_sae, **f32))
+        self.register_buffer("b_enc", torch.zeros(d_sae, **f32))
+        self.register_buffer("W_dec", torch.zeros(d_sae, d_in, **f32))
+        self.register_buffer("b_dec", torch.zeros(d_in, **f32))
+        if self.architecture == "jumprelu":
+            self.register_buffer("threshold", torch.zeros(d_sae, **f32))
+        self.register_buffer("typical_norm", torch.zeros((), **f32))  # 0 = unknown: no massive-norm passthrough
+        # Guardrail windows across decoding steps: (last position per row, per edit the last window - 1 counts).
+        self._gate_history: tuple[torch.Tensor, list[torch.Tensor | None]] | None = None
+
+    @property
+    def transparent(self) -> bool:
+        """With the error term and no edit the output is exactly the input: the SAE need not run."""
+        return self.error_term and not self.edits
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Feature activations (..., d_sae) of fp32 states x (..., d_in): sae-lens's `encode`."""
+        sae_in = x - self.b_dec if self.apply_b_dec_to_input else x
+        pre = sae_in @ self.W_enc + self.b_enc
+        if self.architecture == "standard":
+            return torch.relu(pre)
+        if self.architecture == "jumprelu":
+            return torch.relu(pre) * (pre > self.threshold).to(pre.dtype)
+        if self.rescale_acts_by_decoder_norm:  # topk: the k largest (rescaled) pre-activations, ReLU'd
+            pre = pre * self.W_dec.norm(dim=-1)
+        values, indices = torch.topk(pre, k=self.k, dim=-1, sorted=False)
+        return torch.zeros_like(pre).scatter_(-1, indices, values.relu())
+
+    def decode(self, acts: torch.Tensor) -> torch.Tensor:
+        """States (..., d_in) reconstructed from feature activations: sae-lens's `decode`."""
+        if self.rescale_acts_by_decoder_norm:
+            acts = acts * (1 / self.W_dec.norm(dim=-1))
+        return acts @ self.W_dec + self.b_dec
+
+    def passthrough_mask(self, x: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+        """Tokens left untouched: position 0 (the attention sink, and left padding) and tokens of massive norm."""
+        mask = torch.zeros(x.shape[:-1], dtype=torch.bool, device=x.device)
+        if self.passthrough_first_position and x.dim() > 1:
+            if positions is None:
+                mask[..., 0] = True
+            else:
+                mask |= positions.to(x.device).expand(x.shape[:-1]) == 0
+        if self.massive_norm_factor > 0 and float(self.typical_norm) > 0:
+            mask |= x.norm(dim=-1) > self.massive_norm_factor * self.typical_norm
+        return mask
+
+    def apply_edits(
+        self, acts: torch.Tensor, passthrough: torch.Tensor, history: list[torch.Tensor | None] | None
+    ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        """Edited activations, and per edit the firing counts that continue its window (None when not gated).
+
+        Only firing features change and passthrough tokens never do. Every gate reads the unedited activations, and
+        a later edit overwrites an earlier one's value for a shared feature."""
+        edited = acts.clone()
+        fires = (acts > 0) & ~passthrough.unsqueeze(-1)
+        tails: list[torch.Tensor | None] = []
+        for index, edit in enumerate(self.edits):
+            features = edit.features.to(acts.device)
+            hit = fires[..., features]
+            tail = None
+            if edit.window > 0:
+                counts = (acts[..., features] > 0).sum(-1).masked_fill(passthrough, 0)  # features firing per token
+                if history is not None and history[index] is not None:
+                    counts = torch.cat([history[index].to(counts), counts], -1)
+                scores = window_scores(counts, edit.window)[..., counts.shape[-1] - acts.shape[-2] :]
+                hit = hit & (scores > edit.threshold).unsqueeze(-1)
+                tail = counts[..., max(0, counts.shape[-1] - (edit.window - 1)) :]
+            tails.append(tail)
+            values = edit.values.to(device=acts.device, dtype=acts.dtype)
+            edited[..., features] = torch.where(hit, values, edited[..., features])
+        return edited, tails
+
+    def _history(self, acts: torch.Tensor, positions: torch.Tensor | None) -> list[torch.Tensor | None] | None:
+        """The remembered window counts, when this call continues the previous one (the next position of every row,
+        as in decoding with a KV cache); None starts every window afresh."""
+        if self._gate_history is None or positions is None or acts.dim() != 3:
+            return None
+        last, tails = self._gate_history
+        start = positions.expand(acts.shape[:-1])[:, 0].cpu()
+        if last.shape != start.shape or not bool((start == last + 1).all()):
+            return None
+        return tails
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Pass states x (..., d_in) through the edited SAE; returns the same shape and dtype."""
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            xf = x.float()
+            passthrough = self.passthrough_mask(xf, positions)
+            acts = self.encode(xf)
+            edited = acts
+            if self.edits:
+                edited, tails = self.apply_edits(acts, passthrough, self._history(acts, positions))
+                gated = any(edit.window > 0 for edit in self.edits)
+                if gated and positions is not None and acts.dim() == 3:
+                    self._gate_history = (positions.expand(acts.shape[:-1])[:, -1].detach().cpu(), tails)
+                else:
+                    self._gate_history = None
+            if not self.error_term:
+                y = self.decode(edited)
+            elif edited is acts:
+                y = xf
+            else:  # decode(edited) + (x - decode(acts)); tokens no edit changed are returned bit for bit
+                changed = (edited != acts).any(-1, keepdim=True)
+                y = torch.where(changed, xf + (self.decode(edited) - self.decode(acts)), xf)
+            return torch.where(passthrough.unsqueeze(-1), xf, y).to(x.dtype)
+
+
 class LowRankAdapter(nn.Module):
     """A LoRA adapter: adds `B @ (A @ x) * scaling` to a linear module's output."""
 
@@ -238,8 +428,15 @@ def _linear_shape(module: nn.Module) -> tuple[int, int]:
     return module.weight.shape[0], module.weight.shape[1]
 
 
+def _bottleneck_module(config: CodeunlearnConfig, layer: int) -> nn.Module:
+    """The bottleneck after decoder layer `layer`: its codebook (edits in its masks) or its SAE (edits from the config)."""
+    if config.bottleneck.get("kind", "vq") == "sae":
+        return SparseAutoencoder(config.bottleneck, config.saes[str(layer)], feature_edits(config.edits, layer))
+    return CodebookQuantizer(config.bottleneck)
+
+
 class CodeunlearnForCausalLM(PreTrainedModel, GenerationMixin):
-    """The base causal LM with the edited codebook bottlenecks (and adapters) applied through forward hooks.
+    """The base causal LM with the edited bottlenecks (codebooks or SAEs, and adapters) applied through forward hooks.
 
     Hooks rather than wrapper modules keep the base model's own module tree, so its weights keep their stock names
     (under `causal_lm.`) and device maps, attention backends and tensor-parallel plans apply unchanged.
@@ -250,21 +447,22 @@ class CodeunlearnForCausalLM(PreTrainedModel, GenerationMixin):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
-    # The nearest-key search must stay fp32 when the model is loaded with dtype=bfloat16 or float16.
+    # The nearest-key search and the SAEs must stay fp32 when the model is loaded with dtype=bfloat16 or float16.
     _keep_in_fp32_modules_strict: ClassVar[list[str]] = ["bottlenecks"]
 
     def __init__(self, config: CodeunlearnConfig) -> None:
         super().__init__(config)
         if config.base_config is None:
             raise ValueError("CodeunlearnConfig has no base_config: this is not an exported codeunlearn model")
-        if config.bottleneck.get("kind", "vq") != "vq":
-            raise ValueError(f"bottleneck kind {config.bottleneck.get('kind')!r} is not supported by this file")
+        kind = config.bottleneck.get("kind", "vq")
+        if kind not in ("vq", "sae"):
+            raise ValueError(f"bottleneck kind {kind!r} is not supported by this file")
         if not config.decoder_layers_path:
             raise ValueError(f"no decoder-layer path known for model_type {config.base_model_type!r}")
         self.causal_lm = AutoModelForCausalLM.from_config(config.base_config)
         layers = _get_submodule(self.causal_lm, config.decoder_layers_path)
         layer_ids = [int(layer) for layer in config.bottleneck.get("layers", [])]
-        self.bottlenecks = nn.ModuleDict({str(i): CodebookQuantizer(config.bottleneck) for i in layer_ids})
+        self.bottlenecks = nn.ModuleDict({str(i): _bottleneck_module(config, i) for i in layer_ids})
         for i in layer_ids:
             layers[i].register_forward_hook(functools.partial(self._bottleneck_hook, i), with_kwargs=True)
         targets = list(config.adapters.get("targets", []))
@@ -279,15 +477,15 @@ class CodeunlearnForCausalLM(PreTrainedModel, GenerationMixin):
 
     # ------------------------------------------------------------------------------------------------ hooks
     def _bottleneck_hook(self, index: int, layer: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
-        """Replace decoder layer `index`'s output by its quantized version (what codeunlearn's BottleneckLayer does)."""
-        if not self.config.bottleneck_enabled:
-            return None
+        """Replace decoder layer `index`'s output by its bottleneck's output (what codeunlearn's BottleneckLayer does)."""
+        quantizer = self.bottlenecks[str(index)]
+        if not self.config.bottleneck_enabled or getattr(quantizer, "transparent", False):
+            return None  # None keeps the layer's output as it is
         hidden_in = args[0] if args else kwargs["hidden_states"]
         h = output[0] if isinstance(output, tuple) else output
-        quantizer = self.bottlenecks[str(index)]
-        block_output = quantizer.site == "block_output"
+        block_output = getattr(quantizer, "site", "residual") == "block_output"
         x = h - hidden_in if block_output else h
-        device = quantizer.keys.device
+        device = next(quantizer.buffers()).device
         y = quantizer(x.to(device), kwargs.get("position_ids")).to(h.device)
         if block_output:
             y = y + hidden_in
