@@ -19,6 +19,7 @@ import contextlib
 import json
 import math
 import time
+from pathlib import Path
 
 import torch
 from fidelity_sweep import CONFIG_KEYS, append_result, base_losses, load_corpora, measure
@@ -94,6 +95,10 @@ def main() -> None:
     parser.add_argument("--eval_tokens", type=int, default=8192)
     parser.add_argument("--output_dir", default="outputs/sweep2", help="holds the cached base losses")
     parser.add_argument("--results", default="outputs/sweep2/results.jsonl")
+    parser.add_argument("--save_dir", help="also save each variant's bottleneck to SAVE_DIR/<name> (save_pretrained)")
+    parser.add_argument(
+        "--skip_measure", action="store_true", help="only fit (and save) the keys; no held-out measurement or row"
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
 
@@ -136,6 +141,12 @@ def main() -> None:
                 bottleneck.fit_keys(x)  # k-means initialisation; the training loop then takes an EMA step too
             bottleneck.fit_keys(x)
         fit_s = time.time() - t1
+        if args.save_dir:
+            bmodel.save_pretrained(Path(args.save_dir) / name, overwrite=True)
+        if args.skip_measure:
+            print(f"{name}: keys fitted in {fit_s:.0f}s", flush=True)
+            bmodel.detach()
+            continue
         row = {"name": name, "config": raw, **measure(bmodel, heldout, base)}
         row.update({"train_seconds": round(fit_s, 1), "cache_seconds": round(cache_s, 1), "source": "key_sweep.py"})
         append_result(args.results, row)
