@@ -118,6 +118,27 @@ def _edits_section(edits: list[dict[str, Any]], codes_per_layer: int) -> str:
     return "\n".join(lines)
 
 
+def _how_to_load(load_name: str) -> str:
+    """The loading instructions every remote-code card shares (the caller continues the last sentence)."""
+    return f"""## How to load
+
+The model has its own `model_type` (`codeunlearn`) and modeling file, `modeling_codeunlearn.py` (it imports only
+`torch` and `transformers`; read it before trusting remote code). codeunlearn itself is not needed.
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+model = AutoModelForCausalLM.from_pretrained("{load_name}", trust_remote_code=True)
+tokenizer = AutoTokenizer.from_pretrained("{load_name}", trust_remote_code=True)  # reads config.json: no prompt
+inputs = tokenizer("The history of", return_tensors="pt")
+print(tokenizer.decode(model.generate(**inputs, max_new_tokens=20)[0]))
+```
+
+Without `trust_remote_code=True` loading fails rather than silently returning the unedited base model.
+`bottleneck_enabled=False` in `from_pretrained` gives the base model from the same files (for comparisons).
+`dtype`, `device_map`, `generate` with a KV cache and left-padded batches work as for the base model"""
+
+
 def _bottleneck_card(config: dict[str, Any], report: Path, repo_id: str | None) -> tuple[ModelCardData, str]:
     base = config["base_config"]
     bottleneck = config["bottleneck"]
@@ -164,23 +185,7 @@ its text uses far more than other text. The base weights are stored unchanged; n
 
 {_eval_section(report)}
 
-## How to load
-
-The model has its own `model_type` (`codeunlearn`) and modeling file, `modeling_codeunlearn.py` (it imports only
-`torch` and `transformers`; read it before trusting remote code). codeunlearn itself is not needed.
-
-```python
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-model = AutoModelForCausalLM.from_pretrained("{load_name}", trust_remote_code=True)
-tokenizer = AutoTokenizer.from_pretrained("{load_name}", trust_remote_code=True)  # reads config.json: no prompt
-inputs = tokenizer("The history of", return_tensors="pt")
-print(tokenizer.decode(model.generate(**inputs, max_new_tokens=20)[0]))
-```
-
-Without `trust_remote_code=True` loading fails rather than silently returning the unedited base model.
-`bottleneck_enabled=False` in `from_pretrained` gives the base model from the same files (for comparisons).
-`dtype`, `device_map`, `generate` with a KV cache and left-padded batches work as for the base model. Evaluate with
+{_how_to_load(load_name)}. Evaluate with
 lm-eval: `lm_eval --model hf --model_args pretrained={load_name},trust_remote_code=True --tasks ...`.
 
 `codeunlearn_bottleneck/` holds the bottleneck and its edits in codeunlearn's own format
@@ -318,23 +323,7 @@ stored unchanged; no gradient step touched them.
 
 {_eval_section(report)}
 
-## How to load
-
-The model has its own `model_type` (`codeunlearn`) and modeling file, `modeling_codeunlearn.py` (it imports only
-`torch` and `transformers`; read it before trusting remote code). codeunlearn itself is not needed.
-
-```python
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-model = AutoModelForCausalLM.from_pretrained("{load_name}", trust_remote_code=True)
-tokenizer = AutoTokenizer.from_pretrained("{load_name}", trust_remote_code=True)  # reads config.json: no prompt
-inputs = tokenizer("The history of", return_tensors="pt")
-print(tokenizer.decode(model.generate(**inputs, max_new_tokens=20)[0]))
-```
-
-Without `trust_remote_code=True` loading fails rather than silently returning the unedited base model.
-`bottleneck_enabled=False` in `from_pretrained` gives the base model from the same files (for comparisons).
-`dtype`, `device_map`, `generate` with a KV cache and left-padded batches work as for the base model; a guardrail's
+{_how_to_load(load_name)}; a guardrail's
 window continues across decoding steps, and left padding (position id 0) does not count in it.
 
 Each SAE is also a sae-lens directory, which sae-lens loads itself
