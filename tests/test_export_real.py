@@ -35,130 +35,126 @@ TEXT = [
 ] * 4
 
 
-def test_smollm2_export_is_exactly_the_edited_model(tmp_path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+@pytest.fixture
+def smollm2():
+    """A fresh SmolLM2-135M, its tokenizer, packed chunks of TEXT, a 2-chunk probe and the base logits on it; one
+    torch thread while it runs (the machine is shared with long benchmarks)."""
     from codeunlearn.modeling import load_model_and_tokenizer
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # shares the machine with long benchmarks
+    torch.set_num_threads(1)
     try:
         model, tokenizer = load_model_and_tokenizer("smollm2-135m")
         chunks = pack_documents(TEXT, tokenizer, seq_len=24)
         probe = chunks[:2]
         with torch.no_grad():
             base = model(input_ids=probe, use_cache=False).logits.clone()
-        bmodel = BottleneckedModel.attach(model, BottleneckConfig(layers=[LAYER], num_heads=8, codebook_size=32))
-        from codeunlearn.training import train_bottleneck
-
-        args = tiny_args(tmp_path / "run", key_steps=2, value_steps=0, batch_size=2, kmeans_init_tokens=192)
-        train_bottleneck(bmodel, chunks, args)
-        codes = used_codes(bmodel, probe)[LAYER][:8]
-        with torch.no_grad():
-            unedited = bmodel(input_ids=probe, use_cache=False).logits.clone()
-        bmodel.apply_edit(Edit("cathedrals", {LAYER: LayerCodes(codes)}, bottleneck_fingerprint=bmodel.fingerprint()))
-        with torch.no_grad():
-            edited = bmodel(input_ids=probe, use_cache=False).logits.clone()
-        assert float((edited - unedited).abs().max()) > 1e-2
-
-        result = save_pretrained(bmodel, tmp_path / "export", tokenizer)
-        assert result is not None and result.relative_difference <= 1e-4
-
-        loaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "export"), trust_remote_code=True).eval()
-        with torch.no_grad():
-            got = loaded(input_ids=probe, use_cache=False).logits
-        scale = float(edited.abs().max())
-        assert float((got - edited).abs().max()) <= 1e-4 * scale
-
-        prompt = tokenizer("The history of the cathedral", return_tensors="pt")
-        kwargs = {"max_new_tokens": 8, "do_sample": False, "pad_token_id": tokenizer.pad_token_id}
-        with torch.no_grad():
-            expected = bmodel.model.generate(**prompt, **kwargs)
-        assert torch.equal(loaded.generate(**prompt, **kwargs), expected)
-
-        reloaded_tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "export"), trust_remote_code=True)
-        assert reloaded_tokenizer(TEXT[0])["input_ids"] == tokenizer(TEXT[0])["input_ids"]
-
-        del loaded
-        disabled = AutoModelForCausalLM.from_pretrained(
-            str(tmp_path / "export"), trust_remote_code=True, bottleneck_enabled=False
-        ).eval()
-        with torch.no_grad():
-            assert float((disabled(input_ids=probe, use_cache=False).logits - base).abs().max()) <= 1e-4 * scale
+        yield model, tokenizer, chunks, probe, base
     finally:
         torch.set_num_threads(threads)
 
 
-def test_smollm2_sae_export_is_exactly_the_edited_model(tmp_path):
+def test_smollm2_export_is_exactly_the_edited_model(tmp_path, smollm2):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model, tokenizer, chunks, probe, base = smollm2
+    bmodel = BottleneckedModel.attach(model, BottleneckConfig(layers=[LAYER], num_heads=8, codebook_size=32))
+    from codeunlearn.training import train_bottleneck
+
+    args = tiny_args(tmp_path / "run", key_steps=2, value_steps=0, batch_size=2, kmeans_init_tokens=192)
+    train_bottleneck(bmodel, chunks, args)
+    codes = used_codes(bmodel, probe)[LAYER][:8]
+    with torch.no_grad():
+        unedited = bmodel(input_ids=probe, use_cache=False).logits.clone()
+    bmodel.apply_edit(Edit("cathedrals", {LAYER: LayerCodes(codes)}, bottleneck_fingerprint=bmodel.fingerprint()))
+    with torch.no_grad():
+        edited = bmodel(input_ids=probe, use_cache=False).logits.clone()
+    assert float((edited - unedited).abs().max()) > 1e-2
+
+    result = save_pretrained(bmodel, tmp_path / "export", tokenizer)
+    assert result is not None and result.relative_difference <= 1e-4
+
+    loaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "export"), trust_remote_code=True).eval()
+    with torch.no_grad():
+        got = loaded(input_ids=probe, use_cache=False).logits
+    scale = float(edited.abs().max())
+    assert float((got - edited).abs().max()) <= 1e-4 * scale
+
+    prompt = tokenizer("The history of the cathedral", return_tensors="pt")
+    kwargs = {"max_new_tokens": 8, "do_sample": False, "pad_token_id": tokenizer.pad_token_id}
+    with torch.no_grad():
+        expected = bmodel.model.generate(**prompt, **kwargs)
+    assert torch.equal(loaded.generate(**prompt, **kwargs), expected)
+
+    reloaded_tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "export"), trust_remote_code=True)
+    assert reloaded_tokenizer(TEXT[0])["input_ids"] == tokenizer(TEXT[0])["input_ids"]
+
+    del loaded
+    disabled = AutoModelForCausalLM.from_pretrained(
+        str(tmp_path / "export"), trust_remote_code=True, bottleneck_enabled=False
+    ).eval()
+    with torch.no_grad():
+        assert float((disabled(input_ids=probe, use_cache=False).logits - base).abs().max()) <= 1e-4 * scale
+
+
+def test_smollm2_sae_export_is_exactly_the_edited_model(tmp_path, smollm2):
     from sae_lens import SAE
     from sae_lens.saes.sae import SAEMetadata
     from transformers import AutoModelForCausalLM
 
     from codeunlearn.export.save import BOTTLENECK_SUBDIR
     from codeunlearn.guardrail import calibrate_guardrail
-    from codeunlearn.modeling import load_model_and_tokenizer
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # shares the machine with long benchmarks
-    try:
-        model, tokenizer = load_model_and_tokenizer("smollm2-135m")
-        chunks = pack_documents(TEXT, tokenizer, seq_len=24)
-        probe = chunks[:2]
-        with torch.no_grad():
-            base = model(input_ids=probe, use_cache=False).logits.clone()
-        hidden = model.config.hidden_size
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            sae = SAE.from_dict({"architecture": "topk", "d_in": hidden, "d_sae": 8 * hidden, "k": 32})
-        sae.cfg.metadata = SAEMetadata(hook_name=f"blocks.{LAYER}.hook_resid_post", model_name="smollm2-135m")
-        bmodel = BottleneckedModel.attach_sae(model, {LAYER: sae})
-        with torch.no_grad():
-            assert torch.equal(bmodel(input_ids=probe, use_cache=False).logits, base)  # the error term
+    model, tokenizer, chunks, probe, base = smollm2
+    hidden = model.config.hidden_size
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        sae = SAE.from_dict({"architecture": "topk", "d_in": hidden, "d_sae": 8 * hidden, "k": 32})
+    sae.cfg.metadata = SAEMetadata(hook_name=f"blocks.{LAYER}.hook_resid_post", model_name="smollm2-135m")
+    bmodel = BottleneckedModel.attach_sae(model, {LAYER: sae})
+    with torch.no_grad():
+        assert torch.equal(bmodel(input_ids=probe, use_cache=False).logits, base)  # the error term
 
-        seen = {}
-        with torch.no_grad(), bmodel.observing(lambda layer, x, result: seen.update({layer: result})):
-            bmodel(input_ids=probe, use_cache=False)
-        acts = seen[LAYER].acts[~seen[LAYER].passthrough]
-        features = (acts > 0).sum(0).argsort(descending=True)[:32].tolist()
-        scales = [float(acts[:, f][acts[:, f] > 0].mean()) for f in features]
-        fingerprint = bmodel.fingerprint()
+    seen = {}
+    with torch.no_grad(), bmodel.observing(lambda layer, x, result: seen.update({layer: result})):
+        bmodel(input_ids=probe, use_cache=False)
+    acts = seen[LAYER].acts[~seen[LAYER].passthrough]
+    features = (acts > 0).sum(0).argsort(descending=True)[:32].tolist()
+    scales = [float(acts[:, f][acts[:, f] > 0].mean()) for f in features]
+    fingerprint = bmodel.fingerprint()
 
-        def edit(topic: str, start: int, stop: int) -> Edit:
-            codes = LayerCodes(features[start:stop], scales=scales[start:stop])
-            return Edit(
-                topic, {LAYER: codes}, "clamp", bottleneck_fingerprint=fingerprint, kind="sae", multiplier=-10.0
-            )
+    def edit(topic: str, start: int, stop: int) -> Edit:
+        codes = LayerCodes(features[start:stop], scales=scales[start:stop])
+        return Edit(topic, {LAYER: codes}, "clamp", bottleneck_fingerprint=fingerprint, kind="sae", multiplier=-10.0)
 
-        guard = calibrate_guardrail(bmodel, edit("guarded", 16, 32), chunks[2:], window=8, target_fpr=0.2)
-        bmodel.apply_edit(edit("cathedrals", 0, 16))
-        bmodel.apply_edit(guard)
-        with torch.no_grad():
-            edited = bmodel(input_ids=probe, use_cache=False).logits.clone()
-        scale = float(edited.abs().max())
-        assert float((edited - base).abs().max()) > 1e-2
+    guard = calibrate_guardrail(bmodel, edit("guarded", 16, 32), chunks[2:], window=8, target_fpr=0.2)
+    bmodel.apply_edit(edit("cathedrals", 0, 16))
+    bmodel.apply_edit(guard)
+    with torch.no_grad():
+        edited = bmodel(input_ids=probe, use_cache=False).logits.clone()
+    scale = float(edited.abs().max())
+    assert float((edited - base).abs().max()) > 1e-2
 
-        result = save_pretrained(bmodel, tmp_path / "export", tokenizer)
-        assert result is not None and result.relative_difference <= 1e-4
-        loaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "export"), trust_remote_code=True).eval()
-        with torch.no_grad():
-            got = loaded(input_ids=probe, use_cache=False).logits
-        assert float((got - edited).abs().max()) <= 1e-4 * scale
+    result = save_pretrained(bmodel, tmp_path / "export", tokenizer)
+    assert result is not None and result.relative_difference <= 1e-4
+    loaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "export"), trust_remote_code=True).eval()
+    with torch.no_grad():
+        got = loaded(input_ids=probe, use_cache=False).logits
+    assert float((got - edited).abs().max()) <= 1e-4 * scale
 
-        prompt = tokenizer("The history of the cathedral", return_tensors="pt")
-        kwargs = {"max_new_tokens": 8, "do_sample": False, "pad_token_id": tokenizer.pad_token_id}
-        with torch.no_grad():
-            expected = bmodel.model.generate(**prompt, **kwargs)
-        assert torch.equal(loaded.generate(**prompt, **kwargs), expected)
-        assert torch.equal(loaded.generate(**prompt, use_cache=False, **kwargs), expected)
+    prompt = tokenizer("The history of the cathedral", return_tensors="pt")
+    kwargs = {"max_new_tokens": 8, "do_sample": False, "pad_token_id": tokenizer.pad_token_id}
+    with torch.no_grad():
+        expected = bmodel.model.generate(**prompt, **kwargs)
+    assert torch.equal(loaded.generate(**prompt, **kwargs), expected)
+    assert torch.equal(loaded.generate(**prompt, use_cache=False, **kwargs), expected)
 
-        reloaded = SAE.load_from_disk(tmp_path / "export" / BOTTLENECK_SUBDIR / f"layer_{LAYER}")  # sae-lens itself
-        assert torch.equal(reloaded.W_enc, sae.W_enc)
+    reloaded = SAE.load_from_disk(tmp_path / "export" / BOTTLENECK_SUBDIR / f"layer_{LAYER}")  # sae-lens itself
+    assert torch.equal(reloaded.W_enc, sae.W_enc)
 
-        del loaded
-        disabled = AutoModelForCausalLM.from_pretrained(
-            str(tmp_path / "export"), trust_remote_code=True, bottleneck_enabled=False
-        ).eval()
-        with torch.no_grad():
-            assert float((disabled(input_ids=probe, use_cache=False).logits - base).abs().max()) <= 1e-4 * scale
-    finally:
-        torch.set_num_threads(threads)
+    del loaded
+    disabled = AutoModelForCausalLM.from_pretrained(
+        str(tmp_path / "export"), trust_remote_code=True, bottleneck_enabled=False
+    ).eval()
+    with torch.no_grad():
+        assert float((disabled(input_ids=probe, use_cache=False).logits - base).abs().max()) <= 1e-4 * scale
