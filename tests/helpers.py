@@ -124,3 +124,24 @@ def run_error(argv: list[str], capsys) -> str:
     assert len(errors) == 1 and "-- fix:" in errors[0], err
     assert err.rstrip().splitlines()[-1] == errors[0]
     return errors[0]
+
+
+def save_tiny_llama(directory: Path, tokenizer, seed: int = 0) -> Path:
+    """Save a random 3-layer Llama sized to `tokenizer` (a PreTrainedTokenizerFast with an eos token) and the tokenizer
+    to `directory`, as a model directory the CLI loads with --model_name_or_path."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory

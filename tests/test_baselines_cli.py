@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_error, run_ok
+from helpers import run_error, run_ok, save_tiny_llama
 
 from codeunlearn.cli import main
 
@@ -36,26 +36,14 @@ def write_jsonl(path: Path, words: list[str], docs: int, seed: int) -> Path:
 def ws(tmp_path_factory) -> dict[str, Path]:
     """A tiny Llama with a word-level tokenizer (save_pretrained), a forget and a retain corpus."""
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     root = tmp_path_factory.mktemp("baseline_cli")
     vocab = ["<unk>", "</s>", *TOPIC, *OTHER, *COMMON]
     tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     hf_tokenizer = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", eos_token="</s>")
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        eos_token_id=1,
-    )
-    LlamaForCausalLM(config).save_pretrained(root / "model")
-    hf_tokenizer.save_pretrained(root / "model")
+    save_tiny_llama(root / "model", hf_tokenizer)
     return {
         "root": root,
         "model": root / "model",

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_error, run_ok
+from helpers import run_error, run_ok, save_tiny_llama
 
 from codeunlearn.cli import main
 from codeunlearn.cli.arguments import BottleneckArguments, SelectionArguments
@@ -46,7 +46,7 @@ def write_corpus(path: Path, topic_words: list[str], docs: int, seed: int) -> Pa
 def workspace(tmp_path_factory) -> dict[str, Path]:
     """A tiny Llama with a word-level tokenizer saved with save_pretrained, and forget/retain corpora."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     root = tmp_path_factory.mktemp("cli")
     forget = write_corpus(root / "forget.txt", FORGET_WORDS, docs=10, seed=1)
@@ -58,20 +58,7 @@ def workspace(tmp_path_factory) -> dict[str, Path]:
         trainers.WordLevelTrainer(special_tokens=["<unk>", "</s>"]),
     )
     hf_tokenizer = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", eos_token="</s>")
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(hf_tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        eos_token_id=hf_tokenizer.eos_token_id,
-    )
-    model_dir = root / "model"
-    LlamaForCausalLM(config).save_pretrained(model_dir)
-    hf_tokenizer.save_pretrained(model_dir)
+    model_dir = save_tiny_llama(root / "model", hf_tokenizer)
     return {"root": root, "model": model_dir, "forget": forget, "retain": retain}
 
 
