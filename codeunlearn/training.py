@@ -89,6 +89,13 @@ class TrainingArguments:
     keep_checkpoints: int = field(default=2, metadata={"help": "Older checkpoints are deleted."})
     log_every: int = field(default=10, metadata={"help": "Write metrics every N steps."})
     resume: bool = field(default=False, metadata={"help": "Continue from the latest checkpoint in output_dir."})
+    init_from: str | None = field(
+        default=None,
+        metadata={
+            "help": "A trained codebook bottleneck directory whose keys and values start this run; the key phase is "
+            "skipped (e.g. to add downstream adapters, --adapter_rank, to a finished bottleneck)."
+        },
+    )
     stop_after_steps: int | None = field(
         default=None, metadata={"help": "End this run after this global step (for staged runs)."}
     )
@@ -108,6 +115,11 @@ class TrainingArguments:
             raise CodeunlearnError("key_steps must be >= 1", "the keys need at least the k-means initialisation step")
         if self.batch_size < 1 or self.value_steps < 0:
             raise CodeunlearnError("batch_size must be >= 1 and value_steps >= 0", "fix the training arguments")
+        if self.init_from is not None and not Path(self.init_from, WEIGHTS_NAME).is_file():
+            raise CodeunlearnError(
+                f"init_from {self.init_from} holds no {WEIGHTS_NAME}",
+                "pass the `bottleneck` directory a finished `codeunlearn train` run wrote",
+            )
         if min(self.sae_steps, self.dead_feature_window, self.sae_updates_per_batch) < 1:
             raise CodeunlearnError(
                 "sae_steps, sae_updates_per_batch and dead_feature_window must be >= 1",
@@ -213,6 +225,32 @@ def _load_checkpoint(path: Path, bmodel: BottleneckedModel) -> dict:
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state(rng["cuda"])
     return json.loads(state_file.read_text())
+
+
+def _init_from(path: Path, bmodel: BottleneckedModel) -> None:
+    """Load the keys and values of the trained codebook bottleneck at `path` into `bmodel` (adapters stay fresh).
+
+    Every config field but `adapter_rank` must match: the codes would otherwise mean something else."""
+    if bmodel.config.kind != "vq":
+        raise CodeunlearnError("init_from is for codebook bottlenecks", "drop init_from for an SAE run")
+    saved = json.loads((path / CONFIG_NAME).read_text())
+    ours = bmodel.config.to_dict()
+    differing = sorted(k for k in set(saved) | set(ours) if k != "adapter_rank" and saved.get(k) != ours.get(k))
+    if differing:
+        raise CodeunlearnError(
+            f"init_from {path} has another bottleneck config ({', '.join(differing)} differ)",
+            "train with the same bottleneck arguments as that run (only adapter_rank may change)",
+        )
+    tensors = load_tensors(path / WEIGHTS_NAME, "init_from weights")
+    for layer, bottleneck in bmodel.bottlenecks.items():
+        prefix = f"{layer}."
+        bottleneck.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
+    saved_adapters = {k[len(ADAPTER_PREFIX) :]: v for k, v in tensors.items() if k.startswith(ADAPTER_PREFIX)}
+    adapters = bmodel.adapter_parameters()
+    if saved_adapters and set(saved_adapters) == set(adapters):
+        with torch.no_grad():
+            for name, param in adapters.items():
+                param.copy_(saved_adapters[name])
 
 
 def _sae_batch_metrics(out, fired: Tensor) -> dict[str, float]:
@@ -369,6 +407,9 @@ def train_bottleneck(
         raise CodeunlearnError(
             f"{output_dir} already holds checkpoints", "pass --resume to continue, or choose a new output_dir"
         )
+    elif args.init_from is not None:
+        _init_from(Path(args.init_from), bmodel)
+        step = args.key_steps  # the keys are trained: start at the value phase
 
     bmodel.to(accelerator.device)
     metrics: list[dict] = []

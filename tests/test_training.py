@@ -191,3 +191,24 @@ def test_chunk_stream_is_a_seeded_permutation_per_epoch():
     stream.advance(3)
     assert torch.equal(stream.take(2), epoch[3:])
     assert torch.equal(ChunkStream(chunks, seed=3, cursor=3).take(4), stream.take(4))
+
+
+def test_init_from_adds_adapters_to_a_trained_bottleneck(uninterrupted, tmp_path):
+    """A second run from a finished bottleneck skips the key phase, keeps its keys and trains values and adapters."""
+    source = uninterrupted["dir"] / "bottleneck"
+    bmodel = BottleneckedModel.attach(make_model("llama"), tiny_config(layers=[0, 2], num_stages=2, adapter_rank=2))
+    metrics = train_bottleneck(bmodel, CHUNKS, run_args(tmp_path, init_from=str(source), adapter_learning_rate=1e-2))
+    assert [r["phase"] for r in metrics] == ["values"] * VALUE_STEPS
+    state = final_state(bmodel)
+    for name, tensor in uninterrupted["state"].items():
+        if "key" in name or "embed" in name:
+            assert torch.equal(state[name], tensor), name
+    assert any(v.abs().sum() > 0 for k, v in state.items() if k.startswith("adapters.") and "lora_B" in k)
+
+
+def test_init_from_another_shape_is_refused(uninterrupted, tmp_path):
+    bmodel = BottleneckedModel.attach(make_model("llama"), tiny_config(layers=[0, 2], num_stages=1))
+    with pytest.raises(CodeunlearnError, match="num_stages"):
+        train_bottleneck(bmodel, CHUNKS, run_args(tmp_path, init_from=str(uninterrupted["dir"] / "bottleneck")))
+    with pytest.raises(CodeunlearnError, match="holds no"):
+        run_args(tmp_path, init_from=str(tmp_path))
