@@ -41,7 +41,7 @@ from transformers import get_cosine_schedule_with_warmup
 from codeunlearn.adapters import ADAPTER_PREFIX
 from codeunlearn.bottlenecked import WEIGHTS_NAME, BottleneckedModel
 from codeunlearn.codebook import QuantizeOutput
-from codeunlearn.config import CONFIG_NAME
+from codeunlearn.config import CONFIG_NAME, BottleneckConfig
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.io import atomic_directory, atomic_save_tensors, atomic_write_text, load_tensors
 from codeunlearn.runtime import autocast
@@ -233,9 +233,12 @@ def _init_from(path: Path, bmodel: BottleneckedModel) -> None:
     Every config field but `adapter_rank` must match: the codes would otherwise mean something else."""
     if bmodel.config.kind != "vq":
         raise CodeunlearnError("init_from is for codebook bottlenecks", "drop init_from for an SAE run")
-    saved = json.loads((path / CONFIG_NAME).read_text())
+    # Through the config class, so fields added since that run read as their defaults; where the base model
+    # was loaded from is not part of the shape.
+    saved = BottleneckConfig.from_json_file(path / CONFIG_NAME).to_dict()
     ours = bmodel.config.to_dict()
-    differing = sorted(k for k in set(saved) | set(ours) if k != "adapter_rank" and saved.get(k) != ours.get(k))
+    free = {"adapter_rank", "base_model"}
+    differing = sorted(k for k in set(saved) | set(ours) if k not in free and saved.get(k) != ours.get(k))
     if differing:
         raise CodeunlearnError(
             f"init_from {path} has another bottleneck config ({', '.join(differing)} differ)",
