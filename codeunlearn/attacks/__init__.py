@@ -1,0 +1,10 @@
+"""Robustness attacks of the evaluation suite (`codeunlearn eval --attacks`): ways an attacker might get forgotten
+knowledge back out of an edited model. Each is a metric function `(EvalContext, **params) -> MetricResult` with
+group `attack`, and each report row is read against the same attack on the base model.
+
+- `rephrase.rephrased_facts`: the same known_1000 facts asked as cloze, question, multiple choice, few-shot and
+  with a topic passage in front.
+- `padding.padding_attack`: held-out forget passages behind 0 / 1k / 2k / 4k tokens of unrelated text.
+- `latent_probe.latent_probe`: a linear probe on the hidden states that tells forget text from retain text.
+- `relearning.relearning_attack`: the forget loss while fine-tuning a copy on a little forget text.
+"""

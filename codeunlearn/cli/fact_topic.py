@@ -1,0 +1,56 @@
+"""`codeunlearn fact-topic`: write the geography fact topic of known_1000 as forget/retain corpora and probes.
+
+    codeunlearn fact-topic --known_facts ../shared/data/eval/known_1000.jsonl --output_dir outputs/geography
+
+Forget = the `--forget_relations` facts (default P30 continent, P17 country, P36 capital), retain = every other
+relation; both are split into train sentences (`forget_train.jsonl`, `retain_train.jsonl`: use them as
+--forget_corpora / --retain_corpora) and held-out probes (`probes_forget.jsonl`, `probes_retain.jsonl`, in the
+known_1000 schema, for the `fact_cloze` metric), with no subject shared between train and held-out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from codeunlearn.cli.arguments import parse_arguments
+from codeunlearn.metrics.facts import GEOGRAPHY_RELATIONS, write_fact_topic
+
+DESCRIPTION = "Write the geography fact topic (known_1000) as forget/retain corpora and held-out probes."
+
+
+@dataclass
+class FactTopicArguments:
+    """Which facts, how they are split, where they go."""
+
+    known_facts: str = field(
+        metadata={"aliases": ["--known_1000"], "help": "The known_1000 facts file (shared data eval/known_1000.jsonl)."}
+    )
+    output_dir: str = field(metadata={"help": "Directory for the topic's files (must be empty unless --overwrite)."})
+    forget_relations: list[str] = field(
+        default_factory=lambda: list(GEOGRAPHY_RELATIONS),
+        metadata={"help": "Wikidata relations to forget (default: P30 P17 P36, geography); the rest are retained."},
+    )
+    heldout_fraction: float = field(
+        default=0.5, metadata={"help": "Share of each side's facts held out as probes (split by subject)."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of the train/held-out split."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty output directory."})
+
+
+def main(argv: Sequence[str]) -> int:
+    """Run `codeunlearn fact-topic` with command-line arguments `argv` (without the subcommand name)."""
+    (args,) = parse_arguments((FactTopicArguments,), argv, "codeunlearn fact-topic", DESCRIPTION)
+    topic = write_fact_topic(
+        args.known_facts,
+        args.output_dir,
+        forget_relations=args.forget_relations,
+        heldout_fraction=args.heldout_fraction,
+        seed=args.seed,
+        overwrite=args.overwrite,
+    )
+    counts = topic.counts()
+    print(f"forget relations {' '.join(topic.forget_relations)}: ", end="")
+    print(", ".join(f"{part} {count}" for part, count in counts.items()))
+    print(f"wrote {args.output_dir}")
+    return 0
