@@ -11,6 +11,7 @@
     codeunlearn demo    the whole pipeline on the shipped SmolLM2 and the demo corpora
     codeunlearn baseline  unlearn with a gradient baseline (GA, GradDiff, NPO, RMU) for comparison
     codeunlearn relearn   relearning attack: fine-tune on forget text, report the recovery curve
+    codeunlearn fact-topic  write the geography fact topic (known_1000) as forget/retain corpora and probes
 
 Every subcommand reads `transformers.HfArgumentParser` dataclasses: flags, a single .yaml/.json file, or
 `--config FILE` plus overriding flags. A mistake the user can fix ends as one `error: ...` line and exit code 2.
@@ -38,6 +39,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("codeunlearn.cli.demo", "the whole pipeline on SmolLM2-135M and the demo corpora"),
     "baseline": ("codeunlearn.cli.baseline", "unlearn with a gradient baseline (ga, grad_diff, npo, rmu) to compare"),
     "relearn": ("codeunlearn.cli.relearn", "relearning attack: fine-tune on forget text, report the recovery curve"),
+    "fact-topic": (
+        "codeunlearn.cli.fact_topic",
+        "write the geography fact topic (known_1000) as forget/retain corpora and probes",
+    ),
 }
 
 
