@@ -1,4 +1,7 @@
-"""`codeunlearn eval`: held-out forget and retain loss of the base model, the unedited bottleneck and each edit.
+"""`codeunlearn eval`: held-out forget and retain loss of the base model, the unedited bottleneck and each edit; or,
+with --suite, a whole evaluation suite on any model; or, with --combine, one table of several suite reports.
+
+Loss table (the default):
 
     codeunlearn eval --bottleneck_dir outputs/run/bottleneck \\
         --forget_corpora ../shared/data/demo/forget_harry_potter.txt \\
@@ -12,10 +15,35 @@ Losses are mean next-token cross-entropy in nat/token on the HELD-OUT documents 
 reconstruction FVU (SAE: L0, FVU, dead features and the CE loss with the bare reconstruction spliced in, and for a
 guardrail edit the share of forget and retain windows it gates). --bottleneck_dir may also be a sae-lens SAE
 directory. Writes OUTPUT/report.json and OUTPUT/report.md.
+
+Evaluation suite (`codeunlearn.suite`):
+
+    codeunlearn eval --suite harry_potter --model outputs/demo/edited --data_dir ../shared/data \\
+        --with_base --output_dir outputs/eval/hp_edited [--fast] [--attacks] [--max_items 50] [--seed 0]
+
+--suite is a shipped suite (microbiology, harry_potter, cyber, geography) or a suite .yaml file; --model is the
+model under test: a bottleneck directory (attached to --model_name_or_path, its saved edits active), an exported
+directory, any transformers model directory (a baseline's OUTPUT/model) or `smollm2-135m` (default: the base model
+--model_name_or_path itself; --bottleneck_dir works as --model too). Data paths of the suite are inside --data_dir;
+--heldout_fraction, --split_seed, --seq_len, --text_field (and --max_tokens when given) reach every metric that
+splits or packs a corpus, so pass the values `stats` used. --with_base evaluates the base model too (for a
+bottleneck: the same model with the bottleneck off; for an export: its `bottleneck_enabled=False` load) and writes
+it to OUTPUT/base/; --baseline_report reuses an earlier base-model report instead. Writes OUTPUT/report.json,
+OUTPUT/report.md, OUTPUT/details/<metric>.jsonl and OUTPUT/plots/<section>.png. (`--config FILE` stays the argument
+file of every subcommand; a suite config is passed with --suite.)
+
+Combined table of suite reports, one row per model (the first row is the reference of the loss changes):
+
+    codeunlearn eval --combine base=outputs/eval/hp_edited/base codebook=outputs/eval/hp_edited \\
+        npo=outputs/eval/hp_npo --output_dir outputs/eval/hp_table [--columns hp_loss hp_trivia_hard:acc]
+
+writes OUTPUT/table.md, OUTPUT/table.json and OUTPUT/tradeoff.png (forget vs retain loss increase).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,10 +56,15 @@ from codeunlearn.bottlenecked import BottleneckedModel
 from codeunlearn.cli.arguments import DataArguments, ModelArguments, bf16_is_fast, parse_arguments
 from codeunlearn.cli.common import load_bottlenecked, read_corpora, resolve_bottleneck_dir
 from codeunlearn.edit import Edit
+from codeunlearn.errors import CodeunlearnError
 from codeunlearn.evaluation import bottleneck_fidelity, mean_loss, sae_loss_recovered, sae_quality
 from codeunlearn.io import atomic_write_text
+from codeunlearn.suite.config import named_configs
 
-DESCRIPTION = "Held-out forget/retain loss (nat/token) of base, unedited bottleneck and edits, plus bottleneck FVU."
+DESCRIPTION = (
+    "Held-out forget/retain loss (nat/token) of base, unedited bottleneck and edits, plus bottleneck FVU; "
+    "--suite NAME runs an evaluation suite on any model; --combine tabulates suite reports."
+)
 REFERENCE_ROW = "bottleneck"
 
 
@@ -39,8 +72,13 @@ REFERENCE_ROW = "bottleneck"
 class EvalArguments:
     """What to evaluate and where the report goes."""
 
-    bottleneck_dir: str = field(metadata={"help": "Bottleneck directory (or an edited one from `codeunlearn apply`)."})
-    output_dir: str = field(metadata={"help": "Directory for report.json and report.md."})
+    output_dir: str = field(metadata={"help": "Directory for report.json and report.md (with --combine: table.md)."})
+    bottleneck_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Bottleneck directory (or an edited one from `codeunlearn apply`); required without --suite."
+        },
+    )
     edits: list[str] = field(
         default_factory=list, metadata={"help": "Edit files; each one is evaluated alone as a row."}
     )
@@ -53,6 +91,44 @@ class EvalArguments:
         metadata={"help": "bf16 autocast for the frozen model (default: on where bf16 matmuls are fast)."},
     )
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
+    # ---- evaluation suite
+    suite: str | None = field(
+        default=None,
+        metadata={"help": f"Run an evaluation suite: one of {', '.join(named_configs())} or a suite .yaml file."},
+    )
+    model: str | None = field(
+        default=None,
+        metadata={
+            "help": "Suite: the model under test (bottleneck, exported or transformers directory, or smollm2-135m; "
+            "default: --bottleneck_dir, else the base model --model_name_or_path)."
+        },
+    )
+    data_dir: str | None = field(
+        default=None, metadata={"help": "Suite: the shared data folder its relative data paths are inside."}
+    )
+    attacks: bool = field(default=False, metadata={"help": "Suite: also run its robustness attacks."})
+    fast: bool = field(default=False, metadata={"help": "Suite: the fast path (the config's smaller item counts)."})
+    max_items: int | None = field(
+        default=None, metadata={"help": "Suite: score at most this many items per probe set (overrides the config)."}
+    )
+    seed: int = field(default=0, metadata={"help": "Suite: seeds every sample and attack (same seed, same report)."})
+    max_length: int = field(default=1024, metadata={"help": "Suite: longest input in tokens (cut from the left)."})
+    with_base: bool = field(
+        default=False,
+        metadata={"help": "Suite: evaluate the base model too (OUTPUT/base/), as the report's base column."},
+    )
+    baseline_report: str | None = field(
+        default=None, metadata={"help": "Suite: a base-model report.json from an earlier run, as the base column."}
+    )
+    # ---- combined table
+    combine: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Tabulate suite reports, one row each: ROW=path/to/report.json (or its directory) ..."},
+    )
+    columns: list[str] = field(
+        default_factory=list,
+        metadata={"help": "With --combine: the columns, `metric` or `metric:score` (default: every headline score)."},
+    )
 
 
 @dataclass
@@ -225,6 +301,18 @@ def main(argv: Sequence[str]) -> int:
     model_args, data_args, args = parse_arguments(
         (ModelArguments, DataArguments, EvalArguments), argv, "codeunlearn eval", DESCRIPTION
     )
+    if args.combine:
+        return combine_main(args)
+    if args.suite is not None:
+        return suite_main(model_args, data_args, args)
+    suite_only = [flag for flag in ("model", "data_dir", "baseline_report", "max_items") if getattr(args, flag)]
+    suite_only += [flag for flag in ("attacks", "fast", "with_base") if getattr(args, flag)]
+    if suite_only:
+        raise CodeunlearnError(f"--{suite_only[0]} is a suite option", "pass --suite NAME (or drop the option)")
+    if args.bottleneck_dir is None:
+        raise CodeunlearnError(
+            "no --bottleneck_dir given", "pass --bottleneck_dir DIR for the loss table, or --suite NAME --model DIR"
+        )
     forget_corpora = read_corpora(data_args.forget_corpora, data_args, "forget_corpora")
     retain_corpora = read_corpora(data_args.retain_corpora, data_args, "retain_corpora")
     edit_files = [(path, Edit.load(path)) for path in args.edits]
@@ -284,4 +372,102 @@ def main(argv: Sequence[str]) -> int:
     if gate_lines:
         print("\n".join(gate_lines))
     print(f"wrote {output_dir / 'report.json'} and {output_dir / 'report.md'}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ suite mode
+
+
+def suite_main(model_args: ModelArguments, data_args: DataArguments, args: EvalArguments) -> int:
+    """`codeunlearn eval --suite ...`: run an evaluation suite on one model (and the base model with --with_base)."""
+    from codeunlearn.metrics.base import EvalContext
+    from codeunlearn.suite.config import load_suite_config
+    from codeunlearn.suite.models import base_model_run, load_model_for_eval
+    from codeunlearn.suite.report import load_report, markdown_report, write_report
+    from codeunlearn.suite.runner import plan_suite, run_suite
+
+    config = load_suite_config(args.suite)
+    if args.model and args.bottleneck_dir:
+        raise CodeunlearnError("both --model and --bottleneck_dir given", "pass the model under test once, as --model")
+    if args.with_base and args.baseline_report:
+        raise CodeunlearnError("both --with_base and --baseline_report given", "pick one source of the base column")
+    if args.data_dir is not None and not Path(args.data_dir).is_dir():
+        raise CodeunlearnError(
+            f"data directory not found: {args.data_dir}", "pass --data_dir pointing at the shared data folder"
+        )
+    if args.max_items is not None and args.max_items < 1:
+        raise CodeunlearnError(f"--max_items {args.max_items}", "use a positive number of items")
+    shared = {
+        "heldout_fraction": data_args.heldout_fraction,
+        "split_seed": data_args.split_seed,
+        "seq_len": data_args.seq_len,
+        "text_field": data_args.text_field,
+        **({"max_tokens": data_args.max_tokens} if data_args.max_tokens is not None else {}),
+    }
+    # Resolve every metric and data file before the model loads: a typo costs seconds, not a half-hour run.
+    plan_suite(config, args.data_dir, args.attacks, args.fast, shared)
+    baseline = load_report(args.baseline_report) if args.baseline_report else None
+    target = args.model or args.bottleneck_dir or model_args.model_name_or_path
+    loaded = load_model_for_eval(
+        target, model_args.model_name_or_path, model_args.gguf_file, model_args.dtype, args.progress
+    )
+    ctx = EvalContext(
+        loaded.model,
+        loaded.tokenizer,
+        batch_size=args.batch_size,
+        max_items=args.max_items,
+        seed=args.seed,
+        bf16=args.bf16,
+        progress=args.progress,
+        reference_model=loaded.reference,
+        max_length=args.max_length,
+    )
+    print(f"suite {config.name} on {loaded.description}", flush=True)
+    run = functools.partial(run_suite, data_dir=args.data_dir, attacks=args.attacks, fast=args.fast, shared=shared)
+    report = run(ctx, config, description=loaded.description, keep_going=True)
+    output_dir = Path(args.output_dir)
+    baseline_source = args.baseline_report
+    if args.with_base:
+        if loaded.reference is None:  # the model under test is the base model: its own base column
+            baseline, baseline_source = report, "the model under test (it is the base model)"
+        else:
+            print(f"suite {config.name} on the base model", flush=True)
+            base, evaluating_base = base_model_run(loaded)
+            with evaluating_base:
+                base_ctx = dataclasses.replace(ctx, model=base, reference_model=None)
+                baseline = run(base_ctx, config, description=f"base model of: {loaded.description}", keep_going=True)
+            baseline_source = str(write_report(baseline, output_dir / "base")["json"])
+    written = write_report(report, output_dir, baseline, baseline_source)
+    print(markdown_report(report, baseline))
+    print(f"wrote {written['json']}, {written['markdown']}, {len(written['plots'])} plots and details/ in {output_dir}")
+    failed = list(report.failures)
+    if args.with_base and baseline is not report:
+        failed += [f"{name} (base model)" for name in baseline.failures]
+    if failed:  # the report is written; the exit code still says the run is incomplete
+        raise CodeunlearnError(
+            f"{len(failed)} metric(s) failed: {', '.join(failed)}", f"see the errors above and {written['markdown']}"
+        )
+    return 0
+
+
+def combine_main(args: EvalArguments) -> int:
+    """`codeunlearn eval --combine ROW=report.json ...`: one row per model, one column per metric."""
+    from codeunlearn.suite.report import combine_reports
+
+    reports: dict[str, str] = {}
+    for entry in args.combine:
+        row, sep, path = entry.partition("=")
+        if not sep:  # a bare path: the row is named after the report's directory
+            path = entry
+            row = Path(entry).parent.name if entry.endswith(".json") else Path(entry).name
+        if not row or not path:
+            raise CodeunlearnError(
+                f"--combine entry {entry!r} is not ROW=PATH", "write e.g. base=outputs/base/report.json"
+            )
+        if row in reports:
+            raise CodeunlearnError(f"--combine names row {row!r} twice", "give every report its own ROW= name")
+        reports[row] = path
+    markdown = combine_reports(reports, args.output_dir, columns=args.columns or None)
+    print(markdown)
+    print(f"wrote {Path(args.output_dir) / 'table.md'}, table.json and tradeoff.png")
     return 0

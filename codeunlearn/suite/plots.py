@@ -1,0 +1,122 @@
+"""PNG figures of suite reports (matplotlib, Agg backend: no display needed), each written atomically.
+
+- `group_chart`: one figure per report section; one panel per score, bars for this model, the base model (when a
+  baseline is given) and chance (when the score has one). Scores have different scales (a loss near 3, an accuracy
+  near 0.5), so every score gets its own panel and axis.
+- `tradeoff_scatter`: one point per model of a combined table: x = retain loss increase, y = forget loss increase
+  against a reference row. Up and left is better (forgets more, costs less elsewhere).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from codeunlearn.metrics.base import MetricResult
+
+PANEL_COLUMNS = 4
+COLORS = {"model": "#1f77b4", "base": "#7f7f7f", "chance": "#d62728"}
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write bytes to a temporary file beside `path`, fsync it, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def group_chart(
+    results: Sequence[MetricResult],
+    baseline: dict[str, MetricResult] | None,
+    title: str,
+    path: str | Path,
+) -> Path | None:
+    """Bar panels for every finite score of `results` (one report section); None when there is nothing to plot."""
+    panels = [(r, key) for r in results for key, value in r.scores.items() if _finite(value)]
+    if not panels:
+        return None
+    plt = _pyplot()
+    columns = min(PANEL_COLUMNS, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.6 * rows), squeeze=False)
+    for ax, (result, key) in zip(axes.flat, panels, strict=False):
+        labels, values, colors = ["model"], [result.scores[key]], [COLORS["model"]]
+        base = baseline.get(result.name) if baseline else None
+        if base is not None and _finite(base.scores.get(key)):
+            labels.append("base")
+            values.append(base.scores[key])
+            colors.append(COLORS["base"])
+        if _finite(result.chance.get(key)):
+            labels.append("chance")
+            values.append(result.chance[key])
+            colors.append(COLORS["chance"])
+        bars = ax.bar(labels, values, color=colors)
+        ax.bar_label(bars, fmt="%.3g", fontsize=7)
+        ax.set_title(f"{result.name}\n{key}", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.margins(y=0.15)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    try:
+        return _save(fig, Path(path))
+    finally:
+        plt.close(fig)
+
+
+def tradeoff_scatter(points: dict[str, tuple[float, float]], reference: str, path: str | Path) -> Path | None:
+    """Scatter of (retain loss increase, forget loss increase) per row against `reference`; None without points."""
+    points = {name: xy for name, xy in points.items() if _finite(xy[0]) and _finite(xy[1])}
+    if not points:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.0, 4.5))
+    for name, (x, y) in points.items():
+        ax.scatter([x], [y], s=36)
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.axhline(0.0, color="#bbbbbb", linewidth=0.8)
+    ax.axvline(0.0, color="#bbbbbb", linewidth=0.8)
+    ax.set_xlabel(f"retain loss increase vs {reference} (nat/token)")
+    ax.set_ylabel(f"forget loss increase vs {reference} (nat/token)")
+    ax.set_title("Forgetting vs side effects (held-out text loss)", fontsize=10)
+    fig.tight_layout()
+    try:
+        return _save(fig, Path(path))
+    finally:
+        plt.close(fig)

@@ -1,0 +1,334 @@
+"""Suite reports on disk: `report.json`, `report.md`, `details/<metric>.jsonl`, `plots/<group>.png`, and the
+one-row-per-model table of several reports.
+
+`report.json` holds everything about the run (model, config, seed, per-metric scores, chance levels, item counts,
+parameters and wall times, and the base model's scores when a baseline is given) except the per-item records, which
+go to `details/<metric>.jsonl` (one JSON object a line), named in the report. Every file is written atomically, and
+`report.json` last, so its presence means the report is complete.
+
+`report.md` has one table per section (forget, retain, general, fluency, attack) with the columns metric, score,
+this model, base model and its difference (when a baseline is given), chance, items and seconds.
+
+`combine_reports({row: report.json, ...}, out)` writes `table.md`, `table.json` and `tradeoff.png`: one row per model
+(base, bottleneck, codebook removal, SAE, GA, NPO, ...), one column per metric (its headline score), the held-out
+forget and retain loss changes against a reference row, and the chance row.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from codeunlearn.errors import CodeunlearnError
+from codeunlearn.io import atomic_write_text
+from codeunlearn.metrics.base import MetricResult
+from codeunlearn.suite.plots import group_chart, tradeoff_scatter
+from codeunlearn.suite.registry import GROUPS
+from codeunlearn.suite.runner import SuiteReport, json_safe
+
+REPORT_NAME = "report.json"
+MARKDOWN_NAME = "report.md"
+DETAILS_DIR = "details"
+PLOTS_DIR = "plots"
+TABLE_NAME = "table.md"
+TABLE_JSON_NAME = "table.json"
+TRADEOFF_NAME = "tradeoff.png"
+LOSS_KEY = "loss"
+GROUP_TITLES = {
+    "forget": "Forget (lower accuracy / higher loss = more forgotten)",
+    "retain": "Retain and side effects (should not move)",
+    "general": "General capability (should not move)",
+    "fluency": "Fluency",
+    "attack": "Robustness attacks",
+}
+
+
+# ------------------------------------------------------------------------------------------------ one report
+
+
+def write_report(
+    report: SuiteReport,
+    output_dir: str | Path,
+    baseline: SuiteReport | None = None,
+    baseline_source: str | None = None,
+    plots: bool = True,
+) -> dict[str, Path]:
+    """Write the report files into `output_dir`; returns their paths by kind (`json`, `markdown`, `details`,
+    `plots`). `baseline` (the base model's report on the same suite) fills the base-model column."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Any] = {"details": [], "plots": []}
+    data = report.to_dict(with_details=False)
+    for record, result in zip(data["metrics"], report.results, strict=True):
+        relative = f"{DETAILS_DIR}/{result.name}.jsonl"
+        lines = [json.dumps(json_safe(d), ensure_ascii=False) for d in result.details]
+        atomic_write_text(out / relative, "".join(line + "\n" for line in lines))
+        record["details_file"] = relative
+        written["details"].append(out / relative)
+    base_by_name = _by_name(baseline)
+    if plots:
+        for group in GROUPS:
+            members = [r for r in report.results if r.group == group]
+            path = group_chart(members, base_by_name, f"{report.config}: {group}", out / PLOTS_DIR / f"{group}.png")
+            if path is not None:
+                written["plots"].append(path)
+    data["plots"] = [str(p.relative_to(out)) for p in written["plots"]]
+    data["baseline"] = None if baseline is None else _baseline_record(baseline, baseline_source)
+    atomic_write_text(out / MARKDOWN_NAME, markdown_report(report, baseline, data["plots"]) + "\n")
+    written["markdown"] = out / MARKDOWN_NAME
+    atomic_write_text(out / REPORT_NAME, json.dumps(json_safe(data), indent=1, ensure_ascii=False) + "\n")
+    written["json"] = out / REPORT_NAME
+    return written
+
+
+def load_report(path: str | Path) -> SuiteReport:
+    """Read a suite `report.json` (or the directory holding one); per-item details are not loaded."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / REPORT_NAME
+    fix = "pass a report.json written by `codeunlearn eval --suite`"
+    if not path.is_file():
+        raise CodeunlearnError(f"suite report not found: {path}", fix)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise CodeunlearnError(f"suite report {path} does not parse ({' '.join(str(err).split())})", fix) from None
+    if not isinstance(data, dict) or not isinstance(data.get("metrics"), list):
+        raise CodeunlearnError(f"{path} is not a suite report (no `metrics` list)", fix)
+    try:
+        return SuiteReport.from_dict(data)
+    except (KeyError, TypeError) as err:
+        raise CodeunlearnError(f"{path} is not a suite report (missing {err})", fix) from None
+
+
+def markdown_report(report: SuiteReport, baseline: SuiteReport | None = None, plots: Sequence[str] = ()) -> str:
+    """The report as Markdown: a header, one table per section, the figures."""
+    total = sum(report.seconds.values())
+    lines = [
+        f"# codeunlearn eval: suite `{report.config}` (topic {report.topic})",
+        "",
+        f"- Model: {report.model}",
+        f"- Base model: {baseline.model if baseline else 'not evaluated (pass --with_base or --baseline_report)'}",
+        f"- Seed {report.seed}; fast: {'yes' if report.fast else 'no'}; attacks: {'yes' if report.attacks else 'no'}; "
+        f"item cap: {report.max_items if report.max_items is not None else 'per config'}; "
+        f"total time {total / 60:.1f} min.",
+    ]
+    base = _by_name(baseline)
+    for group in GROUPS:
+        members = [r for r in report.results if r.group == group]
+        if members:
+            lines += ["", f"## {GROUP_TITLES[group]}", "", _group_table(report, members, base)]
+    if report.failures:
+        lines += ["", "## Failed metrics", "", *(f"- {name}: {error}" for name, error in report.failures.items())]
+    if plots:
+        lines += ["", "## Figures", "", *(f"![{Path(p).stem}]({p})" for p in plots)]
+    lines += [
+        "",
+        "Losses are nat/token on held-out documents (chance: uniform over the vocabulary); accuracies are fractions "
+        "(chance: 1 / number of choices). Per-item records are in `details/`.",
+    ]
+    return "\n".join(lines)
+
+
+def _group_table(report: SuiteReport, members: list[MetricResult], base: dict[str, MetricResult] | None) -> str:
+    head = ["metric", "score", "this model"]
+    if base is not None:
+        head += ["base model", "Δ vs base"]
+    head += ["chance", "n", "seconds"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---", "---"] + ["---:"] * (len(head) - 2)) + "|"]
+    for result in members:
+        for i, (key, value) in enumerate(result.scores.items()):
+            cells = [result.name if i == 0 else "", key, _fmt(value)]
+            if base is not None:
+                other = base.get(result.name)
+                base_value = None if other is None else other.scores.get(key)
+                cells += [_fmt(base_value), _fmt(_difference(value, base_value), signed=True)]
+            seconds = report.seconds.get(result.name)
+            cells += [
+                _fmt(result.chance.get(key)),
+                str(result.n) if i == 0 else "",
+                f"{seconds:.1f}" if i == 0 and seconds is not None else "",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _baseline_record(baseline: SuiteReport, source: str | None) -> dict[str, Any]:
+    data = baseline.to_dict(with_details=False)
+    return {
+        "model": baseline.model,
+        "config": baseline.config,
+        "source": source,
+        "metrics": [{k: m[k] for k in ("name", "group", "scores", "chance", "n")} for m in data["metrics"]],
+    }
+
+
+def _by_name(report: SuiteReport | None) -> dict[str, MetricResult] | None:
+    return None if report is None else {r.name: r for r in report.results}
+
+
+# ------------------------------------------------------------------------------------------------ many reports
+
+
+def loss_levels(report: SuiteReport) -> tuple[float | None, float | None]:
+    """(forget loss, retain loss): the mean `loss` score of the forget and of the retain section (None: no loss)."""
+
+    def level(group: str) -> float | None:
+        values = [r.scores[LOSS_KEY] for r in report.results if r.group == group and _number(r.scores.get(LOSS_KEY))]
+        return sum(values) / len(values) if values else None
+
+    return level("forget"), level("retain")
+
+
+def combine_reports(
+    reports: Mapping[str, str | Path | SuiteReport],
+    output_dir: str | Path,
+    reference: str | None = None,
+    columns: Sequence[str] | None = None,
+) -> str:
+    """One table, one row per model, one column per metric's headline score; writes `table.md`, `table.json` and
+    `tradeoff.png` into `output_dir` and returns the Markdown table.
+
+    Args:
+        reports: row name -> a suite report (a report.json path, its directory, or a `SuiteReport`), in row order.
+        output_dir: where the files go.
+        reference: the row the forget/retain loss changes are measured from (default: the first row, e.g. `base`).
+        columns: `metric` or `metric:key` entries to show, in order (default: every metric's headline score, by
+            section).
+    """
+    if not reports:
+        raise CodeunlearnError("no reports to combine", "pass at least one ROW=path/to/report.json")
+    loaded = {row: r if isinstance(r, SuiteReport) else load_report(r) for row, r in reports.items()}
+    reference = reference or next(iter(loaded))
+    if reference not in loaded:
+        raise CodeunlearnError(f"reference row {reference!r} is not a row", f"use one of {', '.join(loaded)}")
+    picked = _columns(loaded, columns)
+    ref_forget, ref_retain = loss_levels(loaded[reference])
+    rows, points = [], {}
+    for row, report in loaded.items():
+        by_name = {r.name: r for r in report.results}
+        values = {f"{name}:{key}": _score(by_name.get(name), key) for name, key, _ in picked}
+        forget, retain = loss_levels(report)
+        delta_forget, delta_retain = _difference(forget, ref_forget), _difference(retain, ref_retain)
+        if delta_forget is not None and delta_retain is not None:
+            points[row] = (delta_retain, delta_forget)
+        rows.append(
+            {
+                "row": row,
+                "model": report.model,
+                "config": report.config,
+                "fast": report.fast,
+                "values": values,
+                "delta_forget_loss": delta_forget,
+                "delta_retain_loss": delta_retain,
+            }
+        )
+    chance = {f"{name}:{key}": _chance(loaded, name, key) for name, key, _ in picked}
+    markdown = _combined_markdown(picked, rows, chance, reference)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tradeoff_scatter(points, reference, out / TRADEOFF_NAME)
+    table = {
+        "reference": reference,
+        "columns": [{"metric": name, "key": key, "group": group} for name, key, group in picked],
+        "rows": rows,
+        "chance": chance,
+        "sources": {row: str(r) for row, r in reports.items() if not isinstance(r, SuiteReport)},
+    }
+    atomic_write_text(out / TABLE_JSON_NAME, json.dumps(json_safe(table), indent=1, ensure_ascii=False) + "\n")
+    atomic_write_text(out / TABLE_NAME, markdown + "\n")
+    return markdown
+
+
+def _columns(loaded: Mapping[str, SuiteReport], columns: Sequence[str] | None) -> list[tuple[str, str, str]]:
+    """(metric name, score key, group) per column."""
+    known: dict[str, MetricResult] = {}
+    headline: dict[str, str] = {}
+    for report in loaded.values():
+        for result in report.results:
+            if result.name not in known:
+                known[result.name] = result
+                headline[result.name] = report.headline_key(result) or ""
+    if columns is None:
+        order = {g: i for i, g in enumerate(GROUPS)}
+        names = sorted(known, key=lambda n: order.get(known[n].group, len(order)))  # stable: run order in a group
+        return [(n, headline[n], known[n].group) for n in names if headline[n]]
+    picked = []
+    for entry in columns:
+        name, _, key = entry.partition(":")
+        if name not in known:
+            raise CodeunlearnError(
+                f"column {entry!r}: no report has a metric {name!r}", f"use one of {', '.join(known)}"
+            )
+        key = key or headline[name]
+        if key not in known[name].scores:
+            raise CodeunlearnError(
+                f"column {entry!r}: metric {name} has no score {key!r}", f"use one of {', '.join(known[name].scores)}"
+            )
+        picked.append((name, key, known[name].group))
+    return picked
+
+
+def _combined_markdown(
+    picked: list[tuple[str, str, str]], rows: list[dict[str, Any]], chance: dict[str, float | None], reference: str
+) -> str:
+    with_losses = any(r["delta_forget_loss"] is not None or r["delta_retain_loss"] is not None for r in rows)
+    head = ["model", *(f"{name} ({key})" for name, key, _ in picked)]
+    groups = ["", *(group for _, _, group in picked)]
+    if with_losses:
+        head += [f"Δ forget loss vs {reference}", f"Δ retain loss vs {reference}"]
+        groups += ["forget", "retain"]
+    lines = [
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|",
+        "| " + " | ".join(f"*{g}*" if g else "*section*" for g in groups) + " |",
+    ]
+    for row in rows:
+        cells = [row["row"].replace("|", "\\|"), *(_fmt(row["values"][f"{n}:{k}"]) for n, k, _ in picked)]
+        if with_losses:
+            cells += [_fmt(row["delta_forget_loss"], signed=True), _fmt(row["delta_retain_loss"], signed=True)]
+        lines.append("| " + " | ".join(cells) + " |")
+    if any(v is not None for v in chance.values()):
+        cells = ["chance", *(_fmt(chance[f"{n}:{k}"]) for n, k, _ in picked)]
+        lines.append("| " + " | ".join(cells + ([""] * 2 if with_losses else [])) + " |")
+    return "\n".join(lines)
+
+
+def _score(result: MetricResult | None, key: str) -> float | None:
+    return None if result is None else result.scores.get(key)
+
+
+def _chance(loaded: Mapping[str, SuiteReport], name: str, key: str) -> float | None:
+    for report in loaded.values():
+        for result in report.results:
+            if result.name == name and _number(result.chance.get(key)):
+                return result.chance[key]
+    return None
+
+
+# ------------------------------------------------------------------------------------------------ formatting
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _difference(value: Any, reference: Any) -> float | None:
+    return value - reference if _number(value) and _number(reference) else None
+
+
+def _fmt(value: Any, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:+d}" if signed else str(value)
+    if isinstance(value, float):
+        if abs(value) >= 1000:
+            return f"{value:+,.1f}" if signed else f"{value:,.1f}"
+        return f"{value:+.4f}" if signed else f"{value:.4f}"
+    return str(value)
