@@ -52,9 +52,14 @@ def model_type_of(model: nn.Module) -> str:
     return model_type
 
 
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """Return the list of decoder layers of a transformers causal LM (output of layer L = residual after L)."""
+EXPORTED_MODEL_TYPE = "codeunlearn"  # `codeunlearn export` output: the stock model sits under `causal_lm`
+
+
+def decoder_layers_path(model: nn.Module) -> str:
+    """Dotted path from `model` to its decoder-layer ModuleList (an exported codeunlearn model included)."""
     model_type = model_type_of(model)
+    if model_type == EXPORTED_MODEL_TYPE and getattr(model.config, "decoder_layers_path", None):
+        return f"causal_lm.{model.config.decoder_layers_path}"
     path = DECODER_LAYER_PATHS.get(model_type)
     if path is None:
         raise CodeunlearnError(
@@ -62,6 +67,13 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
             f"use one of {sorted(DECODER_LAYER_PATHS)} or add its layer path to "
             "codeunlearn.architectures.DECODER_LAYER_PATHS",
         )
+    return path
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """Return the list of decoder layers of a transformers causal LM (output of layer L = residual after L)."""
+    model_type = model_type_of(model)
+    path = decoder_layers_path(model)
     layers = _resolve(model, path)
     if not isinstance(layers, nn.ModuleList):
         raise CodeunlearnError(

@@ -473,6 +473,34 @@ def test_exported_directory_and_its_base(workspace):
     assert torch.allclose(logits(loaded.reference, tokens), logits(base, tokens), atol=1e-5)
 
 
+def test_attacks_run_on_an_exported_directory(workspace):
+    """The latent probe finds the layers of an export, and relearning trains neither its codebook nor adapters."""
+    from codeunlearn.attacks.latent_probe import latent_probe
+    from codeunlearn.attacks.relearning import relearning_attack
+
+    loaded = load_model_for_eval(str(workspace["export"]), base_model=None, progress=False)
+    ctx = context(loaded.model, loaded.tokenizer)
+    before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
+    probe = latent_probe(
+        ctx, forget_corpus=str(workspace["forget"]), retain_corpora=[str(workspace["retain"])], chunk_tokens=8
+    )
+    assert probe.scores["accuracy"] > 0.6  # disjoint vocabularies: above chance even on a random tiny model
+    for mode in ("lora", "full"):
+        result = relearning_attack(
+            ctx,
+            forget_corpus=str(workspace["forget"]),
+            steps=(0, 2),
+            mode=mode,
+            train_tokens=40,
+            eval_tokens=20,
+            seq_len=10,
+            batch_size=2,
+        )
+        assert result.scores["forget_loss_step_0"] != result.scores["forget_loss_step_2"]  # something was trained
+    after = loaded.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
 # ------------------------------------------------------------------------------------------------ command line
 
 

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformers.pytorch_utils import Conv1D
 
-from codeunlearn.architectures import DECODER_LAYER_PATHS, decoder_layers, model_type_of
+from codeunlearn.architectures import decoder_layers, decoder_layers_path
 from codeunlearn.baselines.base import next_token_nll
 from codeunlearn.bottlenecked import BottleneckedModel
 from codeunlearn.errors import CodeunlearnError
@@ -137,10 +137,11 @@ def _inner(model: nn.Module) -> nn.Module:
 
 def _protected(model: nn.Module) -> set[int]:
     """Ids of parameters the attacker must not touch: a bottleneck's own tensors and its downstream adapters."""
-    if not isinstance(model, BottleneckedModel):
-        return set()
-    ids = {id(p) for p in model.bottlenecks.parameters()}
-    return ids | {id(p) for p in model.adapter_parameters().values()}
+    if isinstance(model, BottleneckedModel):
+        ids = {id(p) for p in model.bottlenecks.parameters()}
+        return ids | {id(p) for p in model.adapter_parameters().values()}
+    exported = [getattr(model, name, None) for name in ("bottlenecks", "adapters")]  # `codeunlearn export` output
+    return {id(p) for module in exported if isinstance(module, nn.Module) for p in module.parameters()}
 
 
 def lora_targets(model: nn.Module, protected_modules: set[int]) -> list[str]:
@@ -148,7 +149,7 @@ def lora_targets(model: nn.Module, protected_modules: set[int]) -> list[str]:
     inside a bottleneck are skipped)."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    path = DECODER_LAYER_PATHS[model_type_of(model)]
+    path = decoder_layers_path(model)
     names: list[str] = []
     for index, layer in enumerate(decoder_layers(model)):
         inside: set[int] = set()
@@ -170,7 +171,8 @@ def _add_lora(model: nn.Module, config: RelearnConfig) -> dict[str, nn.Parameter
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     inner = _inner(model)
-    protected = {id(m) for m in model.bottlenecks.modules()} if isinstance(model, BottleneckedModel) else set()
+    bottlenecks = getattr(model, "bottlenecks", None)  # BottleneckedModel or an exported model
+    protected = {id(m) for m in bottlenecks.modules()} if isinstance(bottlenecks, nn.Module) else set()
     before = {id(m): list(m.active_adapters) for m in inner.modules() if isinstance(m, BaseTunerLayer)}
     lora = LoraConfig(
         r=config.lora_rank,
