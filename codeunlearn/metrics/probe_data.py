@@ -8,6 +8,7 @@ never starts scoring a file it will choke on halfway.
     FactItem        known_1000 cloze facts (target = " " + attribute after the prompt)
     SportsFact      athlete -> sport with a 0-shot and a 1-shot prompt
     FamiliarityItem HP completion prompts with the reference words a model that knows HP would bring up
+    QAItem          sports general knowledge: a question and its short free-text answer (`which_sport` / `sport_trivia`)
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from codeunlearn.errors import CodeunlearnError
 CHOICE_FORMATS = ("hp_trivia", "hp_neighbors", "hp_by_book", "wmdp", "mmlu", "arc")
 HP_DISTRACTORS = ("distractor", "distractor_hard", "distractor_easy")
 MMLU_SPLITS = ("test", "dev")
+QA_KINDS = ("which_sport", "sport_trivia")
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,18 @@ class FamiliarityItem:
     prompt: str
     references: list[str]
     subtlety: int | None = None
+
+
+@dataclass(frozen=True)
+class QAItem:
+    """One short-answer question; `" " + answer` is scored after the prompt. `kind` is `which_sport` (the answer
+    names a sport) or `sport_trivia` (rules and numbers, free text); `sport` is the sport a trivia row is about."""
+
+    id: str
+    kind: str
+    question: str
+    answer: str
+    sport: str | None = None
 
 
 Row = tuple[str, dict[str, Any]]  # (where: "FILE line N", the parsed row)
@@ -278,6 +292,28 @@ def load_familiarity(path: str | Path) -> list[FamiliarityItem]:
                 prompt=field_of(row, "prompt"),
                 references=list(dict.fromkeys(references)),  # a repeated reference would be counted twice
                 subtlety=subtlety if isinstance(subtlety, int) and not isinstance(subtlety, bool) else None,
+            )
+        )
+    return items
+
+
+def load_qa_items(path: str | Path) -> list[QAItem]:
+    """Short-answer questions (`topics/sports/probes_sport_general.jsonl`: `{id, kind, question, answer, sport?}`)."""
+    items = []
+    for row in read_jsonl(path, "short-answer file"):
+        kind = field_of(row, "kind")
+        if kind not in QA_KINDS:
+            raise CodeunlearnError(f"{row[0]}: kind {kind!r} is not a known kind", f"use one of {', '.join(QA_KINDS)}")
+        answer = field_of(row, "answer")
+        if not answer.strip():
+            raise CodeunlearnError(f"{row[0]}: 'answer' is empty", "fix that row")
+        items.append(
+            QAItem(
+                id=str(field_of(row, "id", (str, int))),
+                kind=kind,
+                question=field_of(row, "question"),
+                answer=answer.strip(),  # scored as " " + answer: stray spaces would change its tokens
+                sport=field_of(row, "sport") if row[1].get("sport") is not None else None,
             )
         )
     return items

@@ -23,6 +23,7 @@ METRICS: dict[str, str] = {
     "arc_easy": "codeunlearn.metrics.choice:arc_easy",
     "fact_cloze": "codeunlearn.metrics.cloze:fact_cloze",
     "sports_cloze": "codeunlearn.metrics.cloze:sports_cloze",
+    "short_answer": "codeunlearn.metrics.qa:short_answer",
     # generation
     "familiarity": "codeunlearn.metrics.familiarity:familiarity",
     "fluency": "codeunlearn.metrics.fluency:fluency",
