@@ -41,7 +41,8 @@ def heldout_loss(
         text_field: the text column of a `.json(l)` corpus.
         name, group: the result's name and report section.
 
-    Scores: `loss` and `ppl` = exp(loss); chance is the uniform distribution over the tokenizer's vocabulary.
+    Scores: `loss` and `ppl` = exp(loss); chance is the loss of the uniform distribution over the tokenizer's
+    vocabulary (no chance perplexity: a vocabulary-sized bar would flatten every plot).
     Details: one record per chunk (its mean loss), so the spread across the held-out text can be inspected.
     """
     if not 0 <= skip_positions < seq_len - 1:
@@ -62,7 +63,7 @@ def heldout_loss(
     return MetricResult(
         name=name,
         scores={"loss": loss, "ppl": math.exp(loss)},
-        chance={"loss": uniform, "ppl": float(len(ctx.tokenizer))},
+        chance={"loss": uniform},
         n=losses.numel(),
         details=[{"chunk": i, "loss": float(row.mean())} for i, row in enumerate(losses)],
         group=group,
