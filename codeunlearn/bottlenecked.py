@@ -147,7 +147,12 @@ class BottleneckLayer(nn.Module):
 
 
 class BottleneckedModel(nn.Module):
-    """A base causal LM (frozen) with bottlenecks at `config.layers`, plus the stack of active edits."""
+    """A base causal LM (frozen) with bottlenecks at `config.layers`, plus the stack of active edits.
+
+    Read bottlenecked states with `observing` (or a hook on the wrapper in `wrappers()`), not `output_hidden_states`:
+    transformers 5 records hidden states with hooks on the stock decoder-layer class, which sits inside our wrapper,
+    so at a bottleneck layer it returns the state *before* the bottleneck.
+    """
 
     def __init__(self, model: nn.Module, config: BottleneckConfig, bottlenecks: dict[int, Bottleneck]) -> None:
         super().__init__()
