@@ -17,14 +17,14 @@ from safetensors.torch import load_file, save_file
 from codeunlearn.errors import CodeunlearnError
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write text to a temporary file beside `path`, fsync it, then rename over `path`."""
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write bytes to a temporary file beside `path`, fsync it, then rename over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -32,6 +32,11 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write text (UTF-8) to a temporary file beside `path`, fsync it, then rename over `path`."""
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_save_tensors(

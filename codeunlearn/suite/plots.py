@@ -9,35 +9,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from codeunlearn.io import atomic_write_bytes
 from codeunlearn.metrics.base import MetricResult
 
 PANEL_COLUMNS = 4
 COLORS = {"model": "#1f77b4", "base": "#7f7f7f", "chance": "#d62728"}
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write bytes to a temporary file beside `path`, fsync it, then rename over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _pyplot():
