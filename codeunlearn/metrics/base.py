@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from codeunlearn.runtime import autocast, model_device
@@ -105,6 +105,43 @@ def encode_pair(tokenizer: Any, context: str, continuation: str, max_length: int
 
 
 @torch.no_grad()
+def score_token_continuations(
+    model: nn.Module,
+    encoded: Sequence[tuple[list[int], int]],
+    batch_size: int,
+    bf16: bool = False,
+    desc: str | None = None,
+    progress: bool = True,
+) -> list[tuple[Tensor, bool] | None]:
+    """Per-token log-probabilities of the last `count` tokens of each `(ids, count)` under `model`, and whether every
+    one of them is the top-1 prediction (None where count is 0).
+
+    Right padding, longest first; only the continuation positions are normalised (a full-vocabulary log-softmax of
+    every position would cost more than the forward on long prompts)."""
+    device = model_device(model)
+    results: list[tuple[Tensor, bool] | None] = [None] * len(encoded)
+    order = sorted((i for i, (_, count) in enumerate(encoded) if count > 0), key=lambda i: -len(encoded[i][0]))
+    starts = range(0, len(order), batch_size)
+    for start in tqdm(starts, desc=desc, unit="batch", leave=False, disable=not progress or desc is None):
+        index = order[start : start + batch_size]
+        width = max(len(encoded[i][0]) for i in index)
+        input_ids = torch.zeros((len(index), width), dtype=torch.long)
+        mask = torch.zeros((len(index), width), dtype=torch.long)
+        for row, i in enumerate(index):
+            ids = encoded[i][0]
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            mask[row, : len(ids)] = 1
+        with autocast(device, bf16):
+            logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+        for row, i in enumerate(index):
+            ids, count = encoded[i]
+            targets = torch.tensor(ids[-count:], device=logits.device)
+            predicted = F.log_softmax(logits[row, len(ids) - count - 1 : len(ids) - 1].float(), -1)
+            token_logp = predicted.gather(-1, targets[:, None])[:, 0].cpu()
+            results[i] = (token_logp, bool((predicted.argmax(-1) == targets).all()))
+    return results
+
+
 def continuation_logprobs(
     ctx: EvalContext, pairs: Sequence[tuple[str, str]], desc: str | None = None
 ) -> list[ContinuationScore]:
@@ -112,35 +149,15 @@ def continuation_logprobs(
 
     Batched with right padding, longest first (fewer pad tokens); results come back in input order."""
     encoded = [encode_pair(ctx.tokenizer, c, x, ctx.max_length) for c, x in pairs]
-    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
-    device = model_device(ctx.model)
-    pad = ctx.tokenizer.pad_token_id if ctx.tokenizer.pad_token_id is not None else 0
-    results: list[ContinuationScore | None] = [None] * len(encoded)
-    starts = range(0, len(order), ctx.batch_size)
-    for start in tqdm(starts, desc=desc, unit="batch", leave=False, disable=not ctx.progress or desc is None):
-        index = order[start : start + ctx.batch_size]
-        width = max(len(encoded[i][0]) for i in index)
-        input_ids = torch.full((len(index), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(index), width), dtype=torch.long)
-        for row, i in enumerate(index):
-            ids = encoded[i][0]
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            mask[row, : len(ids)] = 1
-        with autocast(device, ctx.bf16):
-            logits = ctx.model(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
-        logp = F.log_softmax(logits.float(), -1).cpu()
-        for row, i in enumerate(index):
-            ids, count = encoded[i]
-            targets = torch.tensor(ids[-count:])
-            predicted = logp[row, len(ids) - count - 1 : len(ids) - 1]
-            token_logp = predicted.gather(-1, targets[:, None])[:, 0]
-            results[i] = ContinuationScore(
-                logprob=float(token_logp.sum()),
-                num_tokens=count,
-                num_chars=len(pairs[i][1]),
-                greedy=bool((predicted.argmax(-1) == targets).all()),
+    scored = score_token_continuations(ctx.model, encoded, ctx.batch_size, ctx.bf16, desc, ctx.progress)
+    results = []
+    for (_, count), (token_logp, greedy), (_, continuation) in zip(encoded, scored, pairs, strict=True):
+        results.append(
+            ContinuationScore(
+                logprob=float(token_logp.sum()), num_tokens=count, num_chars=len(continuation), greedy=greedy
             )
-    return results  # type: ignore[return-value]
+        )
+    return results
 
 
 @torch.no_grad()

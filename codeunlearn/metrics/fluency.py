@@ -28,13 +28,19 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from codeunlearn.data import load_documents, split_documents
 from codeunlearn.errors import CodeunlearnError
-from codeunlearn.metrics.base import EvalContext, MetricResult, _encode_prompt, greedy_generate, mean, sample_items
-from codeunlearn.runtime import autocast, model_device
+from codeunlearn.metrics.base import (
+    EvalContext,
+    MetricResult,
+    _encode_prompt,
+    greedy_generate,
+    mean,
+    sample_items,
+    score_token_continuations,
+)
 
 
 def ngrams(tokens: Sequence[int], n: int) -> list[tuple[int, ...]]:
@@ -97,27 +103,8 @@ def continuation_nll(
     for prompt_ids, continuation in sequences:
         ids = (prompt_ids + continuation)[-max_length:]
         encoded.append((ids, min(len(continuation), len(ids) - 1)))
-    device = model_device(model)
-    out = [0.0] * len(encoded)
-    order = sorted((i for i, (_, count) in enumerate(encoded) if count > 0), key=lambda i: -len(encoded[i][0]))
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        width = max(len(encoded[i][0]) for i in rows)
-        input_ids = torch.zeros((len(rows), width), dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for row, i in enumerate(rows):
-            ids = encoded[i][0]
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            mask[row, : len(ids)] = 1
-        with autocast(device, bf16):
-            logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
-        logp = F.log_softmax(logits.float(), -1).cpu()
-        for row, i in enumerate(rows):
-            ids, count = encoded[i]
-            targets = torch.tensor(ids[-count:])
-            predicted = logp[row, len(ids) - count - 1 : len(ids) - 1]
-            out[i] = -float(predicted.gather(-1, targets[:, None]).sum())
-    return out
+    scored = score_token_continuations(model, encoded, batch_size, bf16)
+    return [0.0 if score is None else -float(score[0].sum()) for score in scored]
 
 
 def fluency(
