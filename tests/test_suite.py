@@ -21,7 +21,7 @@ import pytest
 import torch
 import yaml
 from export_helpers import make_tokenizer, topic_edits
-from helpers import assert_fix_error, make_tokens, run_error, run_ok, save_tiny_llama, tiny_args, tiny_config
+from helpers import HIDDEN, assert_fix_error, make_tokens, run_error, run_ok, save_tiny_llama, tiny_args, tiny_config
 
 from codeunlearn.bottlenecked import BottleneckedModel
 from codeunlearn.data import load_split
@@ -499,6 +499,60 @@ def test_attacks_run_on_an_exported_directory(workspace):
         assert result.scores["forget_loss_step_0"] != result.scores["forget_loss_step_2"]  # something was trained
     after = loaded.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_sae_directory_with_a_guardrail_edit(workspace, tmp_path):
+    """An SAE bottleneck saved with a guardrail edit loads as the edited model, its reference is the base model,
+    and relearning trains neither the SAE nor its edit."""
+    from sae_lens import StandardSAE, StandardSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    from codeunlearn.attacks.relearning import relearning_attack
+    from codeunlearn.edit import Edit, Guardrail, LayerCodes
+
+    torch.manual_seed(0)
+    sae = StandardSAE(
+        StandardSAEConfig(d_in=HIDDEN, d_sae=16, metadata=SAEMetadata(hook_name="blocks.1.hook_resid_post"))
+    )
+    with torch.no_grad():
+        sae.b_enc.zero_()  # random directions, no bias: about half the features fire on any token
+    base, _ = load_model_and_tokenizer(str(workspace["model"]))
+    bmodel = BottleneckedModel.attach_sae(base, {1: sae})
+    gate = Guardrail(window=4, thresholds={1: 0.0}, action="zero")
+    bmodel.apply_edit(
+        Edit(
+            "wizards",
+            {1: LayerCodes([0, 1, 2, 3])},
+            "guardrail",
+            bottleneck_fingerprint=bmodel.fingerprint(),
+            kind="sae",
+            guardrail=gate,
+        )
+    )
+    bmodel.save_pretrained(tmp_path / "sae_edited")
+    tokens = make_tokens(2, 12, seed=3)
+    expected_edited = logits(bmodel, tokens)
+    with bmodel.disabled():
+        expected_base = logits(bmodel, tokens)
+    assert not torch.allclose(expected_edited, expected_base)
+
+    assert model_kind(str(tmp_path / "sae_edited")) == "bottleneck"
+    loaded = load_model_for_eval(str(tmp_path / "sae_edited"), base_model=str(workspace["model"]), progress=False)
+    assert "wizards" in loaded.description and isinstance(loaded.reference, BaseModelView)
+    assert torch.allclose(logits(loaded.model, tokens), expected_edited, atol=1e-6)
+    assert torch.allclose(logits(loaded.reference, tokens), expected_base, atol=1e-6)
+    before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
+    result = relearning_attack(
+        context(loaded.model, loaded.tokenizer),
+        forget_corpus=str(workspace["forget"]),
+        steps=(0, 2),
+        train_tokens=40,
+        eval_tokens=20,
+        seq_len=10,
+        batch_size=2,
+    )
+    assert result.scores["forget_loss_step_0"] != result.scores["forget_loss_step_2"]
+    assert all(torch.equal(before[k], v) for k, v in loaded.model.state_dict().items())
 
 
 # ------------------------------------------------------------------------------------------------ command line
