@@ -241,6 +241,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--codebook_curves", help="curves.json of benchmarks/forget_curves.py (same split)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--append_results", help="append the markdown to this file (e.g. benchmarks/RESULTS.md)")
+    parser.add_argument("--save_edits", action="store_true",
+                        help="write every evaluated edit to OUT/edits/{method}_{N}.json (for `codeunlearn apply`)")  # fmt: skip
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--seq_len", type=int, default=256)
     parser.add_argument("--batch_size", type=int, default=8)
@@ -398,6 +400,8 @@ def main(argv: list[str] | None = None) -> None:
         bar = tqdm(work, desc="edits", unit="edit")
         for n, method, edit in bar:
             bar.set_postfix(N=n, method=method)
+            if args.save_edits:
+                edit.save(out / "edits" / f"{method}_{n}.json")
             with bmodel.edited(edit):
                 losses = evaluate(bmodel, eval_held, args)
             row = {"n": n, "method": method, "label": LABELS[method], "removed": edit.num_codes,

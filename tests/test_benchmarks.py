@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from codeunlearn.edit import Edit
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -43,10 +45,20 @@ def test_sae_curves_tiny_reports_quality_curves_and_the_padding_attack(tmp_path)
         *("--tiny", "--num_features", "2", "8", "--methods", "zero", "clamp"),
         *("--stats_tokens", "4096", "--calibration_tokens", "2048", "--eval_tokens", "512"),
         *("--gate_eval_tokens", "1024", "--pad_tokens", "256", "--padding_passages", "2", "--out", str(out)),
+        "--save_edits",
     )
     result = json.loads((out / "sae_curves.json").read_text())
     edited = {(r["n"], r["method"]) for r in result["rows"] if r["n"] is not None}
     assert edited == {(2, "zero"), (2, "clamp"), (8, "zero"), (8, "clamp")}
+    assert sorted(p.name for p in (out / "edits").iterdir()) == [
+        "clamp_2.json",
+        "clamp_8.json",
+        "zero_2.json",
+        "zero_8.json",
+    ]
+    saved = Edit.load(out / "edits" / "zero_8.json")
+    removed = next(r["removed"] for r in result["rows"] if (r["n"], r["method"]) == (8, "zero"))
+    assert saved.intervention == "zero" and saved.num_codes == removed > 0  # the edit the row evaluated
     base = next(r for r in result["rows"] if r["method"] == "base")
     assert base["delta"]["forget"] == 0.0
     assert result["padding_attack"] and result["quality"]
