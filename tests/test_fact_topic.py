@@ -17,6 +17,8 @@ from codeunlearn.data import load_documents
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.metrics.facts import GEOGRAPHY_RELATIONS, FactTopic, fact_sentence, split_fact_topic, write_fact_topic
 from codeunlearn.metrics.probe_data import FactItem, load_facts
+from codeunlearn.suite.config import data_files, load_suite_config
+from codeunlearn.suite.fact_suite import write_fact_suite
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -140,6 +142,7 @@ def test_cli_writes_the_topic_and_reports_errors_in_one_line(tmp_path, capsys):
     out = tmp_path / "geo"
     printed = run_ok(["fact-topic", "--known_facts", str(path), "--output_dir", str(out), "--seed", "2"], capsys)
     assert "forget_train" in printed and (out / "topic.json").is_file()
+    assert str(out / "suite.yaml") in printed
     assert json.loads((out / "topic.json").read_text())["seed"] == 2
     run_error(["fact-topic", "--known_facts", str(path), "--output_dir", str(out)], capsys)  # not empty
     error = run_error(
@@ -148,6 +151,33 @@ def test_cli_writes_the_topic_and_reports_errors_in_one_line(tmp_path, capsys):
     )
     assert "P9" in error
     run_error(["fact-topic", "--known_facts", str(tmp_path / "missing.jsonl"), "--output_dir", str(out)], capsys)
+
+
+def test_topic_suite_scores_the_held_out_facts_of_the_topic(tmp_path):
+    path = known_facts(tmp_path / "known.jsonl")
+    out = tmp_path / "geo"
+    write_fact_topic(path, out, forget_relations=["P30", "P36"], seed=1)
+    suite_path = write_fact_suite(
+        out, ["P30", "P36"], forget_train="forget_train.jsonl", probes_forget="probes_forget.jsonl",
+        probes_retain="probes_retain.jsonl",
+    )  # fmt: skip
+    suite = load_suite_config(suite_path)
+    specs = {s.name: s for s in suite.specs(attacks=True)}
+    forget, retain = specs["geo_facts"], specs["other_facts"]
+    assert (forget.group, retain.group) == ("forget", "retain")
+    assert forget.params == {"path": str((out / "probes_forget.jsonl").resolve()), "relations": ["P30", "P36"]}
+    assert retain.params == {"path": str((out / "probes_retain.jsonl").resolve()), "exclude_relations": ["P30", "P36"]}
+    assert forget.max_items is None and retain.max_items is None  # all held-out facts, not a sample
+    assert specs["rephrased_facts"].params["path"] == forget.params["path"]
+    relearning = specs["relearning"]
+    assert relearning.params["forget_corpus"] == str((out / "forget_train.jsonl").resolve())
+    assert relearning.params["steps"][-1] == 50 and suite.fast.metrics["relearning"]["steps"] == [0, 5]
+    # Everything else is the shipped geography suite, read from --data_dir as before.
+    shipped = {s.name: s for s in load_suite_config("geography").specs(attacks=True)}
+    for name in set(shipped) - {"geo_facts", "other_facts", "rephrased_facts"}:
+        assert specs[name] == shipped[name]
+    topic_files = {p for _, p in data_files(suite) if Path(p).is_absolute()}
+    assert topic_files and all(Path(p).is_file() for p in topic_files)
 
 
 def test_thin_script_runs_the_command(tmp_path):

@@ -5,7 +5,8 @@
 Forget = the `--forget_relations` facts (default P30 continent, P17 country, P36 capital), retain = every other
 relation; both are split into train sentences (`forget_train.jsonl`, `retain_train.jsonl`: use them as
 --forget_corpora / --retain_corpora) and held-out probes (`probes_forget.jsonl`, `probes_retain.jsonl`, in the
-known_1000 schema, for the `fact_cloze` metric), with no subject shared between train and held-out.
+known_1000 schema, for the `fact_cloze` metric), with no subject shared between train and held-out, and `suite.yaml`:
+the geography evaluation suite scoring those held-out facts (`codeunlearn eval --suite OUT/suite.yaml`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from codeunlearn.cli.arguments import parse_arguments
-from codeunlearn.metrics.facts import GEOGRAPHY_RELATIONS, write_fact_topic
+from codeunlearn.metrics.facts import CORPUS_FILES, GEOGRAPHY_RELATIONS, PROBE_FILES, write_fact_topic
+from codeunlearn.suite.fact_suite import write_fact_suite
 
 DESCRIPTION = "Write the geography fact topic (known_1000) as forget/retain corpora and held-out probes."
 
@@ -49,8 +51,15 @@ def main(argv: Sequence[str]) -> int:
         seed=args.seed,
         overwrite=args.overwrite,
     )
+    suite = write_fact_suite(
+        args.output_dir,
+        topic.forget_relations,
+        forget_train=CORPUS_FILES["forget_train"],
+        probes_forget=PROBE_FILES["forget_heldout"],
+        probes_retain=PROBE_FILES["retain_heldout"],
+    )
     counts = topic.counts()
     print(f"forget relations {' '.join(topic.forget_relations)}: ", end="")
     print(", ".join(f"{part} {count}" for part, count in counts.items()))
-    print(f"wrote {args.output_dir}")
+    print(f"wrote {args.output_dir}; evaluate with `codeunlearn eval --suite {suite} ...`")
     return 0
