@@ -360,6 +360,40 @@ def test_relearning_lowers_the_forget_loss_of_a_copy(tmp_path):
     assert not any(p.requires_grad for p in model.parameters())
 
 
+def test_relearning_on_fact_sentences_brings_the_facts_back(tmp_path):
+    """A random model knows none of twelve two-word facts; fine-tuned on their sentences, top-1 on the facts goes up,
+    and the step-0 score is the untouched model's `fact_cloze`."""
+    from codeunlearn.metrics.cloze import fact_cloze
+
+    rows = [
+        {"known_id": i, "subject": f"w{10 + i}", "attribute": f"w{40 + i}", "template": "{} w5",
+         "prompt": f"w{10 + i} w5", "relation_id": "P36" if i % 2 else "P30", "prediction": ""}
+        for i in range(12)
+    ]  # fmt: skip
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    corpus = tmp_path / "sentences.txt"
+    corpus.write_text("".join(f"{row['prompt']} {row['attribute']}\n" for row in rows * 8))
+    ctx = ctx_for(make_model("llama"))
+    result = relearning_attack(
+        ctx,
+        forget_corpus=str(corpus),
+        steps=(60,),
+        mode="full",
+        learning_rate=3e-3,
+        train_tokens=2048,
+        eval_tokens=64,
+        seq_len=32,
+        facts_path=str(facts),
+        fact_relations=["P30", "P36"],
+    )
+    before = fact_cloze(ctx, path=facts, relations=["P30", "P36"]).scores["top1"]
+    assert result.scores["facts_top1_step_0"] == before == 0.0
+    assert result.scores["facts_top1_step_60"] >= 0.5
+    assert result.scores["facts_recovery"] == pytest.approx(result.scores["facts_top1_step_60"] - before)
+    assert result.details[0]["probe_scores"][-1] == {"top1": result.scores["facts_top1_step_60"]}
+
+
 def test_lora_relearning_adds_no_adapter_to_the_model_in_context(tmp_path):
     forget = write_markov_corpus(tmp_path / "forget.txt")
     model = make_model("llama")

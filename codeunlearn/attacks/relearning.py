@@ -8,12 +8,16 @@ documents is measured at each step count of `steps` (0 = before any step, always
 relearning text that shares a chunk with the evaluation text.
 
 Scores `forget_loss_step_{n}` for each step count and `recovery`, the forget-loss drop from step 0 to the last step
-(positive: knowledge coming back). An edit that truly removed the topic should recover no faster than the base
+(positive: knowledge coming back). With `facts_path` (known_1000-schema facts, e.g. a fact topic's held-out probes),
+the fine-tuned copy is also scored with `fact_cloze` at each step count: `facts_top1_step_{n}` and `facts_recovery`,
+the top-1 accuracy gained from step 0 to the last step; a fact topic's forgetting is read there, not in a loss over
+whole sentences. An edit that truly removed the topic should recover no faster than the base
 model's loss is reached by fine-tuning a model that never knew it; read the row against the base model's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -22,6 +26,7 @@ from codeunlearn.baselines.relearn import RelearnConfig, relearn
 from codeunlearn.data import load_documents, pack_documents, split_documents
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.metrics.base import EvalContext, MetricResult
+from codeunlearn.metrics.cloze import fact_cloze
 
 
 def relearning_attack(
@@ -38,12 +43,15 @@ def relearning_attack(
     heldout_fraction: float = 0.2,
     split_seed: int = 0,
     text_field: str = "text",
+    facts_path: str | None = None,
+    fact_relations: Sequence[str] | None = None,
     name: str = "relearning",
     group: str = "attack",
 ) -> MetricResult:
     """Held-out forget loss of a copy of `ctx.model` after each step count of `steps` of fine-tuning on forget train
     text. `learning_rate` None takes `RelearnConfig`'s default for the mode (7e-5 full, 7e-4 LoRA). Scores
-    `forget_loss_step_{n}` and `recovery`."""
+    `forget_loss_step_{n}` and `recovery`; with `facts_path` (filtered to `fact_relations`), also
+    `facts_top1_step_{n}` and `facts_recovery`."""
     counts = sorted(set(steps) | {0})
     if counts[0] < 0 or counts[-1] < 1:
         raise CodeunlearnError(f"{name}: steps={list(steps)}", "pass non-negative step counts, at least one above 0")
@@ -71,7 +79,18 @@ def relearning_attack(
         progress=ctx.progress,
         **rates,
     )
-    curve = relearn(ctx.model, relearn_chunks, eval_chunks, config, in_place=False)
+    probe = None
+    if facts_path is not None:
+
+        def probe(model) -> dict[str, float]:
+            quiet = dataclasses.replace(ctx, model=model, progress=False)
+            return {"top1": fact_cloze(quiet, path=facts_path, relations=fact_relations).scores["top1"]}
+
+    curve = relearn(ctx.model, relearn_chunks, eval_chunks, config, in_place=False, probe=probe)
     scores = {f"forget_loss_step_{step}": loss for step, loss in zip(curve.steps, curve.forget_loss, strict=True)}
     scores["recovery"] = curve.recovery[-1]
+    if curve.probe_scores is not None:
+        top1 = [probed["top1"] for probed in curve.probe_scores]
+        scores.update({f"facts_top1_step_{step}": acc for step, acc in zip(curve.steps, top1, strict=True)})
+        scores["facts_recovery"] = top1[-1] - top1[0]
     return MetricResult(name=name, scores=scores, n=len(eval_chunks), details=[curve.to_dict()], group=group)

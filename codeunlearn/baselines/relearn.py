@@ -25,6 +25,7 @@ import copy
 import dataclasses
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -103,6 +104,7 @@ class RelearnCurve:
     relearn_tokens: int  # tokens fine-tuned on (steps x batch x seq_len; chunks repeat once the slice is used up)
     slice_tokens: int  # size of the relearning slice
     config: dict[str, Any]
+    probe_scores: list[dict[str, float]] | None = None  # `probe(model)` at each measured step, when one was given
 
     @property
     def recovery(self) -> list[float]:
@@ -213,9 +215,11 @@ def relearn(
     retain_chunks: Tensor | None = None,
     in_place: bool = False,
     accelerator: Accelerator | None = None,
+    probe: Callable[[nn.Module], dict[str, float]] | None = None,
 ) -> RelearnCurve:
     """Fine-tune `model` (a copy unless `in_place`) on `relearn_chunks`; held-out forget loss on `eval_chunks` (and
-    retain loss on `retain_chunks`) at every step count of `config.eval_steps`."""
+    retain loss on `retain_chunks`, and the scores `probe` returns for the model being fine-tuned, e.g. held-out
+    fact accuracy) at every step count of `config.eval_steps`."""
     for name, chunks in (("relearning", relearn_chunks), ("evaluation", eval_chunks)):
         if chunks.ndim != 2 or len(chunks) == 0:
             raise CodeunlearnError(f"the {name} text gave no chunks", "pass more text or a smaller --seq_len")
@@ -231,6 +235,7 @@ def relearn(
     steps: list[int] = []
     forget: list[float] = []
     retain: list[float] | None = None if retain_chunks is None else []
+    probed: list[dict[str, float]] | None = None if probe is None else []
 
     def measure(step: int) -> None:
         steps.append(step)
@@ -239,6 +244,8 @@ def relearn(
             retain.append(
                 mean_loss(work, retain_chunks, config.eval_batch_size, config.skip_positions, bf16=config.bf16)
             )
+        if probed is not None:
+            probed.append(probe(work))
 
     if 0 in config.eval_steps:
         measure(0)
@@ -268,4 +275,5 @@ def relearn(
         relearn_tokens=config.steps * config.batch_size * relearn_chunks.shape[1],
         slice_tokens=relearn_chunks.numel(),
         config=dataclasses.asdict(config),
+        probe_scores=probed,
     )

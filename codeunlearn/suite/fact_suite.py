@@ -4,7 +4,8 @@ The shipped suite scores every known_1000 fact of the relations, so a model whos
 facts would be scored partly on its own training sentences. `codeunlearn fact-topic` therefore writes `suite.yaml`
 beside the topic's files: the same metrics, but the forget / retain fact probes are the topic's held-out facts
 (`probes_forget.jsonl`, `probes_retain.jsonl`, absolute paths) and the relations are the topic's, plus a relearning
-attack that fine-tunes on the topic's forget training sentences.
+attack that fine-tunes on the topic's forget training sentences and re-scores the held-out forget facts after each
+step count (`facts_recovery`: top-1 accuracy regained).
 """
 
 from __future__ import annotations
@@ -48,19 +49,28 @@ def fact_suite(
 
     folder = Path(topic_dir).resolve()
     data = yaml.safe_load(named_configs()[TEMPLATE].read_text(encoding="utf-8"))
-    relations = list(forget_relations)
+    relations = list(forget_relations)  # copied at every use below: a shared list is dumped as a YAML alias
     data["description"] = (
         f"Forgetting the held-out facts of known_1000 relations {' '.join(relations)} written by `codeunlearn "
         f"fact-topic` in {folder}; side effects on held-out facts of the other relations, history, WikiText, sports, "
         "MMLU, ARC-Easy and athlete facts; fluency. " + data.get("description", "")
     ).strip()
     by_name = {spec["name"]: spec for spec in [*data["metrics"], *data.get("attacks", [])]}
-    by_name[FORGET_FACTS]["params"] = {"path": str(folder / probes_forget), "relations": relations}
-    by_name[RETAIN_FACTS]["params"] = {"path": str(folder / probes_retain), "exclude_relations": relations}
-    by_name[REPHRASED]["params"].update(path=str(folder / probes_forget), relations=relations)
+    by_name[FORGET_FACTS]["params"] = {"path": str(folder / probes_forget), "relations": list(relations)}
+    by_name[RETAIN_FACTS]["params"] = {"path": str(folder / probes_retain), "exclude_relations": list(relations)}
+    by_name[REPHRASED]["params"].update(path=str(folder / probes_forget), relations=list(relations))
     for spec in (by_name[FORGET_FACTS], by_name[RETAIN_FACTS]):
         spec.pop("max_items", None)  # held-out probes are few: score them all
-    relearning = {**RELEARNING, "params": {**RELEARNING["params"], "forget_corpus": str(folder / forget_train)}}
+    relearning = {
+        **RELEARNING,
+        "params": {
+            **RELEARNING["params"],
+            "forget_corpus": str(folder / forget_train),
+            "facts_path": str(folder / probes_forget),  # the held-out facts' top-1 after each step count
+            "fact_relations": list(relations),
+        },
+        "key": "facts_recovery",
+    }
     data["attacks"] = [*data.get("attacks", []), relearning]
     fast = data.setdefault("fast", {})
     fast.setdefault("metrics", {})["relearning"] = {"steps": FAST_RELEARNING_STEPS}
