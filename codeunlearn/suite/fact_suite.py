@@ -36,7 +36,7 @@ RELEARNING = {
         "train_tokens": 4096,
         "eval_tokens": 1024,
     },
-    "key": "recovery",
+    "key": "facts_recovery",  # a fact topic is forgotten or not in its held-out facts, not in a sentence loss
 }
 FAST_RELEARNING_STEPS = [0, 5]
 
@@ -60,7 +60,7 @@ def fact_suite(
     by_name[RETAIN_FACTS]["params"] = {"path": str(folder / probes_retain), "exclude_relations": list(relations)}
     by_name[REPHRASED]["params"].update(path=str(folder / probes_forget), relations=list(relations))
     for spec in (by_name[FORGET_FACTS], by_name[RETAIN_FACTS]):
-        spec.pop("max_items", None)  # held-out probes are few: score them all
+        spec.pop("max_items", None)  # held-out probes are few: score them all (--fast still caps them)
     relearning = {
         **RELEARNING,
         "params": {
@@ -69,7 +69,6 @@ def fact_suite(
             "facts_path": str(folder / probes_forget),  # the held-out facts' top-1 after each step count
             "fact_relations": list(relations),
         },
-        "key": "facts_recovery",
     }
     data["attacks"] = [*data.get("attacks", []), relearning]
     fast = data.setdefault("fast", {})
