@@ -173,7 +173,11 @@ def test_topic_suite_scores_the_held_out_facts_of_the_topic(tmp_path):
     assert relearning.params["forget_corpus"] == str((out / "forget_train.jsonl").resolve())
     assert relearning.params["facts_path"] == forget.params["path"]
     assert relearning.params["fact_relations"] == ["P30", "P36"]
-    assert relearning.key == "facts_recovery" and relearning.params["steps"][-1] == 50 and suite.fast.metrics["relearning"]["steps"] == [0, 5]
+    assert (
+        relearning.key == "facts_recovery"
+        and relearning.params["steps"][-1] == 50
+        and suite.fast.metrics["relearning"]["steps"] == [0, 5]
+    )
     # Everything else is the shipped geography suite, read from --data_dir as before.
     shipped = {s.name: s for s in load_suite_config("geography").specs(attacks=True)}
     for name in set(shipped) - {"geo_facts", "other_facts", "rephrased_facts"}:

@@ -565,6 +565,25 @@ def suite_flags(ws: dict[str, Path], config: Path, out: Path) -> list[str]:
     ]  # fmt: skip
 
 
+def test_combine_plots_the_probe_accuracy_drop_when_the_topic_has_no_forget_loss(tmp_path):
+    def facts_report(model: str, top1: float, retain: float) -> SuiteReport:
+        results = [
+            MetricResult("geo_facts", {"top1": top1, "top5": 1.0}, {}, 40, group="forget"),
+            MetricResult("history_loss", {"loss": retain}, {"loss": 4.85}, 100, group="retain"),
+        ]
+        return SuiteReport(model, "facts", "t", results, {r.name: 1.0 for r in results}, headline={"geo_facts": "top1"})
+
+    reports = {"base": facts_report("b", 0.5, 3.0), "edit": facts_report("e", 0.125, 3.25)}
+    combine_reports(reports, tmp_path / "table")
+    rows = {r["row"]: r for r in json.loads((tmp_path / "table" / "table.json").read_text())["rows"]}
+    assert rows["edit"]["forget_accuracy_drop"] == pytest.approx(0.375) and rows["base"]["forget_accuracy_drop"] == 0
+    assert rows["edit"]["delta_forget_loss"] is None and rows["edit"]["delta_retain_loss"] == pytest.approx(0.25)
+    assert (tmp_path / "table" / "tradeoff.png").read_bytes().startswith(PNG_MAGIC)
+    # A topic with a forget loss keeps the loss axis and adds no accuracy field.
+    combine_reports({"base": synthetic("b", 3.0, 2.0, 0.8), "x": synthetic("x", 4.0, 2.0, 0.5)}, tmp_path / "t2")
+    assert "forget_accuracy_drop" not in json.loads((tmp_path / "t2" / "table.json").read_text())["rows"][1]
+
+
 def test_cli_suite_end_to_end(workspace, tmp_path, capsys):
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(tiny_config_dict()))

@@ -4,7 +4,8 @@
   baseline is given) and chance (when the score has one). Scores have different scales (a loss near 3, an accuracy
   near 0.5), so every score gets its own panel and axis.
 - `tradeoff_scatter`: one point per model of a combined table: x = retain loss increase, y = forget loss increase
-  against a reference row. Up and left is better (forgets more, costs less elsewhere).
+  (for a topic measured by probes alone, such as a fact topic: the forget probes' accuracy drop) against a reference
+  row. Up and left is better (forgets more, costs less elsewhere).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 from codeunlearn.io import atomic_write_bytes
 from codeunlearn.metrics.base import MetricResult
@@ -81,8 +83,14 @@ def group_chart(
         plt.close(fig)
 
 
-def tradeoff_scatter(points: dict[str, tuple[float, float]], reference: str, path: str | Path) -> Path | None:
-    """Scatter of (retain loss increase, forget loss increase) per row against `reference`; None without points."""
+def tradeoff_scatter(
+    points: dict[str, tuple[float, float]],
+    reference: str,
+    path: str | Path,
+    forget_axis: Literal["loss", "accuracy"] = "loss",
+) -> Path | None:
+    """Scatter of (retain loss increase, forgetting) per row against `reference`; forgetting is the forget loss
+    increase, or with `forget_axis="accuracy"` the forget probes' accuracy drop. None without points."""
     points = {name: xy for name, xy in points.items() if _finite(xy[0]) and _finite(xy[1])}
     if not points:
         return None
@@ -94,8 +102,12 @@ def tradeoff_scatter(points: dict[str, tuple[float, float]], reference: str, pat
     ax.axhline(0.0, color="#bbbbbb", linewidth=0.8)
     ax.axvline(0.0, color="#bbbbbb", linewidth=0.8)
     ax.set_xlabel(f"retain loss increase vs {reference} (nat/token)")
-    ax.set_ylabel(f"forget loss increase vs {reference} (nat/token)")
-    ax.set_title("Forgetting vs side effects (held-out text loss)", fontsize=10)
+    if forget_axis == "accuracy":
+        ax.set_ylabel(f"forget-probe accuracy drop vs {reference}")
+        ax.set_title("Forgetting (probe accuracy) vs side effects (held-out retain loss)", fontsize=10)
+    else:
+        ax.set_ylabel(f"forget loss increase vs {reference} (nat/token)")
+        ax.set_title("Forgetting vs side effects (held-out text loss)", fontsize=10)
     fig.tight_layout()
     try:
         return _save(fig, Path(path))

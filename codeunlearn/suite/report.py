@@ -183,6 +183,17 @@ def loss_levels(report: SuiteReport) -> tuple[float | None, float | None]:
     return level("forget"), level("retain")
 
 
+def forget_accuracy(report: SuiteReport) -> float | None:
+    """Mean headline score of the forget section's scored metrics that are not losses (probe accuracies; None:
+    none). The trade-off plot's forget axis for topics measured by probes alone, such as a fact topic."""
+    values = []
+    for result in report.results:
+        key = report.headline_key(result)
+        if result.group == "forget" and key and key != LOSS_KEY and _number(result.scores.get(key)):
+            values.append(result.scores[key])
+    return sum(values) / len(values) if values else None
+
+
 def combine_reports(
     reports: Mapping[str, str | Path | SuiteReport],
     output_dir: str | Path,
@@ -207,14 +218,18 @@ def combine_reports(
         raise CodeunlearnError(f"reference row {reference!r} is not a row", f"use one of {', '.join(loaded)}")
     picked = _columns(loaded, columns)
     ref_forget, ref_retain = loss_levels(loaded[reference])
+    # Without a forget loss in the reference, forgetting is plotted as the drop of the forget probes' accuracy.
+    by_accuracy = ref_forget is None
+    ref_accuracy = forget_accuracy(loaded[reference]) if by_accuracy else None
     rows, points = [], {}
     for row, report in loaded.items():
         by_name = {r.name: r for r in report.results}
         values = {f"{name}:{key}": _score(by_name.get(name), key) for name, key, _ in picked}
         forget, retain = loss_levels(report)
         delta_forget, delta_retain = _difference(forget, ref_forget), _difference(retain, ref_retain)
-        if delta_forget is not None and delta_retain is not None:
-            points[row] = (delta_retain, delta_forget)
+        forgotten = _difference(ref_accuracy, forget_accuracy(report)) if by_accuracy else delta_forget
+        if forgotten is not None and delta_retain is not None:
+            points[row] = (delta_retain, forgotten)
         rows.append(
             {
                 "row": row,
@@ -224,13 +239,14 @@ def combine_reports(
                 "values": values,
                 "delta_forget_loss": delta_forget,
                 "delta_retain_loss": delta_retain,
+                **({"forget_accuracy_drop": points[row][1] if row in points else None} if by_accuracy else {}),
             }
         )
     chance = {f"{name}:{key}": _chance(loaded, name, key) for name, key, _ in picked}
     markdown = _combined_markdown(picked, rows, chance, reference)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tradeoff_scatter(points, reference, out / TRADEOFF_NAME)
+    tradeoff_scatter(points, reference, out / TRADEOFF_NAME, forget_axis="accuracy" if by_accuracy else "loss")
     table = {
         "reference": reference,
         "columns": [{"metric": name, "key": key, "group": group} for name, key, group in picked],
