@@ -348,7 +348,11 @@ def test_relearning_lowers_the_forget_loss_of_a_copy(tmp_path):
         seq_len=16,
         name="relearn",
     )
-    assert set(result.scores) == {"forget_loss_step_0", "forget_loss_step_5", "forget_loss_step_10", "recovery"}
+    assert set(result.scores) == {
+        "forget_loss_step_0", "forget_loss_step_5", "forget_loss_step_10", "recovery", "max_recovery"
+    }  # fmt: skip
+    losses = [result.scores[f"forget_loss_step_{n}"] for n in (0, 5, 10)]
+    assert result.scores["max_recovery"] == pytest.approx(losses[0] - min(losses))
     assert result.scores["forget_loss_step_10"] < result.scores["forget_loss_step_0"] - 0.1
     assert result.scores["recovery"] == pytest.approx(
         result.scores["forget_loss_step_0"] - result.scores["forget_loss_step_10"]
@@ -401,7 +405,7 @@ def test_lora_relearning_adds_no_adapter_to_the_model_in_context(tmp_path):
     result = relearning_attack(
         ctx_for(model), forget_corpus=str(forget), steps=(2,), train_tokens=256, eval_tokens=128, seq_len=16
     )
-    assert set(result.scores) == {"forget_loss_step_0", "forget_loss_step_2", "recovery"}
+    assert set(result.scores) == {"forget_loss_step_0", "forget_loss_step_2", "recovery", "max_recovery"}
     assert result.details[0]["mode"] == "lora" and result.details[0]["trainable_parameters"] > 0
     assert not any(isinstance(m, BaseTunerLayer) for m in model.modules())
     assert set(model.state_dict()) == set(state)

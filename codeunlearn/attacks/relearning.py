@@ -7,8 +7,9 @@ forget corpus's TRAIN documents, and the mean next-token loss on at most `eval_t
 documents is measured at each step count of `steps` (0 = before any step, always measured). `relearn` refuses
 relearning text that shares a chunk with the evaluation text.
 
-Scores `forget_loss_step_{n}` for each step count and `recovery`, the forget-loss drop from step 0 to the last step
-(positive: knowledge coming back). With `facts_path` (known_1000-schema facts, e.g. a fact topic's held-out probes),
+Scores `forget_loss_step_{n}` for each step count, `recovery`, the forget-loss drop from step 0 to the last step
+(positive: knowledge coming back), and `max_recovery`, the largest drop at any measured step (an attacker stops at
+the best point; fine-tuning can overshoot). With `facts_path` (known_1000-schema facts, e.g. a fact topic's held-out probes),
 the fine-tuned copy is also scored with `fact_cloze` at each step count: `facts_top1_step_{n}` and `facts_recovery`,
 the top-1 accuracy gained from step 0 to the last step; a fact topic's forgetting is read there, not in a loss over
 whole sentences. An edit that truly removed the topic should recover no faster than the base
@@ -50,7 +51,7 @@ def relearning_attack(
 ) -> MetricResult:
     """Held-out forget loss of a copy of `ctx.model` after each step count of `steps` of fine-tuning on forget train
     text. `learning_rate` None takes `RelearnConfig`'s default for the mode (7e-5 full, 7e-4 LoRA). Scores
-    `forget_loss_step_{n}` and `recovery`; with `facts_path` (filtered to `fact_relations`), also
+    `forget_loss_step_{n}`, `recovery` and `max_recovery`; with `facts_path` (filtered to `fact_relations`), also
     `facts_top1_step_{n}` and `facts_recovery`."""
     counts = sorted(set(steps) | {0})
     if counts[0] < 0 or counts[-1] < 1:
@@ -89,6 +90,8 @@ def relearning_attack(
     curve = relearn(ctx.model, relearn_chunks, eval_chunks, config, in_place=False, probe=probe)
     scores = {f"forget_loss_step_{step}": loss for step, loss in zip(curve.steps, curve.forget_loss, strict=True)}
     scores["recovery"] = curve.recovery[-1]
+    # Fine-tuning can overshoot and raise the loss again by the last step; the best point is what an attacker keeps.
+    scores["max_recovery"] = max(curve.recovery)
     if curve.probe_scores is not None:
         top1 = [probed["top1"] for probed in curve.probe_scores]
         scores.update({f"facts_top1_step_{step}": acc for step, acc in zip(curve.steps, top1, strict=True)})
