@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from codeunlearn.io import atomic_write_text
-from codeunlearn.suite.config import load_suite_config, named_configs, parse_suite_config
+from codeunlearn.suite.config import named_configs, parse_suite_config
 
 SUITE_FILE = "suite.yaml"
 TEMPLATE = "geography"  # the shipped suite the fact-topic suite is derived from
@@ -86,5 +86,4 @@ def write_fact_suite(topic_dir: str | Path, forget_relations: Sequence[str], **f
     data = fact_suite(topic_dir, forget_relations, **files)
     header = "# Written by `codeunlearn fact-topic`: the geography suite on this topic's held-out facts.\n"
     atomic_write_text(path, header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=120))
-    load_suite_config(path)
     return path
