@@ -412,6 +412,16 @@ def test_lora_relearning_adds_no_adapter_to_the_model_in_context(tmp_path):
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
 
+def test_relearning_fine_tunes_on_fresh_text_at_every_step_by_default(tmp_path):
+    """Without `train_tokens` the slice is exactly what the steps consume: no chunk is seen twice."""
+    forget = write_markov_corpus(tmp_path / "forget.txt")
+    result = relearning_attack(
+        ctx_for(make_model("llama")), forget_corpus=str(forget), steps=(3,), batch_size=2, eval_tokens=128, seq_len=16
+    )
+    curve = result.details[0]
+    assert curve["relearn_tokens"] == curve["slice_tokens"] == 3 * 2 * 16
+
+
 def test_relearning_refuses_bad_input(tmp_path):
     forget = write_markov_corpus(tmp_path / "forget.txt")
     ctx = ctx_for(make_model("llama"))

@@ -100,6 +100,7 @@ def test_relearn_command_on_a_baseline_output(ws, ga_run, tmp_path, capsys):
     stdout = run_ok([*argv, "--eval_steps", "0", "3", "--learning_rate", "3e-3", "--output_dir", str(out)], capsys)
     curve = json.loads((out / "relearn.json").read_text())["curve"]
     assert curve["steps"] == [0, 3] and len(curve["retain_loss"]) == 2
+    assert curve["slice_tokens"] == curve["relearn_tokens"] == 3 * 4 * 16  # no --relearn_tokens: each chunk once
     report = json.loads((ga_run / "report.json").read_text())
     assert curve["forget_loss"][0] == pytest.approx(report["rows"][1]["forget_loss"], rel=1e-5)
     assert "| step | forget loss |" in stdout

@@ -3,7 +3,7 @@
 A thin wrapper of `codeunlearn.baselines.relearn.relearn`: a deep copy of `ctx.model` (the model in the context is
 never modified; `relearn` copies unless told `in_place`) is fine-tuned, all weights (`mode="full"`) or fresh LoRA
 adapters (`mode="lora"`; a bottleneck and its edit masks are never trained), on at most `train_tokens` tokens of the
-forget corpus's TRAIN documents, and the mean next-token loss on at most `eval_tokens` tokens of its HELD-OUT
+forget corpus's TRAIN documents (by default exactly the text the steps consume, each chunk seen once), and the mean next-token loss on at most `eval_tokens` tokens of its HELD-OUT
 documents is measured at each step count of `steps` (0 = before any step, always measured). `relearn` refuses
 relearning text that shares a chunk with the evaluation text.
 
@@ -38,7 +38,7 @@ def relearning_attack(
     mode: Literal["full", "lora"] = "lora",
     learning_rate: float | None = None,
     batch_size: int = 4,
-    train_tokens: int = 16384,
+    train_tokens: int | None = None,
     eval_tokens: int = 8192,
     seq_len: int = 256,
     heldout_fraction: float = 0.2,
@@ -50,12 +50,17 @@ def relearning_attack(
     group: str = "attack",
 ) -> MetricResult:
     """Held-out forget loss of a copy of `ctx.model` after each step count of `steps` of fine-tuning on forget train
-    text. `learning_rate` None takes `RelearnConfig`'s default for the mode (7e-5 full, 7e-4 LoRA). Scores
+    text. `learning_rate` None takes `RelearnConfig`'s default for the mode (7e-5 full, 7e-4 LoRA); `train_tokens`
+    None takes the last step count x `batch_size` x `seq_len`, one pass with no chunk repeated. Scores
     `forget_loss_step_{n}`, `recovery` and `max_recovery`; with `facts_path` (filtered to `fact_relations`), also
     `facts_top1_step_{n}` and `facts_recovery`."""
     counts = sorted(set(steps) | {0})
     if counts[0] < 0 or counts[-1] < 1:
         raise CodeunlearnError(f"{name}: steps={list(steps)}", "pass non-negative step counts, at least one above 0")
+    if train_tokens is None:
+        # A slice smaller than the steps consume is cycled, and fine-tuning that memorises it raises the held-out
+        # loss again (50 LoRA steps on 8k tokens overshot on every model measured): fresh text at every step.
+        train_tokens = counts[-1] * batch_size * seq_len
     if train_tokens < seq_len or eval_tokens < seq_len:
         raise CodeunlearnError(
             f"{name}: train_tokens={train_tokens} / eval_tokens={eval_tokens} below one chunk of seq_len={seq_len}",

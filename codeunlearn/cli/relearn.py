@@ -8,7 +8,8 @@
 
 The model is a base model or a baseline's OUTPUT/model (`--model_name_or_path`), with an edited bottleneck on top when
 `--bottleneck_dir` is given (the bottleneck itself is never trained). It is fine-tuned (all weights, or LoRA adapters
-with `--mode lora`) on at most `--relearn_tokens` tokens of the forget corpus's TRAIN split, and the forget loss is
+with `--mode lora`) on at most `--relearn_tokens` tokens of the forget corpus's TRAIN split (default: what the steps
+consume, so no chunk is seen twice), and the forget loss is
 measured on its HELD-OUT split (different documents; same --heldout_fraction / --split_seed as every command) at
 each of `--eval_steps`, with the held-out retain loss when --retain_corpora are given. Writes OUTPUT/relearn.json and
 OUTPUT/relearn.md.
@@ -41,8 +42,12 @@ class RelearnRunArguments:
     bottleneck_dir: str | None = field(
         default=None, metadata={"help": "An (edited) bottleneck directory to load on top of the model."}
     )
-    relearn_tokens: int = field(
-        default=16384, metadata={"help": "Tokens of the forget train split the attacker fine-tunes on."}
+    relearn_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "Tokens of the forget train split the attacker fine-tunes on (default: steps x batch_size x "
+            "seq_len, fresh text at every step; a smaller slice is cycled)."
+        },
     )
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing relearn.json."})
 
@@ -62,7 +67,10 @@ def main(argv: Sequence[str]) -> int:
         model, tokenizer = load_bottlenecked(model_args, run_args.bottleneck_dir, config.progress)
     else:
         model, tokenizer = load_base(model_args, config.progress)
-    relearn_chunks = forget_corpora.pack(tokenizer, "train", max_tokens=run_args.relearn_tokens)
+    relearn_tokens = run_args.relearn_tokens
+    if relearn_tokens is None:
+        relearn_tokens = config.steps * config.batch_size * data_args.seq_len
+    relearn_chunks = forget_corpora.pack(tokenizer, "train", max_tokens=relearn_tokens)
     forget_heldout = forget_corpora.pack(tokenizer, "heldout")
     retain_heldout = retain_corpora.pack(tokenizer, "heldout") if retain_corpora is not None else None
     print(

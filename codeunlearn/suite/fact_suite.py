@@ -21,7 +21,8 @@ SUITE_FILE = "suite.yaml"
 TEMPLATE = "geography"  # the shipped suite the fact-topic suite is derived from
 FORGET_FACTS, RETAIN_FACTS, REPHRASED = "geo_facts", "other_facts", "rephrased_facts"
 
-# Fact sentences are ~10 tokens, and a topic has a few hundred: relearning packs them into short chunks. The
+# Fact sentences are ~10 tokens, and a topic has a few hundred: relearning packs them into short chunks (all of the
+# training sentences, up to what 50 steps consume, so a small topic's sentences are seen more than once). The
 # held-out fraction and seed are the commands' defaults, so the attacker's text is the training sentences the
 # statistics and the baselines read and the loss is measured on the ones none of them read.
 RELEARNING = {
@@ -33,7 +34,6 @@ RELEARNING = {
         "seq_len": 32,
         "heldout_fraction": 0.2,
         "split_seed": 0,
-        "train_tokens": 4096,
         "eval_tokens": 1024,
     },
     "key": "facts_recovery",  # a fact topic is forgotten or not in its held-out facts, not in a sentence loss
