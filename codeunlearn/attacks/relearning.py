@@ -3,16 +3,17 @@
 A thin wrapper of `codeunlearn.baselines.relearn.relearn`: a deep copy of `ctx.model` (the model in the context is
 never modified; `relearn` copies unless told `in_place`) is fine-tuned, all weights (`mode="full"`) or fresh LoRA
 adapters (`mode="lora"`; a bottleneck and its edit masks are never trained), on at most `train_tokens` tokens of the
-forget corpus's TRAIN documents (by default exactly the text the steps consume, each chunk seen once), and the mean next-token loss on at most `eval_tokens` tokens of its HELD-OUT
-documents is measured at each step count of `steps` (0 = before any step, always measured). `relearn` refuses
-relearning text that shares a chunk with the evaluation text.
+forget corpus's TRAIN documents (by default exactly the text the steps consume, each chunk seen once), and the mean
+next-token loss on at most `eval_tokens` tokens of its HELD-OUT documents is measured at each step count of `steps`
+(0 = before any step, always measured). `relearn` refuses relearning text that shares a chunk with the evaluation
+text.
 
 Scores `forget_loss_step_{n}` for each step count, `recovery`, the forget-loss drop from step 0 to the last step
 (positive: knowledge coming back), and `max_recovery`, the largest drop at any measured step (an attacker stops at
-the best point; fine-tuning can overshoot). With `facts_path` (known_1000-schema facts, e.g. a fact topic's held-out probes),
-the fine-tuned copy is also scored with `fact_cloze` at each step count: `facts_top1_step_{n}` and `facts_recovery`,
-the top-1 accuracy gained from step 0 to the last step; a fact topic's forgetting is read there, not in a loss over
-whole sentences. An edit that truly removed the topic should recover no faster than the base
+the best point; fine-tuning can overshoot). With `facts_path` (known_1000-schema facts, e.g. a fact topic's held-out
+probes), the fine-tuned copy is also scored with `fact_cloze` at each step count: `facts_top1_step_{n}` and
+`facts_recovery`, the top-1 accuracy gained from step 0 to the last step; a fact topic's forgetting is read there,
+not in a loss over whole sentences. An edit that truly removed the topic should recover no faster than the base
 model's loss is reached by fine-tuning a model that never knew it; read the row against the base model's.
 """
 
@@ -59,7 +60,7 @@ def relearning_attack(
         raise CodeunlearnError(f"{name}: steps={list(steps)}", "pass non-negative step counts, at least one above 0")
     if train_tokens is None:
         # A slice smaller than the steps consume is cycled, and fine-tuning that memorises it raises the held-out
-        # loss again (50 LoRA steps on 8k tokens overshot on every model measured): fresh text at every step.
+        # loss again (50 LoRA steps cycling 8k tokens overshot even on the base model): fresh text at every step.
         train_tokens = counts[-1] * batch_size * seq_len
     if train_tokens < seq_len or eval_tokens < seq_len:
         raise CodeunlearnError(
