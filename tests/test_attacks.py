@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,6 +25,8 @@ from codeunlearn.data import load_documents, pack_documents, split_documents
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.evaluation import mean_loss
 from codeunlearn.metrics.base import EvalContext
+
+ROOT = Path(__file__).resolve().parents[1]
 
 KNOWN_1000 = Path(__file__).resolve().parents[2] / "shared" / "data" / "eval" / "known_1000.jsonl"
 EOS = 2  # </s> of make_tokenizer(); words w3 .. w127 follow
@@ -433,3 +436,38 @@ def test_relearning_refuses_bad_input(tmp_path):
         with pytest.raises(CodeunlearnError) as excinfo:
             relearning_attack(ctx, **kwargs)
         assert_fix_error(excinfo)
+
+
+def test_relearning_table_reads_the_curves_and_the_best_attack_per_model(tmp_path, monkeypatch):
+    """benchmarks/relearning_table.py on two real runs of one model (two rates) and a reference row: the lowest loss
+    over both runs is the row's best attack, and it is read against the reference's lowest."""
+    import importlib.util
+
+    from codeunlearn.suite.report import write_report
+    from codeunlearn.suite.runner import SuiteReport
+
+    spec = importlib.util.spec_from_file_location("relearning_table", ROOT / "benchmarks" / "relearning_table.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "relearning_table", module)  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    forget = write_markov_corpus(tmp_path / "forget.txt")
+    model = make_model("llama")
+    runs = {}
+    for label, rate in (("slow", 1e-4), ("fast", 3e-3)):
+        result = relearning_attack(
+            ctx_for(model), forget_corpus=str(forget), steps=(2, 4), mode="full", learning_rate=rate,
+            eval_tokens=128, seq_len=16,
+        )  # fmt: skip
+        report = SuiteReport("tiny", "t", "t", [result], {result.name: 1.0}, params={result.name: {}})
+        write_report(report, tmp_path / label, plots=False)
+        runs[label] = [result.scores[f"forget_loss_step_{n}"] for n in (0, 2, 4)]
+    curves = [module.load_curve("ref", str(tmp_path / "slow")), module.load_curve("m", str(tmp_path / "slow")),
+              module.load_curve("m", str(tmp_path / "fast"))]  # fmt: skip
+    assert [c.attack for c in curves] == ["full 0.0001", "full 0.0001", "full 0.003"]
+    assert curves[2].losses == pytest.approx(runs["fast"]) and curves[2].steps == [0, 2, 4]
+    markdown = module.table(curves, "ref")
+    best = min(runs["fast"] + runs["slow"])
+    assert f"| m | 2 | {best:.4f} | {best - min(runs['slow']):+.4f} |" in markdown
+    assert runs["fast"][-1] < runs["slow"][-1]  # the faster rate relearns more in 4 steps: the best is its
+    with pytest.raises(SystemExit, match=r"no report\.json"):
+        module.load_curve("x", str(tmp_path / "missing"))
