@@ -468,6 +468,6 @@ def test_relearning_table_reads_the_curves_and_the_best_attack_per_model(tmp_pat
     markdown = module.table(curves, "ref")
     best = min(runs["fast"] + runs["slow"])
     assert f"| m | 2 | {best:.4f} | {best - min(runs['slow']):+.4f} |" in markdown
-    assert runs["fast"][-1] < runs["slow"][-1]  # the faster rate relearns more in 4 steps: the best is its
+    assert runs["fast"][-1] < runs["slow"][-1]  # the faster rate relearns more: the row's best comes from its run
     with pytest.raises(SystemExit, match=r"no report\.json"):
         module.load_curve("x", str(tmp_path / "missing"))
