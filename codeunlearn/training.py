@@ -228,9 +228,11 @@ def _load_checkpoint(path: Path, bmodel: BottleneckedModel) -> dict:
 
 
 def _init_from(path: Path, bmodel: BottleneckedModel) -> None:
-    """Load the keys and values of the trained codebook bottleneck at `path` into `bmodel` (adapters stay fresh).
+    """Load the keys and values of the trained codebook bottleneck at `path` into `bmodel`.
 
-    Every config field but `adapter_rank` must match: the codes would otherwise mean something else."""
+    Every config field but `adapter_rank` must match: the codes would otherwise mean something else. Adapters saved
+    with it are loaded too when they have the same names and shapes (same `adapter_rank`), so a run can continue
+    training them; at another rank, or where it has none, the adapters start fresh."""
     if bmodel.config.kind != "vq":
         raise CodeunlearnError("init_from is for codebook bottlenecks", "drop init_from for an SAE run")
     # Through the config class, so fields added since that run read as their defaults; where the base model
@@ -250,7 +252,10 @@ def _init_from(path: Path, bmodel: BottleneckedModel) -> None:
         bottleneck.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
     saved_adapters = {k[len(ADAPTER_PREFIX) :]: v for k, v in tensors.items() if k.startswith(ADAPTER_PREFIX)}
     adapters = bmodel.adapter_parameters()
-    if saved_adapters and set(saved_adapters) == set(adapters):
+    same_shapes = set(saved_adapters) == set(adapters) and all(
+        saved_adapters[name].shape == param.shape for name, param in adapters.items()
+    )
+    if saved_adapters and same_shapes:
         with torch.no_grad():
             for name, param in adapters.items():
                 param.copy_(saved_adapters[name])

@@ -206,6 +206,30 @@ def test_init_from_adds_adapters_to_a_trained_bottleneck(uninterrupted, tmp_path
     assert any(v.abs().sum() > 0 for k, v in state.items() if k.startswith("adapters.") and "lora_B" in k)
 
 
+def test_init_from_continues_saved_adapters_of_the_same_rank(uninterrupted, tmp_path):
+    """Adapters saved with the bottleneck are loaded at the same rank (a continued run) and fresh at another."""
+    with_adapters = tmp_path / "with-adapters"
+    first = BottleneckedModel.attach(make_model("llama"), tiny_config(layers=[0, 2], num_stages=2, adapter_rank=2))
+    train_bottleneck(
+        first,
+        CHUNKS,
+        run_args(with_adapters, init_from=str(uninterrupted["dir"] / "bottleneck"), adapter_learning_rate=1e-2),
+    )
+    trained = {k: v.detach().clone() for k, v in first.adapter_parameters().items()}
+    assert any(v.abs().sum() > 0 for k, v in trained.items() if "lora_B" in k)
+    for rank, expect_loaded in ((2, True), (3, False)):
+        bmodel = BottleneckedModel.attach(
+            make_model("llama"), tiny_config(layers=[0, 2], num_stages=2, adapter_rank=rank)
+        )
+        args = run_args(tmp_path / f"rank{rank}", init_from=str(with_adapters / "bottleneck"), value_steps=0)
+        train_bottleneck(bmodel, CHUNKS, args)
+        adapters = bmodel.adapter_parameters()
+        if expect_loaded:
+            assert all(torch.equal(adapters[k], v) for k, v in trained.items())
+        else:
+            assert all(v.abs().sum() == 0 for k, v in adapters.items() if "lora_B" in k)
+
+
 def test_init_from_another_shape_is_refused(uninterrupted, tmp_path):
     bmodel = BottleneckedModel.attach(make_model("llama"), tiny_config(layers=[0, 2], num_stages=1))
     with pytest.raises(CodeunlearnError, match="num_stages"):
