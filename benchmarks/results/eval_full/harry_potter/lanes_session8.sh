@@ -1,0 +1,15 @@
+#!/bin/bash
+# HP 50-step relearning, lane A (session 8): rows in order; each writes outputs/hp_relearn50/NAME.
+set -x
+cd /work/main
+export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
+D=../shared/data; H=outputs/hp; CU=.venv/bin/codeunlearn; SUITE=benchmarks/results/eval_full/harry_potter/relearning_suite.yaml
+B=outputs/sweep2/l15_8x4096_s4_kl160_lora16/bottleneck
+for pair in "$@"; do
+  set -- $pair
+  [ -e outputs/hp_relearn50/$1/report.json ] && continue
+  S0=$(date +%s)
+  $CU eval --suite $SUITE --model $2 --data_dir $D --attacks --output_dir outputs/hp_relearn50/$1 --no_progress
+  echo "seconds hp_relearn50_$1: $(( $(date +%s) - S0 ))"
+done
+echo LANE DONE
