@@ -13,3 +13,8 @@ for pair in "$@"; do
   echo "seconds hp_relearn50_$1: $(( $(date +%s) - S0 ))"
 done
 echo LANE DONE
+# As run (two lanes, H=outputs/hp, B as above):
+#   lanes_session8.sh "base smollm2-135m" "rmu $H/baselines/rmu/model" "sae_guardrail $H/sae/guardrail" "npo $H/baselines/npo/model" \
+#     "sae_zero $H/sae/zero" "ga $H/baselines/ga/model" "npo_configured $H/baselines/npo_configured/model"
+#   lanes_session8.sh "codebook_removal $H/codebook/edited" "bottleneck $B" "random_codes $H/codebook/random" \
+#     "grad_diff $H/baselines/grad_diff/model" "sae_clamp $H/sae/clamp" "grad_diff_configured $H/baselines/grad_diff_configured/model"
