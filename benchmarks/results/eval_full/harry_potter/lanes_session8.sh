@@ -18,3 +18,6 @@ echo LANE DONE
 #     "sae_zero $H/sae/zero" "ga $H/baselines/ga/model" "npo_configured $H/baselines/npo_configured/model"
 #   lanes_session8.sh "codebook_removal $H/codebook/edited" "bottleneck $B" "random_codes $H/codebook/random" \
 #     "grad_diff $H/baselines/grad_diff/model" "sae_clamp $H/sae/clamp" "grad_diff_configured $H/baselines/grad_diff_configured/model"
+# Session 9 (the session-8 lanes ended before the last five rows; the same script, two lanes, skipping finished rows):
+#   lanes_session8.sh "sae_zero $H/sae/zero" "ga $H/baselines/ga/model" "grad_diff_configured $H/baselines/grad_diff_configured/model"
+#   lanes_session8.sh "sae_clamp $H/sae/clamp" "npo_configured $H/baselines/npo_configured/model"
