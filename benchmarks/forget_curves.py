@@ -1,10 +1,19 @@
 """Forgetting curves: held-out forget loss against retain loss as more topic codes are removed.
 
 Statistics are computed on the training documents of the forget corpus and of the two retain corpora (U.S. history
-and WikiText together); codes are selected once with `SelectionRule(num_codes=max(N), min_forget_count=5)` and every
-curve point is the top-N prefix of that ranking (`truncate`). For each N the held-out losses are measured with the
-edit applied as `substitute`, as `exclude`, and for a random-codes control of the same size (`substitute`). All
+and WikiText together); codes are selected once with `SelectionRule(num_codes=max(N), min_forget_count=5)` (both
+flags, plus `--max_retain_frequency`) and every curve point is the top-N prefix of that ranking (`truncate`). For
+each N the held-out losses are measured with the edit applied as `substitute`, as `exclude`, and for a random-codes
+control of the same size (`substitute`). All
 deltas are relative to the unedited bottleneck; the base model (bottleneck disabled) is a reference row.
+
+Next to each edit's share of the code slots it takes on the statistics text, the same share on the held-out text
+(one more truncated pass): codes picked because they never fired on the retain statistics can still fire on held-out
+retain text, and the gap between the two columns shows how far the selection over-fits its statistics sample.
+`--statistics_cache DIR` keeps the statistics (file names carry the bottleneck fingerprint, the corpus, the split,
+the chunk count and the document split's fraction and seed) so that another selection rule on the same bottleneck skips the statistics passes;
+`--validation_tokens V` adds statistics of V more training tokens per corpus (the chunks after the statistics
+ones), on which `selection_coverage.py` compares rules without touching the held-out text.
 
     python benchmarks/forget_curves.py --data_dir ../shared/data --bottleneck DIR --topic micro \\
         --num_codes 256 512 1024 2048 4096 --stats_tokens 100000 --eval_tokens 16384 --out outputs/curves/micro
@@ -231,6 +240,25 @@ def evaluate(model, heldout: dict[str, torch.Tensor], args, label: str | None = 
     return losses
 
 
+def cached_statistics(
+    bmodel: BottleneckedModel, chunks: torch.Tensor, corpus: str, split: str, args, cache: Path | None
+) -> CodeStatistics:
+    """Code statistics of `chunks`, loaded from `cache` when a file for this bottleneck, corpus, split, chunk count
+    and document split is there, else computed (and saved there)."""
+    documents = f"heldout{args.heldout_fraction:g}_seed{args.split_seed}"
+    name = f"{corpus.replace('+', '_')}_{split}_{len(chunks)}x{chunks.shape[1]}_{documents}_{bmodel.fingerprint()}"
+    path = cache / f"{name}.safetensors" if cache is not None else None
+    if path is not None and path.is_file():
+        stats = CodeStatistics.load(path)
+        print(f"  statistics of {corpus} ({split}) loaded from {path}", flush=True)
+        return stats
+    stats = collect_code_statistics(bmodel, chunks, args.batch_size, corpus=corpus, bf16=args.bf16)
+    if path is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        stats.save(path)
+    return stats
+
+
 def make_row(
     n: int | None,
     method: str,
@@ -240,6 +268,7 @@ def make_row(
     forget: CodeStatistics,
     retain: CodeStatistics,
     slots: int,
+    heldout: tuple[CodeStatistics, CodeStatistics] | None = None,
 ) -> dict:
     row = {
         "num_codes_per_layer": n,
@@ -251,6 +280,9 @@ def make_row(
     if edit is not None:
         row["forget_slot_coverage"] = round(coverage(forget, edit, slots), 5)
         row["retain_slot_coverage"] = round(coverage(retain, edit, slots), 5)
+        if heldout is not None:
+            row["heldout_forget_slot_coverage"] = round(coverage(heldout[0], edit, slots), 5)
+            row["heldout_retain_slot_coverage"] = round(coverage(heldout[1], edit, slots), 5)
     return row
 
 
@@ -370,19 +402,28 @@ def fmt(value: float, signed: bool = False) -> str:
     return f"{value:+.4f}" if signed else f"{value:.4f}"
 
 
+COVERAGE_COLUMNS = {
+    "forget_slot_coverage": "forget slots",
+    "retain_slot_coverage": "retain slots",
+    "heldout_forget_slot_coverage": "held-out forget slots",
+    "heldout_retain_slot_coverage": "held-out retain slots",
+}
+
+
 def table_markdown(rows: list[dict]) -> list[str]:
-    lines = [
-        "| N/layer | method | codes removed | Δforget | Δhistory | Δwiki | Δretain | forget | history | wiki | retain | forget slots | retain slots |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    coverage_keys = [k for k in COVERAGE_COLUMNS if any(k in r for r in rows)]
+    header = ["N/layer", "method", "codes removed", *(f"Δ{m}" for m in METRICS), *METRICS]
+    header += [COVERAGE_COLUMNS[k] for k in coverage_keys]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         n = "–" if r["num_codes_per_layer"] is None else str(r["num_codes_per_layer"])
         if "skipped" in r:
             lines.append(
-                f"| {n} | {r['method']} | {r['codes_removed']} | skipped: {markdown_safe(r['skipped'])} |" + " |" * 9
+                f"| {n} | {r['method']} | {r['codes_removed']} | skipped: {markdown_safe(r['skipped'])} |"
+                + " |" * (len(header) - 4)
             )
             continue
-        cover = [f"{100 * r[k]:.2f}%" if k in r else "–" for k in ("forget_slot_coverage", "retain_slot_coverage")]
+        cover = [f"{100 * r[k]:.2f}%" if k in r else "–" for k in coverage_keys]
         deltas = [fmt(r["delta"][k], signed=True) for k in METRICS]
         losses = [fmt(r["loss"][k]) for k in METRICS]
         lines.append(f"| {n} | {r['method']} | {r['codes_removed']} | " + " | ".join(deltas + losses + cover) + " |")
@@ -474,6 +515,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--heldout_fraction", type=float, default=0.2)
     parser.add_argument("--split_seed", type=int, default=0)
     parser.add_argument("--min_forget_count", type=int, default=5)
+    parser.add_argument(
+        "--max_retain_frequency",
+        type=float,
+        default=1.0,
+        help="never remove a code firing on more than this fraction of the retain statistics tokens",
+    )
+    parser.add_argument(
+        "--statistics_cache",
+        help="directory to save the statistics in and load them from on a later run with the same bottleneck and data",
+    )
+    parser.add_argument(
+        "--validation_tokens",
+        type=int,
+        default=0,
+        help="statistics of this many more training tokens per corpus, saved to --statistics_cache for selection_coverage.py",
+    )
+    parser.add_argument(
+        "--heldout_coverage",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also report the code slots each edit takes on the held-out text (one more truncated pass)",
+    )
     parser.add_argument("--random_seed", type=int, default=0, help="seed of the random-codes control")
     parser.add_argument(
         "--precision",
@@ -497,6 +560,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--data_dir and --bottleneck are required")
     if min(args.num_codes) < 1:
         parser.error("--num_codes must be positive")
+    if args.validation_tokens and not args.statistics_cache:
+        parser.error("--validation_tokens needs --statistics_cache (the validation statistics are only saved)")
     args.num_codes = sorted(set(args.num_codes))
     args.bf16 = args.precision == "bf16" or (args.precision == "auto" and native_bf16())
     return args
@@ -517,13 +582,15 @@ def main(argv: list[str] | None = None) -> None:
     with timer.stage("load data"):
         data_dir = Path(args.data_dir)
         sources = {"forget": data_dir / TOPICS[args.topic], **{name: data_dir / rel for name, rel in RETAIN.items()}}
-        cap = max(args.stats_tokens, args.eval_tokens)
-        train, heldout = {}, {}
+        cap = max(args.stats_tokens + args.validation_tokens, args.eval_tokens)
+        stats_chunks = max(1, args.stats_tokens // args.seq_len)
+        train, validation, heldout = {}, {}, {}
         for name, source in sources.items():
             tr, held = load_split(
                 str(source), tokenizer, args.seq_len, args.heldout_fraction, args.split_seed, max_tokens=cap
             )
-            train[name] = tr[: max(1, args.stats_tokens // args.seq_len)]
+            train[name] = tr[:stats_chunks]
+            validation[name] = tr[stats_chunks : stats_chunks + args.validation_tokens // args.seq_len]
             heldout[name] = held[: max(1, args.eval_tokens // args.seq_len)]
         token_counts = {name: {"train": train[name].numel(), "heldout": heldout[name].numel()} for name in sources}
         for name, counts in token_counts.items():
@@ -533,6 +600,8 @@ def main(argv: list[str] | None = None) -> None:
             )
         if any(len(heldout[name]) == 0 for name in sources):
             raise SystemExit("a corpus has no held-out chunk: raise --heldout_fraction or lower --seq_len")
+        if args.validation_tokens and any(len(validation[name]) == 0 for name in sources):
+            raise SystemExit("a corpus has no training chunk left for validation: lower --stats_tokens")
 
     if args.tiny and args.bottleneck is None:
         with timer.stage("train tiny bottleneck"):
@@ -560,18 +629,33 @@ def main(argv: list[str] | None = None) -> None:
         if max(args.num_codes) > config.codes_per_layer:
             raise SystemExit(f"--num_codes {max(args.num_codes)} exceeds the {config.codes_per_layer} codes of a layer")
 
+    cache = Path(args.statistics_cache) if args.statistics_cache else None
     with timer.stage("statistics: forget"):
-        forget_stats = collect_code_statistics(
-            bmodel, train["forget"], args.batch_size, corpus=args.topic, bf16=args.bf16
-        )
+        forget_stats = cached_statistics(bmodel, train["forget"], args.topic, "train", args, cache)
     with timer.stage("statistics: retain"):
         retain_chunks = torch.cat([train["history"], train["wiki"]])
-        retain_stats = collect_code_statistics(
-            bmodel, retain_chunks, args.batch_size, corpus="history+wiki", bf16=args.bf16
-        )
+        retain_stats = cached_statistics(bmodel, retain_chunks, "history+wiki", "train", args, cache)
+    heldout_stats = None
+    if args.heldout_coverage:
+        with timer.stage("statistics: held-out"):
+            heldout_stats = (
+                cached_statistics(bmodel, heldout["forget"], args.topic, "heldout", args, cache),
+                cached_statistics(
+                    bmodel, torch.cat([heldout["history"], heldout["wiki"]]), "history+wiki", "heldout", args, cache
+                ),
+            )
+    if args.validation_tokens:
+        with timer.stage("statistics: validation"):
+            cached_statistics(bmodel, validation["forget"], args.topic, "validation", args, cache)
+            retain_validation = torch.cat([validation["history"], validation["wiki"]])
+            cached_statistics(bmodel, retain_validation, "history+wiki", "validation", args, cache)
 
     with timer.stage("selection"):
-        rule = SelectionRule(num_codes=max(args.num_codes), min_forget_count=args.min_forget_count)
+        rule = SelectionRule(
+            num_codes=max(args.num_codes),
+            min_forget_count=args.min_forget_count,
+            max_retain_frequency=args.max_retain_frequency,
+        )
         full_edit = restrict_layers(
             select_codes(forget_stats, retain_stats, rule, args.topic, intervention="substitute"), layers
         )
@@ -613,7 +697,7 @@ def main(argv: list[str] | None = None) -> None:
                 )
                 tqdm.write(f"  N={n:>6} {method:<10} skipped: {err}")
                 continue
-            row = make_row(n, method, edit, losses, unedited, forget_stats, retain_stats, slots)
+            row = make_row(n, method, edit, losses, unedited, forget_stats, retain_stats, slots, heldout_stats)
             rows.append(row)
             d = row["delta"]
             tqdm.write(
@@ -662,8 +746,8 @@ def main(argv: list[str] | None = None) -> None:
             f"- forget: `{result['corpora']['forget']}`; retain: `{result['corpora']['history']}` + `{result['corpora']['wiki']}`; document split {1 - args.heldout_fraction:.0%}/{args.heldout_fraction:.0%}, seed {args.split_seed}; seq_len {args.seq_len}; {'bf16 autocast' if args.bf16 else 'fp32'} (--precision {args.precision})",
             "- tokens (statistics / held-out eval): "
             + ", ".join(f"{n} {c['train']} / {c['heldout']}" for n, c in token_counts.items()),
-            f"- selection: SelectionRule(num_codes={rule.num_codes}, min_forget_count={rule.min_forget_count}); selected per layer: {eligible}; N = codes per layer; random control seed {args.random_seed}",
-            "- Δ = held-out mean next-token loss (nat/token, first target of each chunk skipped) minus the unedited bottleneck's; retain = token-weighted mean of history and wiki; slots = share of code slots (tokens x stages x heads) on the statistics split taken by the removed codes",
+            f"- selection: SelectionRule(num_codes={rule.num_codes}, min_forget_count={rule.min_forget_count}, max_retain_frequency={rule.max_retain_frequency}); selected per layer: {eligible}; N = codes per layer; random control seed {args.random_seed}",
+            "- Δ = held-out mean next-token loss (nat/token, first target of each chunk skipped) minus the unedited bottleneck's; retain = token-weighted mean of history and wiki; slots = share of code slots (tokens x stages x heads) on the statistics split taken by the removed codes (held-out slots: the same on the held-out text)",
             "",
             "## Results",
             "",

@@ -14,12 +14,13 @@ from codeunlearn.edit import Edit
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_script(script: str, *argv: str) -> None:
+def run_script(script: str, *argv: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / script), *argv], capture_output=True, text=True, env=env, cwd=ROOT
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    return done
 
 
 def test_forget_curves_tiny_writes_one_row_per_point_and_method(tmp_path):
@@ -27,7 +28,8 @@ def test_forget_curves_tiny_writes_one_row_per_point_and_method(tmp_path):
     run_script(
         "forget_curves.py",
         *("--tiny", "--num_codes", "2", "8", "--methods", "substitute", "random"),
-        *("--stats_tokens", "2048", "--eval_tokens", "512", "--out", str(out), "--no-selection_report"),
+        *("--stats_tokens", "1536", "--eval_tokens", "512", "--out", str(out), "--no-selection_report"),
+        *("--statistics_cache", str(tmp_path / "stats"), "--validation_tokens", "512"),
     )
     result = json.loads((out / "curves.json").read_text())
     points = [(r["num_codes_per_layer"], r["method"]) for r in result["rows"] if r["num_codes_per_layer"]]
@@ -35,7 +37,35 @@ def test_forget_curves_tiny_writes_one_row_per_point_and_method(tmp_path):
     references = [r for r in result["rows"] if r["num_codes_per_layer"] is None]
     assert [r["method"] for r in references] == ["base model (bottleneck off)", "unedited bottleneck"]
     assert references[1]["delta"]["forget"] == 0.0  # deltas are measured against the unedited bottleneck
-    assert (out / "curves.png").stat().st_size > 0 and "| N/layer |" in (out / "curves.md").read_text()
+    edited = [r for r in result["rows"] if r["num_codes_per_layer"]]
+    assert all(0.0 <= r["heldout_retain_slot_coverage"] <= 1.0 for r in edited)
+    assert (out / "curves.png").stat().st_size > 0 and "| held-out retain slots |" in (out / "curves.md").read_text()
+    # train, validation and held-out statistics of the forget and the retain text, each saved with its summary
+    assert len(list((tmp_path / "stats").glob("*.safetensors"))) == 6
+
+    # the cached statistics feed the model-free selection check; the synthetic topic has its own vocabulary, so its
+    # codes take far more validation forget than retain slots, and a 1-stage bottleneck has no stage-1 code
+    run_script(
+        "selection_coverage.py",
+        *("--cache", str(tmp_path / "stats"), "--topic", "micro", "--bottleneck", result["bottleneck"]["path"]),
+        *("--num_codes", "2", "8", "--rules", '[{}, {"stages": [1]}]', "--out", str(tmp_path / "coverage.json")),
+    )
+    rows = json.loads((tmp_path / "coverage.json").read_text())["rows"]
+    topic = [r for r in rows if r["rule"] == {}]
+    assert [(r["layer"], r["num_codes"]) for r in topic] == [(1, 2), (1, 8), (2, 2), (2, 8)]
+    assert all(r["slots"]["forget validation"] > 3 * r["slots"]["retain validation"] for r in topic)
+    assert all(r["eligible"] == 0 and r["num_codes"] == 0 for r in rows if r["rule"] == {"stages": [1]})
+
+    # a second run on the same bottleneck and data reads every statistics file back instead of recomputing it
+    again = run_script(
+        "forget_curves.py",
+        *("--tiny", "--bottleneck", result["bottleneck"]["path"], "--num_codes", "2", "--methods", "substitute"),
+        *("--stats_tokens", "1536", "--eval_tokens", "512", "--out", str(tmp_path / "again"), "--no-selection_report"),
+        *("--statistics_cache", str(tmp_path / "stats"), "--validation_tokens", "512"),
+    )
+    assert again.stdout.count("loaded from") == 6
+    repeated = json.loads((tmp_path / "again" / "curves.json").read_text())["rows"][2]
+    assert repeated["retain_slot_coverage"] == edited[0]["retain_slot_coverage"]
 
 
 def test_sae_curves_tiny_reports_quality_curves_and_the_padding_attack(tmp_path):
