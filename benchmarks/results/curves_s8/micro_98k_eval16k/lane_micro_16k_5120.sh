@@ -1,0 +1,14 @@
+#!/bin/bash
+# Session 10: 5,120 codes on twice the held-out text (after the 6,656 point gave forget +1.73, retain +0.055 there),
+# same bottleneck and cached statistics.
+set -x
+cd /work/main
+until grep -q "LANE DONE" outputs/lane_micro_16k.log; do sleep 10; done
+export OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE
+B=outputs/sweep2/l15_8x4096_s8_kmeans/bottleneck
+S0=$(date +%s)
+.venv/bin/python benchmarks/forget_curves.py --data_dir ../shared/data --bottleneck $B --topic micro --methods substitute random \
+  --num_codes 5120 --stats_tokens 98304 --validation_tokens 24576 --eval_tokens 16384 \
+  --statistics_cache outputs/stats_s8 --out outputs/curves_s8/micro_98k_eval16k_5120 --no-selection_report --no-heldout_coverage
+echo "seconds curves_s8_micro_98k_eval16k_5120: $(( $(date +%s) - S0 ))"
+echo LANE DONE
