@@ -119,10 +119,11 @@ def main(argv: list[str] | None = None) -> None:
                 share = {key: slot_share(s, layer, codes, slots) for key, s in stats.items()}
                 ratio = share["forget", other] / max(share["retain", other], 1e-12)
                 per_stage = torch.bincount(codes // (heads * size), minlength=stages).tolist()
-                label = json.dumps({k: v for k, v in spec.items() if k != "num_codes"})
+                rule = {k: v for k, v in spec.items() if k != "num_codes"}
+                label = json.dumps(rule)
                 rows.append(
                     {
-                        "rule": json.loads(label),
+                        "rule": rule,
                         "layer": layer,
                         "num_codes": len(codes),
                         "eligible": eligible,
