@@ -19,16 +19,36 @@ library uses 1).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 from pathlib import Path
 
 import torch
 
+from codeunlearn.config import CONFIG_NAME
 from codeunlearn.selection import SelectionRule, enrichment_scores
 from codeunlearn.statistics import CodeStatistics
 
 SCRIPT_ONLY_KEYS = ("stages", "pseudo_count")
+RULE_KEYS = {f.name for f in dataclasses.fields(SelectionRule)} - {"num_codes"}
+
+
+def parse_rules(text: str) -> list[dict]:
+    """The --rules JSON list, each rule checked for keys this script knows."""
+    try:
+        rules = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise SystemExit(
+            f"--rules is not valid JSON ({err}): pass a list of objects, e.g. '[{{}}, {{\"stages\": [0]}}]'"
+        ) from None
+    if not isinstance(rules, list) or not all(isinstance(r, dict) for r in rules):
+        raise SystemExit("--rules must be a JSON list of objects, e.g. '[{}]'")
+    for rule in rules:
+        unknown = set(rule) - RULE_KEYS - set(SCRIPT_ONLY_KEYS)
+        if unknown:
+            raise SystemExit(f"unknown rule keys {sorted(unknown)}: use {sorted(RULE_KEYS | set(SCRIPT_ONLY_KEYS))}")
+    return rules
 
 
 def find_statistics(cache: Path, corpus: str, split: str, chunks: int | None) -> Path:
@@ -83,7 +103,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     cache = Path(args.cache)
-    config = json.loads((Path(args.bottleneck) / "bottleneck_config.json").read_text())
+    config_file = Path(args.bottleneck) / CONFIG_NAME
+    if not config_file.is_file():
+        raise SystemExit(f"{config_file} not found: pass the bottleneck directory the statistics were computed with")
+    config = json.loads(config_file.read_text())
+    rules = parse_rules(args.rules)
     stages, heads, size = config["num_stages"], config["num_heads"], config["codebook_size"]
     slots = stages * heads
     stats = {
@@ -107,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     rows = []
-    for spec in json.loads(args.rules):
+    for spec in rules:
         spec = {**spec, "num_codes": max(args.num_codes)}
         for layer in sorted(stats["forget", "train"].counts):
             scores = rule_scores(stats["forget", "train"], stats["retain", "train"], layer, spec, (stages, heads, size))

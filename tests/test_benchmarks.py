@@ -92,3 +92,18 @@ def test_sae_curves_tiny_reports_quality_curves_and_the_padding_attack(tmp_path)
     base = next(r for r in result["rows"] if r["method"] == "base")
     assert base["delta"]["forget"] == 0.0
     assert result["padding_attack"] and result["quality"]
+
+
+def test_selection_coverage_refuses_unknown_rule_keys_in_one_line(tmp_path):
+    (tmp_path / "bottleneck_config.json").write_text(json.dumps({"num_stages": 1, "num_heads": 2, "codebook_size": 4}))
+    done = subprocess.run(
+        [
+            *(sys.executable, str(ROOT / "benchmarks" / "selection_coverage.py"), "--cache", str(tmp_path)),
+            *("--topic", "micro", "--bottleneck", str(tmp_path), "--rules", '[{"min_forget": 3}]'),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1].startswith("unknown rule keys ['min_forget']: use [")
