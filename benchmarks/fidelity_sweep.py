@@ -1,9 +1,11 @@
 """Fidelity sweep: train bottleneck variants on SmolLM2-135M and measure what each costs on held-out text.
 
-Prints one row per variant: bits/token, FVU on ordinary tokens and on all tokens, and the held-out next-token
-loss increase (nat/token) over the base model on US history, WikiText and microbiology.
+Prints one row per variant: bits/token, FVU on ordinary tokens and on all tokens, the held-out next-token loss
+increase (nat/token) over the base model on every evaluated corpus, and the training seconds. Variants train on the
+train split of `--train_corpora` only (default: the general text, U.S. history and WikiText), so the topic corpora
+(microbiology, cyber, Harry Potter) measure the cost on text the bottleneck never saw.
 
-    python benchmarks/fidelity_sweep.py --data_dir ../shared/data --variants '[{"name": "kmeans", ...}]'
+    python benchmarks/fidelity_sweep.py --data_dir ../shared/data --variants '[{"name": "faithful", "layers": [15]}]'
 """
 
 from __future__ import annotations
@@ -23,14 +25,14 @@ from codeunlearn.evaluation import bottleneck_fidelity, mean_loss
 from codeunlearn.modeling import load_model_and_tokenizer
 from codeunlearn.training import TrainingArguments, train_bottleneck
 
-TRAIN_CORPORA = {
-    "micro": "topics/biology/corpus_openstax_microbiology.jsonl",
+CORPORA = {
     "history": "retain/openstax_us_history.jsonl",
     "wiki": "retain/wikitext2_raw_test.txt",
+    "micro": "topics/biology/corpus_openstax_microbiology.jsonl",
     "cyber": "topics/cyber/corpus_owasp_wstg.jsonl",
     "hp": "topics/harry_potter/corpus_wikipedia_plot_summaries.txt",
 }
-EVAL_CORPORA = ("history", "wiki", "micro")
+GENERAL = ("history", "wiki")
 CONFIG_KEYS = {
     "layers",
     "site",
@@ -41,43 +43,46 @@ CONFIG_KEYS = {
     "ema_decay",
     "dead_code_threshold",
     "adapter_rank",
+    "kmeans_iters",
 }
 
 
 def load_corpora(
-    data_dir: str, tokenizer, seq_len: int, train_tokens: int, eval_tokens: int
+    data_dir: str, tokenizer, seq_len: int, train_tokens: int, eval_tokens: int, train_names: list[str]
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The shuffled training mix of every corpus's train split, and `eval_tokens` held-out tokens per corpus."""
+    """The shuffled training mix of the train corpora's train splits, and `eval_tokens` held-out tokens per corpus."""
     train_parts, heldout = [], {}
-    for name, rel in TRAIN_CORPORA.items():
+    for name, rel in CORPORA.items():
         train, held = load_split(str(Path(data_dir) / rel), tokenizer, seq_len, 0.2, seed=0, max_tokens=train_tokens)
-        train_parts.append(train)
+        if name in train_names:
+            train_parts.append(train)
         heldout[name] = held[: max(1, eval_tokens // seq_len)]
     return shuffled_chunks(train_parts, seed=0), heldout
 
 
 def base_losses(model, heldout: dict[str, torch.Tensor], output_dir: str, eval_tokens: int) -> dict[str, float]:
     """Base-model held-out losses, cached in output_dir (they depend only on the data and eval_tokens)."""
-    base_file = Path(output_dir) / f"base_ce_{eval_tokens}.json"
+    base_file = Path(output_dir) / f"base_ce_{eval_tokens}_{'_'.join(heldout)}.json"
     if base_file.is_file():
         return json.loads(base_file.read_text())
-    base = {name: mean_loss(model, heldout[name], skip_positions=1) for name in EVAL_CORPORA}
+    base = {name: mean_loss(model, chunks, skip_positions=1) for name, chunks in heldout.items()}
     base_file.parent.mkdir(parents=True, exist_ok=True)
     base_file.write_text(json.dumps(base))
     return base
 
 
 def measure(bmodel: BottleneckedModel, heldout: dict[str, torch.Tensor], base: dict[str, float]) -> dict:
-    """FVU on held-out history and the held-out loss increase over the base model on every eval corpus."""
+    """FVU on held-out history and the held-out loss increase over the base model on every corpus."""
     fid = bottleneck_fidelity(bmodel, heldout["history"])
-    losses = {n: mean_loss(bmodel, heldout[n], skip_positions=1) for n in EVAL_CORPORA}
+    losses = {name: mean_loss(bmodel, chunks, skip_positions=1) for name, chunks in heldout.items()}
     return {
         "bits_per_token": bmodel.config.bits_per_token,
         "fvu_ordinary": round(sum(f.fvu_ordinary for f in fid) / len(fid), 4),
         "fvu_all": round(sum(f.fvu_all for f in fid) / len(fid), 4),
-        "delta_ce": {n: round(losses[n] - base[n], 4) for n in EVAL_CORPORA},
-        "rel_delta_history": round((losses["history"] - base["history"]) / base["history"], 4),
-        "base_ce": {n: round(base[n], 4) for n in EVAL_CORPORA},
+        "delta_ce": {name: round(losses[name] - base[name], 4) for name in heldout},
+        "relative_delta_ce": {name: round((losses[name] - base[name]) / base[name], 4) for name in heldout},
+        "base_ce": {name: round(base[name], 4) for name in heldout},
+        "heldout_tokens": {name: chunks.numel() for name, chunks in heldout.items()},
     }
 
 
@@ -94,6 +99,9 @@ def main() -> None:
     parser.add_argument(
         "--variants", required=True, help="JSON list of {name, BottleneckConfig and TrainingArguments fields}"
     )
+    parser.add_argument(
+        "--train_corpora", nargs="+", choices=sorted(CORPORA), default=list(GENERAL), help="Corpora trained on."
+    )
     parser.add_argument("--seq_len", type=int, default=256)
     parser.add_argument("--train_tokens_per_corpus", type=int, default=200_000)
     parser.add_argument("--eval_tokens", type=int, default=16_384)
@@ -105,7 +113,7 @@ def main() -> None:
     started = time.time()
     model, tokenizer = load_model_and_tokenizer("smollm2-135m")
     train_chunks, heldout = load_corpora(
-        args.data_dir, tokenizer, args.seq_len, args.train_tokens_per_corpus, args.eval_tokens
+        args.data_dir, tokenizer, args.seq_len, args.train_tokens_per_corpus, args.eval_tokens, args.train_corpora
     )
     print(f"loaded in {time.time() - started:.0f}s; train chunks {len(train_chunks)}", flush=True)
     base = base_losses(model, heldout, args.output_dir, args.eval_tokens)
@@ -126,7 +134,13 @@ def main() -> None:
         t0 = time.time()
         train_bottleneck(bmodel, train_chunks, targs)
         train_s = time.time() - t0
-        row = {"name": name, "config": variant, **measure(bmodel, heldout, base), "train_seconds": round(train_s, 1)}
+        row = {
+            "name": name,
+            "config": variant,
+            "train_corpora": args.train_corpora,
+            **measure(bmodel, heldout, base),
+            "train_seconds": round(train_s, 1),
+        }
         append_result(args.results, row)
         bmodel.detach()
 

@@ -441,6 +441,30 @@ class BottleneckedModel(nn.Module):
                 wrapper.states_only = False
         raise RuntimeError("the forward pass never reached the deepest bottleneck")
 
+    @torch.no_grad()
+    def states_at(self, layer: int, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """The states the bottleneck at `layer` reads, (batch, seq, hidden), with every shallower bottleneck
+        running as it is; the forward stops there, and the bottleneck at `layer` itself does not run (so it may be
+        untrained: fitting bottlenecks layer by layer reads each layer's states this way)."""
+        target = decoder_layers(self.model)[layer]
+        if not isinstance(target, BottleneckLayer):
+            raise CodeunlearnError(f"layer {layer} has no bottleneck", f"use one of {self.layers}")
+        captured: list[Tensor] = []
+
+        def observer(index: int, states: Tensor, result: None) -> None:
+            captured.append(states)
+
+        target.observer, target.states_only, target.stop_here = observer, True, True
+        try:
+            self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        except StopForward:
+            pass
+        finally:
+            target.observer, target.states_only, target.stop_here = None, False, False
+        if not captured:
+            raise RuntimeError(f"the forward pass never reached layer {layer}")
+        return captured[0]
+
     # ------------------------------------------------------------------------------------------------ edits
     def apply_edit(self, edit: Edit) -> None:
         """Add an edit on top of the active ones (takes milliseconds: only masks change)."""

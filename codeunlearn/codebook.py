@@ -23,8 +23,7 @@ from vector_quantize_pytorch import VectorQuantize
 
 from codeunlearn.config import BottleneckConfig
 from codeunlearn.errors import CodeunlearnError
-
-SEARCH_CHUNK_TOKENS = 1024
+from codeunlearn.kmeans import fit_residual_codebooks, nearest, squared_norms
 
 
 @dataclass
@@ -89,6 +88,7 @@ class CodebookBottleneck(nn.Module):
         shape = (config.num_stages, heads, size)
         self.register_buffer("excluded", torch.zeros(shape, dtype=torch.bool), persistent=False)
         self.register_buffer("substituted", torch.zeros(shape, dtype=torch.bool), persistent=False)
+        self._norm_cache: dict[int, tuple[tuple[int, ...], Tensor]] = {}
 
     # ----------------------------------------------------------------------------------------------- geometry
     def keys(self, stage: int) -> Tensor:
@@ -115,24 +115,55 @@ class CodebookBottleneck(nn.Module):
 
     # ----------------------------------------------------------------------------------------------- fitting keys
     @torch.no_grad()
-    def fit_keys(self, states: Tensor, positions: Tensor | None = None) -> None:
-        """One EMA / k-means step of the search keys on the ordinary tokens of `states` (..., dim).
+    def initialize(self, states: Tensor, positions: Tensor | None = None) -> float:
+        """Fit every stage's search keys by k-means on the ordinary tokens of `states` (..., dim); returns the FVU.
 
-        The first call sets the typical norm (median over non-first positions), the centring mean (over ordinary
-        tokens) and, inside VectorQuantize, runs k-means. Values are kept equal to the keys, so the module outputs
-        centroids until value training starts.
+        Sets the typical norm (median over non-first positions) and the centring mean (over ordinary tokens), then
+        runs `config.kmeans_iters` Lloyd iterations per stage on what the earlier stages left over
+        (`codeunlearn.kmeans`). Values start equal to the keys, so the module outputs centroids until (and
+        unless) value training moves them.
         """
         states = states.float()
+        norms = states.norm(dim=-1)
+        if self.config.passthrough_first_position and norms.dim() > 1:
+            norms = norms[..., 1:]
+        self.typical_norm.copy_(norms.median())
+        ordinary = states[~self.passthrough_mask(states, positions)]
+        if len(ordinary) < self.config.codebook_size:
+            raise CodeunlearnError(
+                f"{len(ordinary)} ordinary tokens cannot fit {self.config.codebook_size} codes per head",
+                f"train on at least {self.config.codebook_size} tokens (tens of tokens per code fit well)",
+            )
+        self.mean.copy_(ordinary.mean(0))
+        heads = self.config.num_heads
+        with torch.autocast(device_type=states.device.type, enabled=False):
+            z = self._to_code_space(ordinary).view(len(ordinary), heads, -1).transpose(0, 1)
+            variance = float((z - z.mean(1, keepdim=True)).pow(2).sum())
+            keys, counts, residual = fit_residual_codebooks(
+                z, self.config.num_stages, self.config.codebook_size, self.config.kmeans_iters, self.config.seed
+            )
+        for stage, quantizer in enumerate(self.quantizers):
+            codebook = quantizer._codebook
+            codebook.embed.copy_(keys[stage])
+            codebook.cluster_size.copy_(counts[stage])
+            codebook.embed_avg.copy_(keys[stage] * counts[stage].unsqueeze(-1))
+            codebook.initted.fill_(True)
+            self.values[stage].data.copy_(keys[stage])
+        self.initialized.fill_(True)
+        self._norm_cache.clear()
+        return float(residual.pow(2).sum()) / max(variance, 1e-12)
+
+    @torch.no_grad()
+    def fit_keys(self, states: Tensor, positions: Tensor | None = None) -> None:
+        """One EMA step of the search keys (`vector_quantize_pytorch`: EMA updates and dead-code replacement) on
+        the ordinary tokens of `states` (..., dim); the first call fits them by k-means (`initialize`) instead.
+        Values are kept equal to the keys."""
         if not bool(self.initialized):
-            norms = states.norm(dim=-1)
-            if self.config.passthrough_first_position and norms.dim() > 1:
-                norms = norms[..., 1:]
-            self.typical_norm.copy_(norms.median())
-            ordinary = states[~self.passthrough_mask(states, positions)]
-            self.mean.copy_(ordinary.mean(0))
-            self.initialized.fill_(True)
-        else:
-            ordinary = states[~self.passthrough_mask(states, positions)]
+            self.initialize(states, positions)
+            return
+        self._norm_cache.clear()
+        states = states.float()
+        ordinary = states[~self.passthrough_mask(states, positions)]
         with torch.autocast(device_type=states.device.type, enabled=False):
             z = self._to_code_space(ordinary)
             for stage, quantizer in enumerate(self.quantizers):
@@ -153,16 +184,23 @@ class CodebookBottleneck(nn.Module):
         heads = torch.arange(table.shape[0], device=idx.device)
         return table[heads, idx]
 
-    def _nearest(self, z: Tensor, keys: Tensor, excluded: Tensor) -> Tensor:
-        """Nearest key per head in fp32. z (N, H, d), keys (H, C, d), excluded (H, C) -> (N, H)."""
-        keys = keys.float()
-        key_sq = (keys * keys).sum(-1)  # (H, C)
-        key_sq = key_sq.masked_fill(excluded, float("inf"))
-        out = []
-        for chunk in z.split(SEARCH_CHUNK_TOKENS):
-            dist = key_sq - 2 * torch.einsum("nhd,hcd->nhc", chunk.float(), keys)
-            out.append(dist.argmin(-1))
-        return torch.cat(out) if out else torch.zeros(0, z.shape[1], dtype=torch.long, device=z.device)
+    def _key_norms(self, stage: int) -> Tensor:
+        """Squared key norms of a stage with the excluded codes at +inf, cached until the keys or masks change
+        (recomputing them reads every key again, which doubles the search's memory traffic when decoding).
+
+        The tag catches replaced or copied-into tensors; `vector_quantize_pytorch` writes its EMA updates through
+        `.data`, which bumps no version counter, so the key fitting methods clear the cache themselves."""
+        keys, excluded = self.keys(stage), self.excluded[stage]
+        tag = (keys.data_ptr(), keys._version, self.excluded.data_ptr(), self.excluded._version)
+        cached = self._norm_cache.get(stage)
+        if cached is None or cached[0] != tag:
+            cached = (tag, squared_norms(keys, excluded))
+            self._norm_cache[stage] = cached
+        return cached[1]
+
+    def _nearest(self, z: Tensor, stage: int) -> Tensor:
+        """Nearest searchable key of a stage per head, fp32. z (N, H, d) -> (N, H)."""
+        return nearest(z.transpose(0, 1), self.keys(stage), self._key_norms(stage)).T
 
     def quantize(self, x: Tensor, positions: Tensor | None = None) -> QuantizeOutput:
         """Quantize states x (..., dim); the edit masks (exclude / substitute) are honoured."""
@@ -178,7 +216,7 @@ class CodebookBottleneck(nn.Module):
             codes = []
             for stage in range(self.config.num_stages):
                 keys = self.keys(stage)
-                idx = self._nearest(z, keys, self.excluded[stage])
+                idx = self._nearest(z, stage)
                 codes.append(idx)
                 z = z - self._lookup(keys, idx).float()
                 newly = ~dropped & self.substituted[stage].gather(1, idx.T).T

@@ -23,6 +23,9 @@ TRAINABLE_SAE_ARCHITECTURES = ("relu", "topk")
 class BottleneckConfig:
     """Shape of a set of bottlenecks attached at decoder layers: codebooks (`kind="vq"`) or SAEs (`kind="sae"`).
 
+    The defaults are the faithful codebook (`configs/faithful_smollm2.yaml`): 8 residual stages x 8 heads x 4,096
+    codes, 768 bits per token, within 5% of SmolLM2-135M's held-out loss at layer 15 (benchmarks/RESULTS.md).
+
     Each token's state at a bottleneck is centred, rotated by a fixed random orthogonal matrix (so that every head
     sees a similar share of the variance instead of a few outlier dimensions), split into `num_heads` pieces and
     each piece snapped to one of `codebook_size` codes, `num_stages` times on the remaining residual. A token thus
@@ -38,9 +41,11 @@ class BottleneckConfig:
         passthrough_first_position: leave position 0 unquantized (attention sink: huge norm, no content).
         massive_norm_factor: tokens whose norm exceeds this multiple of the typical norm are left unquantized
             ("massive activations", ~0.01% of tokens); 0 disables.
-        ema_decay / kmeans_iters / dead_code_threshold: passed to `vector_quantize_pytorch.VectorQuantize`. The
-            threshold is on a code's EMA usage *per batch*: with 2048-token batches and 4096 codes an average code
-            scores 0.5, so the threshold must sit far below that or live codes get replaced by batch samples.
+        kmeans_iters: Lloyd iterations per stage of the k-means fit of the keys (`codeunlearn.kmeans`).
+        ema_decay / dead_code_threshold: EMA key steps after the k-means fit, if any
+            (`vector_quantize_pytorch.VectorQuantize`). The threshold is on a code's EMA usage *per batch*: with
+            2048-token batches and 4096 codes an average code scores 0.5, so the threshold must sit far below that
+            or live codes get replaced by batch samples.
         adapter_rank: rank of LoRA adapters (peft) trained on the layers after the first bottleneck to read the
             quantized stream; 0 = none. Base weights are never changed.
         seed: seeds the rotation and the k-means initialisation (VQ) or the SAE weight initialisation.
@@ -60,7 +65,7 @@ class BottleneckConfig:
     site: Literal["residual", "block_output"] = "residual"
     num_heads: int = 8
     codebook_size: int = 4096
-    num_stages: int = 1
+    num_stages: int = 8
     passthrough_first_position: bool = True
     massive_norm_factor: float = 20.0
     ema_decay: float = 0.99

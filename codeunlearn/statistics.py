@@ -45,6 +45,7 @@ class CodeStatistics:
     activation_sums: dict[int, Tensor] = field(default_factory=dict)  # float64, SAE only
     activation_max: dict[int, Tensor] = field(default_factory=dict)  # float32, SAE only
     kind: str = "vq"
+    corpus_fingerprint: str = ""  # hash of the packed token ids counted (`statistics_cache.corpus_fingerprint`)
 
     def frequency(self, layer: int) -> Tensor:
         """Fraction of quantized tokens on which each code fires (a code owns one stage/head slot)."""
@@ -76,6 +77,7 @@ class CodeStatistics:
             "corpus": self.corpus,
             "bottleneck_fingerprint": self.bottleneck_fingerprint,
             "kind": self.kind,
+            "corpus_fingerprint": self.corpus_fingerprint,
             "tokens": {str(k): v for k, v in self.tokens.items()},
             "codes_seen": {str(k): int((c > 0).sum()) for k, c in self.counts.items()},
         }
@@ -101,6 +103,7 @@ class CodeStatistics:
             activation_sums=by_layer(SUM_SUFFIX),
             activation_max=by_layer(MAX_SUFFIX),
             kind=meta.get("kind", "vq"),
+            corpus_fingerprint=meta.get("corpus_fingerprint", ""),
         )
 
 

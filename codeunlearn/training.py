@@ -1,19 +1,28 @@
-"""Training a bottleneck: one loop on `accelerate`; a codebook in two phases, an SAE in one.
+"""Training a bottleneck: one loop on `accelerate`; a codebook's keys by k-means on cached states, an SAE by
+gradient.
 
-1. **Keys** (`key_steps`): k-means initialisation, then EMA updates and dead-code replacement of the search keys
-   (`vector_quantize_pytorch`), on truncated forwards that stop at the deepest bottleneck. No gradients. Every
-   process sees the same batches, so keys stay identical across processes without a codebook all-reduce.
-2. **Values** (`value_steps`): the codes' output vectors are trained by gradient through the frozen downstream
-   layers; the objective is `reconstruction` (FVU), `kl` (KL from the base model's next-token distribution to the
-   bottlenecked model's) or `kl+reconstruction`. Batches are sharded across processes; DDP averages gradients.
+1. **Keys** (`key_steps`): step 1 reads the states at each bottleneck layer for `kmeans_init_tokens` tokens (one
+   truncated forward per token, stopping at that layer; shallower bottlenecks run as trained) and fits every
+   residual stage by chunked k-means on them (`codeunlearn.kmeans`, fp32). Steps 2.. `key_steps` are optional
+   EMA updates with dead-code replacement (`vector_quantize_pytorch`) on fresh batches. No gradients. Every process
+   sees the same batches, so keys stay identical across processes without a codebook all-reduce.
+2. **Values** (`value_steps`, optional): the codes' output vectors are trained by gradient through the frozen
+   downstream layers; the objective is `reconstruction` (FVU), `kl` (KL from the base model's next-token
+   distribution to the bottlenecked model's) or `kl+reconstruction`. Batches are sharded across processes; DDP
+   averages gradients.
+
+The default (`key_steps=1`, `value_steps=0`: k-means keys, values equal to the keys) is the faithful recipe of
+`configs/faithful_smollm2.yaml`; EMA steps, value training and downstream adapters are measured in
+benchmarks/RESULTS.md.
 
 An SAE bottleneck (`kind="sae"`) trains in one gradient phase (`sae_steps`) on the base model's states at its
 layers, read by truncated forwards (no later layer): sae-lens's own training forward pass (MSE + L1 on
 decoder-norm-weighted activations for `relu`, MSE + aux-k on dead features for `topk`), Adam, gradient clipping at
-1 as sae-lens does. A first batch sets b_dec to the data mean and the input scale (average norm -> sqrt(d_in));
-the scale is folded into the weights when training ends. Logged: L0, FVU, features dead for `dead_feature_window`
-updates. Batches are sharded across processes and gradients averaged. Since the forward is the expensive part,
-`sae_updates_per_batch` > 1 makes several optimizer updates per forward batch, each on a share of its tokens.
+1 as sae-lens does. The first `kmeans_init_tokens` tokens set b_dec to the data mean and the input scale (average
+norm -> sqrt(d_in)); the scale is folded into the weights when training ends. Logged: L0, FVU, features dead for
+`dead_feature_window` updates. Batches are sharded across processes and gradients averaged. Since the forward is
+the expensive part, `sae_updates_per_batch` > 1 makes several optimizer updates per forward batch, each on a share
+of its tokens.
 
 Checkpoints (every `checkpoint_every` steps, atomic directories) hold the bottleneck weights and buffers, the
 optimizer and scheduler, the RNG states and the data cursor; `resume=True` continues from the latest one and ends
@@ -62,12 +71,23 @@ class TrainingArguments:
     objective: Literal["reconstruction", "kl", "kl+reconstruction"] = field(
         default="kl+reconstruction", metadata={"help": "Loss for the value phase."}
     )
-    key_steps: int = field(default=100, metadata={"help": "EMA/k-means steps on the search keys."})
-    value_steps: int = field(default=200, metadata={"help": "Gradient steps on the output values."})
+    key_steps: int = field(
+        default=1,
+        metadata={
+            "help": "Key steps: the first fits the keys by k-means on kmeans_init_tokens cached states; "
+            "each further one is an EMA update on a fresh batch."
+        },
+    )
+    value_steps: int = field(
+        default=0, metadata={"help": "Gradient steps on the output values (0: values stay the k-means centroids)."}
+    )
     batch_size: int = field(default=8, metadata={"help": "Chunks per step and process."})
     kmeans_init_tokens: int = field(
-        default=16384,
-        metadata={"help": "Tokens in the initialisation batch (VQ: k-means; SAE: b_dec, input scale, typical norm)."},
+        default=131072,
+        metadata={
+            "help": "Tokens whose states initialise the bottleneck (codebook: the k-means fit, tens per code; "
+            "SAE: b_dec, input scale, typical norm)."
+        },
     )
     learning_rate: float = field(default=1e-2, metadata={"help": "AdamW learning rate of the codebook values."})
     adapter_learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate of downstream adapters."})
@@ -261,6 +281,30 @@ def _init_from(path: Path, bmodel: BottleneckedModel) -> None:
                 param.copy_(saved_adapters[name])
 
 
+def check_enough_tokens(chunks: Tensor, args: TrainingArguments) -> None:
+    """Refuse a training corpus smaller than the initialisation reads (the k-means fit would see repeats)."""
+    if not args.resume and args.init_from is None and chunks.numel() < args.kmeans_init_tokens:
+        raise CodeunlearnError(
+            f"the training corpora give {chunks.numel():,} tokens; initialising the bottleneck reads "
+            f"kmeans_init_tokens={args.kmeans_init_tokens:,}",
+            "pass more general text (--corpora), raise --max_tokens, or lower --kmeans_init_tokens (a codebook "
+            "fits well with 16-32 tokens per code)",
+        )
+
+
+def _init_chunks(stream: ChunkStream, args: TrainingArguments) -> Tensor:
+    """The first `kmeans_init_tokens` tokens of the stream, in whole chunks (the cursor is not advanced)."""
+    return stream.take(math.ceil(args.kmeans_init_tokens / stream.chunks.shape[1]))
+
+
+def _states_of(
+    bmodel: BottleneckedModel, layer: int, chunks: Tensor, args: TrainingArguments, device: torch.device
+) -> Tensor:
+    """The states the bottleneck at `layer` reads on `chunks`, (chunks, seq, hidden), in batches."""
+    with torch.no_grad(), autocast(device, args.bf16):
+        return torch.cat([bmodel.states_at(layer, part.to(device)) for part in chunks.split(args.batch_size)])
+
+
 def _sae_batch_metrics(out, fired: Tensor) -> dict[str, float]:
     """L0 (features active per token) and FVU of one SAE training batch."""
     x, y = out.sae_in.float(), out.sae_out.float()
@@ -304,12 +348,10 @@ def _train_sae(
         states[layer] = layer_states
 
     if not all(bool(b.initialized) for b in bottlenecks.values()):
-        # Every process reads the same first batch, so b_dec and the input scale agree across processes.
-        count = max(args.batch_size, math.ceil(args.kmeans_init_tokens / stream.chunks.shape[1]))
-        with torch.no_grad(), autocast(device, args.bf16):
-            bmodel.run_to_deepest(stream.take(count).to(device), record, states_only=True)
+        # Every process reads the same first chunks, so b_dec and the input scale agree across processes.
+        init_chunks = _init_chunks(stream, args)
         for layer, bottleneck in bottlenecks.items():
-            bottleneck.initialize(states[layer])
+            bottleneck.initialize(_states_of(bmodel, layer, init_chunks, args, device))
 
     params = bmodel.trainable_parameters()
     for p in params:
@@ -398,6 +440,7 @@ def train_bottleneck(
     """Train `bmodel`'s bottlenecks on `chunks` (num_chunks, seq_len); returns the logged metrics."""
     accelerator = accelerator or Accelerator()
     output_dir = Path(args.output_dir)
+    check_enough_tokens(chunks, args)
     torch.manual_seed(args.seed)
     stream = ChunkStream(chunks, args.seed)
     step = 0
@@ -452,12 +495,32 @@ def train_bottleneck(
         ids = flat_code_ids(result.codes, bmodel.config.num_heads, bmodel.config.codebook_size)
         used[layer] = int(ids[~result.passthrough].unique().numel())
 
-    while step < min(end, args.key_steps):
-        count = (
-            max(args.batch_size, math.ceil(args.kmeans_init_tokens / chunks.shape[1])) if step == 0 else args.batch_size
+    if step == 0 and step < end and bmodel.config.kind == "vq":
+        init_chunks = _init_chunks(stream, args)
+        fit_fvu = {}
+        for layer in bmodel.layers:  # in depth order: a deeper layer is fitted on what the shallower ones pass on
+            states = _states_of(bmodel, layer, init_chunks, args, accelerator.device)
+            fit_fvu[layer] = round(bmodel.bottleneck(layer).initialize(states), 4)
+            del states
+        stream.advance(len(init_chunks))
+        step = 1
+        bar.update(1)
+        dead = {layer: int(bmodel.bottleneck(layer).dead_codes().sum()) for layer in bmodel.layers}
+        log(
+            {
+                "phase": "keys",
+                "kmeans_tokens": init_chunks.numel(),
+                "fit_fvu": round(sum(fit_fvu.values()) / len(fit_fvu), 4),
+                "fit_fvu_by_layer": fit_fvu,
+                "dead_codes": dead,
+            }
         )
-        batch = stream.take(count).to(accelerator.device)
-        stream.advance(count)
+        if step % args.checkpoint_every == 0 or step == args.key_steps:
+            _save_checkpoint(bmodel, None, None, stream, step, args, accelerator)
+
+    while step < min(end, args.key_steps):
+        batch = stream.take(args.batch_size).to(accelerator.device)
+        stream.advance(args.batch_size)
         fvus.clear()
         used.clear()
         for wrapper in wrappers:

@@ -89,7 +89,7 @@ def tiny_args(output_dir: str | Path, **overrides) -> TrainingArguments:
 
 
 def tiny_config(**overrides) -> BottleneckConfig:
-    values = {"layers": [1, 2], "num_heads": 4, "codebook_size": 16}
+    values = {"layers": [1, 2], "num_heads": 4, "codebook_size": 16, "num_stages": 1}
     values.update(overrides)
     return BottleneckConfig(**values)
 

@@ -92,6 +92,8 @@ def pipeline(workspace) -> dict[str, Path]:
         "4",
         "--codebook_size",
         "16",
+        "--num_stages",
+        "1",
         "--key_steps",
         "2",
         "--value_steps",
@@ -102,8 +104,6 @@ def pipeline(workspace) -> dict[str, Path]:
         [
             "train",
             *common_flags(ws),
-            "--forget_corpora",
-            str(ws["forget"]),
             "--retain_corpora",
             str(ws["retain"]),
             *train_flags,
@@ -415,3 +415,89 @@ def test_demo_end_to_end_tiny(tmp_path, capsys):
     report = json.loads((out_dir / "report.json").read_text())
     assert report["rows"][0]["row"] == "base" and len(report["rows"]) == 4
     assert report["reload_max_difference"] < 1e-4
+
+
+# ------------------------------------------------------------------------- forgetting with the retain side paid
+def test_train_keeps_retain_statistics_in_the_bottleneck(pipeline):
+    bottleneck = pipeline["run"] / "bottleneck"
+    (cached,) = (bottleneck / "statistics").glob("retain-*.json")
+    summary = json.loads(cached.read_text())
+    assert cached.stem == f"retain-{summary['corpus_fingerprint']}"
+    assert summary["corpus"] == "retain" and summary["tokens"]["1"] > 0
+    # the very counts `stats` gives on the same train split
+    by_stats = json.loads((pipeline["run"] / "stats" / "retain.json").read_text())
+    assert summary["tokens"] == by_stats["tokens"] and summary["codes_seen"] == by_stats["codes_seen"]
+    assert summary["bottleneck_fingerprint"] == by_stats["bottleneck_fingerprint"]
+
+
+def one_command_forget(ws, bottleneck: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "forget",
+        *common_flags(ws),
+        "--bottleneck_dir",
+        str(bottleneck),
+        "--forget_corpora",
+        str(ws["forget"]),
+        *("--topic", "wizards", "--num_codes", "3", "--min_forget_count", "1", "--no_progress"),
+        *extra,
+        "--output_dir",
+        str(out),
+    ]
+
+
+def test_forget_from_a_bottleneck_equals_forget_from_statistics_files(pipeline, tmp_path, capsys):
+    out = run_ok(one_command_forget(pipeline, pipeline["run"] / "bottleneck", tmp_path / "hp"), capsys)
+    assert "retain statistics: cached" in out
+    edit = json.loads((tmp_path / "hp" / "edit.json").read_text())
+    from_files = json.loads((pipeline["run"] / "edits" / "edit.json").read_text())
+    assert edit["layers"] == from_files["layers"]  # same forget counts, same retain counts, same rule
+    edited = json.loads((tmp_path / "hp" / "edited" / "edits.json").read_text())
+    assert [e["topic"] for e in edited] == ["wizards"] and edited[0]["layers"] == edit["layers"]
+    assert (tmp_path / "hp" / "random_control.json").is_file()
+    assert (tmp_path / "hp" / "forget_statistics.safetensors").is_file()
+    # existing results are kept unless --overwrite
+    run_error(one_command_forget(pipeline, pipeline["run"] / "bottleneck", tmp_path / "hp"), capsys)
+
+
+def test_forget_counts_a_named_retain_corpus_once_and_reuses_it(pipeline, tmp_path, capsys):
+    import shutil
+
+    bottleneck = tmp_path / "bottleneck"
+    shutil.copytree(pipeline["run"] / "bottleneck", bottleneck)
+    shutil.rmtree(bottleneck / "statistics")
+    assert "keeps no retain statistics" in run_error(one_command_forget(pipeline, bottleneck, tmp_path / "a"), capsys)
+    retain = ("--retain_corpora", str(pipeline["retain"]))
+    assert "retain statistics: counted" in run_ok(
+        one_command_forget(pipeline, bottleneck, tmp_path / "b", *retain), capsys
+    )
+    assert len(list((bottleneck / "statistics").glob("retain-*.safetensors"))) == 1
+    out = run_ok(one_command_forget(pipeline, bottleneck, tmp_path / "c", *retain), capsys)
+    assert "retain statistics: cached" in out
+    first, second = (json.loads((tmp_path / d / "edit.json").read_text()) for d in ("b", "c"))
+    assert first["layers"] == second["layers"]
+
+
+def test_forget_refuses_retain_statistics_of_another_bottleneck(pipeline, tmp_path, capsys):
+    import shutil
+
+    bottleneck = tmp_path / "bottleneck"
+    shutil.copytree(pipeline["run"] / "bottleneck", bottleneck)
+    (summary_path,) = (bottleneck / "statistics").glob("retain-*.json")
+    summary = json.loads(summary_path.read_text())
+    summary["bottleneck_fingerprint"] = "0123456789abcdef"
+    summary_path.write_text(json.dumps(summary))
+    error = run_error(one_command_forget(pipeline, bottleneck, tmp_path / "out"), capsys)
+    assert "counted on another bottleneck" in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_train_refuses_topic_text_and_too_little_text(workspace, tmp_path, capsys):
+    common = [*common_flags(workspace), "--layers", "1", "--num_heads", "4", "--codebook_size", "16", "--no_progress"]
+    out = tmp_path / "run"
+    error = run_error(
+        ["train", *common, "--forget_corpora", str(workspace["forget"]), "--output_dir", str(out)], capsys
+    )
+    assert "general text only" in error
+    error = run_error(["train", *common, "--corpora", str(workspace["retain"]), "--output_dir", str(out)], capsys)
+    assert "kmeans_init_tokens=131,072" in error and "tokens" in error
+    assert not out.exists()  # refused before anything was written

@@ -7,9 +7,10 @@ import torch
 from helpers import assert_fix_error
 from torch import nn
 
-from codeunlearn.codebook import SEARCH_CHUNK_TOKENS, CodebookBottleneck, random_rotation
+from codeunlearn.codebook import CodebookBottleneck, random_rotation
 from codeunlearn.config import BottleneckConfig
 from codeunlearn.errors import CodeunlearnError
+from codeunlearn.kmeans import SEARCH_CHUNK
 
 # Two heads of dimension 2, three codes each. Head 0 keys sit on the +axes, head 1 keys on the -axes.
 KEYS = torch.tensor(
@@ -155,7 +156,7 @@ def test_search_matches_brute_force_across_chunks():
         bottleneck.quantizers[0]._codebook.embed.copy_(torch.randn(4, 8, 4, generator=generator))
         bottleneck.initialized.fill_(True)
         bottleneck.typical_norm.fill_(1e6)  # nothing is massive
-    x = torch.randn(SEARCH_CHUNK_TOKENS + 300, 16, generator=generator)
+    x = torch.randn(SEARCH_CHUNK + 300, 16, generator=generator)
     codes = bottleneck.quantize(x, positions=torch.arange(1, len(x) + 1)).codes[:, 0]
     z = ((x - bottleneck.mean) @ bottleneck.rotation).view(-1, 4, 4)
     keys = bottleneck.keys(0)

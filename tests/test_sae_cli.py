@@ -25,7 +25,9 @@ def sae_pipeline(workspace) -> dict[str, Path]:  # noqa: F811
 
     corpora = ["--forget_corpora", str(ws["forget"]), "--retain_corpora", str(ws["retain"])]
     sae_flags = ["--bottleneck", "sae", "--layers", "1", "--sae_width", "64", "--sae_k", "4", "--sae_steps", "4"]
-    call(["train", *common_flags(ws), *corpora, *sae_flags, "--batch_size", "4", "--kmeans_init_tokens", "64",
+    # The SAE reads the topic too (named as training text with --corpora), as in the SAE-unlearning papers.
+    training_text = ["--corpora", str(ws["forget"]), str(ws["retain"])]
+    call(["train", *common_flags(ws), *training_text, *sae_flags, "--batch_size", "4", "--kmeans_init_tokens", "64",
           "--log_every", "1", "--no_progress", "--output_dir", str(run)])  # fmt: skip
     for name in ("forget", "retain"):
         call(["stats", *common_flags(ws), "--corpora", str(ws[name]), "--name", name, "--bottleneck_dir",

@@ -55,7 +55,11 @@ def test_metrics_are_logged_for_both_phases(uninterrupted):
     assert lines == json.loads(json.dumps(uninterrupted["metrics"]))
     assert [r["step"] for r in lines] == list(range(1, KEY_STEPS + VALUE_STEPS + 1))
     assert [r["phase"] for r in lines] == ["keys"] * KEY_STEPS + ["values"] * VALUE_STEPS
-    for record in lines[:KEY_STEPS]:
+    fit = lines[0]  # step 1: the k-means fit of every layer's keys on cached states
+    assert {"kmeans_tokens", "fit_fvu", "fit_fvu_by_layer", "dead_codes", "seconds"} <= set(fit)
+    assert sorted(fit["fit_fvu_by_layer"]) == ["0", "2"]
+    assert fit["kmeans_tokens"] == 60 and 0.0 <= fit["fit_fvu"] < 1.0
+    for record in lines[1:KEY_STEPS]:  # EMA steps, measured before the keys see the batch
         assert {"fvu", "fvu_by_layer", "codes_used_in_batch", "dead_codes", "seconds"} <= set(record)
         assert sorted(record["fvu_by_layer"]) == ["0", "2"]
         assert 0.0 <= record["fvu"] < 1.5

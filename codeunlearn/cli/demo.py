@@ -2,11 +2,13 @@
 
     codeunlearn demo --data_dir ../shared/data --output_dir outputs/demo
 
-1. load     SmolLM2-135M-Instruct from its GGUF; the forget (Harry Potter plot summaries) and retain (WikiText)
-            corpora, each split by document into train and held-out parts
-2. train    a codebook bottleneck at one middle residual layer, on the train split of both corpora
-3. stats    code firing counts on the train splits
-4. select   the codes the forget text uses far more than the retain text -> edit.json (+ a random-codes control)
+1. load     SmolLM2-135M-Instruct from its GGUF; the forget (Harry Potter plot summaries) and retain (U.S. history
+            textbook, WikiText) corpora, each split by document into train and held-out parts
+2. train    the faithful codebook bottleneck at one middle residual layer (k-means keys on cached states), on the
+            train split of the retain corpora only: it never sees the topic it will forget
+3. retain   code firing counts on the retain train split, kept in bottleneck/statistics/ (paid once per bottleneck)
+4. forget   code firing counts on the forget train split, then the codes the forget text uses far more than the
+            retain text -> edit.json (+ a random-codes control): the part a new topic costs
 5. apply    the edit (milliseconds: only masks change)
 6. eval     held-out forget/retain loss: base / bottleneck / edited / random control
 7. save     the edited bottleneck directory (edited/)
@@ -27,8 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from codeunlearn.bottlenecked import BottleneckedModel
 from codeunlearn.cli.arguments import (
     BottleneckArguments,
@@ -45,18 +45,19 @@ from codeunlearn.edit import DEFAULT_INTERVENTION
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.io import atomic_write_text
 from codeunlearn.statistics import collect_code_statistics
+from codeunlearn.statistics_cache import corpus_fingerprint, save_retain_statistics
 from codeunlearn.training import TrainingArguments, train_bottleneck
 
 DESCRIPTION = (
     "Run the whole pipeline (load, train, stats, select, apply, eval, save, reload) on SmolLM2 and the demo corpora."
 )
 MARKER = ".codeunlearn-demo"  # marks a directory this demo wrote, so a re-run may replace it
-STAGES = ("load", "train", "stats", "select", "apply", "eval", "save", "reload")
+STAGES = ("load", "train", "retain", "forget", "apply", "eval", "save", "reload")
 DEFAULTS: dict[str, Any] = {
     "output_dir": "outputs/demo",
     "topic": "harry_potter",
     "forget_corpora": ["demo/forget_harry_potter.txt"],
-    "retain_corpora": ["demo/retain_wikitext.txt"],
+    "retain_corpora": ["retain/openstax_us_history.jsonl", "retain/wikitext2_raw_test.txt"],
 }
 
 
@@ -72,6 +73,9 @@ class DemoArguments:
     )
     skip_positions: int = field(
         default=0, metadata={"help": "Ignore the first N targets of every chunk in the losses."}
+    )
+    retain_statistics_tokens: int = field(
+        default=32768, metadata={"help": "Retain train-split tokens per corpus counted for the retain statistics."}
     )
     overwrite: bool = field(
         default=False, metadata={"help": "Replace a non-empty output directory that an earlier demo did not write."}
@@ -136,7 +140,10 @@ def main(argv: Sequence[str]) -> int:
         )
     data_args.forget_corpora = in_data_dir(data_args.forget_corpora, data_dir)
     data_args.retain_corpora = in_data_dir(data_args.retain_corpora, data_dir)
-    data_args.corpora = in_data_dir(data_args.corpora, data_dir)
+    if data_args.corpora:
+        raise CodeunlearnError(
+            "the demo trains its bottleneck on --retain_corpora", "name the general text with --retain_corpora"
+        )
     config = bottleneck_args.to_config()
     if config.kind != "vq":
         raise CodeunlearnError(
@@ -151,19 +158,19 @@ def main(argv: Sequence[str]) -> int:
     with watch.stage("load"):
         forget_corpora = read_corpora(data_args.forget_corpora, data_args, "forget_corpora")
         retain_corpora = read_corpora(data_args.retain_corpora, data_args, "retain_corpora")
-        extra_corpora = read_corpora(data_args.corpora, data_args) if data_args.corpora else None
         prepare_output_dir(output_dir, demo.overwrite)
         atomic_write_text(output_dir / "demo_args.json", json.dumps(to_flat_dict(*parsed), indent=1) + "\n")
         model, tokenizer = load_base(model_args, progress)
-        forget_train, retain_train = forget_corpora.pack(tokenizer, "train"), retain_corpora.pack(tokenizer, "train")
+        # General text only: the bottleneck never sees the topic it will be asked to forget.
+        train_chunks = retain_corpora.pack(tokenizer, "train")
+        retain_stats_chunks = retain_corpora.pack(tokenizer, "train", demo.retain_statistics_tokens)
+        forget_train = forget_corpora.pack(tokenizer, "train")
         forget_heldout = forget_corpora.pack(tokenizer, "heldout", demo.eval_max_tokens)
         retain_heldout = retain_corpora.pack(tokenizer, "heldout", demo.eval_max_tokens)
-        train_parts = [forget_train, retain_train] + ([extra_corpora.pack(tokenizer, "train")] if extra_corpora else [])
-        train_chunks = torch.cat(train_parts)
     sizes = {
         "train": train_chunks.numel(),
         "forget_train": forget_train.numel(),
-        "retain_train": retain_train.numel(),
+        "retain_train": retain_stats_chunks.numel(),
         "forget_heldout": forget_heldout.numel(),
         "retain_heldout": retain_heldout.numel(),
     }
@@ -173,8 +180,9 @@ def main(argv: Sequence[str]) -> int:
     with watch.stage("train"):
         bmodel = BottleneckedModel.attach(model, config)
         print(
-            f"bottleneck at layers {bmodel.layers}: {config.num_heads} heads x {config.codebook_size} codes x {config.num_stages} stage(s) "
-            f"= {bmodel.config.bits_per_token:.0f} bits/token; {training_args.key_steps} key + {training_args.value_steps} value steps"
+            f"bottleneck at layers {bmodel.layers}: {config.num_heads} heads x {config.codebook_size} codes x "
+            f"{config.num_stages} stage(s) = {bmodel.config.bits_per_token:.0f} bits/token; k-means keys on "
+            f"{training_args.kmeans_init_tokens:,} tokens of {', '.join(retain_corpora.sources)}"
         )
         metrics = train_bottleneck(bmodel, train_chunks, training_args)
         # The demo always starts from scratch, so its resumable checkpoints are only disk weight.
@@ -185,19 +193,20 @@ def main(argv: Sequence[str]) -> int:
             f"training, last {phase} record: " + ", ".join(f"{k}={v}" for k, v in record.items() if k not in ("phase",))
         )
 
-    # ------------------------------------------------------------------------------------------- stats
-    with watch.stage("stats"):
-        forget_stats = collect_code_statistics(
-            bmodel, forget_train, batch, corpus="forget", progress=progress, bf16=bf16
-        )
+    # ------------------------------------------------------------------------------------------- retain
+    with watch.stage("retain"):  # once per bottleneck: every later topic reuses these counts
         retain_stats = collect_code_statistics(
-            bmodel, retain_train, batch, corpus="retain", progress=progress, bf16=bf16
+            bmodel, retain_stats_chunks, batch, corpus=retain_corpora.name, progress=progress, bf16=bf16
+        )
+        retain_stats.corpus_fingerprint = corpus_fingerprint(retain_stats_chunks)
+        save_retain_statistics(retain_stats, output_dir / "bottleneck")
+
+    # ------------------------------------------------------------------------------------------- forget
+    with watch.stage("forget"):  # what forgetting a new topic costs: one pass over its text, then selection
+        forget_stats = collect_code_statistics(
+            bmodel, forget_train, batch, corpus=forget_corpora.name, progress=progress, bf16=bf16
         )
         forget_stats.save(output_dir / "stats" / "forget.safetensors")
-        retain_stats.save(output_dir / "stats" / "retain.safetensors")
-
-    # ------------------------------------------------------------------------------------------- select
-    with watch.stage("select"):
         edit, control = make_edits(forget_stats, retain_stats, selection)
         edit.save(output_dir / EDIT_NAME)
         control.save(output_dir / CONTROL_NAME)
@@ -219,6 +228,7 @@ def main(argv: Sequence[str]) -> int:
         rows = evaluate_rows(bmodel, forget_heldout, retain_heldout, specs, batch, demo.skip_positions, bf16, progress)
         fidelity = fidelity_rows(bmodel, {"forget": forget_heldout, "retain": retain_heldout}, batch, bf16)
     print("\nheld-out losses (nat/token):")
+    print(fidelity_line(rows))
     print(loss_table(rows))
     print()
 
@@ -281,6 +291,15 @@ def main(argv: Sequence[str]) -> int:
     return 0
 
 
+def fidelity_line(rows: list[dict[str, Any]]) -> str:
+    """What the unedited bottleneck costs on held-out retain text, against the base model (goal: within 5%)."""
+    base, bottleneck = rows[0]["retain_loss"], rows[1]["retain_loss"]
+    return (
+        f"The unedited bottleneck costs {bottleneck - base:+.3f} nat/token on held-out retain text "
+        f"({(bottleneck - base) / base:+.1%} of the base model's {base:.3f})."
+    )
+
+
 def render_report(
     report: dict[str, Any], num_codes: int, selection: SelectionArguments, training: TrainingArguments, timing: str
 ) -> str:
@@ -292,13 +311,16 @@ def render_report(
             f"Model `{report['model']}`; topic `{report['topic']}`. Numbers below were printed by this run of `codeunlearn demo`.",
             f"- Bottleneck: layers {bn['layers']} ({bn['site']}), {bn['num_heads']} heads × {bn['codebook_size']} codes × "
             f"{bn['num_stages']} stage(s).\n"
-            f"- Training: {training.key_steps} key steps + {training.value_steps} value steps, batch {training.batch_size}, "
-            f"objective `{training.objective}`, on {tokens['train']:,} train-split tokens.\n"
-            f"- Statistics on train splits: forget {tokens['forget_train']:,} tokens, retain {tokens['retain_train']:,} tokens.\n"
+            f"- Training: k-means keys on {min(training.kmeans_init_tokens, tokens['train']):,} of "
+            f"{tokens['train']:,} retain train-split tokens (general text only: the topic is never seen), "
+            f"{training.key_steps - 1} further EMA key steps, {training.value_steps} value steps.\n"
+            f"- Statistics on train splits: forget {tokens['forget_train']:,} tokens, retain {tokens['retain_train']:,} "
+            "tokens (the retain counts are kept with the bottleneck and reused by every later topic).\n"
             f"- Selection: top {selection.num_codes} codes per layer (min_forget_count {selection.min_forget_count}); "
             f"{num_codes} codes removed by `{selection.intervention or DEFAULT_INTERVENTION}`.\n"
             f"- Evaluation on held-out documents: forget {tokens['forget_heldout']:,} tokens, retain {tokens['retain_heldout']:,} tokens.",
             "## Held-out losses",
+            fidelity_line(report["rows"]),
             loss_table(report["rows"]),
             TABLE_NOTE,
             "## Reloaded from disk",

@@ -1,13 +1,25 @@
 """`codeunlearn forget`: select the codes (SAE: features) a topic uses far more than the retain text, and write the
 edit.
 
+One command from a trained bottleneck, the retain side already paid for (the statistics `codeunlearn train` kept
+in the bottleneck directory, or those of `--retain_corpora`, counted once and kept there):
+
+    codeunlearn forget --bottleneck_dir outputs/run/bottleneck \\
+        --forget_corpora ../shared/data/demo/forget_harry_potter.txt --topic harry_potter --num_codes 1024 \\
+        --output_dir outputs/run/forget_hp
+
+runs one truncated forward pass over the topic's train split, selects, and writes OUTPUT/edit.json,
+OUTPUT/random_control.json, OUTPUT/forget_statistics.safetensors and OUTPUT/edited/ (the bottleneck with the edit
+applied, for `eval`, `export` or `BottleneckedModel.from_pretrained`).
+
+From statistics files instead (`codeunlearn stats`):
+
     codeunlearn forget --forget_stats outputs/run/stats/forget.safetensors \\
         --retain_stats outputs/run/stats/retain.safetensors --topic harry_potter --num_codes 1024 \\
         --output_dir outputs/run/edits
 
-Writes OUTPUT/edit.json (the topic's codes with their scores) and OUTPUT/random_control.json (as many codes per
-layer, drawn at random among codes that fire at all): evaluate both, or a loss change cannot be told from the
-damage of removing any codes.
+Every edit comes with OUTPUT/random_control.json (as many codes per layer, drawn at random among codes that fire at
+all): evaluate both, or a loss change cannot be told from the damage of removing any codes.
 
 On SAE statistics the edit clamps (default) or zero-ablates the selected features when they fire:
 
@@ -23,28 +35,64 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from codeunlearn.cli.arguments import SelectionArguments, parse_arguments
-from codeunlearn.cli.common import check_output_file
+from codeunlearn.cli.arguments import (
+    DataArguments,
+    ModelArguments,
+    SelectionArguments,
+    parse_arguments,
+)
+from codeunlearn.cli.common import (
+    Stopwatch,
+    check_output_dir_free,
+    check_output_file,
+    load_bottlenecked,
+    read_corpora,
+    resolve_bottleneck_dir,
+)
 from codeunlearn.edit import Edit
+from codeunlearn.errors import CodeunlearnError
 from codeunlearn.selection import random_control, select_codes
-from codeunlearn.statistics import CodeStatistics
+from codeunlearn.statistics import CodeStatistics, collect_code_statistics
+from codeunlearn.statistics_cache import corpus_fingerprint, load_retain_statistics, save_retain_statistics
 
 DESCRIPTION = (
-    "Select topic codes from forget vs retain statistics; write edit.json and a same-size random-codes control."
+    "Select topic codes (from a bottleneck and the topic's text, or from statistics files); write edit.json and a "
+    "same-size random-codes control."
 )
 EDIT_NAME = "edit.json"
 CONTROL_NAME = "random_control.json"
+FORGET_STATS_NAME = "forget_statistics.safetensors"
+EDITED_NAME = "edited"
 
 
 @dataclass
 class ForgetArguments:
-    """Statistics in, edits out."""
+    """A bottleneck and the topic's text (or statistics files) in, edits out."""
 
-    forget_stats: str = field(
-        metadata={"help": "Statistics of the forget corpus (.safetensors from `codeunlearn stats`)."}
-    )
-    retain_stats: str = field(metadata={"help": "Statistics of the retain corpus, same bottleneck."})
     output_dir: str = field(metadata={"help": f"Directory for {EDIT_NAME} and {CONTROL_NAME}."})
+    bottleneck_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Trained bottleneck: count the topic's codes on --forget_corpora and select against the retain "
+            "statistics kept in this directory."
+        },
+    )
+    forget_stats: str | None = field(
+        default=None, metadata={"help": "Statistics of the forget corpus (.safetensors from `codeunlearn stats`)."}
+    )
+    retain_stats: str | None = field(
+        default=None,
+        metadata={"help": "Statistics of the retain corpus, same bottleneck (default: the bottleneck's cached ones)."},
+    )
+    batch_size: int = field(default=8, metadata={"help": "Chunks per forward pass (with --bottleneck_dir)."})
+    bf16: bool = field(
+        default=False,
+        metadata={
+            "help": "bf16 autocast for the frozen model (faster where bf16 matmuls are fast; count the retain side "
+            "in the same precision: `train` counts it in the precision it trained in)."
+        },
+    )
+    progress: bool = field(default=True, metadata={"help": "Show progress bars."})
     overwrite: bool = field(default=False, metadata={"help": "Replace existing edit files."})
 
 
@@ -82,13 +130,74 @@ def make_edits(forget: CodeStatistics, retain: CodeStatistics, selection: Select
 
 def main(argv: Sequence[str]) -> int:
     """Run `codeunlearn forget` with command-line arguments `argv` (without the subcommand name)."""
-    args, selection = parse_arguments((ForgetArguments, SelectionArguments), argv, "codeunlearn forget", DESCRIPTION)
+    model_args, data_args, args, selection = parse_arguments(
+        (ModelArguments, DataArguments, ForgetArguments, SelectionArguments), argv, "codeunlearn forget", DESCRIPTION
+    )
     output_dir = Path(args.output_dir)
     edit_path = check_output_file(output_dir / EDIT_NAME, args.overwrite)
     control_path = check_output_file(output_dir / CONTROL_NAME, args.overwrite)
-    forget, retain = CodeStatistics.load(args.forget_stats), CodeStatistics.load(args.retain_stats)
-    edit, control = make_edits(forget, retain, selection)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    if args.bottleneck_dir is None:
+        if not (args.forget_stats and args.retain_stats):
+            raise CodeunlearnError(
+                "forget needs a bottleneck and the topic's text, or two statistics files",
+                "pass --bottleneck_dir B --forget_corpora FILE, or --forget_stats F --retain_stats R",
+            )
+        forget, retain = CodeStatistics.load(args.forget_stats), CodeStatistics.load(args.retain_stats)
+        edit, control = make_edits(forget, retain, selection)
+        write_edits(edit, control, edit_path, control_path, forget, retain)
+        return 0
+    if not data_args.forget_corpora:
+        raise CodeunlearnError("--bottleneck_dir needs the topic's text", "pass --forget_corpora FILE [FILE ...]")
+    if args.forget_stats:
+        raise CodeunlearnError(
+            "--forget_stats and --bottleneck_dir both give the topic's statistics", "pass only one of them"
+        )
+    check_output_file(output_dir / FORGET_STATS_NAME, args.overwrite)
+    check_output_dir_free(output_dir / EDITED_NAME, args.overwrite)
+    watch = Stopwatch()
+    forget_corpora = read_corpora(data_args.forget_corpora, data_args, "forget_corpora")
+    retain_corpora = (
+        read_corpora(data_args.retain_corpora, data_args, "retain_corpora") if data_args.retain_corpora else None
+    )
+    with watch.stage("load"):
+        bmodel, tokenizer = load_bottlenecked(model_args, args.bottleneck_dir, args.progress)
+        if bmodel.edits:
+            print(f"note: selecting on the unedited bottleneck; its saved edits {[e.topic for e in bmodel.edits]} stay")
+        saved_edits = list(bmodel.edits)
+        bmodel.clear_edits()
+        fingerprint = bmodel.fingerprint()
+    with watch.stage("retain statistics"):
+        retain = _retain_statistics(args, retain_corpora, bmodel, tokenizer, fingerprint)
+    with watch.stage("forget statistics"):
+        chunks = forget_corpora.pack(tokenizer, "train")
+        forget = collect_code_statistics(
+            bmodel, chunks, args.batch_size, corpus=forget_corpora.name, progress=args.progress, bf16=args.bf16
+        )
+        forget.corpus_fingerprint = corpus_fingerprint(chunks)
+    with watch.stage("select"):
+        edit, control = make_edits(forget, retain, selection)
+    with watch.stage("apply"):
+        for saved in saved_edits:
+            bmodel.apply_edit(saved)
+        bmodel.apply_edit(edit)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        forget.save(output_dir / FORGET_STATS_NAME)
+        write_edits(edit, control, edit_path, control_path, forget, retain)
+        bmodel.save_pretrained(output_dir / EDITED_NAME, overwrite=args.overwrite)
+    print(f"wrote {output_dir / EDITED_NAME} (the bottleneck with {[e.topic for e in bmodel.edits]} removed)")
+    print(
+        f"forgetting took {watch.total - watch.seconds['load']:.1f} s after loading "
+        f"(forget statistics on {chunks.numel():,} tokens {watch.seconds['forget statistics']:.1f} s, "
+        f"retain statistics {watch.seconds['retain statistics']:.1f} s)"
+    )
+    return 0
+
+
+def write_edits(
+    edit: Edit, control: Edit, edit_path: Path, control_path: Path, forget: CodeStatistics, retain: CodeStatistics
+) -> None:
+    """Save the edit and its control, and print what they remove."""
+    edit_path.parent.mkdir(parents=True, exist_ok=True)
     edit.save(edit_path)
     control.save(control_path)
     print(f"topic {edit.topic!r} ({edit.intervention}): {edit.num_codes} codes")
@@ -96,4 +205,39 @@ def main(argv: Sequence[str]) -> int:
     print(f"random control: {control.num_codes} codes")
     print(summarize(control, forget, retain))
     print(f"wrote {edit_path} and {control_path}")
-    return 0
+
+
+def _retain_statistics(args, retain_corpora, bmodel, tokenizer, fingerprint: str) -> CodeStatistics:
+    """The retain side: a statistics file, the cache entry of --retain_corpora (counted and kept on a miss), or
+    the one retain corpus the bottleneck directory keeps."""
+    if args.retain_stats:
+        stats = CodeStatistics.load(args.retain_stats)
+        if stats.bottleneck_fingerprint and stats.bottleneck_fingerprint != fingerprint:
+            raise CodeunlearnError(
+                f"--retain_stats {args.retain_stats} were counted on another bottleneck", "count them on this one"
+            )
+        return stats
+    directory = resolve_bottleneck_dir(args.bottleneck_dir)
+    if retain_corpora is None:
+        stats = load_retain_statistics(directory, fingerprint)
+        if stats is None:
+            raise CodeunlearnError(
+                f"{directory} keeps no retain statistics",
+                "pass --retain_corpora FILE [FILE ...] once (they are counted and kept there)",
+            )
+        print(f"retain statistics: cached ({stats.corpus}, {sum(stats.tokens.values()):,} tokens)")
+        return stats
+    chunks = retain_corpora.pack(tokenizer, "train")
+    key = corpus_fingerprint(chunks)
+    stats = load_retain_statistics(directory, fingerprint, key)
+    if stats is not None:
+        print(f"retain statistics: cached ({stats.corpus}, corpus fingerprint {key})")
+        return stats
+    stats = collect_code_statistics(
+        bmodel, chunks, args.batch_size, corpus=retain_corpora.name, progress=args.progress, bf16=args.bf16
+    )
+    stats.corpus_fingerprint = key
+    print(
+        f"retain statistics: counted on {chunks.numel():,} tokens, kept at {save_retain_statistics(stats, directory)}"
+    )
+    return stats

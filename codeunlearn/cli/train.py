@@ -1,7 +1,12 @@
-"""`codeunlearn train`: attach a bottleneck to a frozen model and train it on the train split of corpora.
+"""`codeunlearn train`: attach a bottleneck to a frozen model and train it on the train split of general text.
 
-    codeunlearn train --layers 15 --corpora ../shared/data/demo/retain_wikitext.txt \\
-        --key_steps 60 --value_steps 150 --output_dir outputs/run
+    codeunlearn train --layers 15 --corpora ../shared/data/retain/openstax_us_history.jsonl \\
+        ../shared/data/retain/wikitext2_raw_test.txt --output_dir outputs/run
+
+With no other flags this is the faithful recipe (`configs/faithful_smollm2.yaml`): 8 residual stages x 8 heads x
+4,096 codes whose keys are fitted by k-means on the states of 131,072 tokens. The bottleneck is trained on general
+text only (`--corpora` and `--retain_corpora`), never on a topic it will be asked to forget: `--forget_corpora` is
+refused here (statistics and selection read the topic later).
 
 An SAE instead of a codebook (`--bottleneck sae`, same as `--kind sae`), saved as one sae-lens directory per layer:
 
@@ -17,38 +22,67 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from codeunlearn.bottlenecked import BottleneckedModel
 from codeunlearn.cli.arguments import BottleneckArguments, DataArguments, ModelArguments, parse_arguments, to_flat_dict
 from codeunlearn.cli.common import load_base, read_corpora
+from codeunlearn.errors import CodeunlearnError
 from codeunlearn.io import atomic_write_text
-from codeunlearn.training import TrainingArguments, train_bottleneck
+from codeunlearn.statistics import collect_code_statistics
+from codeunlearn.statistics_cache import corpus_fingerprint, save_retain_statistics
+from codeunlearn.training import TrainingArguments, check_enough_tokens, train_bottleneck
 
 DESCRIPTION = (
     "Train a codebook (or, with --bottleneck sae, an SAE) into chosen decoder layers of a frozen causal LM "
     "(train split of every corpus)."
 )
-DATACLASSES = (ModelArguments, DataArguments, BottleneckArguments, TrainingArguments)
+
+
+@dataclass
+class RetainStatisticsArguments:
+    """The retain side of every later edit, counted once when the bottleneck is trained."""
+
+    retain_statistics_tokens: int = field(
+        default=32768,
+        metadata={
+            "help": "Tokens per training corpus (train split) whose code firings are counted after training and kept "
+            "in the bottleneck directory as its retain statistics (0: none; `forget` then needs --retain_corpora)."
+        },
+    )
+
+
+DATACLASSES = (ModelArguments, DataArguments, BottleneckArguments, TrainingArguments, RetainStatisticsArguments)
 
 
 def main(argv: Sequence[str]) -> int:
     """Run `codeunlearn train` with command-line arguments `argv` (without the subcommand name)."""
-    model_args, data_args, bottleneck_args, training_args = parse_arguments(
+    model_args, data_args, bottleneck_args, training_args, retain_args = parse_arguments(
         DATACLASSES, argv, "codeunlearn train", DESCRIPTION
     )
+    if retain_args.retain_statistics_tokens < 0:
+        raise CodeunlearnError(
+            f"retain_statistics_tokens={retain_args.retain_statistics_tokens}", "use 0 (none) or a token count"
+        )
     config = bottleneck_args.to_config()  # validates the shape before anything slow
-    corpora = read_corpora(data_args.all_corpora(), data_args)
+    if data_args.forget_corpora:
+        raise CodeunlearnError(
+            "train fits the bottleneck on general text only, but --forget_corpora was given",
+            "pass general text with --corpora (or --retain_corpora); the topic is read later by stats/forget",
+        )
+    corpora = read_corpora(list(dict.fromkeys([*data_args.corpora, *data_args.retain_corpora])), data_args)
     model, tokenizer = load_base(model_args, training_args.progress)
     chunks = corpora.pack(tokenizer, "train")
+    bmodel = BottleneckedModel.attach(model, config)  # checks the layers and the shape against the model
+    check_enough_tokens(chunks, training_args)
     print(f"training on {len(chunks)} chunks x {chunks.shape[1]} tokens (train split of {', '.join(corpora.sources)})")
-    bmodel = BottleneckedModel.attach(model, config)
     output_dir = Path(training_args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     # Written first, so that an interrupted run can be resumed from it (`--resume`).
     atomic_write_text(
         output_dir / "run_args.json",
-        json.dumps(to_flat_dict(model_args, data_args, bottleneck_args, training_args), indent=1) + "\n",
+        json.dumps(to_flat_dict(model_args, data_args, bottleneck_args, training_args, retain_args), indent=1) + "\n",
     )
     metrics = train_bottleneck(bmodel, chunks, training_args)
     if metrics:
@@ -62,6 +96,19 @@ def main(argv: Sequence[str]) -> int:
         shape = f"{config.codebook_size} codes x {config.num_heads} heads"
     if stop is None or stop >= total:
         print(f"wrote {output_dir / 'bottleneck'} (layers {bmodel.layers}, {shape})")
+        if retain_args.retain_statistics_tokens:
+            stats_chunks = corpora.pack(tokenizer, "train", retain_args.retain_statistics_tokens)
+            stats = collect_code_statistics(
+                bmodel,
+                stats_chunks,
+                training_args.batch_size,
+                corpus=corpora.name,
+                progress=training_args.progress,
+                bf16=training_args.bf16,
+            )
+            stats.corpus_fingerprint = corpus_fingerprint(stats_chunks)
+            path = save_retain_statistics(stats, output_dir / "bottleneck")
+            print(f"retain statistics on {stats_chunks.numel():,} tokens: {path}")
     else:
         print(f"stopped at step {stop} of {total}; continue with --resume")
     return 0

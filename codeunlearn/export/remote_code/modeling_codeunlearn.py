@@ -71,8 +71,8 @@ DECODER_LAYER_PATHS = {
     "gpt_neox": "gpt_neox.layers",
 }
 
-# Nearest-key search in chunks of this many tokens bounds the (tokens, heads, codes) distance tensor.
-SEARCH_CHUNK_TOKENS = 1024
+# Nearest-key search in chunks of this many tokens bounds the (heads, tokens, codes) distance block.
+SEARCH_CHUNK = 512
 # sae-lens SAE architectures this file computes (their sae-lens `encode` / `decode`, at inference).
 SAE_ARCHITECTURES = ("standard", "topk", "jumprelu")
 
@@ -182,6 +182,7 @@ class CodebookQuantizer(nn.Module):
         self.register_buffer("substitute", torch.zeros(self.num_stages, self.num_heads, head_dim, **f32))
         self.register_buffer("excluded", torch.zeros(shape, dtype=torch.bool))  # edit: out of the search
         self.register_buffer("substituted", torch.zeros(shape, dtype=torch.bool))  # edit: replaced by `substitute`
+        self._norm_cache: dict[int, tuple[tuple[int, ...], torch.Tensor]] = {}  # per stage: squared key norms
 
     def passthrough_mask(self, x: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
         """Tokens left unquantized: position 0 (attention sink) and tokens of massive norm."""
@@ -201,16 +202,26 @@ class CodebookQuantizer(nn.Module):
         heads = torch.arange(table.shape[0], device=idx.device)
         return table[heads, idx]
 
-    @staticmethod
-    def _nearest(z: torch.Tensor, keys: torch.Tensor, excluded: torch.Tensor) -> torch.Tensor:
-        """Index of the nearest searchable key per head, in fp32. z (N, H, d), keys (H, C, d) -> (N, H)."""
-        keys = keys.float()
-        key_sq = (keys * keys).sum(-1).masked_fill(excluded, float("inf"))  # excluded codes are never nearest
-        out = []
-        for chunk in z.split(SEARCH_CHUNK_TOKENS):
-            distance = key_sq - 2 * torch.einsum("nhd,hcd->nhc", chunk.float(), keys)  # |z|^2 is the same for all
-            out.append(distance.argmin(-1))
-        return torch.cat(out) if out else torch.zeros(0, z.shape[1], dtype=torch.long, device=z.device)
+    def _nearest(self, z: torch.Tensor, stage: int) -> torch.Tensor:
+        """Index of the nearest searchable key per head, in fp32. z (N, H, d) -> (N, H).
+
+        The same computation as `codeunlearn.kmeans.nearest` (one batched GEMM per chunk of tokens, the keys read
+        transposed in place), so that the export picks the codes the edited model picks, ties included."""
+        keys = self.keys[stage].float()
+        tag = (keys.data_ptr(), keys._version, self.excluded.data_ptr(), self.excluded._version)
+        cached = self._norm_cache.get(stage)
+        if cached is None or cached[0] != tag:  # excluded codes get +inf: they are never nearest
+            key_sq = keys.pow(2).sum(-1).masked_fill(self.excluded[stage].bool(), float("inf"))
+            cached = (tag, key_sq)
+            self._norm_cache[stage] = cached
+        bias, keys_t = cached[1].unsqueeze(1), keys.transpose(1, 2)
+        points = z.transpose(0, 1)
+        out = [
+            torch.baddbmm(bias, part.float(), keys_t, alpha=-2.0).argmin(-1) for part in points.split(SEARCH_CHUNK, 1)
+        ]
+        if not out:
+            return torch.zeros(0, z.shape[1], dtype=torch.long, device=z.device)
+        return torch.cat(out, dim=1).T
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         """Quantize states x (..., dim); returns the same shape and dtype."""
@@ -222,7 +233,7 @@ class CodebookQuantizer(nn.Module):
             dropped = torch.zeros(z.shape[:2], dtype=torch.bool, device=x.device)  # head already substituted
             for stage in range(self.num_stages):
                 keys = self.keys[stage]
-                idx = self._nearest(z, keys, self.excluded[stage].bool())  # .bool(): a loader may have cast it
+                idx = self._nearest(z, stage)
                 z = z - self._lookup(keys, idx).float()  # the next stage quantizes what is left
                 newly = ~dropped & self.substituted[stage].bool().gather(1, idx.T).T
                 dropped = dropped | newly
