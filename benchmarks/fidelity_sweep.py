@@ -122,6 +122,14 @@ def main() -> None:
         variant = dict(variant)
         name = variant.pop("name")
         parent = variant.pop("continue_from", None)
+        trained = variant.pop("load", None)
+        if trained:  # measure a bottleneck trained elsewhere (e.g. by `codeunlearn train`) on the same held-out text
+            bmodel = BottleneckedModel.from_pretrained(model, trained)
+            bmodel.clear_edits()
+            row = {"name": name, "config": {"load": trained}, **measure(bmodel, heldout, base)}
+            append_result(args.results, row)
+            bmodel.detach()
+            continue
         if parent:
             # Reuse a finished key phase: copy its checkpoints and resume into the value phase.
             shutil.copytree(f"{args.output_dir}/{parent}/checkpoints", f"{args.output_dir}/{name}/checkpoints")

@@ -203,7 +203,9 @@ def load_benchmark_model(args: argparse.Namespace, prefix: str):
 def train_tiny_bottleneck(model, chunks: torch.Tensor, directory: Path) -> None:
     from codeunlearn.training import TrainingArguments, train_bottleneck
 
-    bmodel = BottleneckedModel.attach(model, BottleneckConfig(layers=[1, 2], num_heads=4, codebook_size=64, num_stages=1))
+    bmodel = BottleneckedModel.attach(
+        model, BottleneckConfig(layers=[1, 2], num_heads=4, codebook_size=64, num_stages=1)
+    )
     args = TrainingArguments(
         output_dir=str(directory / "train"),
         key_steps=3,

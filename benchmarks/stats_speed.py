@@ -7,7 +7,12 @@ Four measurements, each over the same --tokens (batches of --batch_size x --seq_
       true cost of running layers 0..L (plus embedding, rotary tables, mask and one final RMSNorm);
   (b) the statistics pass: `collect_code_statistics` (stops after layer L, quantizes, counts codes);
   (c) the full base forward with logits (bottleneck disabled);
-  (d) code lookup alone: `bottleneck.quantize` on layer-L states cached beforehand.
+  (d) code lookup alone: `bottleneck.quantize` on layer-L states cached beforehand;
+  (e) the search GEMM alone: the distance GEMMs of an exhaustive nearest-code search (every stage, every head,
+      every code; `codeunlearn.kmeans.nearest` without its argmin) on the same cached states.
+
+The limit of a statistics pass is (a) + (e): the forward it needs plus the search it cannot skip; the table gives
+the statistics pass as a share of that limit.
 
 Repeats alternate (every repeat runs every measurement in both precisions, in a rotated order); the median of
 --repeats is reported. Other processes on a shared machine slow everything down, so compare ratios within one run.
@@ -40,13 +45,14 @@ from tqdm.auto import tqdm
 from codeunlearn.architectures import DECODER_LAYER_PATHS, model_type_of
 from codeunlearn.bottlenecked import BottleneckedModel, BottleneckLayer
 from codeunlearn.config import BottleneckConfig
+from codeunlearn.kmeans import SEARCH_CHUNK, squared_norms
 from codeunlearn.runtime import autocast
 from codeunlearn.statistics import collect_code_statistics
 
 HEADING = "## Statistics pass speed"
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TEXT = "retain/wikitext2_raw_test.txt"
-MEASURES = ("truncated", "stats", "full", "lookup")
+MEASURES = ("truncated", "stats", "full", "lookup", "gemm")
 
 
 # ---------------------------------------------------------------------------------------------------- setup
@@ -199,7 +205,22 @@ def make_measures(
             for layer, x in states:
                 bmodel.bottleneck(layer).quantize(x)
 
-    return {"truncated": truncated, "stats": stats, "full": full, "lookup": lookup}
+    def gemm(bf16: bool, data: torch.Tensor) -> None:
+        states = cached[bf16] if len(data) == len(chunks) else cached[bf16][: len(bmodel.layers)]
+        with torch.no_grad():
+            for layer, x in states:
+                bottleneck = bmodel.bottleneck(layer)
+                flat = x.reshape(-1, x.shape[-1]).float()
+                z = ((flat - bottleneck.mean) @ bottleneck.rotation).view(len(flat), config.num_heads, -1)
+                points = z.transpose(0, 1)
+                for stage in range(config.num_stages):  # every stage searches a residual of this shape
+                    keys = bottleneck.keys(stage).float()
+                    bias, keys_t = squared_norms(keys).unsqueeze(1), keys.transpose(1, 2)
+                    for part in points.split(SEARCH_CHUNK, dim=1):
+                        torch.baddbmm(bias, part, keys_t, alpha=-2.0)
+
+    config = bmodel.config
+    return {"truncated": truncated, "stats": stats, "full": full, "lookup": lookup, "gemm": gemm}
 
 
 def run_benchmark(
@@ -234,15 +255,19 @@ def run_benchmark(
 def table(times: dict, tokens: int, last: int) -> list[str]:
     lines = [
         f"| precision | truncated fwd L0..{last} tok/s | stats pass tok/s | full fwd tok/s | code lookup tok/s "
-        "| t_stats / t_truncated | t_truncated / t_full |",
-        "|---|---|---|---|---|---|---|",
+        "| search GEMM tok/s | limit (truncated + GEMM) tok/s | t_stats / t_truncated | t_stats / t_limit "
+        "| t_truncated / t_full |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for precision, by_measure in times.items():
         median = {m: statistics.median(v) for m, v in by_measure.items()}
         speed = {m: tokens / median[m] for m in MEASURES}
+        limit = median["truncated"] + median["gemm"]
         lines.append(
-            f"| {precision} | {speed['truncated']:,.0f} | {speed['stats']:,.0f} | {speed['full']:,.0f} | {speed['lookup']:,.0f} "
-            f"| {median['stats'] / median['truncated']:.2f} | {median['truncated'] / median['full']:.2f} |"
+            f"| {precision} | {speed['truncated']:,.0f} | {speed['stats']:,.0f} | {speed['full']:,.0f} "
+            f"| {speed['lookup']:,.0f} | {speed['gemm']:,.0f} | {tokens / limit:,.0f} "
+            f"| {median['stats'] / median['truncated']:.2f} | {median['stats'] / limit:.2f} "
+            f"| {median['truncated'] / median['full']:.2f} |"
         )
     return lines
 

@@ -69,7 +69,7 @@ class BottleneckConfig:
     passthrough_first_position: bool = True
     massive_norm_factor: float = 20.0
     ema_decay: float = 0.99
-    kmeans_iters: int = 10
+    kmeans_iters: int = 2
     dead_code_threshold: float = 0.02
     adapter_rank: int = 0
     seed: int = 0

@@ -1,7 +1,7 @@
 """Nearest-key search and chunked k-means for multi-head codebooks, in fp32.
 
 Why not `vector_quantize_pytorch.kmeans`: it builds the whole (heads, points, codes) distance tensor at once (8 x
-131,072 x 4,096 fp32 = 17 GB for the default codebook), and its search is a `cdist`. Here the distances of a chunk of
+65,536 x 4,096 fp32 = 8.6 GB for the default codebook), and its search is a `cdist`. Here the distances of a chunk of
 points are one batched GEMM over every head (`baddbmm`, the keys read in place as (heads, dim, codes)), so the search
 runs at the speed of the GEMM; the update step is the same as the library's (empty codes keep their key), with the
 same `all_reduce_fn` hook so that data-parallel ranks can share sums and counts.

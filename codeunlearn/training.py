@@ -83,9 +83,10 @@ class TrainingArguments:
     )
     batch_size: int = field(default=8, metadata={"help": "Chunks per step and process."})
     kmeans_init_tokens: int = field(
-        default=131072,
+        default=65536,
         metadata={
-            "help": "Tokens whose states initialise the bottleneck (codebook: the k-means fit, tens per code; "
+            "help": "Tokens whose states initialise the bottleneck (codebook: the k-means fit, 16 per code of the "
+            "default 4,096-code heads; "
             "SAE: b_dec, input scale, typical norm)."
         },
     )

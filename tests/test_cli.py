@@ -499,5 +499,5 @@ def test_train_refuses_topic_text_and_too_little_text(workspace, tmp_path, capsy
     )
     assert "general text only" in error
     error = run_error(["train", *common, "--corpora", str(workspace["retain"]), "--output_dir", str(out)], capsys)
-    assert "kmeans_init_tokens=131,072" in error and "tokens" in error
+    assert "kmeans_init_tokens=65,536" in error and "tokens" in error
     assert not out.exists()  # refused before anything was written

@@ -1,4 +1,5 @@
-"""Helpers the subcommands share: corpora by split, loading a base model with its bottleneck, stage timing."""
+"""Helpers the subcommands share: corpora by split, loading a base model with its bottleneck (from a directory or a
+Hub repo id), stage timing."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from codeunlearn.cli.arguments import DataArguments, ModelArguments
 from codeunlearn.config import CONFIG_NAME
 from codeunlearn.data import DocumentSplit, load_documents, pack_documents, split_documents
 from codeunlearn.errors import CodeunlearnError
+from codeunlearn.hub import resolve_bottleneck_source
 
 Split = Literal["train", "heldout", "all"]
 
@@ -78,18 +80,34 @@ def read_corpora(sources: list[str], data: DataArguments, what: str = "corpora")
 
 def resolve_bottleneck_dir(path: str | Path) -> Path:
     """Accept a bottleneck directory, or the output directory of `codeunlearn train` that holds `bottleneck/`, or a
-    sae-lens SAE directory (or a folder of them, e.g. a downloaded release), attached by its hook names."""
-    path = Path(path)
+    sae-lens SAE directory (or a folder of them, e.g. a downloaded release), attached by its hook names. A name that
+    is not a local path but reads as a Hub repo id (`OWNER/NAME[/sub/folder][@revision]`) is downloaded into the
+    Hugging Face cache first (`codeunlearn.hub`), and the same rules apply to what it holds."""
+    local = resolve_bottleneck_source(path)
+    found = _bottleneck_in(local)
+    if found is not None:
+        return found
+    if not Path(path).exists() and local != Path(path):  # downloaded, but not a bottleneck
+        raise CodeunlearnError(
+            f"Hub repo {path} holds no bottleneck (no {CONFIG_NAME}, no bottleneck/, no sae-lens SAE)",
+            "name the repo (or its subfolder) that `codeunlearn push --bottleneck_dir` uploaded",
+        )
+    raise CodeunlearnError(
+        f"no bottleneck at {path} (no {CONFIG_NAME})",
+        "pass the bottleneck directory written by `codeunlearn train`, a sae-lens SAE directory, or a Hub repo id "
+        "OWNER/NAME[/subfolder][@revision]",
+    )
+
+
+def _bottleneck_in(path: Path) -> Path | None:
+    """The bottleneck directory `path` is or holds (a codeunlearn bottleneck, a train output, sae-lens SAEs)."""
     if (path / CONFIG_NAME).is_file():
         return path
     if (path / "bottleneck" / CONFIG_NAME).is_file():
         return path / "bottleneck"
     if is_sae_source(path):
         return path
-    raise CodeunlearnError(
-        f"no bottleneck at {path} (no {CONFIG_NAME})",
-        "pass the bottleneck directory written by `codeunlearn train`, or a sae-lens SAE directory",
-    )
+    return None
 
 
 def is_sae_source(path: Path) -> bool:

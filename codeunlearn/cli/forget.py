@@ -237,7 +237,7 @@ def _retain_statistics(args, retain_corpora, bmodel, tokenizer, fingerprint: str
         bmodel, chunks, args.batch_size, corpus=retain_corpora.name, progress=args.progress, bf16=args.bf16
     )
     stats.corpus_fingerprint = key
-    print(
-        f"retain statistics: counted on {chunks.numel():,} tokens, kept at {save_retain_statistics(stats, directory)}"
-    )
+    # A bottleneck named by Hub repo id lives in the Hugging Face cache, which is not ours to write into.
+    keep = directory if Path(args.bottleneck_dir).exists() else Path(args.output_dir)
+    print(f"retain statistics: counted on {chunks.numel():,} tokens, kept at {save_retain_statistics(stats, keep)}")
     return stats

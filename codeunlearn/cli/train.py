@@ -4,7 +4,7 @@
         ../shared/data/retain/wikitext2_raw_test.txt --output_dir outputs/run
 
 With no other flags this is the faithful recipe (`configs/faithful_smollm2.yaml`): 8 residual stages x 8 heads x
-4,096 codes whose keys are fitted by k-means on the states of 131,072 tokens. The bottleneck is trained on general
+4,096 codes whose keys are fitted by k-means on the states of 65,536 tokens. The bottleneck is trained on general
 text only (`--corpora` and `--retain_corpora`), never on a topic it will be asked to forget: `--forget_corpora` is
 refused here (statistics and selection read the topic later).
 

@@ -9,6 +9,7 @@ their code (feature) counts and interventions, the evaluation table, intended us
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -440,3 +441,345 @@ def write_model_card(directory: str | Path, repo_id: str | None = None) -> Path:
     path = Path(directory) / CARD_NAME
     model_card(directory, repo_id).save(path)
     return path
+
+
+# ------------------------------------------------------------------------------------- bottleneck repositories
+
+FIDELITY_REPORT_NAME = "fidelity_report.json"
+RUN_ARGS_NAME = "run_args.json"
+_FIDELITY_FIX = (
+    "pass the report.json of `codeunlearn eval --bottleneck_dir` on this bottleneck, or its row of "
+    "benchmarks/fidelity_sweep.py's results.jsonl"
+)
+
+
+@dataclass
+class FidelityReport:
+    """What a card shows of a bottleneck's fidelity, read from a `codeunlearn eval` report.json or a row of
+    benchmarks/fidelity_sweep.py (`raw` is that report or row, published beside the card)."""
+
+    source: str
+    delta_ce: list[tuple[str, float, float | None]]  # corpus, held-out loss increase (nat/token), relative or None
+    fvu: list[tuple[str, float]]  # where measured, fraction of variance unexplained (quantized tokens)
+    raw: dict[str, Any]
+    bits_per_token: float | None = None
+    train_corpora: list[str] = field(default_factory=list)
+    heldout_tokens: dict[str, Any] = field(default_factory=dict)
+
+
+def _public_name(source: str) -> str:
+    """A corpus as the card shows it: the file name of a local path (the rest is the uploader's disk layout), a
+    `datasets` name as given."""
+    if source.startswith(("/", ".", "~")) or "\\" in source or Path(source).exists():
+        return Path(source).name
+    return source
+
+
+def _eval_fidelity(report: dict[str, Any], path: Path, layers: list[int]) -> FidelityReport:
+    rows = {row.get("row"): row for row in report["rows"] if isinstance(row, dict)}
+    base, bottleneck = rows.get("base"), rows.get("bottleneck")
+    if not base or not bottleneck:
+        raise CodeunlearnError(f"{path} has no `base` and `bottleneck` rows", _FIDELITY_FIX)
+    if report.get("layers") is not None and list(report["layers"]) != list(layers):
+        raise CodeunlearnError(
+            f"{path} was measured on a bottleneck at layers {report['layers']}, this one is at {layers}",
+            _FIDELITY_FIX,
+        )
+    delta_ce = []
+    for side in ("forget", "retain"):
+        before, after = base.get(f"{side}_loss"), bottleneck.get(f"{side}_loss")
+        if isinstance(before, (int, float)) and isinstance(after, (int, float)):
+            names = ", ".join(_public_name(str(s)) for s in report.get(f"{side}_corpora", [])) or side
+            delta_ce.append((f"{names} ({side} side of the eval)", after - before, (after - before) / before))
+    fvu = [
+        (f"layer {row.get('layer', '?')}, {row.get('corpus', '?')}", float(row.get("fvu_ordinary", row.get("fvu"))))
+        for row in report.get("fidelity") or []
+        if isinstance(row, dict) and isinstance(row.get("fvu_ordinary", row.get("fvu")), (int, float))
+    ]
+    return FidelityReport("`codeunlearn eval`", delta_ce, fvu, report, heldout_tokens=report.get("heldout_tokens", {}))
+
+
+def _sweep_fidelity(row: dict[str, Any], path: Path, bits_per_token: float | None) -> FidelityReport:
+    bits = row.get("bits_per_token")
+    if bits_per_token is not None and isinstance(bits, (int, float)) and abs(bits - bits_per_token) > 1e-6:
+        raise CodeunlearnError(
+            f"{path} row {row.get('name', '?')!r} is for a bottleneck of {bits:g} bits per token, this one has "
+            f"{bits_per_token:g}",
+            _FIDELITY_FIX,
+        )
+    relative = row.get("relative_delta_ce") or {}
+    delta_ce = [
+        (str(corpus), float(delta), relative.get(corpus))
+        for corpus, delta in (row.get("delta_ce") or {}).items()
+        if isinstance(delta, (int, float))
+    ]
+    fvu = [
+        (label, float(row[key]))
+        for key, label in (("fvu_ordinary", "quantized tokens"), ("fvu_all", "all tokens"))
+        if isinstance(row.get(key), (int, float))
+    ]
+    return FidelityReport(
+        "benchmarks/fidelity_sweep.py",
+        delta_ce,
+        fvu,
+        row,
+        bits_per_token=bits,
+        train_corpora=[str(c) for c in row.get("train_corpora") or []],
+        heldout_tokens=row.get("heldout_tokens") or {},
+    )
+
+
+def _loaded_from(row: dict[str, Any], directory: Path) -> bool:
+    """A sweep row that measured a bottleneck trained elsewhere (`{"load": DIR}`) names its directory."""
+    loaded = (row.get("config") or {}).get("load") if isinstance(row.get("config"), dict) else None
+    if not isinstance(loaded, str):
+        return False
+    return Path(loaded).resolve() in {directory, directory.parent}
+
+
+def read_fidelity_report(
+    path: str | Path, bottleneck_dir: str | Path, layers: list[int], bits_per_token: float | None
+) -> FidelityReport:
+    """A bottleneck's fidelity from a `codeunlearn eval` report.json, or from benchmarks/fidelity_sweep.py output: one
+    JSON row, or its results.jsonl, where the row named like the bottleneck's run directory (the sweep trains
+    variant NAME into OUTPUT/NAME/bottleneck) or loaded from it (`"load": DIR`) is taken. A report measured on
+    another shape is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise CodeunlearnError(f"fidelity report not found: {path}", _FIDELITY_FIX)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise CodeunlearnError(f"cannot read {path} ({err})", _FIDELITY_FIX) from None
+    try:
+        items = [json.loads(text)]
+    except json.JSONDecodeError:
+        try:
+            items = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError as err:
+            raise CodeunlearnError(f"{path} is neither JSON nor JSON lines ({err.msg})", _FIDELITY_FIX) from None
+    if len(items) == 1 and isinstance(items[0], dict) and isinstance(items[0].get("rows"), list):
+        return _eval_fidelity(items[0], path, layers)
+    rows = [item for item in items if isinstance(item, dict) and isinstance(item.get("delta_ce"), dict)]
+    if not rows:
+        raise CodeunlearnError(f"{path} holds no eval `rows` and no fidelity-sweep row (`delta_ce`)", _FIDELITY_FIX)
+    if len(rows) > 1:
+        directory = Path(bottleneck_dir).resolve()
+        names = {directory.name, directory.parent.name}
+        matching = [row for row in rows if row.get("name") in names or _loaded_from(row, directory)]
+        if not matching:
+            listed = ", ".join(sorted({str(row.get("name")) for row in rows}))
+            raise CodeunlearnError(
+                f"{path} holds {len(rows)} fidelity-sweep rows ({listed}) and none is named after {directory}",
+                "pass a file with the one row of this bottleneck",
+            )
+        rows = matching[-1:]  # a variant re-run later supersedes the earlier row
+    return _sweep_fidelity(rows[0], path, bits_per_token)
+
+
+def _fidelity_section(fidelity: FidelityReport | None) -> str:
+    if fidelity is None:
+        return (
+            "Fidelity was not measured for this upload. Measure it with `codeunlearn eval --bottleneck_dir "
+            "REPO_OR_DIR --forget_corpora ... --retain_corpora ... --output_dir OUT` (the `base` and `bottleneck` "
+            "rows of OUT/report.json give the held-out loss increase, its `fidelity` rows the FVU) and push again "
+            "with `--fidelity_report OUT/report.json`."
+        )
+    lines = [
+        f"Measured with {fidelity.source} on held-out text (documents the bottleneck was not trained on).",
+        "",
+        "| corpus | ΔCE (nat/token) | ΔCE (%) |",
+        "|---|---:|---:|",
+    ]
+    for corpus, delta, relative in fidelity.delta_ce:
+        percent = f"{100 * relative:+.2f}%" if isinstance(relative, (int, float)) else "-"
+        lines.append(f"| {corpus} | {delta:+.4f} | {percent} |")
+    if fidelity.fvu:
+        lines += ["", "| FVU | value |", "|---|---:|"]
+        lines += [f"| {label} | {value:.4f} |" for label, value in fidelity.fvu]
+    if fidelity.heldout_tokens:
+        tokens = ", ".join(
+            f"{name} {count:,}" if isinstance(count, int) else f"{name} {count}"
+            for name, count in fidelity.heldout_tokens.items()
+        )
+        lines += ["", f"Held-out tokens: {tokens}."]
+    lines += [
+        "",
+        "ΔCE: the increase of the mean next-token cross-entropy over the base model with the bottleneck attached and "
+        "no edit (lower is more faithful). FVU: the fraction of the bottleneck input's variance its output does not "
+        f"reproduce. The full report is `{FIDELITY_REPORT_NAME}`.",
+    ]
+    return "\n".join(lines)
+
+
+def _statistics_section(directory: Path) -> str:
+    from codeunlearn.statistics_cache import STATISTICS_DIR
+
+    summaries = sorted((directory / STATISTICS_DIR).glob("*.json"))
+    if not summaries:
+        return (
+            "None are kept: the first `codeunlearn forget` needs `--retain_corpora` (they are counted once and kept "
+            "in the bottleneck directory)."
+        )
+    lines = ["| file | corpus | tokens per layer | codes seen per layer |", "|---|---|---|---|"]
+    for summary in summaries:
+        meta = _read_json(summary)
+        tokens = ", ".join(f"{layer}: {count:,}" for layer, count in (meta.get("tokens") or {}).items())
+        seen = ", ".join(f"{layer}: {count:,}" for layer, count in (meta.get("codes_seen") or {}).items())
+        name = summary.relative_to(directory).with_suffix(".safetensors").as_posix()
+        lines.append(f"| `{name}` | {meta.get('corpus', '?')} | {tokens} | {seen} |")
+    lines += [
+        "",
+        "`codeunlearn forget` selects a topic's codes against these counts, so forgetting a topic costs one forward "
+        "pass over the topic's text.",
+    ]
+    return "\n".join(lines)
+
+
+def _training_corpora(directory: Path, fidelity: FidelityReport | None) -> list[str]:
+    """The corpora the bottleneck was trained on, from the `run_args.json` that `codeunlearn train` writes beside
+    `bottleneck/`, else from a fidelity-sweep row."""
+    run_args = directory.parent / RUN_ARGS_NAME
+    if run_args.is_file():
+        args = _read_json(run_args)
+        if isinstance(args, dict):
+            corpora = [*(args.get("corpora") or []), *(args.get("retain_corpora") or [])]
+            if corpora:
+                return [_public_name(str(c)) for c in dict.fromkeys(corpora)]
+    return list(fidelity.train_corpora) if fidelity is not None else []
+
+
+def _loadable_base(name: str) -> str:
+    """What `--model_name_or_path` / `load_model_and_tokenizer` takes for the recorded base model: the shipped
+    short name for codeunlearn's own GGUF, a Hub id as is, else a placeholder (a path on the uploader's disk)."""
+    from codeunlearn.modeling import SHIPPED_MODEL
+
+    if any(key in name for key in KNOWN_BASE_MODELS):
+        return SHIPPED_MODEL
+    return name if _base_model_id(name) == name else "BASE_MODEL"
+
+
+def bottleneck_card(
+    directory: str | Path, repo_id: str | None = None, fidelity: FidelityReport | None = None
+) -> ModelCard:
+    """The card of a bottleneck repository (`codeunlearn push --bottleneck_dir`): its shape, the base model it was
+    trained for, the training corpora, the cached retain statistics, its fidelity (or how to measure it) and how to
+    load it by repo id. Everything is read from `directory` and `fidelity`; nothing is written."""
+    from codeunlearn.bottlenecked import EDITS_NAME
+    from codeunlearn.config import CONFIG_NAME, BottleneckConfig
+
+    directory = Path(directory)
+    config = BottleneckConfig.from_json_file(directory / CONFIG_NAME)
+    base_id = _base_model_id(config.base_model)
+    # A local base path says nothing to a reader (and shows the uploader's disk), so the card names the Hub id.
+    base_name = base_id or _public_name(config.base_model) or config.model_type or "?"
+    load_base = _loadable_base(config.base_model)
+    load_name = repo_id or "REPO_ID"
+    revision = next(
+        (str(config.extra[key]) for key in ("base_revision", "revision", "model_revision") if config.extra.get(key)),
+        None,
+    )
+    edits = _read_json(directory / EDITS_NAME) if (directory / EDITS_NAME).is_file() else []
+    if config.kind == "sae":
+        kind = f"sparse autoencoder ({config.sae_architecture})"
+        shape_rows = [
+            f"| features per layer | {config.codes_per_layer:,}"
+            + (f" (top-k, k = {config.sae_k})" if config.sae_architecture == "topk" else "")
+            + " |",
+            f"| error term | {'kept' if config.sae_error_term else 'dropped'} |",
+            "| bits per token | - (continuous feature activations) |",
+        ]
+        tags = ["codeunlearn", "unlearning", "bottleneck", "sparse-autoencoder", "sae-lens"]
+    else:
+        kind = "codebook (multi-head residual vector quantization)"
+        shape_rows = [
+            f"| heads x codes x stages | {config.num_heads} x {config.codebook_size} x {config.num_stages} "
+            f"({config.codes_per_layer:,} codes per layer) |",
+            f"| bits per token | {config.bits_per_token:g} |",
+            f"| downstream LoRA adapters | {f'rank {config.adapter_rank}' if config.adapter_rank else 'none'} |",
+        ]
+        tags = ["codeunlearn", "unlearning", "bottleneck", "vector-quantization"]
+    corpora = _training_corpora(directory, fidelity)
+    edited = (
+        f"It carries {len(edits)} saved edit(s) ({', '.join(str(e.get('topic')) for e in edits)}), active when it "
+        f"loads (`{EDITS_NAME}`)."
+        if edits
+        else "It carries no edit: it is the bottleneck before any topic was removed."
+    )
+    data = ModelCardData(base_model=base_id, library_name="codeunlearn", license="apache-2.0", tags=tags)
+    units = "features" if config.kind == "sae" else "codes"
+    intro = (
+        f"A trained codeunlearn bottleneck: attached to `{base_name}`, it passes the residual stream after the "
+        f"layer(s) above through {'sparse features' if config.kind == 'sae' else 'a small set of discrete codes'}, "
+        f"and a topic is forgotten by removing the {units} its text uses far more than other text. The base weights "
+        "are not part of this repository and are never changed."
+    )
+    shown = _public_name(config.base_model)
+    recorded = f" (recorded as `{shown}`)" if shown and shown != base_name else ""
+    body = f"""
+# codeunlearn bottleneck for {base_name}: layer(s) {config.layers}, {kind}
+
+{intro} {edited}
+
+## Shape
+
+| setting | value |
+|---|---|
+| kind | {config.kind}: {kind} |
+| layers | {config.layers} |
+| site | {config.site} |
+{chr(10).join(shape_rows)}
+| passthrough | position 0: {config.passthrough_first_position}; norm above {config.massive_norm_factor} x typical |
+
+## Base model
+
+| | |
+|---|---|
+| base model | `{base_name}`{recorded} |
+| model_type | {config.model_type or "?"} |
+| hidden size, decoder layers | {config.hidden_size}, {config.num_hidden_layers} |
+| revision | {revision or "not recorded"} |
+
+Loading checks the hidden size, the number of layers and the `model_type` against the model it is attached to.
+
+## Training corpora
+
+{", ".join(f"`{c}`" for c in corpora) if corpora else "Not recorded with this upload."}
+
+## Fidelity
+
+{_fidelity_section(fidelity)}
+
+## Cached retain statistics
+
+{_statistics_section(directory)}
+
+## How to load
+
+Every `--bottleneck_dir` of the codeunlearn CLI takes the repo id (`OWNER/NAME[/subfolder][@revision]`); it is
+downloaded once into the Hugging Face cache:
+
+```bash
+codeunlearn forget --bottleneck_dir {load_name} --model_name_or_path {load_base} \\
+    --forget_corpora TOPIC.txt --topic TOPIC --num_codes 1024 --output_dir outputs/forget_topic
+```
+
+```python
+import huggingface_hub
+from codeunlearn.bottlenecked import BottleneckedModel
+from codeunlearn.modeling import load_model_and_tokenizer
+
+model, tokenizer = load_model_and_tokenizer("{load_base}")
+bmodel = BottleneckedModel.from_pretrained(model, huggingface_hub.snapshot_download("{load_name}"))
+```
+
+## Limitations
+
+- The bottleneck costs some fidelity (see above); check the tasks you care about with the bottleneck attached.
+- It fits only the base model it was trained for (same architecture and weights); loading refuses other shapes,
+  but not another checkpoint of the same shape.
+- Forgetting with it is measured as held-out next-token loss on a topic's text versus retain text. That is not a
+  guarantee that nothing about the topic remains: paraphrases, other languages, few-shot prompts or fine-tuning may
+  recover some of it (`codeunlearn eval --suite ... --attacks` measures some of these).
+"""
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")

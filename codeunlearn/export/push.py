@@ -1,27 +1,29 @@
-"""Push an exported directory to the Hugging Face Hub, with its model card.
+"""Push to the Hugging Face Hub: an exported directory, or a trained bottleneck, each with its model card.
 
-`huggingface_hub` does the work: `create_repo` (exist_ok), `upload_folder` for the files, then one commit with the
-model card (regenerated for the repo id, so its loading snippet names the repo) and the eval report if one is
-given. The local directory is only read, so a missing or refused token, a network error or a full quota leaves it
+An export (`push_to_hub`): `huggingface_hub` does the work: `create_repo` (exist_ok), `upload_folder` for the
+files, then one commit with the model card (regenerated for the repo id, so its loading snippet names the repo)
+and the eval report if one is given.
+
+A bottleneck (`push_bottleneck_to_hub`): its config, weights (or per-layer sae-lens folders), saved edits and cached
+retain statistics, the card (shape, bits per token, base model, training corpora, fidelity) and the fidelity
+report if one is given, all in one `create_commit`, so the repo never holds a bottleneck without its card. Every
+`--bottleneck_dir` then takes the repo id (`codeunlearn.hub`).
+
+The local directory is only read, so a missing or refused token, a network error or a full quota leaves it
 exactly as it was. The endpoint is `HF_ENDPOINT` when set (a mirror or a local test server), else the public Hub.
 """
 
 from __future__ import annotations
 
-import importlib
-import os
+import json
 from pathlib import Path
 
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.export.card import CARD_NAME, EVAL_REPORT_NAME, model_card
+from codeunlearn.hub import hub_endpoint, request_errors
 
 DEFAULT_COMMIT_MESSAGE = "Upload model exported with codeunlearn"
-
-
-def _endpoint() -> str:
-    from huggingface_hub import constants
-
-    return os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+DEFAULT_BOTTLENECK_COMMIT_MESSAGE = "Upload bottleneck trained with codeunlearn"
 
 
 def resolve_token(token: str | None = None) -> str:
@@ -35,21 +37,6 @@ def resolve_token(token: str | None = None) -> str:
             "run `hf auth login`, set HF_TOKEN, or pass --token with a token that has write access",
         )
     return token
-
-
-def _request_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions a Hub request raises for network trouble: OSError (HfHubHTTPError is one) and the HTTP client's own
-    error base, whichever client this huggingface_hub uses (httpx, its fork httpx2, or requests)."""
-    errors: list[type[BaseException]] = [OSError]
-    for name in ("httpx2", "httpx", "requests"):
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        base = getattr(module, "HTTPError", None) or getattr(module, "RequestException", None)
-        if isinstance(base, type) and issubclass(base, BaseException):
-            errors.append(base)
-    return tuple(errors)
 
 
 def _hub_error(err: Exception, repo_id: str, endpoint: str) -> CodeunlearnError:
@@ -100,7 +87,7 @@ def push_to_hub(
         raise CodeunlearnError(f"invalid repo id {repo_id!r}", "use NAME or NAMESPACE/NAME")
     card = model_card(export_dir, repo_id=repo_id, eval_report=eval_report)  # also checks it is an export
     token = resolve_token(token)
-    endpoint = _endpoint()
+    endpoint = hub_endpoint()
     api = HfApi(endpoint=endpoint, token=token)
     ignore = [".*", CARD_NAME] + ([EVAL_REPORT_NAME] if eval_report is not None else [])
     card_files = [CommitOperationAdd(path_in_repo=CARD_NAME, path_or_fileobj=str(card).encode())]
@@ -112,6 +99,76 @@ def push_to_hub(
             repo_id=url.repo_id, folder_path=export_dir, ignore_patterns=ignore, commit_message=commit_message
         )
         api.create_commit(repo_id=url.repo_id, operations=card_files, commit_message="Model card (codeunlearn)")
-    except _request_errors() as err:
+    except request_errors() as err:
+        raise _hub_error(err, repo_id, endpoint) from None
+    return str(url)
+
+
+def _bottleneck_files(directory: Path) -> list[Path]:
+    """Every file a bottleneck directory holds, relative to it, in a stable order: config, weights (or the
+    per-layer sae-lens folders), saved edits and the cached retain statistics. Hidden files (an interrupted atomic
+    write's leftovers) and a local README.md (the card replaces it) stay behind."""
+    files = []
+    for path in sorted(directory.rglob("*")):
+        relative = path.relative_to(directory)
+        if path.is_file() and not any(part.startswith(".") for part in relative.parts) and relative != Path(CARD_NAME):
+            files.append(relative)
+    return files
+
+
+def push_bottleneck_to_hub(
+    bottleneck_dir: str | Path,
+    repo_id: str,
+    token: str | None = None,
+    private: bool = False,
+    fidelity_report: str | Path | None = None,
+    commit_message: str = DEFAULT_BOTTLENECK_COMMIT_MESSAGE,
+) -> str:
+    """Upload a trained bottleneck (a `codeunlearn train` output or its `bottleneck/`) to `repo_id` with a model card,
+    in one commit; returns the repo URL. Any CLI `--bottleneck_dir` then takes `repo_id`.
+
+    `fidelity_report` (a `codeunlearn eval` report.json, or benchmarks/fidelity_sweep.py output) puts ΔCE per corpus
+    and FVU on the card and is published as `fidelity_report.json`. The local directory is only read; errors are
+    one-line `CodeunlearnError`s, raised before anything is sent when the input is at fault."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    from codeunlearn.cli.common import resolve_bottleneck_dir
+    from codeunlearn.config import CONFIG_NAME, BottleneckConfig
+    from codeunlearn.export.card import FIDELITY_REPORT_NAME, bottleneck_card, read_fidelity_report
+
+    given = Path(bottleneck_dir)
+    if not given.is_dir():  # a local directory only: a repo id here would re-upload someone's download
+        raise CodeunlearnError(
+            f"bottleneck directory not found: {given}", "pass the bottleneck directory written by `codeunlearn train`"
+        )
+    directory = resolve_bottleneck_dir(given)
+    if not (directory / CONFIG_NAME).is_file():
+        raise CodeunlearnError(
+            f"{directory} is a sae-lens SAE directory, not a codeunlearn bottleneck (no {CONFIG_NAME})",
+            "attach it once (`BottleneckedModel.attach_sae`) and save_pretrained it, or upload it with sae-lens's tools",
+        )
+    if repo_id.count("/") > 1 or not repo_id.strip("/"):
+        raise CodeunlearnError(f"invalid repo id {repo_id!r}", "use NAME or NAMESPACE/NAME")
+    config = BottleneckConfig.from_json_file(directory / CONFIG_NAME)
+    fidelity = None
+    if fidelity_report is not None:
+        bits = config.bits_per_token if config.kind == "vq" else None
+        fidelity = read_fidelity_report(fidelity_report, directory, config.layers, bits)
+    card = bottleneck_card(directory, repo_id=repo_id, fidelity=fidelity)
+    token = resolve_token(token)
+    endpoint = hub_endpoint()
+    api = HfApi(endpoint=endpoint, token=token)
+    operations = [
+        CommitOperationAdd(path_in_repo=relative.as_posix(), path_or_fileobj=str(directory / relative))
+        for relative in _bottleneck_files(directory)
+    ]
+    operations.append(CommitOperationAdd(path_in_repo=CARD_NAME, path_or_fileobj=str(card).encode()))
+    if fidelity is not None:
+        report = json.dumps(fidelity.raw, indent=1) + "\n"
+        operations.append(CommitOperationAdd(path_in_repo=FIDELITY_REPORT_NAME, path_or_fileobj=report.encode()))
+    try:
+        url = api.create_repo(repo_id, private=private, exist_ok=True)
+        api.create_commit(repo_id=url.repo_id, operations=operations, commit_message=commit_message)
+    except request_errors() as err:
         raise _hub_error(err, repo_id, endpoint) from None
     return str(url)
