@@ -107,3 +107,27 @@ def test_selection_coverage_refuses_unknown_rule_keys_in_one_line(tmp_path):
     )
     assert done.returncode != 0
     assert done.stderr.strip().splitlines()[-1].startswith("unknown rule keys ['min_forget']: use [")
+
+
+def test_stats_speed_tiny_reports_the_search_limit():
+    out = run_script("stats_speed.py", "--tiny", "--tokens", "1024", "--repeats", "1", "--kmeans_tokens", "1024")
+    header, _, fp32, bf16 = [line for line in out.stdout.splitlines() if line.startswith("|")][:4]
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert "search GEMM tok/s" in columns and "t_stats / t_limit" in columns
+    row = dict(zip(columns, (c.strip() for c in fp32.strip("|").split("|")), strict=True))
+    speed = {k: float(row[k].replace(",", "")) for k in ("truncated fwd L0..3 tok/s", "search GEMM tok/s")}
+    limit = float(row["limit (truncated + GEMM) tok/s"].replace(",", ""))
+    # the limit adds the two times: it is slower than either part alone
+    assert limit < min(speed.values())
+    assert bf16.startswith("| bf16 |")
+
+
+def test_profile_summary_counts_each_sample_under_its_first_matching_rule(tmp_path):
+    profile = tmp_path / "profile.txt"
+    profile.write_text("main;train;states_at;forward 30\nmain;train;nearest;baddbmm 50\nmain;load 20\n")
+    out = run_script(
+        "profile_summary.py", str(profile), "--rule", "search=nearest", "--rule", "forward=states_at", "--rate", "10"
+    ).stdout
+    assert "| search | 50 | 5.0 | 50.0% |" in out
+    assert "| forward | 30 | 3.0 | 30.0% |" in out
+    assert "| other | 20 | 2.0 | 20.0% |" in out and "| total | 100 | 10.0 | 100% |" in out

@@ -391,6 +391,7 @@ def test_demo_end_to_end_tiny(tmp_path, capsys):
     out_dir = tmp_path / "demo"
     # Tiny everything: the two GGUF loads (about a minute each on 2 cores) dominate.
     tiny = ["--key_steps", "1", "--value_steps", "1", "--codebook_size", "256", "--kmeans_init_tokens", "1024"]
+    tiny += ["--num_stages", "2", "--retain_statistics_tokens", "1024"]
     tiny += [
         "--num_codes",
         "32",
@@ -408,7 +409,7 @@ def test_demo_end_to_end_tiny(tmp_path, capsys):
         out = run_ok(["demo", "--data_dir", str(SHARED_DATA), "--output_dir", str(out_dir), *tiny], capsys)
     finally:
         torch.set_num_threads(threads)
-    for stage in ("load", "train", "stats", "select", "apply", "eval", "save", "reload"):
+    for stage in ("load", "train", "retain", "forget", "apply", "eval", "save", "reload"):
         assert f"[{stage}] done in" in out
     for name in ("bottleneck", "edited", "edit.json", "random_control.json", "report.md", "report.json"):
         assert (out_dir / name).exists(), name
@@ -501,3 +502,29 @@ def test_train_refuses_topic_text_and_too_little_text(workspace, tmp_path, capsy
     error = run_error(["train", *common, "--corpora", str(workspace["retain"]), "--output_dir", str(out)], capsys)
     assert "kmeans_init_tokens=65,536" in error and "tokens" in error
     assert not out.exists()  # refused before anything was written
+
+
+def test_forget_chooses_n_by_the_retain_budget_on_validation_text(pipeline, tmp_path, capsys):
+    validation = ("--validation_tokens", "128", "--validation_skip_tokens", "256", "--max_tokens", "256")
+    argv = one_command_forget(pipeline, pipeline["run"] / "bottleneck", tmp_path / "auto")
+    argv[argv.index("--num_codes") + 1] = "64"  # the largest N the walk may reach
+    out = run_ok([*argv, "--retain_corpora", str(pipeline["retain"]), "--max_retain_cost", "1000", *validation], capsys)
+    walk = next(line for line in out.splitlines() if line.startswith("retain cost on validation text"))
+    edit = json.loads((tmp_path / "auto" / "edit.json").read_text())
+    # a budget nothing can exceed: the walk climbs the grid to the edit's size (fewer eligible codes than 64) and keeps it
+    assert walk.endswith(f"{edit['num_codes']}*: " + walk.rsplit(": ", 1)[1]) and edit["num_codes"] <= 64
+    control = json.loads((tmp_path / "auto" / "random_control.json").read_text())
+    assert control["num_codes"] == edit["num_codes"]
+    error = run_error(
+        [
+            *argv[:-1],
+            str(tmp_path / "none"),
+            "--retain_corpora",
+            str(pipeline["retain"]),
+            "--max_retain_cost",
+            "1e-9",
+            *validation,
+        ],
+        capsys,
+    )
+    assert "already costs" in error  # even the smallest N is over a budget of 1e-9

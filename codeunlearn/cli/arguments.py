@@ -210,6 +210,24 @@ class SelectionArguments:
         },
     )
     control_seed: int = field(default=0, metadata={"help": "Seed of the random-codes control edit."})
+    max_retain_cost: float | None = field(
+        default=None,
+        metadata={
+            "help": "Choose the number of codes by rule: the largest N (grid 128, 256, 512, 768, 1024, 1536, ... up "
+            "to --num_codes) whose edit raises the loss on validation retain text (train-split text after the "
+            "first --validation_skip_tokens per corpus, never held-out text) by at most this many nat/token."
+        },
+    )
+    validation_tokens: int = field(
+        default=4096, metadata={"help": "Validation retain tokens per corpus for --max_retain_cost."}
+    )
+    validation_skip_tokens: int = field(
+        default=65536,
+        metadata={
+            "help": "Train-split tokens per retain corpus the bottleneck and its retain statistics may have read "
+            "(the faithful recipe's --max_tokens); validation text starts after them."
+        },
+    )
     score: Literal[SCORES] = field(
         default=_default(SelectionRule, "score"),
         metadata={

@@ -42,10 +42,14 @@ class Corpora:
         part = self.splits[self.sources.index(source)]
         return {"train": part.train, "heldout": part.heldout, "all": part.train + part.heldout}[split]
 
-    def pack(self, tokenizer, split: Split, max_tokens: int | None = None) -> Tensor:
+    def pack(self, tokenizer, split: Split, max_tokens: int | None = None, skip_tokens: int = 0) -> Tensor:
         """Packed (num_chunks, seq_len) token ids of `split`, every corpus capped on its own at `max_tokens`
-        (default: the data arguments' `max_tokens`)."""
+        (default: the data arguments' `max_tokens`) after skipping its first `skip_tokens` (whole chunks), e.g.
+        validation text that follows the part a bottleneck was trained on."""
         cap = self.data.max_tokens if max_tokens is None else max_tokens
+        skip = skip_tokens // self.data.seq_len
+        if skip and cap is None:
+            raise ValueError("skip_tokens needs a token cap")
         chunks = []
         for source, part in zip(self.sources, self.splits, strict=True):
             docs = self.documents(source, split)
@@ -56,7 +60,13 @@ class Corpora:
                     "use a corpus with more documents or change --heldout_fraction",
                 )
             try:
-                chunks.append(pack_documents(docs, tokenizer, self.data.seq_len, cap))
+                packed = pack_documents(docs, tokenizer, self.data.seq_len, None if cap is None else cap + skip_tokens)
+                if skip and len(packed) <= skip:
+                    raise CodeunlearnError(
+                        f"{len(packed) * self.data.seq_len:,} tokens, none after the first {skip_tokens:,}",
+                        "use a corpus with more text, or lower --max_tokens",
+                    )
+                chunks.append(packed[skip:])
             except CodeunlearnError as err:
                 raise CodeunlearnError(f"corpus {source} ({split} split): {err.problem}", err.fix) from None
         return torch.cat(chunks)

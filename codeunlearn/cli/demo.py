@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from codeunlearn.bottlenecked import BottleneckedModel
+from codeunlearn.budget import choose_num_codes, describe_walk
 from codeunlearn.cli.arguments import (
     BottleneckArguments,
     DataArguments,
@@ -44,6 +45,7 @@ from codeunlearn.cli.forget import CONTROL_NAME, EDIT_NAME, make_edits, summariz
 from codeunlearn.edit import DEFAULT_INTERVENTION
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.io import atomic_write_text
+from codeunlearn.selection import random_control
 from codeunlearn.statistics import collect_code_statistics
 from codeunlearn.statistics_cache import corpus_fingerprint, save_retain_statistics
 from codeunlearn.training import TrainingArguments, train_bottleneck
@@ -140,6 +142,17 @@ def main(argv: Sequence[str]) -> int:
         )
     data_args.forget_corpora = in_data_dir(data_args.forget_corpora, data_dir)
     data_args.retain_corpora = in_data_dir(data_args.retain_corpora, data_dir)
+    if selection.max_retain_cost is not None and (
+        data_args.max_tokens is None or selection.validation_skip_tokens < data_args.max_tokens
+    ):
+        raise CodeunlearnError(
+            "the N rule's validation text would overlap the text the bottleneck trains on",
+            "set --max_tokens and a --validation_skip_tokens at least as large",
+        )
+    if demo.retain_statistics_tokens < 1:
+        raise CodeunlearnError(
+            f"retain_statistics_tokens={demo.retain_statistics_tokens}", "count at least one chunk, e.g. 32768"
+        )
     if data_args.corpora:
         raise CodeunlearnError(
             "the demo trains its bottleneck on --retain_corpora", "name the general text with --retain_corpora"
@@ -163,7 +176,13 @@ def main(argv: Sequence[str]) -> int:
         model, tokenizer = load_base(model_args, progress)
         # General text only: the bottleneck never sees the topic it will be asked to forget.
         train_chunks = retain_corpora.pack(tokenizer, "train")
-        retain_stats_chunks = retain_corpora.pack(tokenizer, "train", demo.retain_statistics_tokens)
+        cap = min(demo.retain_statistics_tokens, data_args.max_tokens or demo.retain_statistics_tokens)
+        retain_stats_chunks = retain_corpora.pack(tokenizer, "train", cap)
+        if selection.max_retain_cost is not None:
+            # Train-split text after the part the bottleneck trained on: read by the N rule only.
+            validation = retain_corpora.pack(
+                tokenizer, "train", selection.validation_tokens, skip_tokens=selection.validation_skip_tokens
+            )
         forget_train = forget_corpora.pack(tokenizer, "train")
         forget_heldout = forget_corpora.pack(tokenizer, "heldout", demo.eval_max_tokens)
         retain_heldout = retain_corpora.pack(tokenizer, "heldout", demo.eval_max_tokens)
@@ -208,6 +227,12 @@ def main(argv: Sequence[str]) -> int:
         )
         forget_stats.save(output_dir / "stats" / "forget.safetensors")
         edit, control = make_edits(forget_stats, retain_stats, selection)
+        budget_walk = ""
+        if selection.max_retain_cost is not None:  # N by the rule fixed in the config, on validation text
+            edit, walk = choose_num_codes(bmodel, edit, validation, selection.max_retain_cost, batch, bf16=bf16)
+            control = random_control(edit, forget_stats, retain_stats, seed=selection.control_seed)
+            budget_walk = describe_walk(walk, selection.max_retain_cost)
+            print(budget_walk)
         edit.save(output_dir / EDIT_NAME)
         control.save(output_dir / CONTROL_NAME)
     print(f"topic {edit.topic!r}: {edit.num_codes} codes ({edit.intervention})")
@@ -280,6 +305,7 @@ def main(argv: Sequence[str]) -> int:
         "reloaded_rows": reload_rows,
         "reload_max_difference": mismatch,
         "fidelity": fidelity,
+        "num_codes_rule": budget_walk,
         "seconds": watch.seconds,
         "arguments": to_flat_dict(*parsed),
     }
@@ -316,8 +342,14 @@ def render_report(
             f"{training.key_steps - 1} further EMA key steps, {training.value_steps} value steps.\n"
             f"- Statistics on train splits: forget {tokens['forget_train']:,} tokens, retain {tokens['retain_train']:,} "
             "tokens (the retain counts are kept with the bottleneck and reused by every later topic).\n"
-            f"- Selection: top {selection.num_codes} codes per layer (min_forget_count {selection.min_forget_count}); "
-            f"{num_codes} codes removed by `{selection.intervention or DEFAULT_INTERVENTION}`.\n"
+            f"- Selection: top codes per layer by log-enrichment (min_forget_count {selection.min_forget_count}); "
+            f"{num_codes} codes removed by `{selection.intervention or DEFAULT_INTERVENTION}`"
+            + (
+                f", N chosen by the rule fixed in the config ({report['num_codes_rule']})"
+                if report["num_codes_rule"]
+                else f" (--num_codes {selection.num_codes})"
+            )
+            + ".\n"
             f"- Evaluation on held-out documents: forget {tokens['forget_heldout']:,} tokens, retain {tokens['retain_heldout']:,} tokens.",
             "## Held-out losses",
             fidelity_line(report["rows"]),

@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from codeunlearn.budget import choose_num_codes, describe_walk
 from codeunlearn.cli.arguments import (
     DataArguments,
     ModelArguments,
@@ -137,6 +138,11 @@ def main(argv: Sequence[str]) -> int:
     edit_path = check_output_file(output_dir / EDIT_NAME, args.overwrite)
     control_path = check_output_file(output_dir / CONTROL_NAME, args.overwrite)
     if args.bottleneck_dir is None:
+        if selection.max_retain_cost is not None:
+            raise CodeunlearnError(
+                "--max_retain_cost measures edits on validation text, which needs the bottleneck",
+                "pass --bottleneck_dir B --forget_corpora F --retain_corpora R",
+            )
         if not (args.forget_stats and args.retain_stats):
             raise CodeunlearnError(
                 "forget needs a bottleneck and the topic's text, or two statistics files",
@@ -151,6 +157,10 @@ def main(argv: Sequence[str]) -> int:
     if args.forget_stats:
         raise CodeunlearnError(
             "--forget_stats and --bottleneck_dir both give the topic's statistics", "pass only one of them"
+        )
+    if selection.max_retain_cost is not None and not data_args.retain_corpora:
+        raise CodeunlearnError(
+            "--max_retain_cost needs retain text to validate on", "pass --retain_corpora (general text)"
         )
     check_output_file(output_dir / FORGET_STATS_NAME, args.overwrite)
     check_output_dir_free(output_dir / EDITED_NAME, args.overwrite)
@@ -176,6 +186,15 @@ def main(argv: Sequence[str]) -> int:
         forget.corpus_fingerprint = corpus_fingerprint(chunks)
     with watch.stage("select"):
         edit, control = make_edits(forget, retain, selection)
+        if selection.max_retain_cost is not None:  # N by rule, on train-split text after what training read
+            validation = retain_corpora.pack(
+                tokenizer, "train", selection.validation_tokens, skip_tokens=selection.validation_skip_tokens
+            )
+            edit, walk = choose_num_codes(
+                bmodel, edit, validation, selection.max_retain_cost, args.batch_size, bf16=args.bf16
+            )
+            control = random_control(edit, forget, retain, seed=selection.control_seed)
+            print(describe_walk(walk, selection.max_retain_cost))
     with watch.stage("apply"):
         for saved in saved_edits:
             bmodel.apply_edit(saved)

@@ -97,7 +97,10 @@ def main(argv: Sequence[str]) -> int:
     if stop is None or stop >= total:
         print(f"wrote {output_dir / 'bottleneck'} (layers {bmodel.layers}, {shape})")
         if retain_args.retain_statistics_tokens:
-            stats_chunks = corpora.pack(tokenizer, "train", retain_args.retain_statistics_tokens)
+            cap = min(
+                retain_args.retain_statistics_tokens, data_args.max_tokens or retain_args.retain_statistics_tokens
+            )
+            stats_chunks = corpora.pack(tokenizer, "train", cap)
             stats = collect_code_statistics(
                 bmodel,
                 stats_chunks,

@@ -15,7 +15,8 @@ rm -rf outputs/faithful outputs/faithful_forget
 # 1. Train the default recipe as a user would, sampled by py-spy (10 samples/s, raw stacks summarised in RESULTS).
 start=$(date +%s)
 py-spy record --rate 10 --format raw --output $HERE/train_profile.txt -- \
-  codeunlearn train configs/faithful_smollm2.yaml --output_dir outputs/faithful --no_progress | tee $HERE/train.log
+  codeunlearn train --config configs/faithful_smollm2.yaml --output_dir outputs/faithful --no_progress | tee $HERE/train.log
+test -f outputs/faithful/bottleneck/bottleneck_config.json  # py-spy exits 0 whatever its child did
 echo "seconds train command: $(( $(date +%s) - start ))" | tee -a $HERE/train.log
 
 # 2. Fidelity on every shipped corpus: held-out text of the general corpora it trained on, and of three topics it
