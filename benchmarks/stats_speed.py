@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> None:
     chunks, text = load_chunks(args, tokenizer, model.config.vocab_size)
     tokens = chunks.numel()
     print(
-        f"model {model_name} loaded in {seconds['load model']:.0f}s; {tokens} tokens ({len(chunks)} x {args.seq_len}) from {text}",
+        f"model {model_name} loaded in {seconds['load model']:.0f}s; {tokens} tokens ({len(chunks)} x {args.seq_len}) from {text if text.startswith('random') else TEXT}",
         flush=True,
     )
 
