@@ -501,6 +501,10 @@ def test_train_refuses_topic_text_and_too_little_text(workspace, tmp_path, capsy
     assert "general text only" in error
     error = run_error(["train", *common, "--corpora", str(workspace["retain"]), "--output_dir", str(out)], capsys)
     assert "kmeans_init_tokens=65,536" in error and "tokens" in error
+    # a shape that does not divide the model's hidden size (32) is refused once the model says what that size is
+    shape = [*common_flags(workspace), "--layers", "1", "--num_heads", "5", "--kmeans_init_tokens", "64"]
+    error = run_error(["train", *shape, "--corpora", str(workspace["retain"]), "--output_dir", str(out)], capsys)
+    assert "not divisible by num_heads=5" in error
     assert not out.exists()  # refused before anything was written
 
 

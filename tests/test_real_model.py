@@ -35,7 +35,7 @@ def real():
     probe = chunks[:2]
     with torch.no_grad():
         base_logits = model(input_ids=probe, use_cache=False).logits.clone()
-    bmodel = BottleneckedModel.attach(model, BottleneckConfig(layers=[LAYER], num_heads=8, codebook_size=32))
+    bmodel = BottleneckedModel.attach(model, BottleneckConfig(layers=[LAYER], num_heads=8, codebook_size=32, num_stages=2))
     return {"model": model, "bmodel": bmodel, "chunks": chunks, "probe": probe, "base_logits": base_logits}
 
 
@@ -51,7 +51,8 @@ def test_short_training_runs(real, tmp_path):
     args = tiny_args(tmp_path, key_steps=3, value_steps=2, batch_size=2, kmeans_init_tokens=192)
     metrics = train_bottleneck(bmodel, real["chunks"], args)
     assert [r["phase"] for r in metrics] == ["keys"] * 3 + ["values"] * 2
-    assert all(0.0 < r["fvu"] < 1.0 for r in metrics)
+    assert 0.0 < metrics[0]["fit_fvu"] < 1.0  # the k-means fit, on the states it was fitted to
+    assert all(0.0 < r["fvu"] < 1.0 for r in metrics[1:])
     assert metrics[-1]["ppl_ratio"] > 0.5
     with torch.no_grad():
         logits = bmodel(input_ids=real["probe"], use_cache=False).logits
@@ -81,4 +82,4 @@ def test_statistics_stop_at_the_deepest_bottleneck(real):
     assert reached == [LAYER, LAYER]
     tokens = stats.tokens[LAYER]
     assert 0 < tokens <= chunks.numel() - len(chunks)  # position 0 (and rare massive tokens) are not counted
-    assert int(stats.counts[LAYER].sum()) == tokens * 8
+    assert int(stats.counts[LAYER].sum()) == tokens * 8 * 2  # one code per head and stage
