@@ -86,8 +86,7 @@ class TrainingArguments:
         default=65536,
         metadata={
             "help": "Tokens whose states initialise the bottleneck (codebook: the k-means fit, 16 per code of the "
-            "default 4,096-code heads; "
-            "SAE: b_dec, input scale, typical norm)."
+            "default 4,096-code heads; SAE: b_dec, input scale, typical norm)."
         },
     )
     learning_rate: float = field(default=1e-2, metadata={"help": "AdamW learning rate of the codebook values."})
@@ -499,7 +498,7 @@ def train_bottleneck(
     if step == 0 and step < end and bmodel.config.kind == "vq":
         init_chunks = _init_chunks(stream, args)
         fit_fvu = {}
-        for layer in bmodel.layers:  # in depth order: a deeper layer is fitted on what the shallower ones pass on
+        for layer in sorted(bmodel.layers):  # a deeper layer is fitted on what the shallower ones pass on
             states = _states_of(bmodel, layer, init_chunks, args, accelerator.device)
             fit_fvu[layer] = round(bmodel.bottleneck(layer).initialize(states), 4)
             del states

@@ -35,7 +35,9 @@ def real():
     probe = chunks[:2]
     with torch.no_grad():
         base_logits = model(input_ids=probe, use_cache=False).logits.clone()
-    bmodel = BottleneckedModel.attach(model, BottleneckConfig(layers=[LAYER], num_heads=8, codebook_size=32, num_stages=2))
+    bmodel = BottleneckedModel.attach(
+        model, BottleneckConfig(layers=[LAYER], num_heads=8, codebook_size=32, num_stages=2)
+    )
     return {"model": model, "bmodel": bmodel, "chunks": chunks, "probe": probe, "base_logits": base_logits}
 
 

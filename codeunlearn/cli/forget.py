@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from codeunlearn.bottlenecked import BottleneckedModel
 from codeunlearn.budget import choose_num_codes, describe_walk
 from codeunlearn.cli.arguments import (
     DataArguments,
@@ -43,6 +44,7 @@ from codeunlearn.cli.arguments import (
     parse_arguments,
 )
 from codeunlearn.cli.common import (
+    Corpora,
     Stopwatch,
     check_output_dir_free,
     check_output_file,
@@ -226,7 +228,9 @@ def write_edits(
     print(f"wrote {edit_path} and {control_path}")
 
 
-def _retain_statistics(args, retain_corpora, bmodel, tokenizer, fingerprint: str) -> CodeStatistics:
+def _retain_statistics(
+    args: ForgetArguments, retain_corpora: Corpora | None, bmodel: BottleneckedModel, tokenizer, fingerprint: str
+) -> CodeStatistics:
     """The retain side: a statistics file, the cache entry of --retain_corpora (counted and kept on a miss), or
     the one retain corpus the bottleneck directory keeps."""
     if args.retain_stats:

@@ -132,7 +132,6 @@ def push_bottleneck_to_hub(
     one-line `CodeunlearnError`s, raised before anything is sent when the input is at fault."""
     from huggingface_hub import CommitOperationAdd, HfApi
 
-    from codeunlearn.cli.common import resolve_bottleneck_dir
     from codeunlearn.config import CONFIG_NAME, BottleneckConfig
     from codeunlearn.export.card import FIDELITY_REPORT_NAME, bottleneck_card, read_fidelity_report
 
@@ -141,11 +140,12 @@ def push_bottleneck_to_hub(
         raise CodeunlearnError(
             f"bottleneck directory not found: {given}", "pass the bottleneck directory written by `codeunlearn train`"
         )
-    directory = resolve_bottleneck_dir(given)
+    directory = given if (given / CONFIG_NAME).is_file() else given / "bottleneck"  # or a `train` output folder
     if not (directory / CONFIG_NAME).is_file():
         raise CodeunlearnError(
-            f"{directory} is a sae-lens SAE directory, not a codeunlearn bottleneck (no {CONFIG_NAME})",
-            "attach it once (`BottleneckedModel.attach_sae`) and save_pretrained it, or upload it with sae-lens's tools",
+            f"no codeunlearn bottleneck at {given} (no {CONFIG_NAME} in it or in its bottleneck/)",
+            "pass the bottleneck directory `codeunlearn train` wrote; a sae-lens SAE directory is attached once "
+            "(`BottleneckedModel.attach_sae`) and saved with save_pretrained first",
         )
     if repo_id.count("/") > 1 or not repo_id.strip("/"):
         raise CodeunlearnError(f"invalid repo id {repo_id!r}", "use NAME or NAMESPACE/NAME")
