@@ -270,6 +270,8 @@ def test_yaml_config_file_and_flag_override(pipeline, tmp_path, capsys):
     assert edit["topic"] == "from_yaml" and 1 <= edit["num_codes"] <= 2
     run_ok(["forget", "--config", str(config), "--num_codes", "1", "--output_dir", str(tmp_path / "b")], capsys)
     assert json.loads((tmp_path / "b" / "edit.json").read_text())["num_codes"] == 1
+    run_ok(["forget", str(config), "--num_codes", "1", "--output_dir", str(tmp_path / "c")], capsys)  # file first
+    assert json.loads((tmp_path / "c" / "edit.json").read_text())["num_codes"] == 1
 
 
 def test_config_file_errors_are_one_line(tmp_path, capsys):

@@ -6,6 +6,7 @@ file, or both:
     codeunlearn train --layers 15 --corpora a.txt --output_dir out      # flags
     codeunlearn train configs/train.yaml                                # one .yaml/.yml/.json file
     codeunlearn train --config configs/train.yaml --value_steps 10      # a file, then flags that override it
+    codeunlearn train configs/train.yaml --value_steps 10               # the same
 
 A config file is a flat mapping whose keys are the flag names (`layers: [15]`, `learning_rate: 1.0e-3`).
 """
@@ -372,8 +373,8 @@ def parse_arguments(
         help="YAML/JSON file of argument values (keys are the flag names); flags on the command line override it",
     )
     argv = list(argv)
-    if len(argv) == 1 and argv[0].endswith(CONFIG_SUFFIXES) and not argv[0].startswith("-"):
-        argv = ["--config", argv[0]]  # `codeunlearn train config.yaml`
+    if argv and argv[0].endswith(CONFIG_SUFFIXES) and not argv[0].startswith("-"):
+        argv = ["--config", *argv]  # `codeunlearn train config.yaml [--flag value ...]`
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--config", default=None)
     known, _ = pre.parse_known_args(argv)
