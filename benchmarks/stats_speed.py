@@ -130,7 +130,7 @@ def fresh_bottleneck(model, chunks: torch.Tensor, args) -> BottleneckedModel:
             key_steps=1,
             value_steps=0,
             batch_size=args.batch_size,
-            kmeans_init_tokens=args.kmeans_tokens,
+            kmeans_init_tokens=min(args.kmeans_tokens, chunks.numel()),  # the timed text is all there is
             checkpoint_every=10**9,
             log_every=10**9,
             progress=False,
@@ -295,7 +295,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num_heads", type=int, default=8, help="heads of the fresh bottleneck")
     parser.add_argument("--codebook_size", type=int, default=4096, help="codes per head of the fresh bottleneck")
     parser.add_argument(
-        "--kmeans_tokens", type=int, default=8192, help="tokens in the fresh bottleneck's k-means batch"
+        "--kmeans_tokens",
+        type=int,
+        default=8192,
+        help="tokens in the fresh bottleneck's k-means fit (at most --tokens)",
     )
     parser.add_argument(
         "--kmeans_iters",
@@ -364,7 +367,7 @@ def main(argv: list[str] | None = None) -> None:
         origin = f"`{args.bottleneck}`"
     else:
         bmodel = fresh_bottleneck(model, chunks, args)
-        origin = f"fresh, {args.kmeans_iters} k-means iterations on {args.kmeans_tokens} tokens"
+        origin = f"fresh, {args.kmeans_iters} k-means iterations on {min(args.kmeans_tokens, tokens)} tokens"
     seconds["bottleneck"] = time.perf_counter() - t0
     config = bmodel.config
     last = max(bmodel.layers)
