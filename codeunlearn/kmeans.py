@@ -42,10 +42,15 @@ def nearest(points: Tensor, keys: Tensor, key_sq: Tensor | None = None, chunk: i
     return torch.cat(out, dim=1)
 
 
+def _flat_ids(assign: Tensor, num_codes: int) -> Tensor:
+    """(heads, n) codes -> flat ids head * num_codes + code, (heads * n,)."""
+    return (assign + torch.arange(assign.shape[0], device=assign.device).unsqueeze(1) * num_codes).reshape(-1)
+
+
 def _scatter_means(points: Tensor, assign: Tensor, num_codes: int) -> tuple[Tensor, Tensor]:
     """Per head: the sum of the points assigned to each code and their count."""
     heads, _, dim = points.shape
-    flat = (assign + torch.arange(heads, device=assign.device).unsqueeze(1) * num_codes).reshape(-1)
+    flat = _flat_ids(assign, num_codes)
     sums = torch.zeros(heads * num_codes, dim, dtype=torch.float32, device=points.device)
     sums.index_add_(0, flat, points.reshape(-1, dim).float())
     counts = torch.bincount(flat, minlength=heads * num_codes).to(torch.float32)
@@ -80,10 +85,7 @@ def kmeans(
         filled = counts > 0
         keys = torch.where(filled.unsqueeze(-1), sums / counts.clamp_min(1).unsqueeze(-1), keys)
         assign = nearest(points, keys)
-    counts = torch.bincount(
-        (assign + torch.arange(heads, device=assign.device).unsqueeze(1) * num_codes).reshape(-1),
-        minlength=heads * num_codes,
-    ).view(heads, num_codes)
+    counts = torch.bincount(_flat_ids(assign, num_codes), minlength=heads * num_codes).view(heads, num_codes)
     return keys, counts.to(torch.float32), assign
 
 

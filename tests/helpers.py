@@ -145,3 +145,16 @@ def save_tiny_llama(directory: Path, tokenizer, seed: int = 0) -> Path:
     LlamaForCausalLM(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def parse_commit_body(body: bytes) -> tuple[str, dict[str, bytes]]:
+    """A Hub commit request's NDJSON body (what `create_commit` sends a fake Hub): its summary and its files."""
+    import base64
+    import json
+
+    lines = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
+    header = next(line["value"] for line in lines if line["key"] == "header")
+    files = {
+        line["value"]["path"]: base64.b64decode(line["value"]["content"]) for line in lines if line["key"] == "file"
+    }
+    return header["summary"], files

@@ -4,7 +4,6 @@ is a one-line error and the local directory stays byte for byte the same."""
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import threading
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from export_helpers import make_tokenizer, topic_edits, trained_bmodel
-from helpers import run_error
+from helpers import parse_commit_body, run_error
 
 from codeunlearn.cli import main
 from codeunlearn.export.save import save_pretrained
@@ -59,14 +58,8 @@ class FakeHub(BaseHTTPRequestHandler):
                 200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]}
             )
         elif "/commit/" in path:
-            lines = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
-            header = next(line["value"] for line in lines if line["key"] == "header")
-            files = {
-                line["value"]["path"]: base64.b64decode(line["value"]["content"])
-                for line in lines
-                if line["key"] == "file"
-            }
-            self.server.commits.append({"path": path, "summary": header["summary"], "files": files})
+            summary, files = parse_commit_body(body)
+            self.server.commits.append({"path": path, "summary": summary, "files": files})
             self._reply(
                 200, {"commitUrl": f"{self.server.endpoint}/{REPO_ID}/commit/{'0' * 40}", "commitOid": "0" * 40}
             )

@@ -6,7 +6,6 @@ nothing written."""
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import socket
@@ -16,7 +15,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
-from helpers import make_model, make_tokens, run_error, run_ok, tiny_config
+from helpers import make_model, make_tokens, parse_commit_body, run_error, run_ok, tiny_config
 
 from codeunlearn.bottlenecked import BottleneckedModel
 from codeunlearn.cli.common import resolve_bottleneck_dir
@@ -95,14 +94,8 @@ class FakeHub(BaseHTTPRequestHandler):
             )
         elif "/commit/" in path:
             repo_id = path.removeprefix("/api/models/").split("/commit/")[0]
-            lines = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
-            header = next(line["value"] for line in lines if line["key"] == "header")
-            files = {
-                line["value"]["path"]: base64.b64decode(line["value"]["content"])
-                for line in lines
-                if line["key"] == "file"
-            }
-            self.server.commits.append({"repo": repo_id, "summary": header["summary"], "files": files})
+            summary, files = parse_commit_body(body)
+            self.server.commits.append({"repo": repo_id, "summary": summary, "files": files})
             repo = self.server.repos[repo_id]
             previous = repo.snapshots.get(repo.refs.get("main", ""), {})
             sha = repo.add({**previous, **files})
