@@ -460,6 +460,15 @@ def test_forget_from_a_bottleneck_equals_forget_from_statistics_files(pipeline, 
     assert (tmp_path / "hp" / "forget_statistics.safetensors").is_file()
     # existing results are kept unless --overwrite
     run_error(one_command_forget(pipeline, pipeline["run"] / "bottleneck", tmp_path / "hp"), capsys)
+    # the edited bottleneck keeps the retain side: a second topic is forgotten from it with no retain corpus named,
+    # and the first topic's edit stays
+    argv = one_command_forget(pipeline, tmp_path / "hp" / "edited", tmp_path / "second")
+    argv[argv.index("--topic") + 1] = "second"
+    out = run_ok(argv, capsys)
+    assert "retain statistics: cached" in out
+    stacked = json.loads((tmp_path / "second" / "edited" / "edits.json").read_text())
+    assert [e["topic"] for e in stacked] == ["wizards", "second"]
+    assert json.loads((tmp_path / "second" / "edit.json").read_text())["layers"] == edit["layers"]
 
 
 def test_forget_counts_a_named_retain_corpus_once_and_reuses_it(pipeline, tmp_path, capsys):

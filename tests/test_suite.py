@@ -395,6 +395,41 @@ def test_combine_reports_one_row_per_model(tmp_path):
     assert_fix_error(excinfo)
 
 
+def test_combine_takes_rows_of_an_earlier_table_when_its_base_agrees(tmp_path):
+    earlier = {"base": synthetic("base model", 3.0, 2.0, 0.8), "rmu": synthetic("rmu", 5.5, 2.05, 0.4)}
+    combine_reports(earlier, tmp_path / "earlier")
+    recorded = f"{tmp_path / 'earlier' / 'table.json'}#rmu"
+    # This run's base scores the same losses; its trivia accuracy differs (another probe sample, say).
+    now = {"base": synthetic("base model", 3.0004, 2.0, 0.9), "codebook": synthetic("edited", 4.5, 2.1, 0.6)}
+    markdown = combine_reports({**now, "rmu": recorded}, tmp_path / "table")
+    lines = markdown.splitlines()
+    assert lines[5] == "| rmu (recorded) | 5.5000 | 0.2000† | 2.0500 | +2.5000 | +0.0500 |"
+    assert lines[4] == "| codebook | 4.5000 | 0.3000 | 2.1000 | +1.4996 | +0.1000 |"
+    assert any(line.startswith("*(recorded)*") and "†" in line for line in lines)
+    rows = {r["row"]: r for r in json.loads((tmp_path / "table" / "table.json").read_text())["rows"]}
+    assert rows["rmu"]["recorded"] == recorded and rows["rmu"]["reference_differs"] == ["trivia:acc_norm"]
+    assert json.loads((tmp_path / "table" / "table.json").read_text())["sources"]["rmu"] == recorded
+    # Losses from another base: the recorded loss changes would be wrong, so it is refused, and nothing is written.
+    other = {"base": synthetic("base model", 3.2, 2.0, 0.8), "codebook": synthetic("edited", 4.5, 2.1, 0.6)}
+    with pytest.raises(CodeunlearnError, match=r"forget_loss:loss 3\.0000, this one 3\.2000") as excinfo:
+        combine_reports({**other, "rmu": recorded}, tmp_path / "refused")
+    assert_fix_error(excinfo)
+    assert not (tmp_path / "refused").exists()
+    with pytest.raises(CodeunlearnError, match="has no row 'npo'"):
+        combine_reports({**now, "npo": f"{tmp_path / 'earlier'}#npo"}, tmp_path / "refused")
+    with pytest.raises(CodeunlearnError, match="not a report of this run"):
+        combine_reports({"rmu": recorded, **now}, tmp_path / "refused")
+
+
+def test_tradeoff_axes_turn_symmetric_log_only_when_one_method_is_far_out():
+    from codeunlearn.suite.plots import _symlog
+
+    calls = []
+    assert _symlog(lambda *a, **k: calls.append((a, k)), [0.02, -0.3, 1.9], 0.1) == "" and calls == []
+    note = _symlog(lambda *a, **k: calls.append((a, k)), [0.02, 77.5], 0.1)
+    assert calls == [(("symlog",), {"linthresh": 0.1})] and "symmetric log" in note
+
+
 # ------------------------------------------------------------------------------------------------ models
 
 

@@ -37,7 +37,9 @@ Combined table of suite reports, one row per model (the first row is the referen
     codeunlearn eval --combine base=outputs/eval/hp_edited/base codebook=outputs/eval/hp_edited \\
         npo=outputs/eval/hp_npo --output_dir outputs/eval/hp_table [--columns hp_loss hp_trivia_hard:acc]
 
-writes OUTPUT/table.md, OUTPUT/table.json and OUTPUT/tradeoff.png (forget vs retain loss increase).
+writes OUTPUT/table.md, OUTPUT/table.json and OUTPUT/tradeoff.png (forget vs retain loss increase). A row may
+come from a table written earlier, `rmu=benchmarks/results/eval_fast/micro/table.json#rmu_configured`, when that
+model's suite settings are unchanged: it is refused unless that table's reference row has this one's losses.
 """
 
 from __future__ import annotations
@@ -123,7 +125,10 @@ class EvalArguments:
     # ---- combined table
     combine: list[str] = field(
         default_factory=list,
-        metadata={"help": "Tabulate suite reports, one row each: ROW=path/to/report.json (or its directory) ..."},
+        metadata={
+            "help": "Tabulate suite reports, one row each: ROW=path/to/report.json (or its directory), or "
+            "ROW=path/to/table.json#ROW for a row of an earlier combined table ..."
+        },
     )
     columns: list[str] = field(
         default_factory=list,

@@ -205,6 +205,8 @@ def main(argv: Sequence[str]) -> int:
         forget.save(output_dir / FORGET_STATS_NAME)
         write_edits(edit, control, edit_path, control_path, forget, retain)
         bmodel.save_pretrained(output_dir / EDITED_NAME, overwrite=args.overwrite)
+        if retain.corpus_fingerprint:  # edits are masks: the keys, and so these counts, are the edited model's too
+            save_retain_statistics(retain, output_dir / EDITED_NAME)
     print(f"wrote {output_dir / EDITED_NAME} (the bottleneck with {[e.topic for e in bmodel.edits]} removed)")
     print(
         f"forgetting took {watch.total - watch.seconds['load']:.1f} s after loading "

@@ -20,6 +20,9 @@ from codeunlearn.io import atomic_write_bytes
 from codeunlearn.metrics.base import MetricResult
 
 PANEL_COLUMNS = 4
+RETAIN_LINEAR = 0.1  # nat/token: the trade-off axes stay linear within these of zero
+FORGET_LINEAR = 1.0
+SYMLOG_SPREAD = 20.0
 COLORS = {"model": "#1f77b4", "base": "#7f7f7f", "chance": "#d62728"}
 
 
@@ -101,15 +104,28 @@ def tradeoff_scatter(
         ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.axhline(0.0, color="#bbbbbb", linewidth=0.8)
     ax.axvline(0.0, color="#bbbbbb", linewidth=0.8)
-    ax.set_xlabel(f"retain loss increase vs {reference} (nat/token)")
+    # A method that wrecks the model (tens of nat) would squash every other point into a corner: past a spread of
+    # SYMLOG_SPREAD linear ranges the axis turns symmetric-log, linear near zero where the budgets are.
+    ax.margins(0.12)  # room for the outermost points' labels
+    x_log = _symlog(ax.set_xscale, [x for x, _ in points.values()], RETAIN_LINEAR)
+    ax.set_xlabel(f"retain loss increase vs {reference} (nat/token){x_log}")
     if forget_axis == "accuracy":
         ax.set_ylabel(f"forget-probe accuracy drop vs {reference}")
         ax.set_title("Forgetting (probe accuracy) vs side effects (held-out retain loss)", fontsize=10)
     else:
-        ax.set_ylabel(f"forget loss increase vs {reference} (nat/token)")
+        y_log = _symlog(ax.set_yscale, [y for _, y in points.values()], FORGET_LINEAR)
+        ax.set_ylabel(f"forget loss increase vs {reference} (nat/token){y_log}")
         ax.set_title("Forgetting vs side effects (held-out text loss)", fontsize=10)
     fig.tight_layout()
     try:
         return _save(fig, Path(path))
     finally:
         plt.close(fig)
+
+
+def _symlog(set_scale, values: Sequence[float], linear: float) -> str:
+    """Make an axis symmetric-log when its values reach past SYMLOG_SPREAD x `linear`; returns the label's note."""
+    if max((abs(v) for v in values), default=0.0) <= SYMLOG_SPREAD * linear:
+        return ""
+    set_scale("symlog", linthresh=linear)
+    return f", symmetric log past ±{linear:g}"

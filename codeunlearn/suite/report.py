@@ -11,7 +11,9 @@ this model, base model and its difference (when a baseline is given), chance, it
 
 `combine_reports({row: report.json, ...}, out)` writes `table.md`, `table.json` and `tradeoff.png`: one row per model
 (base, bottleneck, codebook removal, SAE, GA, NPO, ...), one column per metric (its headline score), the held-out
-forget and retain loss changes against a reference row, and the chance row.
+forget and retain loss changes against a reference row, and the chance row. A row may also be taken from a table
+written earlier (`path/table.json#row`, a `RecordedRow`): a model whose suite settings have not changed need not be
+evaluated again, provided the earlier table's reference row agrees with this one's on every loss column.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +40,12 @@ TABLE_NAME = "table.md"
 TABLE_JSON_NAME = "table.json"
 TRADEOFF_NAME = "tradeoff.png"
 LOSS_KEY = "loss"
+RECORDED_SEPARATOR = "#"
+# How far a recorded table's reference row may sit from this one's: losses must agree to the printed digit (the
+# recorded rows' loss changes were measured from it); other scores are flagged in the table when they differ by more
+# than arithmetic on another CPU moves them (a perplexity in its fifth digit).
+LOSS_TOLERANCE = 1e-3
+SCORE_RELATIVE_TOLERANCE = 1e-3
 GROUP_TITLES = {
     "forget": "Forget (lower accuracy / higher loss = more forgotten)",
     "retain": "Retain and side effects (should not move)",
@@ -194,8 +203,80 @@ def forget_accuracy(report: SuiteReport) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+@dataclass(frozen=True)
+class RecordedRow:
+    """One row of a combined table written earlier, reused beside new reports.
+
+    Attributes:
+        source: `path/table.json#row`, as given.
+        row: the recorded row (`values`, `delta_forget_loss`, `delta_retain_loss`, ...).
+        reference: the recorded table's reference row, which its loss changes were measured from.
+    """
+
+    source: str
+    row: dict[str, Any]
+    reference: dict[str, Any]
+
+
+def is_recorded(spec: Any) -> bool:
+    """Whether a combine entry names a row of an earlier table (`path/table.json#row`)."""
+    return isinstance(spec, str) and RECORDED_SEPARATOR in spec
+
+
+def load_recorded_row(spec: str) -> RecordedRow:
+    """Read `path/table.json#row` (a `table.json` written by `combine_reports`, or its directory)."""
+    path_text, _, name = spec.rpartition(RECORDED_SEPARATOR)
+    path = Path(path_text)
+    if path.is_dir():
+        path = path / TABLE_JSON_NAME
+    fix = "write TABLE#ROW with TABLE a table.json written by `codeunlearn eval --combine` and ROW one of its rows"
+    if not path.is_file():
+        raise CodeunlearnError(f"recorded table not found: {path}", fix)
+    try:
+        table = json.loads(path.read_text(encoding="utf-8"))
+        rows = {r["row"]: r for r in table["rows"]}
+        reference = rows[table["reference"]]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise CodeunlearnError(f"{path} is not a combined table ({' '.join(str(err).split())})", fix) from None
+    if name not in rows:
+        raise CodeunlearnError(f"{path} has no row {name!r}", f"use one of {', '.join(rows)}")
+    return RecordedRow(source=spec, row=rows[name], reference=reference)
+
+
+def _recorded_agreement(recorded: RecordedRow, reference: SuiteReport, picked: list[tuple[str, str, str]]) -> set[str]:
+    """Check that a recorded row's reference agrees with this table's on every loss column they share (an error
+    otherwise: its loss changes would be measured from another base); returns the other shared columns on which
+    they differ, whose recorded values are then not strictly comparable."""
+    by_name = {r.name: r for r in reference.results}
+    live_keys = {f"{name}:{key}" for name, key, _ in picked} | {
+        f"{r.name}:{LOSS_KEY}" for r in reference.results if LOSS_KEY in r.scores
+    }
+    losses, differing = 0, set()
+    for column, old in recorded.reference.get("values", {}).items():
+        name, _, key = column.partition(":")
+        new = _score(by_name.get(name), key)
+        if column not in live_keys or not (_number(old) and _number(new)):
+            continue
+        if key == LOSS_KEY:
+            losses += 1
+            if abs(old - new) > LOSS_TOLERANCE:
+                raise CodeunlearnError(
+                    f"recorded row {recorded.source}: its reference row scored {column} {old:.4f}, this one "
+                    f"{new:.4f}, so its loss changes are from another base or other suite settings",
+                    "evaluate that model again with this suite and settings",
+                )
+        elif not math.isclose(old, new, rel_tol=SCORE_RELATIVE_TOLERANCE, abs_tol=LOSS_TOLERANCE):
+            differing.add(column)
+    if losses == 0:
+        raise CodeunlearnError(
+            f"recorded row {recorded.source}: its reference row shares no loss column with this table's",
+            "combine it only with reports of the same suite",
+        )
+    return differing
+
+
 def combine_reports(
-    reports: Mapping[str, str | Path | SuiteReport],
+    reports: Mapping[str, str | Path | SuiteReport | RecordedRow],
     output_dir: str | Path,
     reference: str | None = None,
     columns: Sequence[str] | None = None,
@@ -204,25 +285,43 @@ def combine_reports(
     `tradeoff.png` into `output_dir` and returns the Markdown table.
 
     Args:
-        reports: row name -> a suite report (a report.json path, its directory, or a `SuiteReport`), in row order.
+        reports: row name -> a suite report (a report.json path, its directory, or a `SuiteReport`) or a row of an
+            earlier table (`path/table.json#row` or a `RecordedRow`), in row order.
         output_dir: where the files go.
-        reference: the row the forget/retain loss changes are measured from (default: the first row, e.g. `base`).
+        reference: the row the forget/retain loss changes are measured from (default: the first row, e.g. `base`);
+            it must be a report, not a recorded row.
         columns: `metric` or `metric:key` entries to show, in order (default: every metric's headline score, by
-            section).
+            section, of the reports).
     """
     if not reports:
         raise CodeunlearnError("no reports to combine", "pass at least one ROW=path/to/report.json")
-    loaded = {row: r if isinstance(r, SuiteReport) else load_report(r) for row, r in reports.items()}
+    loaded: dict[str, SuiteReport | RecordedRow] = {}
+    for row, r in reports.items():
+        if isinstance(r, (SuiteReport, RecordedRow)):
+            loaded[row] = r
+        else:
+            loaded[row] = load_recorded_row(r) if is_recorded(r) else load_report(r)
+    live = {row: r for row, r in loaded.items() if isinstance(r, SuiteReport)}
     reference = reference or next(iter(loaded))
-    if reference not in loaded:
-        raise CodeunlearnError(f"reference row {reference!r} is not a row", f"use one of {', '.join(loaded)}")
-    picked = _columns(loaded, columns)
-    ref_forget, ref_retain = loss_levels(loaded[reference])
+    if reference not in live:
+        raise CodeunlearnError(
+            f"reference row {reference!r} is not a report of this run",
+            f"use one of {', '.join(live) or '(none: pass at least one report.json)'}",
+        )
+    picked = _columns(live, columns)
+    ref_forget, ref_retain = loss_levels(live[reference])
     # Without a forget loss in the reference, forgetting is plotted as the drop of the forget probes' accuracy.
     by_accuracy = ref_forget is None
-    ref_accuracy = forget_accuracy(loaded[reference]) if by_accuracy else None
+    ref_accuracy = forget_accuracy(live[reference]) if by_accuracy else None
     rows, points = [], {}
     for row, report in loaded.items():
+        if isinstance(report, RecordedRow):
+            entry = _recorded_entry(row, report, live[reference], picked, by_accuracy)
+            forgotten = entry.get("forget_accuracy_drop") if by_accuracy else entry["delta_forget_loss"]
+            if _number(forgotten) and _number(entry["delta_retain_loss"]):
+                points[row] = (entry["delta_retain_loss"], forgotten)
+            rows.append(entry)
+            continue
         by_name = {r.name: r for r in report.results}
         values = {f"{name}:{key}": _score(by_name.get(name), key) for name, key, _ in picked}
         forget, retain = loss_levels(report)
@@ -242,7 +341,7 @@ def combine_reports(
                 **({"forget_accuracy_drop": points[row][1] if row in points else None} if by_accuracy else {}),
             }
         )
-    chance = {f"{name}:{key}": _chance(loaded, name, key) for name, key, _ in picked}
+    chance = {f"{name}:{key}": _chance(live, name, key) for name, key, _ in picked}
     markdown = _combined_markdown(picked, rows, chance, reference)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -252,11 +351,46 @@ def combine_reports(
         "columns": [{"metric": name, "key": key, "group": group} for name, key, group in picked],
         "rows": rows,
         "chance": chance,
-        "sources": {row: str(r) for row, r in reports.items() if not isinstance(r, SuiteReport)},
+        "sources": {
+            row: r.source if isinstance(r, RecordedRow) else str(r)
+            for row, r in reports.items()
+            if not isinstance(r, SuiteReport)
+        },
     }
     atomic_write_text(out / TABLE_JSON_NAME, json.dumps(json_safe(table), indent=1, ensure_ascii=False) + "\n")
     atomic_write_text(out / TABLE_NAME, markdown + "\n")
     return markdown
+
+
+def _recorded_entry(
+    row: str,
+    recorded: RecordedRow,
+    reference: SuiteReport,
+    picked: list[tuple[str, str, str]],
+    by_accuracy: bool,
+) -> dict[str, Any]:
+    """A table row from a recorded one: its scores for the picked columns and its recorded loss changes, which hold
+    against this reference because the two reference rows agree on every loss (checked)."""
+    differing = _recorded_agreement(recorded, reference, picked)
+    old = recorded.row
+    values = {f"{name}:{key}": old.get("values", {}).get(f"{name}:{key}") for name, key, _ in picked}
+    entry = {
+        "row": row,
+        "model": old.get("model"),
+        "config": old.get("config"),
+        "fast": old.get("fast"),
+        "values": values,
+        "delta_forget_loss": old.get("delta_forget_loss"),
+        "delta_retain_loss": old.get("delta_retain_loss"),
+        "recorded": recorded.source,
+        "reference_differs": sorted(differing & set(values)),
+    }
+    if by_accuracy:
+        drop = old.get("forget_accuracy_drop")
+        forget_columns = {f"{n}:{k}" for n, k, g in picked if g == "forget"}
+        # the accuracy drop was measured from the recorded reference's forget probes: only valid if they agree
+        entry["forget_accuracy_drop"] = None if differing & forget_columns else drop
+    return entry
 
 
 def _columns(loaded: Mapping[str, SuiteReport], columns: Sequence[str] | None) -> list[tuple[str, str, str]]:
@@ -302,14 +436,29 @@ def _combined_markdown(
         "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|",
         "| " + " | ".join(f"*{g}*" if g else "*section*" for g in groups) + " |",
     ]
+    flagged = False
     for row in rows:
-        cells = [row["row"].replace("|", "\\|"), *(_fmt(row["values"][f"{n}:{k}"]) for n, k, _ in picked)]
+        name = row["row"] + (" (recorded)" if row.get("recorded") else "")
+        differs = set(row.get("reference_differs", ()))
+        flagged |= bool(differs)
+        cells = [
+            name.replace("|", "\\|"),
+            *(_fmt(row["values"][f"{n}:{k}"]) + ("†" if f"{n}:{k}" in differs else "") for n, k, _ in picked),
+        ]
         if with_losses:
             cells += [_fmt(row["delta_forget_loss"], signed=True), _fmt(row["delta_retain_loss"], signed=True)]
         lines.append("| " + " | ".join(cells) + " |")
     if any(v is not None for v in chance.values()):
         cells = ["chance", *(_fmt(chance[f"{n}:{k}"]) for n, k, _ in picked)]
         lines.append("| " + " | ".join(cells + ([""] * 2 if with_losses else [])) + " |")
+    if flagged:
+        lines += [
+            "",
+            "*(recorded)*: a row of an earlier table whose reference row has the same losses as this one's. "
+            "†: that table's reference row scored this column differently, so the value is not strictly comparable.",
+        ]
+    elif any(row.get("recorded") for row in rows):
+        lines += ["", "*(recorded)*: a row of an earlier table whose reference row has the same losses as this one's."]
     return "\n".join(lines)
 
 
