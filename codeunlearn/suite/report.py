@@ -95,22 +95,27 @@ def write_report(
 
 def load_report(path: str | Path) -> SuiteReport:
     """Read a suite `report.json` (or the directory holding one); per-item details are not loaded."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / REPORT_NAME
     fix = "pass a report.json written by `codeunlearn eval --suite`"
-    if not path.is_file():
-        raise CodeunlearnError(f"suite report not found: {path}", fix)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise CodeunlearnError(f"suite report {path} does not parse ({' '.join(str(err).split())})", fix) from None
+    path, data = _read_json(path, REPORT_NAME, "suite report", fix)
     if not isinstance(data, dict) or not isinstance(data.get("metrics"), list):
         raise CodeunlearnError(f"{path} is not a suite report (no `metrics` list)", fix)
     try:
         return SuiteReport.from_dict(data)
     except (KeyError, TypeError) as err:
         raise CodeunlearnError(f"{path} is not a suite report (missing {err})", fix) from None
+
+
+def _read_json(path: str | Path, name_in_directory: str, what: str, fix: str) -> tuple[Path, Any]:
+    """(the file, its parsed JSON) for a path to the file or to the directory holding `name_in_directory`."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / name_in_directory
+    if not path.is_file():
+        raise CodeunlearnError(f"{what} not found: {path}", fix)
+    try:
+        return path, json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise CodeunlearnError(f"{what} {path} does not parse ({' '.join(str(err).split())})", fix) from None
 
 
 def markdown_report(report: SuiteReport, baseline: SuiteReport | None = None, plots: Sequence[str] = ()) -> str:
@@ -226,17 +231,12 @@ def is_recorded(spec: Any) -> bool:
 def load_recorded_row(spec: str) -> RecordedRow:
     """Read `path/table.json#row` (a `table.json` written by `combine_reports`, or its directory)."""
     path_text, _, name = spec.rpartition(RECORDED_SEPARATOR)
-    path = Path(path_text)
-    if path.is_dir():
-        path = path / TABLE_JSON_NAME
     fix = "write TABLE#ROW with TABLE a table.json written by `codeunlearn eval --combine` and ROW one of its rows"
-    if not path.is_file():
-        raise CodeunlearnError(f"recorded table not found: {path}", fix)
+    path, table = _read_json(path_text, TABLE_JSON_NAME, "recorded table", fix)
     try:
-        table = json.loads(path.read_text(encoding="utf-8"))
         rows = {r["row"]: r for r in table["rows"]}
         reference = rows[table["reference"]]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+    except (KeyError, TypeError) as err:
         raise CodeunlearnError(f"{path} is not a combined table ({' '.join(str(err).split())})", fix) from None
     if name not in rows:
         raise CodeunlearnError(f"{path} has no row {name!r}", f"use one of {', '.join(rows)}")
