@@ -48,7 +48,7 @@ from codeunlearn.baselines import (
     train_baseline,
 )
 from codeunlearn.data import load_split, shuffled_chunks
-from codeunlearn.evaluation import mean_loss
+from codeunlearn.evaluate.evaluation import mean_loss
 
 VARIANTS = {"npo_rt": ("npo", {"retain_weight": 1.0})}  # benchmark names that are a method with changed defaults
 CHOICES = (*METHODS, *VARIANTS)
@@ -148,9 +148,9 @@ def table(rows: list[dict]) -> list[str]:
 
 def run_ours(model, train, heldout, base, args, timer) -> list[dict]:
     """Our rows: the unedited bottleneck, and the edit found from statistics on the same train chunks."""
-    from codeunlearn.bottlenecked import BottleneckedModel
-    from codeunlearn.selection import SelectionRule, select_codes
-    from codeunlearn.statistics import collect_code_statistics
+    from codeunlearn.bottleneck.model import BottleneckedModel
+    from codeunlearn.unlearn.selection import SelectionRule, select_codes
+    from codeunlearn.unlearn.statistics import collect_code_statistics
 
     bmodel = BottleneckedModel.from_pretrained(model, args.bottleneck)
     bmodel.clear_edits()

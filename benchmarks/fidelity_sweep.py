@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 
-from codeunlearn.bottlenecked import BottleneckedModel
-from codeunlearn.config import BottleneckConfig
+from codeunlearn.bottleneck.config import BottleneckConfig
+from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.data import load_split, shuffled_chunks
-from codeunlearn.evaluation import bottleneck_fidelity, mean_loss
+from codeunlearn.evaluate.evaluation import bottleneck_fidelity, mean_loss
 from codeunlearn.modeling import load_model_and_tokenizer
-from codeunlearn.training import TrainingArguments, train_bottleneck
+from codeunlearn.train.loop import TrainingArguments, train_bottleneck
 
 CORPORA = {
     "history": "retain/openstax_us_history.jsonl",

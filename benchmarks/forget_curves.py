@@ -40,16 +40,16 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from codeunlearn.bottlenecked import BottleneckedModel
-from codeunlearn.codebook import QuantizeOutput
-from codeunlearn.config import BottleneckConfig
+from codeunlearn.bottleneck.codebook import QuantizeOutput
+from codeunlearn.bottleneck.config import BottleneckConfig
+from codeunlearn.bottleneck.edit import Edit
+from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.data import load_split, shuffled_chunks
-from codeunlearn.edit import Edit
 from codeunlearn.errors import CodeunlearnError
-from codeunlearn.evaluation import mean_loss
+from codeunlearn.evaluate.evaluation import mean_loss
 from codeunlearn.runtime import autocast, batches, model_device
-from codeunlearn.selection import SelectionRule, random_control, select_codes, truncate
-from codeunlearn.statistics import CodeStatistics, collect_code_statistics, flat_code_ids
+from codeunlearn.unlearn.selection import SelectionRule, random_control, select_codes, truncate
+from codeunlearn.unlearn.statistics import CodeStatistics, collect_code_statistics, flat_code_ids
 
 TOPICS = {
     "micro": "topics/biology/corpus_openstax_microbiology.jsonl",
@@ -201,7 +201,7 @@ def load_benchmark_model(args: argparse.Namespace, prefix: str):
 
 
 def train_tiny_bottleneck(model, chunks: torch.Tensor, directory: Path) -> None:
-    from codeunlearn.training import TrainingArguments, train_bottleneck
+    from codeunlearn.train.loop import TrainingArguments, train_bottleneck
 
     bmodel = BottleneckedModel.attach(
         model, BottleneckConfig(layers=[1, 2], num_heads=4, codebook_size=64, num_stages=1)

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-from codeunlearn.bottlenecked import BottleneckedModel
+from codeunlearn.bottleneck.edit import Edit
+from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.data import load_documents, pack_documents
-from codeunlearn.edit import Edit
 from codeunlearn.modeling import load_model_and_tokenizer
 from codeunlearn.runtime import autocast
 

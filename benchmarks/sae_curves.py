@@ -47,17 +47,17 @@ from forget_curves import (  # a sibling script, not a package
     native_bf16,
 )
 
-from codeunlearn.bottlenecked import BottleneckedModel
-from codeunlearn.config import CONFIG_NAME, BottleneckConfig
+from codeunlearn.bottleneck.config import CONFIG_NAME, BottleneckConfig
+from codeunlearn.bottleneck.edit import Edit, Guardrail
+from codeunlearn.bottleneck.interventions import window_scores
+from codeunlearn.bottleneck.model import BottleneckedModel
+from codeunlearn.bottleneck.sae import SAEOutput
 from codeunlearn.data import load_split, shuffled_chunks
-from codeunlearn.edit import Edit, Guardrail
-from codeunlearn.evaluation import sae_quality
-from codeunlearn.guardrail import calibrate_guardrail, calibrate_threshold
-from codeunlearn.interventions import window_scores
+from codeunlearn.evaluate.evaluation import sae_quality
 from codeunlearn.runtime import autocast, batches, model_device
-from codeunlearn.sae import SAEOutput
-from codeunlearn.selection import SelectionRule, random_control, select_codes, truncate
-from codeunlearn.statistics import collect_code_statistics
+from codeunlearn.unlearn.guardrail import calibrate_guardrail, calibrate_threshold
+from codeunlearn.unlearn.selection import SelectionRule, random_control, select_codes, truncate
+from codeunlearn.unlearn.statistics import collect_code_statistics
 
 METHODS = ("zero", "clamp", "guardrail", "random")
 CORPORA = ("forget", "history", "wiki", "retain")
@@ -80,7 +80,7 @@ COLORS = {
 # ---------------------------------------------------------------------------------------------------- tiny mode
 def train_tiny_sae(model, chunks: torch.Tensor, directory: Path, bf16: bool) -> Path:
     """A small TopK SAE at layer 2 of the tiny model (smoke tests of this script)."""
-    from codeunlearn.training import TrainingArguments, train_bottleneck
+    from codeunlearn.train.loop import TrainingArguments, train_bottleneck
 
     bmodel = BottleneckedModel.attach(model, BottleneckConfig(layers=[2], kind="sae", sae_width=256, sae_k=8))
     args = TrainingArguments(

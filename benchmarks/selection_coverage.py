@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
-from codeunlearn.config import CONFIG_NAME
-from codeunlearn.selection import SelectionRule, enrichment_scores
-from codeunlearn.statistics import CodeStatistics
+from codeunlearn.bottleneck.config import CONFIG_NAME
+from codeunlearn.unlearn.selection import SelectionRule, enrichment_scores
+from codeunlearn.unlearn.statistics import CodeStatistics
 
 SCRIPT_ONLY_KEYS = ("stages", "pseudo_count")
 RULE_KEYS = {f.name for f in dataclasses.fields(SelectionRule)} - {"num_codes"}

@@ -9,7 +9,7 @@ Four measurements, each over the same --tokens (batches of --batch_size x --seq_
   (c) the full base forward with logits (bottleneck disabled);
   (d) code lookup alone: `bottleneck.quantize` on layer-L states cached beforehand;
   (e) the search GEMM alone: the distance GEMMs of an exhaustive nearest-code search (every stage, every head,
-      every code; `codeunlearn.kmeans.nearest` without its argmin) on the same cached states.
+      every code; `codeunlearn.bottleneck.kmeans.nearest` without its argmin) on the same cached states.
 
 The limit of a statistics pass is (a) + (e): the forward it needs plus the search it cannot skip; the table gives
 the statistics pass as a share of that limit.
@@ -42,12 +42,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from codeunlearn.architectures import DECODER_LAYER_PATHS, model_type_of
-from codeunlearn.bottlenecked import BottleneckedModel, BottleneckLayer
-from codeunlearn.config import BottleneckConfig
-from codeunlearn.kmeans import SEARCH_CHUNK, squared_norms
+from codeunlearn.bottleneck.architectures import DECODER_LAYER_PATHS, model_type_of
+from codeunlearn.bottleneck.config import BottleneckConfig
+from codeunlearn.bottleneck.kmeans import SEARCH_CHUNK, squared_norms
+from codeunlearn.bottleneck.model import BottleneckedModel, BottleneckLayer
 from codeunlearn.runtime import autocast
-from codeunlearn.statistics import collect_code_statistics
+from codeunlearn.unlearn.statistics import collect_code_statistics
 
 HEADING = "## Statistics pass speed"
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -115,7 +115,7 @@ def load_chunks(args, tokenizer, vocab_size: int) -> tuple[torch.Tensor, str]:
 
 def fresh_bottleneck(model, chunks: torch.Tensor, args) -> BottleneckedModel:
     """Attach a bottleneck at --layers and run only the k-means initialisation of its keys (values = keys)."""
-    from codeunlearn.training import TrainingArguments, train_bottleneck
+    from codeunlearn.train.loop import TrainingArguments, train_bottleneck
 
     config = BottleneckConfig(
         layers=list(args.layers),

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from helpers import make_model, make_tokens, tiny_args, tiny_config
 
-from codeunlearn.bottlenecked import BottleneckedModel
-from codeunlearn.training import train_bottleneck
+from codeunlearn.bottleneck.model import BottleneckedModel
+from codeunlearn.train.loop import train_bottleneck
 
 
 @pytest.fixture(scope="session")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from codeunlearn.config import BottleneckConfig
-from codeunlearn.training import TrainingArguments
+from codeunlearn.bottleneck.config import BottleneckConfig
+from codeunlearn.train.loop import TrainingArguments
 
 # Tiny matrices: one thread is far faster than two fighting over a shared, loaded CPU.
 torch.set_num_threads(1)

@@ -7,11 +7,11 @@ import pytest
 import torch
 from helpers import ARCHITECTURES, assert_fix_error, make_model, make_tokens, tiny_args, tiny_config
 
-from codeunlearn.architectures import decoder_layers
-from codeunlearn.bottlenecked import BottleneckedModel, BottleneckLayer
-from codeunlearn.config import BottleneckConfig
+from codeunlearn.bottleneck.architectures import decoder_layers
+from codeunlearn.bottleneck.config import BottleneckConfig
+from codeunlearn.bottleneck.model import BottleneckedModel, BottleneckLayer
 from codeunlearn.errors import CodeunlearnError
-from codeunlearn.training import train_bottleneck
+from codeunlearn.train.loop import train_bottleneck
 
 PROBE = make_tokens(2, 10, seed=7)
 

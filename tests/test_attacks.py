@@ -17,14 +17,14 @@ from helpers import VOCAB, assert_fix_error, make_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from codeunlearn.attacks.latent_probe import default_layer, latent_probe, pooled_states
-from codeunlearn.attacks.padding import max_positions, padding_attack, passage_losses
-from codeunlearn.attacks.relearning import relearning_attack
-from codeunlearn.attacks.rephrase import QUESTION_TEMPLATES, _load_facts, rephrased_facts
 from codeunlearn.data import load_documents, pack_documents, split_documents
 from codeunlearn.errors import CodeunlearnError
-from codeunlearn.evaluation import mean_loss
-from codeunlearn.metrics.base import EvalContext
+from codeunlearn.evaluate.attacks.latent_probe import default_layer, latent_probe, pooled_states
+from codeunlearn.evaluate.attacks.padding import max_positions, padding_attack, passage_losses
+from codeunlearn.evaluate.attacks.relearning import relearning_attack
+from codeunlearn.evaluate.attacks.rephrase import QUESTION_TEMPLATES, _load_facts, rephrased_facts
+from codeunlearn.evaluate.evaluation import mean_loss
+from codeunlearn.evaluate.metrics.base import EvalContext
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -370,7 +370,7 @@ def test_relearning_lowers_the_forget_loss_of_a_copy(tmp_path):
 def test_relearning_on_fact_sentences_brings_the_facts_back(tmp_path):
     """A random model knows none of twelve two-word facts; fine-tuned on their sentences, top-1 on the facts goes up,
     and the step-0 score is the untouched model's `fact_cloze`."""
-    from codeunlearn.metrics.cloze import fact_cloze
+    from codeunlearn.evaluate.metrics.cloze import fact_cloze
 
     rows = [
         {"known_id": i, "subject": f"w{10 + i}", "attribute": f"w{40 + i}", "template": "{} w5",
@@ -443,8 +443,8 @@ def test_relearning_table_reads_the_curves_and_the_best_attack_per_model(tmp_pat
     over both runs is the row's best attack, and it is read against the reference's lowest."""
     import importlib.util
 
-    from codeunlearn.suite.report import write_report
-    from codeunlearn.suite.runner import SuiteReport
+    from codeunlearn.evaluate.suite.report import write_report
+    from codeunlearn.evaluate.suite.runner import SuiteReport
 
     spec = importlib.util.spec_from_file_location("relearning_table", ROOT / "benchmarks" / "relearning_table.py")
     module = importlib.util.module_from_spec(spec)

@@ -9,13 +9,13 @@ import pytest
 import torch
 from helpers import assert_fix_error, make_model, make_tokens, tiny_config
 
-from codeunlearn.architectures import decoder_layers
-from codeunlearn.bottlenecked import WEIGHTS_NAME, BottleneckedModel
-from codeunlearn.config import CONFIG_NAME, BottleneckConfig
-from codeunlearn.edit import Edit, LayerCodes
+from codeunlearn.bottleneck.architectures import decoder_layers
+from codeunlearn.bottleneck.config import CONFIG_NAME, BottleneckConfig
+from codeunlearn.bottleneck.edit import Edit, LayerCodes
+from codeunlearn.bottleneck.model import WEIGHTS_NAME, BottleneckedModel
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.io import atomic_directory, load_tensors
-from codeunlearn.statistics import CodeStatistics
+from codeunlearn.unlearn.statistics import CodeStatistics
 
 
 def snapshot(directory) -> dict[str, bytes]:

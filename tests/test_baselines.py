@@ -22,7 +22,7 @@ from codeunlearn.baselines import (
 from codeunlearn.baselines.npo import npo_loss
 from codeunlearn.baselines.rmu import default_layer, mlp_weights
 from codeunlearn.errors import CodeunlearnError
-from codeunlearn.evaluation import mean_loss
+from codeunlearn.evaluate.evaluation import mean_loss
 
 FORGET = make_tokens(16, 12, seed=1)
 RETAIN = make_tokens(16, 12, seed=2)

@@ -8,11 +8,11 @@ from helpers import VOCAB, assert_fix_error, make_model, make_tokens, tiny_args,
 from peft.tuners.tuners_utils import BaseTunerLayer
 
 from codeunlearn.baselines import BaselineTrainingArguments, RelearnConfig, make_method, relearn, train_baseline
-from codeunlearn.bottlenecked import BottleneckedModel
-from codeunlearn.edit import Edit, LayerCodes
+from codeunlearn.bottleneck.edit import Edit, LayerCodes
+from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.errors import CodeunlearnError
-from codeunlearn.evaluation import mean_loss
-from codeunlearn.training import train_bottleneck
+from codeunlearn.evaluate.evaluation import mean_loss
+from codeunlearn.train.loop import train_bottleneck
 
 
 def markov_text(num_chunks: int, seq_len: int, seed: int) -> torch.Tensor:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from codeunlearn.edit import Edit
+from codeunlearn.bottleneck.edit import Edit
 
 ROOT = Path(__file__).resolve().parents[1]
 

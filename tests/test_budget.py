@@ -1,4 +1,4 @@
-"""The N rule (`codeunlearn.budget`): the largest grid N whose edit stays within a retain-loss budget."""
+"""The N rule (`codeunlearn.unlearn.budget`): the largest grid N whose edit stays within a retain-loss budget."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import pytest
 import torch
 from helpers import assert_fix_error, make_model, make_tokens, tiny_config
 
-from codeunlearn.bottlenecked import BottleneckedModel
-from codeunlearn.budget import choose_num_codes, describe_walk, walk
-from codeunlearn.edit import Edit, LayerCodes
+from codeunlearn.bottleneck.edit import Edit, LayerCodes
+from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.errors import CodeunlearnError
+from codeunlearn.unlearn.budget import choose_num_codes, describe_walk, walk
 
 
 def test_walk_stops_after_the_first_n_over_budget():

@@ -18,10 +18,10 @@ import pytest
 import torch
 from helpers import run_error, run_ok, save_tiny_llama
 
+from codeunlearn.bottleneck.config import BottleneckConfig
 from codeunlearn.cli import main
 from codeunlearn.cli.arguments import BottleneckArguments, SelectionArguments
-from codeunlearn.config import BottleneckConfig
-from codeunlearn.selection import SelectionRule
+from codeunlearn.unlearn.selection import SelectionRule
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -14,7 +14,7 @@ from helpers import ARCHITECTURES, assert_fix_error, make_model, make_tokens
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from codeunlearn.bottlenecked import BottleneckedModel
+from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.export.remote_code import modeling_codeunlearn
 from codeunlearn.export.save import BOTTLENECK_SUBDIR, save_pretrained
@@ -184,7 +184,7 @@ def test_remote_code_imports_only_torch_and_transformers_and_knows_every_archite
     import ast
     from pathlib import Path
 
-    from codeunlearn.architectures import DECODER_LAYER_PATHS
+    from codeunlearn.bottleneck.architectures import DECODER_LAYER_PATHS
 
     source = Path(modeling_codeunlearn.__file__).read_text()
     imported = set()
@@ -287,7 +287,7 @@ def test_verify_rejects_an_export_of_another_model(llama_export, tmp_path):
     """The check `save_pretrained` runs before moving a directory into place fails where it should."""
     import shutil
 
-    from codeunlearn.edit import Edit, LayerCodes
+    from codeunlearn.bottleneck.edit import Edit, LayerCodes
     from codeunlearn.export.save import verify_export
 
     bmodel = llama_export["bmodel"]

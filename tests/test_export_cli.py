@@ -17,7 +17,7 @@ from helpers import make_model, run_error, run_ok
 from huggingface_hub import ModelCard
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
-from codeunlearn.bottlenecked import BottleneckedModel
+from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.cli import main
 from codeunlearn.export.card import model_card
 
@@ -75,7 +75,7 @@ def cli_export(workspace) -> Path:
 
 def reference_model(workspace) -> BottleneckedModel:
     """What the export must equal: the base model, the bottleneck and both edits, in memory."""
-    from codeunlearn.edit import Edit
+    from codeunlearn.bottleneck.edit import Edit
 
     model = LlamaForCausalLM.from_pretrained(workspace["model"]).eval()
     bmodel = BottleneckedModel.from_pretrained(model, workspace["bottleneck"])

@@ -17,7 +17,7 @@ from helpers import HIDDEN, VOCAB, assert_fix_error, make_model, make_tokens
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
-from codeunlearn.architectures import decoder_layers
+from codeunlearn.bottleneck.architectures import decoder_layers
 from codeunlearn.cli import main
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.export.linear import (
@@ -180,7 +180,7 @@ def test_cli_linear_export_end_to_end(workspace, capsys):
     # The base row is what `codeunlearn eval` measures: mean next-token loss on the same held-out split.
     from codeunlearn.cli.arguments import DataArguments
     from codeunlearn.cli.common import read_corpora
-    from codeunlearn.evaluation import mean_loss
+    from codeunlearn.evaluate.evaluation import mean_loss
 
     data = DataArguments(
         forget_corpora=[workspace["forget"]], seq_len=16, heldout_fraction=0.3, retain_corpora=[workspace["retain"]]

@@ -15,10 +15,10 @@ import torch
 from export_helpers import used_codes
 from helpers import tiny_args
 
-from codeunlearn.bottlenecked import BottleneckedModel
-from codeunlearn.config import BottleneckConfig
+from codeunlearn.bottleneck.config import BottleneckConfig
+from codeunlearn.bottleneck.edit import Edit, LayerCodes
+from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.data import pack_documents
-from codeunlearn.edit import Edit, LayerCodes
 from codeunlearn.export.save import save_pretrained
 
 pytestmark = [
@@ -59,7 +59,7 @@ def test_smollm2_export_is_exactly_the_edited_model(tmp_path, smollm2):
 
     model, tokenizer, chunks, probe, base = smollm2
     bmodel = BottleneckedModel.attach(model, BottleneckConfig(layers=[LAYER], num_heads=8, codebook_size=32))
-    from codeunlearn.training import train_bottleneck
+    from codeunlearn.train.loop import train_bottleneck
 
     args = tiny_args(tmp_path / "run", key_steps=2, value_steps=0, batch_size=2, kmeans_init_tokens=192)
     train_bottleneck(bmodel, chunks, args)
@@ -103,7 +103,7 @@ def test_smollm2_sae_export_is_exactly_the_edited_model(tmp_path, smollm2):
     from transformers import AutoModelForCausalLM
 
     from codeunlearn.export.save import BOTTLENECK_SUBDIR
-    from codeunlearn.guardrail import calibrate_guardrail
+    from codeunlearn.unlearn.guardrail import calibrate_guardrail
 
     model, tokenizer, chunks, probe, base = smollm2
     hidden = model.config.hidden_size

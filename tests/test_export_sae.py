@@ -21,9 +21,9 @@ from sae_helpers import TOPIC, TOPIC_ACT, context_free_model, tokens_without_top
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from codeunlearn.bottlenecked import BottleneckedModel
-from codeunlearn.config import BottleneckConfig
-from codeunlearn.edit import Edit, Guardrail, LayerCodes
+from codeunlearn.bottleneck.config import BottleneckConfig
+from codeunlearn.bottleneck.edit import Edit, Guardrail, LayerCodes
+from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.export.card import model_card
 from codeunlearn.export.linear import (
@@ -34,7 +34,7 @@ from codeunlearn.export.linear import (
     save_linear_export,
 )
 from codeunlearn.export.save import BOTTLENECK_SUBDIR, save_pretrained
-from codeunlearn.guardrail import calibrate_guardrail
+from codeunlearn.unlearn.guardrail import calibrate_guardrail
 
 PROBE = make_tokens(2, 12, seed=7)
 OTHER = make_tokens(3, 14, seed=11)  # tokens the export's own verification never saw
@@ -102,7 +102,7 @@ def random_sae(model: torch.nn.Module, architecture: str, layer: int, **cfg):
 
 def trained_sae_bmodel(arch: str, tmp_path) -> BottleneckedModel:
     """`codeunlearn train`'s path: a fresh TopK SAE trained a few steps, ending in sae-lens's inference class."""
-    from codeunlearn.training import train_bottleneck
+    from codeunlearn.train.loop import train_bottleneck
 
     config = BottleneckConfig(layers=list(LAYERS), kind="sae", sae_architecture="topk", sae_width=WIDTH, sae_k=4)
     bmodel = BottleneckedModel.attach(make_model(arch), config)

@@ -15,10 +15,16 @@ from helpers import run_error, run_ok
 
 from codeunlearn.data import load_documents
 from codeunlearn.errors import CodeunlearnError
-from codeunlearn.metrics.facts import GEOGRAPHY_RELATIONS, FactTopic, fact_sentence, split_fact_topic, write_fact_topic
-from codeunlearn.metrics.probe_data import FactItem, load_facts
-from codeunlearn.suite.config import data_files, load_suite_config
-from codeunlearn.suite.fact_suite import write_fact_suite
+from codeunlearn.evaluate.metrics.facts import (
+    GEOGRAPHY_RELATIONS,
+    FactTopic,
+    fact_sentence,
+    split_fact_topic,
+    write_fact_topic,
+)
+from codeunlearn.evaluate.metrics.probe_data import FactItem, load_facts
+from codeunlearn.evaluate.suite.config import data_files, load_suite_config
+from codeunlearn.evaluate.suite.fact_suite import write_fact_suite
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -13,8 +13,8 @@ from torch import nn
 
 from codeunlearn.data import load_documents, split_documents
 from codeunlearn.errors import CodeunlearnError
-from codeunlearn.metrics.base import EvalContext
-from codeunlearn.metrics.fluency import distinct_fraction, fluency, repetition_rate
+from codeunlearn.evaluate.metrics.base import EvalContext
+from codeunlearn.evaluate.metrics.fluency import distinct_fraction, fluency, repetition_rate
 
 FIRST_WORD = 3  # ids 0-2 are <unk>, <pad>, </s>
 WORDS = torch.arange(FIRST_WORD, VOCAB)

@@ -1,4 +1,4 @@
-"""Chunked nearest-key search and k-means (`codeunlearn.kmeans`) against brute force and known clusters."""
+"""Chunked nearest-key search and k-means (`codeunlearn.bottleneck.kmeans`) against brute force and known clusters."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import pytest
 import torch
 from helpers import assert_fix_error, make_model, tiny_config
 
-from codeunlearn.bottlenecked import BottleneckedModel
-from codeunlearn.codebook import CodebookBottleneck
-from codeunlearn.config import BottleneckConfig
+from codeunlearn.bottleneck.codebook import CodebookBottleneck
+from codeunlearn.bottleneck.config import BottleneckConfig
+from codeunlearn.bottleneck.kmeans import SEARCH_CHUNK, fit_residual_codebooks, kmeans, lookup, nearest, squared_norms
+from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.errors import CodeunlearnError
-from codeunlearn.kmeans import SEARCH_CHUNK, fit_residual_codebooks, kmeans, lookup, nearest, squared_norms
 
 
 def test_nearest_matches_brute_force_across_chunks_and_skips_excluded():

@@ -20,8 +20,8 @@ from helpers import make_model
 from torch import nn
 
 from codeunlearn.errors import CodeunlearnError
-from codeunlearn.metrics.base import EvalContext
-from codeunlearn.metrics.choice import (
+from codeunlearn.evaluate.metrics.base import EvalContext
+from codeunlearn.evaluate.metrics.choice import (
     NEAR_TOPIC_SUBJECTS,
     arc_easy,
     expand_subjects,
@@ -30,9 +30,9 @@ from codeunlearn.metrics.choice import (
     mmlu,
     multiple_choice,
 )
-from codeunlearn.metrics.cloze import fact_cloze, sports_cloze
-from codeunlearn.metrics.familiarity import familiarity, mentions
-from codeunlearn.metrics.probe_data import (
+from codeunlearn.evaluate.metrics.cloze import fact_cloze, sports_cloze
+from codeunlearn.evaluate.metrics.familiarity import familiarity, mentions
+from codeunlearn.evaluate.metrics.probe_data import (
     load_choice_items,
     load_facts,
     load_familiarity,

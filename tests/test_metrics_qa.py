@@ -13,8 +13,8 @@ import pytest
 from test_metrics_probes import SHARED_DATA, SPORTS, BagLM, V, assert_one_line, context, write_jsonl
 
 from codeunlearn.errors import CodeunlearnError
-from codeunlearn.metrics.probe_data import QAItem, load_qa_items
-from codeunlearn.metrics.qa import short_answer
+from codeunlearn.evaluate.metrics.probe_data import QAItem, load_qa_items
+from codeunlearn.evaluate.metrics.qa import short_answer
 
 CANDIDATES = sorted([*SPORTS, "golf"])  # the distinct which_sport answers of qa_rows(), as the metric orders them
 

@@ -6,12 +6,12 @@ import pytest
 import torch
 from helpers import tiny_args
 
-from codeunlearn.architectures import decoder_layers
-from codeunlearn.bottlenecked import BottleneckedModel
-from codeunlearn.config import BottleneckConfig
+from codeunlearn.bottleneck.architectures import decoder_layers
+from codeunlearn.bottleneck.config import BottleneckConfig
+from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.data import pack_documents
-from codeunlearn.statistics import collect_code_statistics
-from codeunlearn.training import train_bottleneck
+from codeunlearn.train.loop import train_bottleneck
+from codeunlearn.unlearn.statistics import collect_code_statistics
 
 pytestmark = pytest.mark.slow
 

@@ -11,11 +11,11 @@ import torch
 from helpers import HIDDEN, assert_fix_error, make_model, make_tokens
 from sae_helpers import NUM_FEATURES, TOPIC, TOPIC_ACT, context_free_model, tokens_without_topic, topic_sae
 
-from codeunlearn.bottlenecked import EDITS_NAME, BottleneckedModel
-from codeunlearn.config import BottleneckConfig
-from codeunlearn.edit import Edit, LayerCodes
+from codeunlearn.bottleneck.config import BottleneckConfig
+from codeunlearn.bottleneck.edit import Edit, LayerCodes
+from codeunlearn.bottleneck.model import EDITS_NAME, BottleneckedModel
+from codeunlearn.bottleneck.sae import LAYER_DIR, SAEOutput
 from codeunlearn.errors import CodeunlearnError
-from codeunlearn.sae import LAYER_DIR, SAEOutput
 
 PROBE = make_tokens(3, 12, seed=41)
 
@@ -336,7 +336,7 @@ def test_features_out_of_range_and_other_bad_edits(topic_model):
 
 
 def test_hook_names_map_to_decoder_layers():
-    from codeunlearn.sae import hook_layer
+    from codeunlearn.bottleneck.sae import hook_layer
 
     assert hook_layer("blocks.12.hook_resid_post") == 12
     assert hook_layer("blocks.12.hook_resid_pre") == 11  # the input of block 12 is the output of layer 11

@@ -8,17 +8,17 @@ import torch
 from helpers import assert_fix_error
 from sae_helpers import TOPIC, TOPIC_ACT, context_free_model, tokens_without_topic, topic_sae
 
-from codeunlearn.bottlenecked import BottleneckedModel
-from codeunlearn.edit import Edit, Guardrail, LayerCodes
+from codeunlearn.bottleneck.edit import Edit, Guardrail, LayerCodes
+from codeunlearn.bottleneck.interventions import gate, window_scores
+from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.errors import CodeunlearnError
-from codeunlearn.guardrail import (
+from codeunlearn.unlearn.guardrail import (
     calibrate_guardrail,
     calibrate_threshold,
     gate_rate,
     padding_attack,
     prompt_fraction_gate,
 )
-from codeunlearn.interventions import gate, window_scores
 
 
 def test_window_scores_are_a_causal_zero_padded_mean():

@@ -6,14 +6,14 @@ import pytest
 import torch
 from helpers import tiny_args
 
-from codeunlearn.architectures import decoder_layers
-from codeunlearn.bottlenecked import BottleneckedModel
-from codeunlearn.config import BottleneckConfig
+from codeunlearn.bottleneck.architectures import decoder_layers
+from codeunlearn.bottleneck.config import BottleneckConfig
+from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.data import pack_documents
-from codeunlearn.guardrail import calibrate_guardrail
-from codeunlearn.selection import SelectionRule, select_codes
-from codeunlearn.statistics import collect_code_statistics
-from codeunlearn.training import train_bottleneck
+from codeunlearn.train.loop import train_bottleneck
+from codeunlearn.unlearn.guardrail import calibrate_guardrail
+from codeunlearn.unlearn.selection import SelectionRule, select_codes
+from codeunlearn.unlearn.statistics import collect_code_statistics
 
 pytestmark = pytest.mark.slow
 

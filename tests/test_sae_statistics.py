@@ -10,9 +10,9 @@ import torch
 from helpers import assert_fix_error
 from sae_helpers import TOPIC, TOPIC_ACT, context_free_model, tokens_without_topic, topic_sae
 
-from codeunlearn.bottlenecked import BottleneckedModel
+from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.errors import CodeunlearnError
-from codeunlearn.selection import (
+from codeunlearn.unlearn.selection import (
     SelectionRule,
     feature_scales,
     feature_scores,
@@ -21,7 +21,7 @@ from codeunlearn.selection import (
     select_codes,
     truncate,
 )
-from codeunlearn.statistics import CodeStatistics, collect_code_statistics
+from codeunlearn.unlearn.statistics import CodeStatistics, collect_code_statistics
 
 
 def collect(bmodel, chunks, corpus=""):

@@ -9,11 +9,11 @@ import pytest
 import torch
 from helpers import assert_fix_error, make_model, make_tokens, tiny_args
 
-from codeunlearn.bottlenecked import BottleneckedModel
-from codeunlearn.config import BottleneckConfig
+from codeunlearn.bottleneck.config import BottleneckConfig
+from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.errors import CodeunlearnError
-from codeunlearn.evaluation import sae_loss_recovered, sae_quality
-from codeunlearn.training import train_bottleneck
+from codeunlearn.evaluate.evaluation import sae_loss_recovered, sae_quality
+from codeunlearn.train.loop import train_bottleneck
 
 STEPS = 6
 CHUNKS = make_tokens(40, 10, seed=11)

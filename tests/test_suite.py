@@ -1,4 +1,4 @@
-"""The evaluation suite (`codeunlearn.suite`, `codeunlearn eval --suite`) on tiny models and tiny corpora.
+"""The evaluation suite (`codeunlearn.evaluate.suite`, `codeunlearn eval --suite`) on tiny models and tiny corpora.
 
 Shipped configs load, name only registered metrics and (when ../shared/data is there) only existing files with
 parameters their functions take; bad configs fail in one line; `heldout_loss` scores exactly the held-out split; the
@@ -23,19 +23,19 @@ import yaml
 from export_helpers import make_tokenizer, topic_edits
 from helpers import HIDDEN, assert_fix_error, make_tokens, run_error, run_ok, save_tiny_llama, tiny_args, tiny_config
 
-from codeunlearn.bottlenecked import BottleneckedModel
+from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.data import load_split
 from codeunlearn.errors import CodeunlearnError
-from codeunlearn.evaluation import token_losses
-from codeunlearn.metrics.base import EvalContext, MetricResult, sample_items
+from codeunlearn.evaluate.evaluation import token_losses
+from codeunlearn.evaluate.metrics.base import EvalContext, MetricResult, sample_items
+from codeunlearn.evaluate.suite import registry
+from codeunlearn.evaluate.suite.config import data_files, load_suite_config, named_configs, parse_suite_config
+from codeunlearn.evaluate.suite.models import BaseModelView, base_model_run, load_model_for_eval, model_kind
+from codeunlearn.evaluate.suite.report import combine_reports, load_report, markdown_report, write_report
+from codeunlearn.evaluate.suite.runner import SuiteReport, plan_suite, run_suite
+from codeunlearn.evaluate.suite.text_loss import heldout_loss
 from codeunlearn.modeling import load_model_and_tokenizer
-from codeunlearn.suite import registry
-from codeunlearn.suite.config import data_files, load_suite_config, named_configs, parse_suite_config
-from codeunlearn.suite.models import BaseModelView, base_model_run, load_model_for_eval, model_kind
-from codeunlearn.suite.report import combine_reports, load_report, markdown_report, write_report
-from codeunlearn.suite.runner import SuiteReport, plan_suite, run_suite
-from codeunlearn.suite.text_loss import heldout_loss
-from codeunlearn.training import train_bottleneck
+from codeunlearn.train.loop import train_bottleneck
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -134,7 +134,7 @@ def context(model, tokenizer, **kwargs) -> EvalContext:
 def test_named_configs_ship_in_the_package():
     assert set(named_configs()) >= {"microbiology", "harry_potter", "cyber", "geography"}
     for path in named_configs().values():
-        assert path.parent.parent == Path(registry.__file__).parent  # inside codeunlearn/suite/
+        assert path.parent.parent == Path(registry.__file__).parent  # inside codeunlearn/evaluate/suite/
 
 
 @pytest.mark.parametrize("name", sorted(named_configs()))
@@ -422,7 +422,7 @@ def test_combine_takes_rows_of_an_earlier_table_when_its_base_agrees(tmp_path):
 
 
 def test_tradeoff_axes_turn_symmetric_log_only_when_one_method_is_far_out():
-    from codeunlearn.suite.plots import _symlog
+    from codeunlearn.evaluate.suite.plots import _symlog
 
     calls = []
     assert _symlog(lambda *a, **k: calls.append((a, k)), [0.02, -0.3, 1.9], 0.1) == "" and calls == []
@@ -510,8 +510,8 @@ def test_exported_directory_and_its_base(workspace):
 
 def test_attacks_run_on_an_exported_directory(workspace):
     """The latent probe finds the layers of an export, and relearning trains neither its codebook nor adapters."""
-    from codeunlearn.attacks.latent_probe import latent_probe
-    from codeunlearn.attacks.relearning import relearning_attack
+    from codeunlearn.evaluate.attacks.latent_probe import latent_probe
+    from codeunlearn.evaluate.attacks.relearning import relearning_attack
 
     loaded = load_model_for_eval(str(workspace["export"]), base_model=None, progress=False)
     ctx = context(loaded.model, loaded.tokenizer)
@@ -542,8 +542,8 @@ def test_sae_directory_with_a_guardrail_edit(workspace, tmp_path):
     from sae_lens import StandardSAE, StandardSAEConfig
     from sae_lens.saes.sae import SAEMetadata
 
-    from codeunlearn.attacks.relearning import relearning_attack
-    from codeunlearn.edit import Edit, Guardrail, LayerCodes
+    from codeunlearn.bottleneck.edit import Edit, Guardrail, LayerCodes
+    from codeunlearn.evaluate.attacks.relearning import relearning_attack
 
     torch.manual_seed(0)
     sae = StandardSAE(

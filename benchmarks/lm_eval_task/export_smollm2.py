@@ -17,14 +17,14 @@ from pathlib import Path
 
 import torch
 
-from codeunlearn.bottlenecked import BottleneckedModel
-from codeunlearn.config import BottleneckConfig
+from codeunlearn.bottleneck.config import BottleneckConfig
+from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.data import pack_documents
 from codeunlearn.export.save import save_pretrained
 from codeunlearn.modeling import load_model_and_tokenizer
-from codeunlearn.selection import SelectionRule, select_codes
-from codeunlearn.statistics import collect_code_statistics
-from codeunlearn.training import TrainingArguments, train_bottleneck
+from codeunlearn.train.loop import TrainingArguments, train_bottleneck
+from codeunlearn.unlearn.selection import SelectionRule, select_codes
+from codeunlearn.unlearn.statistics import collect_code_statistics
 
 HERE = Path(__file__).resolve().parent
 

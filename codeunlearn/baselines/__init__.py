@@ -22,10 +22,10 @@ from codeunlearn.baselines.base import MethodConfig, UnlearningMethod
 from codeunlearn.baselines.ga import GAConfig, GradientAscent
 from codeunlearn.baselines.grad_diff import GradDiff, GradDiffConfig
 from codeunlearn.baselines.npo import NPO, NPOConfig
-from codeunlearn.baselines.relearn import RelearnConfig, RelearnCurve, relearn
 from codeunlearn.baselines.rmu import RMU, RMUConfig
 from codeunlearn.baselines.trainer import BaselineResult, BaselineTrainingArguments, train_baseline
 from codeunlearn.errors import CodeunlearnError
+from codeunlearn.evaluate.attacks.relearn import RelearnConfig, RelearnCurve, relearn
 
 METHODS: dict[str, type[UnlearningMethod]] = {cls.name: cls for cls in (GradientAscent, GradDiff, NPO, RMU)}
 

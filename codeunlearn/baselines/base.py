@@ -118,12 +118,6 @@ class UnlearningMethod(ABC):
         return None
 
 
-def next_token_nll(model: nn.Module, chunks: Tensor) -> Tensor:
-    """Mean next-token cross-entropy (nat/token) of `model` on packed chunks, differentiable."""
-    logits = model(input_ids=chunks, use_cache=False).logits[:, :-1].float()
-    return F.cross_entropy(logits.transpose(1, 2), chunks[:, 1:])
-
-
 def sequence_logprob(model: nn.Module, chunks: Tensor) -> Tensor:
     """Summed log-probability of every chunk's tokens 1..T-1 given the tokens before them, shape (batch,)."""
     logits = model(input_ids=chunks, use_cache=False).logits[:, :-1].float()

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from codeunlearn.baselines.base import MethodConfig, UnlearningMethod, next_token_nll
+from codeunlearn.baselines.base import MethodConfig, UnlearningMethod
+from codeunlearn.evaluate.evaluation import next_token_nll
 
 
 @dataclass

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
-from codeunlearn.baselines.base import MethodConfig, UnlearningMethod, next_token_nll
+from codeunlearn.baselines.base import MethodConfig, UnlearningMethod
 from codeunlearn.errors import CodeunlearnError
+from codeunlearn.evaluate.evaluation import next_token_nll
 
 
 @dataclass

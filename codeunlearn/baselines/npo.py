@@ -29,8 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from codeunlearn.baselines.base import MethodConfig, UnlearningMethod, next_token_nll, sequence_logprob
+from codeunlearn.baselines.base import MethodConfig, UnlearningMethod, sequence_logprob
 from codeunlearn.errors import CodeunlearnError
+from codeunlearn.evaluate.evaluation import next_token_nll
 
 
 @dataclass

@@ -47,8 +47,8 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from transformers.pytorch_utils import Conv1D
 
-from codeunlearn.architectures import decoder_layers, hidden_size, model_type_of
 from codeunlearn.baselines.base import MethodConfig, UnlearningMethod
+from codeunlearn.bottleneck.architectures import decoder_layers, hidden_size, model_type_of
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.runtime import batches
 

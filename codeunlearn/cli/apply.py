@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from codeunlearn.bottleneck.edit import Edit
 from codeunlearn.cli.arguments import ModelArguments, parse_arguments
 from codeunlearn.cli.common import check_output_dir_free, load_bottlenecked
-from codeunlearn.edit import Edit
 from codeunlearn.errors import CodeunlearnError
 
 DESCRIPTION = "Apply (and undo) edits on a trained bottleneck and save the edited bottleneck directory."

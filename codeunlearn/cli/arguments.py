@@ -26,11 +26,11 @@ from typing import Any, Literal, Union
 from transformers import HfArgumentParser
 from transformers.hf_argparser import string_to_bool
 
-from codeunlearn.config import KINDS, SAE_ARCHITECTURES, SITES, BottleneckConfig
-from codeunlearn.edit import DEFAULT_MULTIPLIER, INTERVENTIONS
+from codeunlearn.bottleneck.config import KINDS, SAE_ARCHITECTURES, SITES, BottleneckConfig
+from codeunlearn.bottleneck.edit import DEFAULT_MULTIPLIER, INTERVENTIONS
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.modeling import SHIPPED_MODEL
-from codeunlearn.selection import SCALES, SCORES, SelectionRule
+from codeunlearn.unlearn.selection import SCALES, SCORES, SelectionRule
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -95,7 +95,7 @@ class DataArguments:
 
 @dataclass
 class BottleneckArguments:
-    """The shape of the bottleneck (`codeunlearn.config.BottleneckConfig`, minus the facts read off the model)."""
+    """The shape of the bottleneck (`codeunlearn.bottleneck.config.BottleneckConfig`, minus the facts read off the model)."""
 
     layers: list[int] = field(metadata={"help": "Decoder-layer indices whose output goes through a bottleneck."})
     kind: Literal[KINDS] = field(
@@ -183,7 +183,7 @@ class BottleneckArguments:
 
 @dataclass
 class SelectionArguments:
-    """Which codes a topic removes (`codeunlearn.selection.SelectionRule`) and how."""
+    """Which codes a topic removes (`codeunlearn.unlearn.selection.SelectionRule`) and how."""
 
     topic: str = field(default="topic", metadata={"help": "Name of the topic to forget (recorded in the edit)."})
     num_codes: int = field(

@@ -35,7 +35,7 @@ from codeunlearn.cli.arguments import (
 from codeunlearn.cli.common import load_base, read_corpora
 from codeunlearn.cli.eval import add_deltas, loss_table
 from codeunlearn.errors import CodeunlearnError
-from codeunlearn.evaluation import mean_loss
+from codeunlearn.evaluate.evaluation import mean_loss
 from codeunlearn.io import atomic_write_text
 
 PROG = "codeunlearn baseline"

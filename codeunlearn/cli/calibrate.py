@@ -18,11 +18,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from codeunlearn.bottleneck.edit import GUARDRAIL_ACTIONS, Edit
 from codeunlearn.cli.arguments import DataArguments, ModelArguments, bf16_is_fast, parse_arguments
 from codeunlearn.cli.common import check_output_file, load_bottlenecked, read_corpora
-from codeunlearn.edit import GUARDRAIL_ACTIONS, Edit
 from codeunlearn.errors import CodeunlearnError
-from codeunlearn.guardrail import DEFAULT_TARGET_FPR, DEFAULT_WINDOW, calibrate_guardrail, gate_rate
+from codeunlearn.unlearn.guardrail import DEFAULT_TARGET_FPR, DEFAULT_WINDOW, calibrate_guardrail, gate_rate
 
 DESCRIPTION = "Calibrate a local-window guardrail for an SAE edit on retain text (target false-positive rate)."
 

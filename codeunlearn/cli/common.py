@@ -15,9 +15,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from codeunlearn.bottlenecked import BottleneckedModel
+from codeunlearn.bottleneck.config import CONFIG_NAME
+from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.cli.arguments import DataArguments, ModelArguments
-from codeunlearn.config import CONFIG_NAME
 from codeunlearn.data import DocumentSplit, load_documents, pack_documents, split_documents
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.hub import resolve_bottleneck_source
@@ -122,7 +122,7 @@ def _bottleneck_in(path: Path) -> Path | None:
 
 def is_sae_source(path: Path) -> bool:
     """A sae-lens (or Gemma Scope) SAE directory, or a directory whose subdirectories are."""
-    from codeunlearn.sae import is_sae_directory
+    from codeunlearn.bottleneck.sae import is_sae_directory
 
     if is_sae_directory(path):
         return True

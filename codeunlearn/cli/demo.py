@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from codeunlearn.bottlenecked import BottleneckedModel
-from codeunlearn.budget import choose_num_codes, describe_walk
+from codeunlearn.bottleneck.edit import DEFAULT_INTERVENTION
+from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.cli.arguments import (
     BottleneckArguments,
     DataArguments,
@@ -42,13 +42,13 @@ from codeunlearn.cli.arguments import (
 from codeunlearn.cli.common import Stopwatch, load_base, read_corpora
 from codeunlearn.cli.eval import TABLE_NOTE, RowSpec, evaluate_rows, fidelity_rows, fidelity_table, loss_table
 from codeunlearn.cli.forget import CONTROL_NAME, EDIT_NAME, make_edits, summarize
-from codeunlearn.edit import DEFAULT_INTERVENTION
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.io import atomic_write_text
-from codeunlearn.selection import random_control
-from codeunlearn.statistics import collect_code_statistics
-from codeunlearn.statistics_cache import corpus_fingerprint, save_retain_statistics
-from codeunlearn.training import TrainingArguments, train_bottleneck
+from codeunlearn.train.loop import TrainingArguments, train_bottleneck
+from codeunlearn.unlearn.budget import choose_num_codes, describe_walk
+from codeunlearn.unlearn.selection import random_control
+from codeunlearn.unlearn.statistics import collect_code_statistics
+from codeunlearn.unlearn.statistics_cache import corpus_fingerprint, save_retain_statistics
 
 DESCRIPTION = (
     "Run the whole pipeline (load, train, stats, select, apply, eval, save, reload) on SmolLM2 and the demo corpora."

@@ -16,7 +16,7 @@ reconstruction FVU (SAE: L0, FVU, dead features and the CE loss with the bare re
 guardrail edit the share of forget and retain windows it gates). --bottleneck_dir may also be a sae-lens SAE
 directory. Writes OUTPUT/report.json and OUTPUT/report.md.
 
-Evaluation suite (`codeunlearn.suite`):
+Evaluation suite (`codeunlearn.evaluate.suite`):
 
     codeunlearn eval --suite harry_potter --model outputs/demo/edited --data_dir ../shared/data \\
         --with_base --output_dir outputs/eval/hp_edited [--fast] [--attacks] [--max_items 50] [--seed 0]
@@ -54,14 +54,14 @@ from typing import Any
 
 from torch import Tensor
 
-from codeunlearn.bottlenecked import BottleneckedModel
+from codeunlearn.bottleneck.edit import Edit
+from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.cli.arguments import DataArguments, ModelArguments, bf16_is_fast, parse_arguments
 from codeunlearn.cli.common import load_bottlenecked, read_corpora, resolve_bottleneck_dir
-from codeunlearn.edit import Edit
 from codeunlearn.errors import CodeunlearnError
-from codeunlearn.evaluation import bottleneck_fidelity, mean_loss, sae_loss_recovered, sae_quality
+from codeunlearn.evaluate.evaluation import bottleneck_fidelity, mean_loss, sae_loss_recovered, sae_quality
+from codeunlearn.evaluate.suite.config import named_configs
 from codeunlearn.io import atomic_write_text
-from codeunlearn.suite.config import named_configs
 
 DESCRIPTION = (
     "Held-out forget/retain loss (nat/token) of base, unedited bottleneck and edits, plus bottleneck FVU; "
@@ -250,7 +250,7 @@ def guardrail_rows(
     bmodel: BottleneckedModel, edits: list[tuple[str, Edit]], corpora: dict[str, Tensor], batch_size: int, bf16: bool
 ) -> list[dict[str, Any]]:
     """For each guardrail edit: the share of windows it gates on each corpus (on retain text: false positives)."""
-    from codeunlearn.guardrail import gate_rate
+    from codeunlearn.unlearn.guardrail import gate_rate
 
     return [
         {"edit": name, "corpus": corpus, "gated": gate_rate(bmodel, edit, chunks, batch_size, bf16)["any"]}
@@ -385,11 +385,11 @@ def main(argv: Sequence[str]) -> int:
 
 def suite_main(model_args: ModelArguments, data_args: DataArguments, args: EvalArguments) -> int:
     """`codeunlearn eval --suite ...`: run an evaluation suite on one model (and the base model with --with_base)."""
-    from codeunlearn.metrics.base import EvalContext
-    from codeunlearn.suite.config import load_suite_config
-    from codeunlearn.suite.models import base_model_run, load_model_for_eval
-    from codeunlearn.suite.report import load_report, markdown_report, write_report
-    from codeunlearn.suite.runner import plan_suite, run_suite
+    from codeunlearn.evaluate.metrics.base import EvalContext
+    from codeunlearn.evaluate.suite.config import load_suite_config
+    from codeunlearn.evaluate.suite.models import base_model_run, load_model_for_eval
+    from codeunlearn.evaluate.suite.report import load_report, markdown_report, write_report
+    from codeunlearn.evaluate.suite.runner import plan_suite, run_suite
 
     config = load_suite_config(args.suite)
     if args.model and args.bottleneck_dir:
@@ -457,7 +457,7 @@ def suite_main(model_args: ModelArguments, data_args: DataArguments, args: EvalA
 
 def combine_main(args: EvalArguments) -> int:
     """`codeunlearn eval --combine ROW=report.json ...`: one row per model, one column per metric."""
-    from codeunlearn.suite.report import combine_reports
+    from codeunlearn.evaluate.suite.report import combine_reports
 
     reports: dict[str, str] = {}
     for entry in args.combine:

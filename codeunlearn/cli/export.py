@@ -148,8 +148,8 @@ def load_model(model_args: ModelArguments) -> torch.nn.Module:
 def attach_bottleneck(model: torch.nn.Module, bottleneck_dir: Path) -> Any:
     """The bottleneck of a codeunlearn directory (with its saved edits), or sae-lens SAE directories attached at the
     layers their hook names record."""
-    from codeunlearn.bottlenecked import BottleneckedModel
-    from codeunlearn.config import CONFIG_NAME
+    from codeunlearn.bottleneck.config import CONFIG_NAME
+    from codeunlearn.bottleneck.model import BottleneckedModel
 
     if (bottleneck_dir / CONFIG_NAME).is_file():
         return BottleneckedModel.from_pretrained(model, bottleneck_dir)
@@ -157,9 +157,9 @@ def attach_bottleneck(model: torch.nn.Module, bottleneck_dir: Path) -> Any:
 
 
 def export_bottleneck(model_args: ModelArguments, args: ExportArguments) -> int:
+    from codeunlearn.bottleneck.edit import Edit
     from codeunlearn.cli.apply import describe_edits
     from codeunlearn.cli.common import ticker
-    from codeunlearn.edit import Edit
     from codeunlearn.export.card import read_eval_report
     from codeunlearn.export.save import save_pretrained
 
@@ -204,7 +204,7 @@ def _read_directions(path: str) -> torch.Tensor:
 
 def _linear_sae_edit(args: ExportArguments) -> Any:
     """Linear mode's SAE edit (the source of its directions), or None; one-line errors for a wrong combination."""
-    from codeunlearn.edit import Edit
+    from codeunlearn.bottleneck.edit import Edit
 
     if not args.edits and not args.bottleneck_dir:
         return None
@@ -251,7 +251,7 @@ def export_linear(model_args: ModelArguments, data_args: DataArguments, args: Ex
 
     from codeunlearn.cli.common import ticker
     from codeunlearn.cli.eval import TABLE_NOTE, add_deltas, loss_table
-    from codeunlearn.evaluation import mean_loss
+    from codeunlearn.evaluate.evaluation import mean_loss
     from codeunlearn.export.linear import (
         fold_projection,
         layer_states,

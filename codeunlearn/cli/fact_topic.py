@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from codeunlearn.cli.arguments import parse_arguments
-from codeunlearn.metrics.facts import CORPUS_FILES, GEOGRAPHY_RELATIONS, PROBE_FILES, write_fact_topic
-from codeunlearn.suite.fact_suite import write_fact_suite
+from codeunlearn.evaluate.metrics.facts import CORPUS_FILES, GEOGRAPHY_RELATIONS, PROBE_FILES, write_fact_topic
+from codeunlearn.evaluate.suite.fact_suite import write_fact_suite
 
 DESCRIPTION = "Write the geography fact topic (known_1000) as forget/retain corpora and held-out probes."
 

@@ -35,8 +35,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from codeunlearn.bottlenecked import BottleneckedModel
-from codeunlearn.budget import choose_num_codes, describe_walk
+from codeunlearn.bottleneck.edit import Edit
+from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.cli.arguments import (
     DataArguments,
     ModelArguments,
@@ -52,11 +52,11 @@ from codeunlearn.cli.common import (
     read_corpora,
     resolve_bottleneck_dir,
 )
-from codeunlearn.edit import Edit
 from codeunlearn.errors import CodeunlearnError
-from codeunlearn.selection import random_control, select_codes
-from codeunlearn.statistics import CodeStatistics, collect_code_statistics
-from codeunlearn.statistics_cache import corpus_fingerprint, load_retain_statistics, save_retain_statistics
+from codeunlearn.unlearn.budget import choose_num_codes, describe_walk
+from codeunlearn.unlearn.selection import random_control, select_codes
+from codeunlearn.unlearn.statistics import CodeStatistics, collect_code_statistics
+from codeunlearn.unlearn.statistics_cache import corpus_fingerprint, load_retain_statistics, save_retain_statistics
 
 DESCRIPTION = (
     "Select topic codes (from a bottleneck and the topic's text, or from statistics files); write edit.json and a "

@@ -22,9 +22,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from codeunlearn.baselines.relearn import RelearnConfig, relearn
 from codeunlearn.cli.arguments import DataArguments, ModelArguments, parse_arguments
 from codeunlearn.cli.common import check_output_file, load_base, load_bottlenecked, read_corpora
+from codeunlearn.evaluate.attacks.relearn import RelearnConfig, relearn
 from codeunlearn.io import atomic_write_text
 
 DESCRIPTION = (

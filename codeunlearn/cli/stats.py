@@ -16,7 +16,7 @@ from typing import Literal
 from codeunlearn.cli.arguments import DataArguments, ModelArguments, bf16_is_fast, parse_arguments
 from codeunlearn.cli.common import check_output_file, load_bottlenecked, read_corpora
 from codeunlearn.errors import CodeunlearnError
-from codeunlearn.statistics import CodeStatistics, collect_code_statistics
+from codeunlearn.unlearn.statistics import CodeStatistics, collect_code_statistics
 
 DESCRIPTION = "Count code firings of a bottleneck on the chosen split of corpora (every --corpora/--forget_corpora/--retain_corpora given)."
 

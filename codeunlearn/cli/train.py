@@ -25,14 +25,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from codeunlearn.bottlenecked import BottleneckedModel
+from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.cli.arguments import BottleneckArguments, DataArguments, ModelArguments, parse_arguments, to_flat_dict
 from codeunlearn.cli.common import load_base, read_corpora
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.io import atomic_write_text
-from codeunlearn.statistics import collect_code_statistics
-from codeunlearn.statistics_cache import corpus_fingerprint, save_retain_statistics
-from codeunlearn.training import TrainingArguments, check_enough_tokens, train_bottleneck
+from codeunlearn.train.loop import TrainingArguments, check_enough_tokens, train_bottleneck
+from codeunlearn.unlearn.statistics import collect_code_statistics
+from codeunlearn.unlearn.statistics_cache import corpus_fingerprint, save_retain_statistics
 
 DESCRIPTION = (
     "Train a codebook (or, with --bottleneck sae, an SAE) into chosen decoder layers of a frozen causal LM "

@@ -613,7 +613,7 @@ def _fidelity_section(fidelity: FidelityReport | None) -> str:
 
 
 def _statistics_section(directory: Path) -> str:
-    from codeunlearn.statistics_cache import STATISTICS_DIR
+    from codeunlearn.unlearn.statistics_cache import STATISTICS_DIR
 
     summaries = sorted((directory / STATISTICS_DIR).glob("*.json"))
     if not summaries:
@@ -665,8 +665,8 @@ def bottleneck_card(
     """The card of a bottleneck repository (`codeunlearn push --bottleneck_dir`): its shape, the base model it was
     trained for, the training corpora, the cached retain statistics, its fidelity (or how to measure it) and how to
     load it by repo id. Everything is read from `directory` and `fidelity`; nothing is written."""
-    from codeunlearn.bottlenecked import EDITS_NAME
-    from codeunlearn.config import CONFIG_NAME, BottleneckConfig
+    from codeunlearn.bottleneck.config import CONFIG_NAME, BottleneckConfig
+    from codeunlearn.bottleneck.model import EDITS_NAME
 
     directory = Path(directory)
     config = BottleneckConfig.from_json_file(directory / CONFIG_NAME)
@@ -766,7 +766,7 @@ codeunlearn forget --bottleneck_dir {load_name} --model_name_or_path {load_base}
 
 ```python
 import huggingface_hub
-from codeunlearn.bottlenecked import BottleneckedModel
+from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.modeling import load_model_and_tokenizer
 
 model, tokenizer = load_model_and_tokenizer("{load_base}")

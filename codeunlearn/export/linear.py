@@ -32,9 +32,9 @@ from torch import Tensor, nn
 from transformers.pytorch_utils import Conv1D
 
 from codeunlearn import __version__
-from codeunlearn.architectures import check_layer_indices, decoder_layers, hidden_size, model_type_of
-from codeunlearn.bottlenecked import BottleneckedModel
-from codeunlearn.edit import Edit
+from codeunlearn.bottleneck.architectures import check_layer_indices, decoder_layers, hidden_size, model_type_of
+from codeunlearn.bottleneck.edit import Edit
+from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.export.card import EVAL_REPORT_NAME, LINEAR_METHOD, LINEAR_SPEC_NAME, write_model_card
 from codeunlearn.io import atomic_directory, atomic_write_text

@@ -132,7 +132,7 @@ def push_bottleneck_to_hub(
     one-line `CodeunlearnError`s, raised before anything is sent when the input is at fault."""
     from huggingface_hub import CommitOperationAdd, HfApi
 
-    from codeunlearn.config import CONFIG_NAME, BottleneckConfig
+    from codeunlearn.bottleneck.config import CONFIG_NAME, BottleneckConfig
     from codeunlearn.export.card import FIDELITY_REPORT_NAME, bottleneck_card, read_fidelity_report
 
     given = Path(bottleneck_dir)

@@ -28,14 +28,14 @@ import torch
 from torch import Tensor, nn
 
 from codeunlearn import __version__
-from codeunlearn.architectures import DECODER_LAYER_PATHS, decoder_layers, model_type_of
-from codeunlearn.bottlenecked import BottleneckedModel, BottleneckLayer
+from codeunlearn.bottleneck.architectures import DECODER_LAYER_PATHS, decoder_layers, model_type_of
+from codeunlearn.bottleneck.model import BottleneckedModel, BottleneckLayer
+from codeunlearn.bottleneck.sae import LAYER_DIR, SAEBottleneck
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.export.card import EVAL_REPORT_NAME, read_eval_report, write_model_card
 from codeunlearn.export.remote_code import modeling_codeunlearn as remote_module
 from codeunlearn.export.remote_code.modeling_codeunlearn import CodeunlearnConfig, CodeunlearnForCausalLM
 from codeunlearn.io import atomic_directory
-from codeunlearn.sae import LAYER_DIR, SAEBottleneck
 
 BOTTLENECK_SUBDIR = "codeunlearn_bottleneck"
 REMOTE_MODULE = "modeling_codeunlearn"

@@ -1,0 +1,250 @@
+"""`CodebookBottleneck`: a multi-head, optionally multi-stage vector quantizer for one residual position.
+
+Why this shape:
+- **Several codes per token** (heads x stages): one code per token cannot carry a 576-d residual state; splitting the
+  rotated state into heads multiplies the bits while each head's codebook stays small enough to be interpretable
+  and selectable. Residual stages add refinement bits; removal at stage s drops that head's stages >= s.
+- **Search keys and output values are separate tensors.** Keys live in `vector_quantize_pytorch.VectorQuantize`
+  (k-means init, EMA updates, dead-code replacement) and decide *which* code a token gets; values are what the
+  downstream layers receive and are trained end to end (KL to the base model) without a straight-through
+  estimator: the layer input is frozen, so only a direct value lookup gives the downstream loss a gradient.
+- **Distances in fp32**, chunked: bf16 nearest-code search picks near-random codes (FINDINGS.md).
+- **Removal** is a per-code mask: `exclude` drops the code from the search (the next-nearest code takes over),
+  `substitute` keeps the search but replaces the token's head piece by the substitute vector (the data mean).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from vector_quantize_pytorch import VectorQuantize
+
+from codeunlearn.bottleneck.config import BottleneckConfig
+from codeunlearn.bottleneck.kmeans import fit_residual_codebooks, nearest, squared_norms
+from codeunlearn.errors import CodeunlearnError
+
+
+@dataclass
+class QuantizeOutput:
+    """Result of quantizing a batch of states at one layer."""
+
+    output: Tensor  # same shape/dtype as the input states
+    codes: Tensor  # (..., num_stages, num_heads) long; -1 where the token passed through unquantized
+    passthrough: Tensor  # (...) bool
+
+
+def random_rotation(dim: int, seed: int) -> Tensor:
+    """A fixed random orthogonal matrix (QR of a seeded Gaussian, signs fixed so it is unique)."""
+    generator = torch.Generator().manual_seed(seed)
+    q, r = torch.linalg.qr(torch.randn(dim, dim, generator=generator, dtype=torch.float64))
+    q = q * torch.sign(torch.diagonal(r)).unsqueeze(0)
+    return q.float()
+
+
+class CodebookBottleneck(nn.Module):
+    """Quantizes the states at one layer; downstream layers see only the codes' output values."""
+
+    def __init__(self, config: BottleneckConfig) -> None:
+        super().__init__()
+        if not config.hidden_size:
+            raise CodeunlearnError(
+                "bottleneck config has no hidden_size", "build it with attach_bottlenecks(model, ...)"
+            )
+        self.config = config
+        dim, heads, size = config.hidden_size, config.num_heads, config.codebook_size
+        self.quantizers = nn.ModuleList(
+            VectorQuantize(
+                dim=dim,
+                codebook_size=size,
+                heads=heads,
+                separate_codebook_per_head=True,
+                codebook_dim=dim // heads,
+                kmeans_init=True,
+                kmeans_iters=config.kmeans_iters,
+                decay=config.ema_decay,
+                threshold_ema_dead_code=config.dead_code_threshold,
+                commitment_weight=0.0,
+                ema_update=True,
+                learnable_codebook=False,
+                rotation_trick=False,
+                sync_codebook=False,  # every process fits keys on the same batches (see training.py)
+            )
+            for _ in range(config.num_stages)
+        )
+        for quantizer in self.quantizers:
+            # Without codebook_dim = dim // heads the library silently adds trained projections (FINDINGS.md).
+            if not isinstance(quantizer.project_in, nn.Identity):
+                raise AssertionError("VectorQuantize added an input projection; the codebook dims are wrong")
+        self.values = nn.ParameterList(
+            nn.Parameter(torch.zeros(heads, size, dim // heads)) for _ in range(config.num_stages)
+        )
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("rotation", random_rotation(dim, config.seed))
+        self.register_buffer("typical_norm", torch.ones(()))
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("substitute", torch.zeros(config.num_stages, heads, dim // heads))
+        shape = (config.num_stages, heads, size)
+        self.register_buffer("excluded", torch.zeros(shape, dtype=torch.bool), persistent=False)
+        self.register_buffer("substituted", torch.zeros(shape, dtype=torch.bool), persistent=False)
+        self._norm_cache: dict[int, tuple[tuple[int, ...], Tensor]] = {}
+
+    # ----------------------------------------------------------------------------------------------- geometry
+    def keys(self, stage: int) -> Tensor:
+        """Search keys of a stage, (heads, codebook_size, head_dim)."""
+        return self.quantizers[stage].codebook
+
+    def _to_code_space(self, x: Tensor) -> Tensor:
+        return (x - self.mean) @ self.rotation
+
+    def _from_code_space(self, z: Tensor) -> Tensor:
+        return z @ self.rotation.T + self.mean
+
+    def passthrough_mask(self, x: Tensor, positions: Tensor | None) -> Tensor:
+        """Tokens left unquantized: position 0 (attention sink) and massive-norm tokens."""
+        mask = torch.zeros(x.shape[:-1], dtype=torch.bool, device=x.device)
+        if self.config.passthrough_first_position:
+            if positions is None:
+                mask[..., 0] = True
+            else:
+                mask |= positions.expand(x.shape[:-1]) == 0
+        if self.config.massive_norm_factor > 0:
+            mask |= x.norm(dim=-1) > self.config.massive_norm_factor * self.typical_norm
+        return mask
+
+    # ----------------------------------------------------------------------------------------------- fitting keys
+    @torch.no_grad()
+    def initialize(self, states: Tensor, positions: Tensor | None = None) -> float:
+        """Fit every stage's search keys by k-means on the ordinary tokens of `states` (..., dim); returns the FVU.
+
+        Sets the typical norm (median over non-first positions) and the centring mean (over ordinary tokens), then
+        runs `config.kmeans_iters` Lloyd iterations per stage on what the earlier stages left over
+        (`codeunlearn.bottleneck.kmeans`). Values start equal to the keys, so the module outputs centroids until (and
+        unless) value training moves them.
+        """
+        states = states.float()
+        norms = states.norm(dim=-1)
+        if self.config.passthrough_first_position and norms.dim() > 1:
+            norms = norms[..., 1:]
+        self.typical_norm.copy_(norms.median())
+        ordinary = states[~self.passthrough_mask(states, positions)]
+        if len(ordinary) < self.config.codebook_size:
+            raise CodeunlearnError(
+                f"{len(ordinary)} ordinary tokens cannot fit {self.config.codebook_size} codes per head",
+                f"train on at least {self.config.codebook_size} tokens (tens of tokens per code fit well)",
+            )
+        self.mean.copy_(ordinary.mean(0))
+        heads = self.config.num_heads
+        with torch.autocast(device_type=states.device.type, enabled=False):
+            z = self._to_code_space(ordinary).view(len(ordinary), heads, -1).transpose(0, 1)
+            variance = float((z - z.mean(1, keepdim=True)).pow(2).sum())
+            keys, counts, residual = fit_residual_codebooks(
+                z, self.config.num_stages, self.config.codebook_size, self.config.kmeans_iters, self.config.seed
+            )
+        for stage, quantizer in enumerate(self.quantizers):
+            codebook = quantizer._codebook
+            codebook.embed.copy_(keys[stage])
+            codebook.cluster_size.copy_(counts[stage])
+            codebook.embed_avg.copy_(keys[stage] * counts[stage].unsqueeze(-1))
+            codebook.initted.fill_(True)
+            self.values[stage].data.copy_(keys[stage])
+        self.initialized.fill_(True)
+        self._norm_cache.clear()
+        return float(residual.pow(2).sum()) / max(variance, 1e-12)
+
+    @torch.no_grad()
+    def fit_keys(self, states: Tensor, positions: Tensor | None = None) -> None:
+        """One EMA step of the search keys (`vector_quantize_pytorch`: EMA updates and dead-code replacement) on
+        the ordinary tokens of `states` (..., dim); the first call fits them by k-means (`initialize`) instead.
+        Values are kept equal to the keys."""
+        if not bool(self.initialized):
+            self.initialize(states, positions)
+            return
+        self._norm_cache.clear()
+        states = states.float()
+        ordinary = states[~self.passthrough_mask(states, positions)]
+        with torch.autocast(device_type=states.device.type, enabled=False):
+            z = self._to_code_space(ordinary)
+            for stage, quantizer in enumerate(self.quantizers):
+                quantizer.train()
+                _, idx, _ = quantizer(z.unsqueeze(0))
+                z = z - self._lookup(self.keys(stage), idx.squeeze(0)).reshape(z.shape)
+                self.values[stage].data.copy_(self.keys(stage))
+
+    def dead_codes(self) -> Tensor:
+        """Boolean (S, H, C): codes whose EMA usage fell below the dead-code threshold."""
+        threshold = max(self.config.dead_code_threshold, 1e-3)
+        return torch.stack([q._codebook.cluster_size < threshold for q in self.quantizers])
+
+    # ----------------------------------------------------------------------------------------------- quantizing
+    @staticmethod
+    def _lookup(table: Tensor, idx: Tensor) -> Tensor:
+        """table (H, C, d), idx (N, H) -> (N, H, d)."""
+        heads = torch.arange(table.shape[0], device=idx.device)
+        return table[heads, idx]
+
+    def _key_norms(self, stage: int) -> Tensor:
+        """Squared key norms of a stage with the excluded codes at +inf, cached until the keys or masks change
+        (recomputing them reads every key again, which doubles the search's memory traffic when decoding).
+
+        The tag catches replaced or copied-into tensors; `vector_quantize_pytorch` writes its EMA updates through
+        `.data`, which bumps no version counter, so the key fitting methods clear the cache themselves."""
+        keys, excluded = self.keys(stage), self.excluded[stage]
+        tag = (keys.data_ptr(), keys._version, self.excluded.data_ptr(), self.excluded._version)
+        cached = self._norm_cache.get(stage)
+        if cached is None or cached[0] != tag:
+            cached = (tag, squared_norms(keys, excluded))
+            self._norm_cache[stage] = cached
+        return cached[1]
+
+    def _nearest(self, z: Tensor, stage: int) -> Tensor:
+        """Nearest searchable key of a stage per head, fp32. z (N, H, d) -> (N, H)."""
+        return nearest(z.transpose(0, 1), self.keys(stage), self._key_norms(stage)).T
+
+    def quantize(self, x: Tensor, positions: Tensor | None = None) -> QuantizeOutput:
+        """Quantize states x (..., dim); the edit masks (exclude / substitute) are honoured."""
+        if not bool(self.initialized):
+            raise CodeunlearnError("the bottleneck is untrained", "train it (codeunlearn train) or load a trained one")
+        lead = x.shape[:-1]
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            passthrough = self.passthrough_mask(x, positions)
+            flat = x.reshape(-1, x.shape[-1]).float()
+            z = self._to_code_space(flat).view(flat.shape[0], self.config.num_heads, -1)
+            out = torch.zeros_like(z)
+            dropped = torch.zeros(z.shape[:2], dtype=torch.bool, device=x.device)
+            codes = []
+            for stage in range(self.config.num_stages):
+                keys = self.keys(stage)
+                idx = self._nearest(z, stage)
+                codes.append(idx)
+                z = z - self._lookup(keys, idx).float()
+                newly = ~dropped & self.substituted[stage].gather(1, idx.T).T
+                dropped = dropped | newly
+                out = out + self._lookup(self.values[stage], idx) * (~dropped).unsqueeze(-1)
+                out = out + self.substitute[stage].unsqueeze(0) * newly.unsqueeze(-1)
+            y = self._from_code_space(out.reshape(flat.shape)).view(x.shape)
+            if x.requires_grad:
+                # Straight-through path to the input: the forward value is unchanged, but a shallower bottleneck's
+                # values still receive the downstream gradient through this one.
+                y = y + (x.float() - x.float().detach())
+            y = torch.where(passthrough.unsqueeze(-1), x.float(), y).to(x.dtype)
+        codes = torch.stack(codes, dim=-2).view(*lead, self.config.num_stages, self.config.num_heads)
+        codes = codes.masked_fill(passthrough[..., None, None], -1)
+        return QuantizeOutput(output=y, codes=codes, passthrough=passthrough)
+
+    def forward(self, x: Tensor, positions: Tensor | None = None) -> Tensor:
+        return self.quantize(x, positions).output
+
+    # ----------------------------------------------------------------------------------------------- edits
+    def set_removed(self, excluded: Tensor, substituted: Tensor) -> None:
+        """Install the removal masks (S, H, C); a head must keep at least one searchable code."""
+        if excluded.shape != self.excluded.shape or substituted.shape != self.substituted.shape:
+            raise CodeunlearnError(
+                f"edit masks have shape {tuple(excluded.shape)}, bottleneck expects {tuple(self.excluded.shape)}",
+                "use an edit made for this bottleneck",
+            )
+        if bool(excluded.all(-1).any()):
+            raise CodeunlearnError("an edit excludes every code of a head", "remove fewer codes or use `substitute`")
+        self.excluded.copy_(excluded)
+        self.substituted.copy_(substituted)

@@ -1,0 +1,544 @@
+"""`BottleneckedModel`: a frozen transformers causal LM with bottlenecks wrapped around decoder layers.
+
+The wrapper replaces `layers[L]` by a module that runs the original layer and passes its output (tuple in
+transformers 4.x, tensor in 5.x) through the bottleneck. Disabled, it returns the layer output untouched, so the
+logits are bit-identical to the base model's.
+
+A bottleneck is a `CodebookBottleneck` (`kind="vq"`) or an `SAEBottleneck` (`kind="sae"`, a sae-lens SAE). Both
+offer the small protocol the rest of the package relies on: `config`, `quantize(states, positions)` returning an
+output with `.output` and `.passthrough` (plus `.codes` for a codebook, `.acts` for an SAE), and a way to install
+the active edits (`set_removed` masks / `set_interventions`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from codeunlearn import __version__
+from codeunlearn.bottleneck.adapters import (
+    ADAPTER_PREFIX,
+    adapter_parameters,
+    adapter_state,
+    inject_adapters,
+    set_adapters_enabled,
+)
+from codeunlearn.bottleneck.architectures import (
+    DECODER_LAYER_PATHS,
+    check_layer_indices,
+    decoder_layers,
+    hidden_size,
+    model_type_of,
+)
+from codeunlearn.bottleneck.codebook import CodebookBottleneck, QuantizeOutput
+from codeunlearn.bottleneck.config import CONFIG_NAME, BottleneckConfig
+from codeunlearn.bottleneck.edit import Edit
+from codeunlearn.bottleneck.interventions import compile_edit
+from codeunlearn.bottleneck.sae import (
+    LAYER_DIR,
+    SAEBottleneck,
+    SAEOutput,
+    Splice,
+    is_sae_directory,
+    load_sae_module,
+    spliced,
+)
+from codeunlearn.errors import CodeunlearnError
+from codeunlearn.io import atomic_directory, atomic_save_tensors, atomic_write_text, load_tensors
+
+WEIGHTS_NAME = "bottleneck.safetensors"
+EDITS_NAME = "edits.json"
+
+Bottleneck = CodebookBottleneck | SAEBottleneck
+Observer = Callable[[int, Tensor, QuantizeOutput | SAEOutput], None]
+SAESource = str | Path | nn.Module  # a sae-lens directory, or a sae-lens SAE module
+
+
+def _sae_sources(saes: Any) -> list[tuple[int | None, SAESource]]:
+    """(layer or None, source) pairs from `{layer: source}`, one source, or a list of sources; a directory whose
+    subdirectories are SAE directories (a downloaded release) stands for all of them."""
+    if isinstance(saes, dict):
+        return [(int(layer), source) for layer, source in saes.items()]
+    if isinstance(saes, (str, Path)):
+        path = Path(saes)
+        if path.is_dir() and not is_sae_directory(path):
+            found = sorted(p for p in path.iterdir() if p.is_dir() and is_sae_directory(p))
+            if found:
+                return [(None, p) for p in found]
+        return [(None, path)]
+    if isinstance(saes, nn.Module):
+        return [(None, saes)]
+    return [(None, source) for source in saes]
+
+
+def _read_saved_edits(path: Path) -> list[Edit]:
+    """The edits saved beside a bottleneck (`edits.json`, a list), or [] when there is none."""
+    if not path.is_file():
+        return []
+    fix = "re-save the bottleneck, or delete the file to load it without edits"
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CodeunlearnError(f"{path} is not valid JSON ({err.msg})", fix) from None
+    if not isinstance(data, list):
+        raise CodeunlearnError(f"{path} must hold a list of edits, not a JSON {type(data).__name__}", fix)
+    return [Edit.from_dict(item) for item in data]
+
+
+class StopForward(Exception):
+    """Raised by the deepest bottleneck layer when the caller only needs states up to there."""
+
+
+class BottleneckLayer(nn.Module):
+    """A decoder layer followed by its bottleneck."""
+
+    def __init__(self, layer: nn.Module, bottleneck: Bottleneck, index: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.bottleneck = bottleneck
+        self.index = index
+        self.enabled = True
+        self.fit_keys = False
+        self.observer: Observer | None = None
+        self.stop_here = False
+        self.states_only = False  # hand the observer the states (result None) and leave them unchanged
+
+    def __getattr__(self, name: str) -> Any:
+        # Model forwards read attributes such as `attention_type` off their layers.
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.layer, name)
+
+    def forward(self, hidden_states: Tensor, *args: Any, **kwargs: Any) -> Any:
+        out = self.layer(hidden_states, *args, **kwargs)
+        if not self.enabled:
+            return out
+        if getattr(self.bottleneck, "transparent", False) and self.observer is None and not self.stop_here:
+            return out  # an unedited SAE with its error term returns its input exactly: no need to run it
+        h = out[0] if isinstance(out, tuple) else out
+        x = h - hidden_states if self.bottleneck.config.site == "block_output" else h
+        positions = kwargs.get("position_ids")
+        if self.states_only:  # e.g. SAE training reads the base model's states; later layers see them unchanged
+            if self.observer is not None:
+                self.observer(self.index, x, None)
+            if self.stop_here:
+                raise StopForward
+            return out
+        if self.fit_keys and not bool(self.bottleneck.initialized):
+            self.bottleneck.fit_keys(x.detach(), positions)  # k-means initialisation
+        # Quantize before updating the keys, so logged fidelity is measured on a batch the keys have not seen.
+        result = self.bottleneck.quantize(x, positions)
+        if self.fit_keys:
+            self.bottleneck.fit_keys(x.detach(), positions)
+        if self.observer is not None:
+            self.observer(self.index, x, result)
+        if self.stop_here:
+            raise StopForward
+        y = result.output + hidden_states if self.bottleneck.config.site == "block_output" else result.output
+        return (y, *out[1:]) if isinstance(out, tuple) else y
+
+
+class BottleneckedModel(nn.Module):
+    """A base causal LM (frozen) with bottlenecks at `config.layers`, plus the stack of active edits.
+
+    Read bottlenecked states with `observing` (or a hook on the wrapper in `wrappers()`), not `output_hidden_states`:
+    transformers 5 records hidden states with hooks on the stock decoder-layer class, which sits inside our wrapper,
+    so at a bottleneck layer it returns the state *before* the bottleneck.
+    """
+
+    def __init__(self, model: nn.Module, config: BottleneckConfig, bottlenecks: dict[int, Bottleneck]) -> None:
+        super().__init__()
+        self.model = model
+        self.config = config
+        self.bottlenecks = nn.ModuleDict({str(k): v for k, v in bottlenecks.items()})
+        self.edits: list[Edit] = []
+        model.requires_grad_(False)
+        layers = decoder_layers(model)
+        for index in bottlenecks:  # check every layer before wrapping any, so a refusal changes nothing
+            if isinstance(layers[index], BottleneckLayer):
+                raise CodeunlearnError(f"layer {index} already has a bottleneck", "detach() the old one first")
+        for index, bottleneck in bottlenecks.items():
+            layers[index] = BottleneckLayer(layers[index], bottleneck, index)
+        if config.adapter_rank:
+            inject_adapters(model, config.adapter_rank, first_layer=min(bottlenecks) + 1)
+            model.requires_grad_(False)
+
+    # ------------------------------------------------------------------------------------------------ creation
+    @classmethod
+    def attach(cls, model: nn.Module, config: BottleneckConfig) -> BottleneckedModel:
+        """Attach fresh (untrained) bottlenecks described by `config` to `model`."""
+        num_layers = len(decoder_layers(model))
+        config.layers = check_layer_indices(config.layers, num_layers)
+        config.hidden_size = hidden_size(model)
+        config.num_hidden_layers = num_layers
+        config.model_type = model_type_of(model)
+        config.base_model = config.base_model or str(getattr(model.config, "_name_or_path", ""))
+        if config.kind == "sae":
+            config.sae_width = config.sae_width or config.sae_expansion_factor * config.hidden_size
+        config = BottleneckConfig.from_dict(config.to_dict())  # re-validate with the model facts filled in
+        device = next(model.parameters()).device
+        if config.kind == "sae":
+            path = DECODER_LAYER_PATHS[config.model_type]
+            bottlenecks = {
+                layer: SAEBottleneck.fresh(config, layer, config.base_model, f"{path}.{layer}").to(device)
+                for layer in config.layers
+            }
+        else:
+            bottlenecks = {layer: CodebookBottleneck(config).to(device) for layer in config.layers}
+        return cls(model, config, bottlenecks)
+
+    @classmethod
+    def attach_sae(
+        cls,
+        model: nn.Module,
+        saes: dict[int, SAESource] | SAESource | list[SAESource],
+        error_term: bool = True,
+        passthrough_first_position: bool = True,
+    ) -> BottleneckedModel:
+        """Attach trained SAEs saved by sae-lens (or by codeunlearn, or a downloaded Gemma Scope folder).
+
+        `saes` is `{layer: directory or sae-lens SAE}`, or directories alone (each SAE's recorded hook name, e.g.
+        `blocks.12.hook_resid_post`, gives its layer), or one directory holding such directories. An SAE whose
+        d_in or hook layer does not match the model is refused with a one-line error.
+        """
+        layers = decoder_layers(model)
+        config = BottleneckConfig(
+            layers=[0],
+            kind="sae",
+            sae_architecture="pretrained",
+            sae_error_term=error_term,
+            passthrough_first_position=passthrough_first_position,
+            hidden_size=hidden_size(model),
+            num_hidden_layers=len(layers),
+            model_type=model_type_of(model),
+            base_model=str(getattr(model.config, "_name_or_path", "")),
+        )
+        bottlenecks: dict[int, SAEBottleneck] = {}
+        for layer, source in _sae_sources(saes):
+            bottleneck = load_sae_module(source, config, layer)
+            if bottleneck.layer in bottlenecks:
+                raise CodeunlearnError(f"two SAEs for layer {bottleneck.layer}", "attach one SAE per layer")
+            bottlenecks[bottleneck.layer] = bottleneck
+        config.layers = check_layer_indices(sorted(bottlenecks), len(layers))
+        config.sae_width = bottlenecks[config.layers[0]].num_features
+        device = next(model.parameters()).device
+        return cls(model, config, {layer: bn.to(device) for layer, bn in bottlenecks.items()})
+
+    @classmethod
+    def from_pretrained(cls, model: nn.Module, path: str | Path) -> BottleneckedModel:
+        """Attach the bottlenecks saved in `path` (and re-apply its saved edits) to `model`."""
+        path = Path(path)
+        config = BottleneckConfig.from_json_file(path / CONFIG_NAME)
+        layers = decoder_layers(model)
+        mismatches = []
+        if config.hidden_size != hidden_size(model):
+            mismatches.append(f"hidden size {config.hidden_size} vs model {hidden_size(model)}")
+        if config.num_hidden_layers != len(layers):
+            mismatches.append(f"{config.num_hidden_layers} layers vs model {len(layers)}")
+        if config.model_type != model_type_of(model):
+            mismatches.append(f"model_type {config.model_type!r} vs model {model_type_of(model)!r}")
+        if mismatches:
+            raise CodeunlearnError(
+                f"bottleneck at {path} was trained for another model ({'; '.join(mismatches)})",
+                f"load it onto {config.base_model or 'the model it was trained on'} or train a new one",
+            )
+        device = next(model.parameters()).device
+        if config.kind == "sae":
+            bottlenecks = {
+                layer: SAEBottleneck.from_directory(path / LAYER_DIR.format(layer=layer), config, layer).to(device)
+                for layer in config.layers
+            }
+            bmodel = cls(model, config, bottlenecks)
+            try:
+                for edit in _read_saved_edits(path / EDITS_NAME):
+                    bmodel.apply_edit(edit)
+            except BaseException:
+                bmodel.detach()
+                raise
+            return bmodel
+        tensors = load_tensors(path / WEIGHTS_NAME, "bottleneck weights")
+        bottlenecks = {}
+        for layer in config.layers:
+            bottleneck = CodebookBottleneck(config)
+            prefix = f"{layer}."
+            state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+            try:
+                bottleneck.load_state_dict(state, strict=True)
+            except RuntimeError as err:
+                first = str(err).splitlines()[0]
+                raise CodeunlearnError(
+                    f"bottleneck weights at {path} do not match its config ({first})", "re-save the bottleneck"
+                ) from None
+            bottlenecks[layer] = bottleneck.to(device)
+        edits = _read_saved_edits(path / EDITS_NAME)
+        bmodel = cls(model, config, bottlenecks)
+        try:
+            if config.adapter_rank:
+                adapters = bmodel.adapter_parameters()
+                saved = {k[len(ADAPTER_PREFIX) :]: v for k, v in tensors.items() if k.startswith(ADAPTER_PREFIX)}
+                if set(saved) != set(adapters):
+                    raise CodeunlearnError(
+                        f"adapter weights at {path} do not match the model's layers", "re-save the bottleneck"
+                    )
+                with torch.no_grad():
+                    for name, param in adapters.items():
+                        param.copy_(saved[name])
+            for edit in edits:
+                bmodel.apply_edit(edit)
+        except BaseException:
+            bmodel.detach()  # a failed load leaves the caller's model as it was
+            raise
+        return bmodel
+
+    def save_pretrained(self, path: str | Path, overwrite: bool = False, with_edits: bool = True) -> None:
+        """Write config, weights (safetensors) and the active edits to `path` atomically."""
+        with atomic_directory(path, overwrite=overwrite) as tmp:
+            atomic_write_text(tmp / CONFIG_NAME, self.config.to_json_string())
+            if self.config.kind == "sae":  # one sae-lens directory per layer, loadable by sae-lens itself
+                for layer in self.layers:
+                    self.bottleneck(layer).save(tmp / LAYER_DIR.format(layer=layer))
+            else:
+                atomic_save_tensors(self.bottleneck_state(), tmp / WEIGHTS_NAME, {"codeunlearn": __version__})
+            if with_edits and self.edits:
+                atomic_write_text(tmp / EDITS_NAME, json.dumps([e.to_dict() for e in self.edits], indent=1) + "\n")
+
+    def bottleneck_state(self) -> dict[str, Tensor]:
+        """Bottleneck tensors keyed `{layer}.{name}`, plus `adapters.{name}` for downstream adapters."""
+        state = {f"{layer}.{k}": v for layer, bn in self.bottlenecks.items() for k, v in bn.state_dict().items()}
+        return {**state, **adapter_state(self.model)}
+
+    def adapter_parameters(self) -> dict[str, nn.Parameter]:
+        return adapter_parameters(self.model)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """What the value phase trains: codebook output values and, if configured, the downstream adapters (SAE:
+        the SAE weights)."""
+        if self.config.kind == "sae":
+            return [p for bn in self.bottlenecks.values() for p in bn.sae.parameters()]
+        values = [p for bn in self.bottlenecks.values() for p in bn.values]
+        return values + list(self.adapter_parameters().values())
+
+    def fingerprint(self) -> str:
+        """Hash of the search keys (SAE: of the encoders): identifies which bottleneck an edit's code ids refer to."""
+        if self.config.kind == "sae":
+            digest = hashlib.sha256(repr(self.layers).encode())
+            for layer in self.layers:
+                digest.update(self.bottleneck(layer).fingerprint_bytes())
+            return digest.hexdigest()[:16]
+        digest = hashlib.sha256(self.config.to_json_string().encode())
+        for layer in self.layers:
+            for stage in range(self.config.num_stages):
+                digest.update(self.bottleneck(layer).keys(stage).detach().cpu().float().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+    def detach(self) -> nn.Module:
+        """Remove the wrappers (and adapters) and return the untouched base model."""
+        if self.config.adapter_rank:
+            from peft.tuners.tuners_utils import BaseTunerLayer
+
+            for name, module in list(self.model.named_modules()):
+                if isinstance(module, BaseTunerLayer):
+                    parent, _, child = name.rpartition(".")
+                    setattr(self.model.get_submodule(parent), child, module.get_base_layer())
+            if hasattr(self.model, "peft_config"):
+                del self.model.peft_config
+        layers = decoder_layers(self.model)
+        for index in self.layers:
+            if isinstance(layers[index], BottleneckLayer):  # detaching twice is harmless
+                layers[index] = layers[index].layer
+        return self.model
+
+    # ------------------------------------------------------------------------------------------------ access
+    @property
+    def layers(self) -> list[int]:
+        return list(self.config.layers)
+
+    def bottleneck(self, layer: int) -> Bottleneck:
+        return self.bottlenecks[str(layer)]
+
+    def num_features(self, layer: int) -> int:
+        """Distinct code ids (VQ) or features (SAE) at a layer."""
+        if self.config.kind == "sae":
+            return self.bottleneck(layer).num_features
+        return self.config.codes_per_layer
+
+    @contextlib.contextmanager
+    def splice(self, mode: Splice) -> Iterator[None]:
+        """SAE only: run with `reconstruction` (no error term: the "CE loss recovered" splice) or `zero_ablation`
+        (the states replaced by zeros) instead of the default error-term splice."""
+        if self.config.kind != "sae":
+            raise CodeunlearnError("splice modes are for SAE bottlenecks", "use a bottleneck of kind sae")
+        with spliced([self.bottleneck(layer) for layer in self.layers], mode):
+            yield
+
+    def wrappers(self) -> list[BottleneckLayer]:
+        layers = decoder_layers(self.model)
+        return [layers[index] for index in self.layers]
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def disabled(self) -> Iterator[None]:
+        """Run the base model: every bottleneck returns its layer's output untouched."""
+        wrappers = self.wrappers()
+        previous = [w.enabled for w in wrappers]
+        for wrapper in wrappers:
+            wrapper.enabled = False
+        set_adapters_enabled(self.model, False)
+        try:
+            yield
+        finally:
+            for wrapper, state in zip(wrappers, previous, strict=True):
+                wrapper.enabled = state
+            set_adapters_enabled(self.model, True)
+
+    @contextlib.contextmanager
+    def observing(self, observer: Observer, stop_at_deepest: bool = False) -> Iterator[None]:
+        """Call `observer(layer, states, quantize_output)` at every bottleneck; optionally stop the forward at the
+        deepest bottleneck (callers catch `StopForward` through `run_to_deepest`)."""
+        wrappers = self.wrappers()
+        for wrapper in wrappers:
+            wrapper.observer = observer
+        wrappers[-1].stop_here = stop_at_deepest
+        try:
+            yield
+        finally:
+            for wrapper in wrappers:
+                wrapper.observer = None
+                wrapper.stop_here = False
+
+    def run_to_deepest(
+        self,
+        input_ids: Tensor,
+        observer: Observer,
+        attention_mask: Tensor | None = None,
+        states_only: bool = False,
+    ) -> None:
+        """Forward pass that stops right after the deepest bottleneck (no later layer, no LM head).
+
+        `states_only`: the observer gets the base model's states at each bottleneck layer (and None for the
+        result); the bottlenecks do not run, so untrained ones are fine."""
+        wrappers = self.wrappers()
+        for wrapper in wrappers:
+            wrapper.states_only = states_only
+        try:
+            with self.observing(observer, stop_at_deepest=True):
+                try:
+                    self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+                except StopForward:
+                    return
+        finally:
+            for wrapper in wrappers:
+                wrapper.states_only = False
+        raise RuntimeError("the forward pass never reached the deepest bottleneck")
+
+    @torch.no_grad()
+    def states_at(self, layer: int, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """The states the bottleneck at `layer` reads, (batch, seq, hidden), with every shallower bottleneck
+        running as it is; the forward stops there, and the bottleneck at `layer` itself does not run (so it may be
+        untrained: fitting bottlenecks layer by layer reads each layer's states this way)."""
+        target = decoder_layers(self.model)[layer]
+        if not isinstance(target, BottleneckLayer):
+            raise CodeunlearnError(f"layer {layer} has no bottleneck", f"use one of {self.layers}")
+        captured: list[Tensor] = []
+
+        def observer(index: int, states: Tensor, result: None) -> None:
+            captured.append(states)
+
+        target.observer, target.states_only, target.stop_here = observer, True, True
+        try:
+            self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        except StopForward:
+            pass
+        finally:
+            target.observer, target.states_only, target.stop_here = None, False, False
+        if not captured:
+            raise RuntimeError(f"the forward pass never reached layer {layer}")
+        return captured[0]
+
+    # ------------------------------------------------------------------------------------------------ edits
+    def apply_edit(self, edit: Edit) -> None:
+        """Add an edit on top of the active ones (takes milliseconds: only masks change)."""
+        self._check_edit(edit)
+        self.edits.append(edit)
+        try:
+            self._refresh_masks()
+        except CodeunlearnError:
+            # e.g. the edits together exclude a whole head: drop the new edit and restore the previous masks
+            self.edits.pop()
+            self._refresh_masks()
+            raise
+
+    def undo_edit(self, topic: str | None = None) -> Edit:
+        """Remove the most recent edit (or the most recent one for `topic`) and return it."""
+        for position in range(len(self.edits) - 1, -1, -1):
+            if topic is None or self.edits[position].topic == topic:
+                edit = self.edits.pop(position)
+                self._refresh_masks()
+                return edit
+        raise CodeunlearnError(f"no active edit for topic {topic!r}", f"active topics: {[e.topic for e in self.edits]}")
+
+    def clear_edits(self) -> None:
+        self.edits.clear()
+        self._refresh_masks()
+
+    @contextlib.contextmanager
+    def edited(self, edit: Edit) -> Iterator[None]:
+        """Temporarily apply an edit."""
+        self.apply_edit(edit)
+        try:
+            yield
+        finally:
+            self.edits.remove(edit)
+            self._refresh_masks()
+
+    def _check_edit(self, edit: Edit) -> None:
+        if edit.kind != self.config.kind:
+            raise CodeunlearnError(
+                f"edit is for a {edit.kind!r} bottleneck, this one is {self.config.kind!r}", "use a matching edit"
+            )
+        if edit.bottleneck_fingerprint and edit.bottleneck_fingerprint != self.fingerprint():
+            raise CodeunlearnError(
+                f"edit {edit.topic!r} was made for another bottleneck (fingerprint {edit.bottleneck_fingerprint})",
+                "recompute statistics and selection with this bottleneck (codeunlearn stats / forget)",
+            )
+        for layer, codes in edit.layers.items():
+            if layer not in self.layers:
+                raise CodeunlearnError(
+                    f"edit names layer {layer}, bottlenecks are at {self.layers}",
+                    "use an edit made for this bottleneck",
+                )
+            total = self.num_features(layer)
+            bad = [c for c in codes.codes if not 0 <= c < total]
+            if bad:
+                raise CodeunlearnError(
+                    f"edit names code ids {bad[:5]} at layer {layer}; valid ids are 0..{total - 1}",
+                    "use an edit made for this bottleneck",
+                )
+
+    def _refresh_masks(self) -> None:
+        if self.config.kind == "sae":
+            for layer in self.layers:
+                compiled = [compile_edit(e, layer) for e in self.edits if layer in e.layers and e.layers[layer].codes]
+                self.bottleneck(layer).set_interventions(compiled)
+            return
+        shape = (self.config.num_stages, self.config.num_heads, self.config.codebook_size)
+        for layer in self.layers:
+            bottleneck = self.bottleneck(layer)
+            masks = {
+                name: torch.zeros(shape, dtype=torch.bool, device=bottleneck.excluded.device)
+                for name in ("exclude", "substitute")
+            }
+            for edit in self.edits:
+                if layer in edit.layers:
+                    masks[edit.intervention].view(-1)[torch.tensor(edit.layers[layer].codes, dtype=torch.long)] = True
+            bottleneck.set_removed(masks["exclude"], masks["substitute"])

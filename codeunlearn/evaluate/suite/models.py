@@ -1,0 +1,225 @@
+"""Load any model directory for evaluation, with the base model that fluency is measured under.
+
+`load_model_for_eval(path_or_name)` recognises, in this order:
+
+- the shipped name `smollm2-135m` or a `.gguf` file: a base model (it is its own reference);
+- an exported directory (`config.json` with model_type `codeunlearn`, from `codeunlearn export`): loaded with
+  `trust_remote_code=True`; its reference is the same files loaded with `bottleneck_enabled=False`, which is exactly
+  the base model it was built on;
+- a bottleneck directory (`bottleneck_config.json`, codebook or SAE, edited or not; also a `train` output folder or a
+  sae-lens SAE folder): attached to the base model `base_model` names, its saved edits active, and evaluated as the
+  `BottleneckedModel` itself (the attacks know it: relearning never trains the bottleneck, the latent probe reads
+  the deepest bottleneck layer); its reference is the same module with every bottleneck (and adapter) switched off
+  (`BaseModelView`), so no second copy is loaded;
+- any other `transformers` model directory or name (e.g. a gradient baseline's `OUTPUT/model`): loaded with
+  `from_pretrained`; its reference is `base_model`, loaded separately (None when it is the base model itself).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from torch import nn
+
+from codeunlearn.bottleneck.config import CONFIG_NAME
+from codeunlearn.errors import CodeunlearnError
+from codeunlearn.modeling import SHIPPED_MODEL
+
+EXPORT_MODEL_TYPE = "codeunlearn"
+
+
+class EvalModel(NamedTuple):
+    """A model ready for `EvalContext`.
+
+    Attributes:
+        model: the causal LM under test (`model(input_ids=...).logits`): a `BottleneckedModel` for a bottleneck
+            directory, a transformers model otherwise.
+        tokenizer: its tokenizer (a pad token set).
+        description: one line saying what was loaded, for the report.
+        reference: the base model for metrics measured under it (fluency perplexity); None when `model` is the base.
+    """
+
+    model: nn.Module
+    tokenizer: Any
+    description: str
+    reference: nn.Module | None
+
+
+class BaseModelView(nn.Module):
+    """The base model inside a `BottleneckedModel`: every forward and `generate` call runs under
+    `bmodel.disabled()` (bottlenecks pass their layer's output through untouched, adapters off).
+
+    It shares the weights of the bottlenecked model, so it costs no memory; only calls made through this view see
+    the base model (calling a submodule directly, e.g. `view.bmodel.model.model(...)`, would not).
+    """
+
+    # Read-only attributes that metrics read off a transformers model; forwarded to the wrapped model.
+    _FORWARDED = frozenset(
+        {"config", "generation_config", "device", "dtype", "get_input_embeddings", "get_output_embeddings"}
+    )
+
+    def __init__(self, bmodel: nn.Module) -> None:
+        super().__init__()
+        self.bmodel = bmodel
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        with self.bmodel.disabled():
+            return self.bmodel.model(*args, **kwargs)
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        with self.bmodel.disabled():
+            return self.bmodel.model.generate(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name in BaseModelView._FORWARDED:
+                return getattr(self.bmodel.model, name)
+            raise
+
+
+def base_model_run(loaded: EvalModel) -> tuple[nn.Module, contextlib.AbstractContextManager]:
+    """What to evaluate as the base model of `loaded`, and the context to evaluate it in.
+
+    For a bottleneck directory this is the `BottleneckedModel` itself inside `disabled()`: every entry point (forward,
+    hooks on its layers, a deep copy for the relearning attack) then sees the base model, not only calls through
+    `BaseModelView`. Otherwise it is the reference model (or the model itself when it is the base)."""
+    if isinstance(loaded.reference, BaseModelView):
+        return loaded.reference.bmodel, loaded.reference.bmodel.disabled()
+    return loaded.reference if loaded.reference is not None else loaded.model, contextlib.nullcontext()
+
+
+def model_kind(path_or_name: str) -> str:
+    """`base`, `export`, `bottleneck` or `model` (see the module docstring); a missing local path is an error."""
+    from codeunlearn.cli.common import is_sae_source
+
+    if path_or_name == SHIPPED_MODEL or path_or_name.endswith(".gguf"):
+        return "base"
+    path = Path(path_or_name)
+    if path.is_dir():
+        config = _read_config(path)
+        if config.get("model_type") == EXPORT_MODEL_TYPE:
+            return "export"
+        if (path / CONFIG_NAME).is_file() or (path / "bottleneck" / CONFIG_NAME).is_file() or is_sae_source(path):
+            return "bottleneck"
+        if config:
+            return "model"
+        raise CodeunlearnError(
+            f"{path} is not a model directory (no config.json, {CONFIG_NAME} or SAE)",
+            "pass a model directory, an exported or bottleneck directory, or smollm2-135m",
+        )
+    if path_or_name.startswith((".", "/", "~")) or path.exists():
+        raise CodeunlearnError(f"model not found: {path_or_name}", "check the path")
+    return "model"  # a Hub name: from_pretrained decides
+
+
+def load_model_for_eval(
+    path_or_name: str,
+    base_model: str | None = SHIPPED_MODEL,
+    gguf_file: str | None = None,
+    dtype: str = "float32",
+    progress: bool = True,
+) -> EvalModel:
+    """Load `path_or_name` for evaluation (see the module docstring for what it may be).
+
+    Args:
+        path_or_name: the model under test.
+        base_model: the base model: what a bottleneck directory is attached to, and the reference of a plain model
+            directory (None: a plain model is its own reference). Not used for exports, which carry their base.
+        gguf_file: GGUF file name inside `base_model`, if it holds one.
+        dtype: weight dtype.
+        progress: show a ticking bar while models load.
+    """
+    kind = model_kind(path_or_name)
+    if kind == "bottleneck":
+        return _load_bottlenecked(path_or_name, base_model, gguf_file, dtype, progress)
+    if kind == "export":
+        return _load_export(path_or_name, dtype, progress)
+    model, tokenizer = _load_plain(path_or_name, None, dtype, progress)
+    if kind == "base" or base_model is None or _same_model(path_or_name, base_model):
+        return EvalModel(model, tokenizer, f"base model {path_or_name}", None)
+    reference, _ = _load_plain(base_model, gguf_file, dtype, progress)
+    return EvalModel(model, tokenizer, f"model {path_or_name} ({_model_type(model)})", reference)
+
+
+def _load_bottlenecked(
+    path: str, base_model: str | None, gguf_file: str | None, dtype: str, progress: bool
+) -> EvalModel:
+    from codeunlearn.cli.arguments import ModelArguments
+    from codeunlearn.cli.common import load_bottlenecked, resolve_bottleneck_dir
+
+    if base_model is None:
+        raise CodeunlearnError(f"bottleneck {path} needs its base model", "pass the base model (--model_name_or_path)")
+    model_args = ModelArguments(model_name_or_path=base_model, gguf_file=gguf_file, dtype=dtype)
+    bmodel, tokenizer = load_bottlenecked(model_args, path, progress)
+    config = bmodel.config
+    topics = ", ".join(edit.topic for edit in bmodel.edits) or "none"
+    description = (
+        f"bottleneck {resolve_bottleneck_dir(path)} ({config.kind}, layers {bmodel.layers}, edits: {topics}) "
+        f"on {base_model}"
+    )
+    return EvalModel(bmodel, tokenizer, description, BaseModelView(bmodel))
+
+
+def _load_export(path: str, dtype: str, progress: bool) -> EvalModel:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from codeunlearn.cli.common import ticker
+
+    def load(**kwargs: Any) -> nn.Module:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, trust_remote_code=True, dtype=getattr(torch, dtype), **kwargs
+        )
+        return model.eval().requires_grad_(False)
+
+    try:
+        with ticker(f"load {path}", enabled=progress):
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)  # no prompt: auto_map is ours
+            model, reference = load(), load(bottleneck_enabled=False)
+    except (OSError, ValueError) as err:
+        raise CodeunlearnError(
+            f"cannot load exported model {path} ({str(err).splitlines()[0]})", "re-export it with `codeunlearn export`"
+        ) from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    config = model.config
+    topics = ", ".join(str(edit.get("topic", "?")) for edit in config.edits) or "none"
+    kind = config.bottleneck.get("kind", "vq")
+    description = f"export {path} ({kind} bottleneck on {config.base_model_type}, edits: {topics})"
+    return EvalModel(model, tokenizer, description, reference)
+
+
+def _load_plain(name: str, gguf_file: str | None, dtype: str, progress: bool) -> tuple[nn.Module, Any]:
+    from codeunlearn.cli.common import ticker
+    from codeunlearn.modeling import load_model_and_tokenizer
+
+    with ticker(f"load {name}", enabled=progress):
+        return load_model_and_tokenizer(name, gguf_file, dtype)
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, json.JSONDecodeError) as err:
+        raise CodeunlearnError(
+            f"cannot read {path / 'config.json'} ({err})", "pass an intact model directory"
+        ) from None
+    return config if isinstance(config, dict) else {}
+
+
+def _same_model(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    pa, pb = Path(a), Path(b)
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+
+
+def _model_type(model: nn.Module) -> str:
+    return str(getattr(getattr(model, "config", None), "model_type", type(model).__name__))

@@ -1,0 +1,1 @@
+"""Training a bottleneck into a frozen causal LM (`train_bottleneck`)."""

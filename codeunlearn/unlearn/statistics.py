@@ -1,0 +1,163 @@
+"""`CodeStatistics`: how often each code (VQ) or feature (SAE) fires at each bottleneck layer on a corpus.
+
+Computed with forward passes that stop right after the deepest bottleneck layer (no later layer, no LM head).
+Tokens left unquantized (position 0, massive activations) are not counted. For an SAE, a feature fires on a token
+when its activation is positive; the summed and the largest activation of every feature are kept as well (for
+the mean-activation-difference score and the clamp scales).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from codeunlearn.bottleneck.codebook import QuantizeOutput
+from codeunlearn.bottleneck.model import BottleneckedModel
+from codeunlearn.bottleneck.sae import SAEOutput
+from codeunlearn.errors import CodeunlearnError
+from codeunlearn.io import atomic_save_tensors, atomic_write_text, load_tensors
+from codeunlearn.runtime import autocast, batches, model_device
+
+SUM_SUFFIX = ".activation_sum"
+MAX_SUFFIX = ".activation_max"
+
+
+def flat_code_ids(codes: Tensor, num_heads: int, codebook_size: int) -> Tensor:
+    """(..., S, H) codes -> flat ids (stage * H + head) * C + code; -1 stays -1."""
+    stages = codes.shape[-2]
+    offsets = torch.arange(stages * num_heads, device=codes.device).view(stages, num_heads) * codebook_size
+    return torch.where(codes >= 0, codes + offsets, codes)
+
+
+@dataclass
+class CodeStatistics:
+    """Per layer: firing count of every code id (or SAE feature) and the number of counted tokens; for an SAE also
+    every feature's summed and largest activation."""
+
+    counts: dict[int, Tensor]
+    tokens: dict[int, int]
+    corpus: str = ""
+    bottleneck_fingerprint: str = ""
+    activation_sums: dict[int, Tensor] = field(default_factory=dict)  # float64, SAE only
+    activation_max: dict[int, Tensor] = field(default_factory=dict)  # float32, SAE only
+    kind: str = "vq"
+    corpus_fingerprint: str = ""  # hash of the packed token ids counted (`statistics_cache.corpus_fingerprint`)
+
+    def frequency(self, layer: int) -> Tensor:
+        """Fraction of quantized tokens on which each code fires (a code owns one stage/head slot)."""
+        return self.counts[layer].double() / max(self.tokens[layer], 1)
+
+    def mean_activation(self, layer: int) -> Tensor:
+        """SAE: every feature's activation averaged over all counted tokens (0 where it does not fire)."""
+        return self._sums(layer) / max(self.tokens[layer], 1)
+
+    def mean_firing_activation(self, layer: int) -> Tensor:
+        """SAE: every feature's mean activation on the tokens where it fires (0 if it never fires)."""
+        return self._sums(layer) / self.counts[layer].clamp_min(1).double()
+
+    def _sums(self, layer: int) -> Tensor:
+        if layer not in self.activation_sums:
+            raise CodeunlearnError(
+                f"statistics of {self.corpus!r} hold no activations (codebook statistics)",
+                "compute them with an SAE bottleneck (codeunlearn stats)",
+            )
+        return self.activation_sums[layer]
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        tensors = {str(layer): c for layer, c in self.counts.items()}
+        tensors.update({f"{layer}{SUM_SUFFIX}": t for layer, t in self.activation_sums.items()})
+        tensors.update({f"{layer}{MAX_SUFFIX}": t for layer, t in self.activation_max.items()})
+        atomic_save_tensors(tensors, path)
+        summary = {
+            "corpus": self.corpus,
+            "bottleneck_fingerprint": self.bottleneck_fingerprint,
+            "kind": self.kind,
+            "corpus_fingerprint": self.corpus_fingerprint,
+            "tokens": {str(k): v for k, v in self.tokens.items()},
+            "codes_seen": {str(k): int((c > 0).sum()) for k, c in self.counts.items()},
+        }
+        atomic_write_text(path.with_suffix(".json"), json.dumps(summary, indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> CodeStatistics:
+        path = Path(path)
+        tensors = load_tensors(path, "code statistics")
+        meta_path = path.with_suffix(".json")
+        if not meta_path.is_file():
+            raise CodeunlearnError(f"statistics summary {meta_path} is missing", "re-run codeunlearn stats")
+        meta = json.loads(meta_path.read_text())
+
+        def by_layer(suffix: str) -> dict[int, Tensor]:
+            return {int(k[: -len(suffix)]): v for k, v in tensors.items() if k.endswith(suffix)}
+
+        return cls(
+            counts={int(k): v for k, v in tensors.items() if "." not in k},
+            tokens={int(k): int(v) for k, v in meta["tokens"].items()},
+            corpus=meta.get("corpus", ""),
+            bottleneck_fingerprint=meta.get("bottleneck_fingerprint", ""),
+            activation_sums=by_layer(SUM_SUFFIX),
+            activation_max=by_layer(MAX_SUFFIX),
+            kind=meta.get("kind", "vq"),
+            corpus_fingerprint=meta.get("corpus_fingerprint", ""),
+        )
+
+
+@torch.no_grad()
+def collect_code_statistics(
+    bmodel: BottleneckedModel,
+    chunks: Tensor,
+    batch_size: int = 8,
+    corpus: str = "",
+    progress: bool = True,
+    bf16: bool = False,
+) -> CodeStatistics:
+    """Count code firings (SAE: feature firings and activation sums) of `chunks` (num_chunks, seq_len) at every
+    bottleneck layer."""
+    if len(chunks) == 0:
+        raise CodeunlearnError(f"corpus {corpus!r} gave no chunks", "use more text or a smaller --seq_len")
+    if bmodel.config.kind == "sae":
+        return _collect_feature_statistics(bmodel, chunks, batch_size, corpus, progress, bf16)
+    config = bmodel.config
+    counts = {layer: torch.zeros(config.codes_per_layer, dtype=torch.long) for layer in bmodel.layers}
+    tokens = dict.fromkeys(bmodel.layers, 0)
+
+    def observe(layer: int, states: Tensor, result: QuantizeOutput) -> None:
+        ids = flat_code_ids(result.codes, config.num_heads, config.codebook_size)
+        ids = ids[~result.passthrough].flatten().cpu()
+        counts[layer] += torch.bincount(ids, minlength=config.codes_per_layer)
+        tokens[layer] += int((~result.passthrough).sum())
+
+    device = model_device(bmodel)
+    with autocast(device, bf16):
+        for batch in batches(chunks, batch_size, desc=f"stats {corpus}", progress=progress):
+            bmodel.run_to_deepest(batch.to(device), observe)
+    return CodeStatistics(counts, tokens, corpus, bmodel.fingerprint())
+
+
+def _collect_feature_statistics(
+    bmodel: BottleneckedModel, chunks: Tensor, batch_size: int, corpus: str, progress: bool, bf16: bool
+) -> CodeStatistics:
+    """SAE statistics: per feature, how many counted tokens it fires on, its activation sum and maximum."""
+    counts = {layer: torch.zeros(bmodel.num_features(layer), dtype=torch.long) for layer in bmodel.layers}
+    sums = {layer: torch.zeros(bmodel.num_features(layer), dtype=torch.float64) for layer in bmodel.layers}
+    maxima = {layer: torch.zeros(bmodel.num_features(layer)) for layer in bmodel.layers}
+    tokens = dict.fromkeys(bmodel.layers, 0)
+
+    def observe(layer: int, states: Tensor, result: SAEOutput) -> None:
+        acts = result.acts[~result.passthrough].float()  # (N, d_sae)
+        counts[layer] += (acts > 0).sum(0).cpu()
+        sums[layer] += acts.sum(0).double().cpu()
+        if len(acts):
+            maxima[layer] = torch.maximum(maxima[layer], acts.max(0).values.cpu())
+        tokens[layer] += len(acts)
+
+    device = model_device(bmodel)
+    with autocast(device, bf16):
+        for batch in batches(chunks, batch_size, desc=f"stats {corpus}", progress=progress):
+            bmodel.run_to_deepest(batch.to(device), observe)
+    return CodeStatistics(counts, tokens, corpus, bmodel.fingerprint(), sums, maxima, kind="sae")
