@@ -23,7 +23,7 @@ from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.data import load_split, shuffled_chunks
 from codeunlearn.evaluate.evaluation import bottleneck_fidelity, mean_loss
 from codeunlearn.modeling import load_model_and_tokenizer
-from codeunlearn.train.loop import TrainingArguments, train_bottleneck
+from codeunlearn.train import TrainingArguments, train_bottleneck
 
 CORPORA = {
     "history": "retain/openstax_us_history.jsonl",
@@ -134,7 +134,7 @@ def main() -> None:
             # Reuse a finished key phase: copy its checkpoints and resume into the value phase.
             shutil.copytree(f"{args.output_dir}/{parent}/checkpoints", f"{args.output_dir}/{name}/checkpoints")
             variant["resume"] = True
-        config = BottleneckConfig(**{k: v for k, v in variant.items() if k in CONFIG_KEYS})
+        config = BottleneckConfig.from_dict({k: v for k, v in variant.items() if k in CONFIG_KEYS})
         targs = TrainingArguments(
             output_dir=f"{args.output_dir}/{name}", **{k: v for k, v in variant.items() if k not in CONFIG_KEYS}
         )

@@ -40,8 +40,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from codeunlearn.bottleneck.codebook import QuantizeOutput
-from codeunlearn.bottleneck.config import BottleneckConfig
+from codeunlearn.bottleneck.codebook import QuantizeOutput, flat_code_ids
+from codeunlearn.bottleneck.config import CodebookConfig
 from codeunlearn.bottleneck.edit import Edit
 from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.data import load_split, shuffled_chunks
@@ -49,7 +49,7 @@ from codeunlearn.errors import CodeunlearnError
 from codeunlearn.evaluate.evaluation import mean_loss
 from codeunlearn.runtime import autocast, batches, model_device
 from codeunlearn.unlearn.selection import SelectionRule, random_control, select_codes, truncate
-from codeunlearn.unlearn.statistics import CodeStatistics, collect_code_statistics, flat_code_ids
+from codeunlearn.unlearn.statistics import CodeStatistics, collect_code_statistics
 
 TOPICS = {
     "micro": "topics/biology/corpus_openstax_microbiology.jsonl",
@@ -201,11 +201,9 @@ def load_benchmark_model(args: argparse.Namespace, prefix: str):
 
 
 def train_tiny_bottleneck(model, chunks: torch.Tensor, directory: Path) -> None:
-    from codeunlearn.train.loop import TrainingArguments, train_bottleneck
+    from codeunlearn.train import TrainingArguments, train_bottleneck
 
-    bmodel = BottleneckedModel.attach(
-        model, BottleneckConfig(layers=[1, 2], num_heads=4, codebook_size=64, num_stages=1)
-    )
+    bmodel = BottleneckedModel.attach(model, CodebookConfig(layers=[1, 2], num_heads=4, codebook_size=64, num_stages=1))
     args = TrainingArguments(
         output_dir=str(directory / "train"),
         key_steps=3,

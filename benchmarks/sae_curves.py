@@ -47,7 +47,7 @@ from forget_curves import (  # a sibling script, not a package
     native_bf16,
 )
 
-from codeunlearn.bottleneck.config import CONFIG_NAME, BottleneckConfig
+from codeunlearn.bottleneck.config import CONFIG_NAME, SAEConfig
 from codeunlearn.bottleneck.edit import Edit, Guardrail
 from codeunlearn.bottleneck.interventions import window_scores
 from codeunlearn.bottleneck.model import BottleneckedModel
@@ -80,9 +80,9 @@ COLORS = {
 # ---------------------------------------------------------------------------------------------------- tiny mode
 def train_tiny_sae(model, chunks: torch.Tensor, directory: Path, bf16: bool) -> Path:
     """A small TopK SAE at layer 2 of the tiny model (smoke tests of this script)."""
-    from codeunlearn.train.loop import TrainingArguments, train_bottleneck
+    from codeunlearn.train import TrainingArguments, train_bottleneck
 
-    bmodel = BottleneckedModel.attach(model, BottleneckConfig(layers=[2], kind="sae", sae_width=256, sae_k=8))
+    bmodel = BottleneckedModel.attach(model, SAEConfig(layers=[2], sae_width=256, sae_k=8))
     args = TrainingArguments(
         output_dir=str(directory / "train"),
         sae_steps=40,
@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> None:
             bmodel.clear_edits()
         else:
             bmodel = BottleneckedModel.attach_sae(model, sae_dir)
-        if bmodel.config.kind != "sae":
+        if not bmodel.config.has_activations:
             raise SystemExit(f"{sae_dir} holds a {bmodel.config.kind} bottleneck; use benchmarks/forget_curves.py")
         layers = bmodel.layers
         describe = {layer: f"{bmodel.bottleneck(layer).architecture}, {bmodel.num_features(layer)} features"

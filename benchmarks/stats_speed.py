@@ -43,7 +43,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from codeunlearn.bottleneck.architectures import DECODER_LAYER_PATHS, model_type_of
-from codeunlearn.bottleneck.config import BottleneckConfig
+from codeunlearn.bottleneck.config import CodebookConfig
 from codeunlearn.bottleneck.kmeans import SEARCH_CHUNK, squared_norms
 from codeunlearn.bottleneck.model import BottleneckedModel, BottleneckLayer
 from codeunlearn.runtime import autocast
@@ -115,9 +115,9 @@ def load_chunks(args, tokenizer, vocab_size: int) -> tuple[torch.Tensor, str]:
 
 def fresh_bottleneck(model, chunks: torch.Tensor, args) -> BottleneckedModel:
     """Attach a bottleneck at --layers and run only the k-means initialisation of its keys (values = keys)."""
-    from codeunlearn.train.loop import TrainingArguments, train_bottleneck
+    from codeunlearn.train import TrainingArguments, train_bottleneck
 
-    config = BottleneckConfig(
+    config = CodebookConfig(
         layers=list(args.layers),
         num_heads=args.num_heads,
         codebook_size=args.codebook_size,

@@ -8,7 +8,7 @@ import pytest
 from helpers import make_model, make_tokens, tiny_args, tiny_config
 
 from codeunlearn.bottleneck.model import BottleneckedModel
-from codeunlearn.train.loop import train_bottleneck
+from codeunlearn.train import train_bottleneck
 
 
 @pytest.fixture(scope="session")

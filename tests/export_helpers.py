@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 from helpers import VOCAB, make_model, make_tokens, tiny_args, tiny_config
 
+from codeunlearn.bottleneck.codebook import flat_code_ids
 from codeunlearn.bottleneck.edit import Edit, LayerCodes
 from codeunlearn.bottleneck.model import BottleneckedModel
-from codeunlearn.train.loop import train_bottleneck
-from codeunlearn.unlearn.statistics import flat_code_ids
+from codeunlearn.train import train_bottleneck
 
 PROBE = make_tokens(2, 10, seed=7)
 SPECIAL = ["<unk>", "<pad>", "</s>"]

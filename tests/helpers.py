@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from codeunlearn.bottleneck.config import BottleneckConfig
-from codeunlearn.train.loop import TrainingArguments
+from codeunlearn.train import TrainingArguments
 
 # Tiny matrices: one thread is far faster than two fighting over a shared, loaded CPU.
 torch.set_num_threads(1)
@@ -91,7 +91,7 @@ def tiny_args(output_dir: str | Path, **overrides) -> TrainingArguments:
 def tiny_config(**overrides) -> BottleneckConfig:
     values = {"layers": [1, 2], "num_heads": 4, "codebook_size": 16, "num_stages": 1}
     values.update(overrides)
-    return BottleneckConfig(**values)
+    return BottleneckConfig.from_dict(values)
 
 
 def assert_fix_error(excinfo) -> None:

@@ -8,10 +8,10 @@ import torch
 from helpers import ARCHITECTURES, assert_fix_error, make_model, make_tokens, tiny_args, tiny_config
 
 from codeunlearn.bottleneck.architectures import decoder_layers
-from codeunlearn.bottleneck.config import BottleneckConfig
+from codeunlearn.bottleneck.config import CodebookConfig
 from codeunlearn.bottleneck.model import BottleneckedModel, BottleneckLayer
 from codeunlearn.errors import CodeunlearnError
-from codeunlearn.train.loop import train_bottleneck
+from codeunlearn.train import train_bottleneck
 
 PROBE = make_tokens(2, 10, seed=7)
 
@@ -193,7 +193,7 @@ def test_block_output_site_quantizes_what_the_layer_writes(tmp_path):
 
 def test_downstream_adapters_keep_disabled_equal_to_base_and_detach_cleanly(tmp_path):
     pytest.importorskip("peft")
-    if "adapter_rank" not in BottleneckConfig.__dataclass_fields__:
+    if "adapter_rank" not in CodebookConfig.__dataclass_fields__:
         pytest.skip("this version has no downstream adapters")
     model = make_model("llama")
     with torch.no_grad():

@@ -67,7 +67,7 @@ def test_num_heads_must_divide_hidden_size():
     ids=lambda o: next(iter(o)),
 )
 def test_bad_bottleneck_config(overrides):
-    raises_fix(BottleneckConfig, layers=[0], **overrides)
+    raises_fix(BottleneckConfig.from_dict, {"layers": [0], **overrides})
 
 
 def test_bad_config_files(tmp_path):

@@ -12,7 +12,7 @@ from codeunlearn.bottleneck.edit import Edit, LayerCodes
 from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.evaluate.evaluation import mean_loss
-from codeunlearn.train.loop import train_bottleneck
+from codeunlearn.train import train_bottleneck
 
 
 def markov_text(num_chunks: int, seq_len: int, seed: int) -> torch.Tensor:

@@ -6,6 +6,7 @@ thin scripts. A `slow` test runs the demo on the real SmolLM2 with tiny step cou
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -18,7 +19,7 @@ import pytest
 import torch
 from helpers import run_error, run_ok, save_tiny_llama
 
-from codeunlearn.bottleneck.config import BottleneckConfig
+from codeunlearn.bottleneck.config import CodebookConfig, SAEConfig
 from codeunlearn.cli import main
 from codeunlearn.cli.arguments import BottleneckArguments, SelectionArguments
 from codeunlearn.unlearn.selection import SelectionRule
@@ -361,13 +362,15 @@ def test_apply_refuses_non_empty_output_dir(pipeline, capsys):
 def test_argument_dataclasses_mirror_the_library():
     """The CLI restates no library field: BottleneckArguments/SelectionArguments cover the library dataclasses."""
     model_facts = {"hidden_size", "num_hidden_layers", "model_type", "base_model", "extra"}
-    library = {f for f in BottleneckConfig.__dataclass_fields__ if f not in model_facts}
+    kinds = (CodebookConfig, SAEConfig)  # the CLI takes every kind's fields, as the flat config file holds them
+    library = {f.name for kind in kinds for f in dataclasses.fields(kind)} - model_facts - {"inactive_fields"}
+    library.add("kind")
     cli = {("seed" if f == "bottleneck_seed" else f) for f in BottleneckArguments.__dataclass_fields__}
     assert library == cli
     assert set(SelectionRule.__dataclass_fields__) <= set(SelectionArguments.__dataclass_fields__)
     config = BottleneckArguments(layers=[3], bottleneck_seed=5).to_config()
     assert (
-        config.layers == [3] and config.seed == 5 and config.codebook_size == BottleneckConfig(layers=[0]).codebook_size
+        config.layers == [3] and config.seed == 5 and config.codebook_size == CodebookConfig(layers=[0]).codebook_size
     )
 
 

@@ -8,7 +8,7 @@ from helpers import assert_fix_error
 from torch import nn
 
 from codeunlearn.bottleneck.codebook import CodebookBottleneck, random_rotation
-from codeunlearn.bottleneck.config import BottleneckConfig
+from codeunlearn.bottleneck.config import CodebookConfig
 from codeunlearn.bottleneck.kmeans import SEARCH_CHUNK
 from codeunlearn.errors import CodeunlearnError
 
@@ -30,9 +30,7 @@ VALUES = torch.tensor(
 
 def hand_set(num_stages: int = 1, **overrides) -> CodebookBottleneck:
     """A bottleneck in identity geometry (mean 0, rotation I) with the keys/values above at every stage."""
-    config = BottleneckConfig(
-        layers=[0], hidden_size=4, num_heads=2, codebook_size=3, num_stages=num_stages, **overrides
-    )
+    config = CodebookConfig(layers=[0], hidden_size=4, num_heads=2, codebook_size=3, num_stages=num_stages, **overrides)
     bottleneck = CodebookBottleneck(config)
     with torch.no_grad():
         bottleneck.mean.zero_()
@@ -52,7 +50,7 @@ def states(*pieces: tuple[float, float, float, float]) -> torch.Tensor:
 
 
 def test_no_input_projection_and_codebook_dim_is_head_dim():
-    config = BottleneckConfig(layers=[0], hidden_size=32, num_heads=4, codebook_size=16, num_stages=2)
+    config = CodebookConfig(layers=[0], hidden_size=32, num_heads=4, codebook_size=16, num_stages=2)
     bottleneck = CodebookBottleneck(config)
     assert len(bottleneck.quantizers) == 2
     for stage, quantizer in enumerate(bottleneck.quantizers):
@@ -148,7 +146,7 @@ def test_first_position_and_massive_tokens_pass_through():
 
 
 def test_search_matches_brute_force_across_chunks():
-    config = BottleneckConfig(layers=[0], hidden_size=16, num_heads=4, codebook_size=8, seed=3)
+    config = CodebookConfig(layers=[0], hidden_size=16, num_heads=4, codebook_size=8, seed=3)
     bottleneck = CodebookBottleneck(config)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -180,7 +178,7 @@ def test_random_rotation_is_orthogonal_and_seeded():
 
 
 def test_fit_keys_initialises_statistics_and_copies_values():
-    config = BottleneckConfig(layers=[0], hidden_size=8, num_heads=2, codebook_size=4, kmeans_iters=5)
+    config = CodebookConfig(layers=[0], hidden_size=8, num_heads=2, codebook_size=4, kmeans_iters=5)
     bottleneck = CodebookBottleneck(config)
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(6, 10, 8, generator=generator) + 3.0
@@ -196,7 +194,7 @@ def test_fit_keys_initialises_statistics_and_copies_values():
 
 
 def test_untrained_and_bad_masks_are_refused():
-    config = BottleneckConfig(layers=[0], hidden_size=4, num_heads=2, codebook_size=3)
+    config = CodebookConfig(layers=[0], hidden_size=4, num_heads=2, codebook_size=3)
     with pytest.raises(CodeunlearnError) as excinfo:
         CodebookBottleneck(config).quantize(torch.zeros(1, 2, 4))
     assert_fix_error(excinfo)
@@ -212,5 +210,5 @@ def test_untrained_and_bad_masks_are_refused():
     assert_fix_error(excinfo)
 
     with pytest.raises(CodeunlearnError) as excinfo:
-        CodebookBottleneck(BottleneckConfig(layers=[0], num_heads=2, codebook_size=3))  # no hidden_size
+        CodebookBottleneck(CodebookConfig(layers=[0], num_heads=2, codebook_size=3))  # no hidden_size
     assert_fix_error(excinfo)

@@ -8,13 +8,14 @@ import pytest
 import torch
 from helpers import assert_fix_error, make_model, make_tokens, tiny_args, tiny_config
 
+from codeunlearn.bottleneck.codebook import flat_code_ids
 from codeunlearn.bottleneck.edit import Edit, LayerCodes
 from codeunlearn.bottleneck.model import EDITS_NAME, BottleneckedModel
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.evaluate.evaluation import bottleneck_fidelity, mean_loss, token_losses
-from codeunlearn.train.loop import train_bottleneck
+from codeunlearn.train import train_bottleneck
 from codeunlearn.unlearn.selection import SelectionRule, select_codes
-from codeunlearn.unlearn.statistics import collect_code_statistics, flat_code_ids
+from codeunlearn.unlearn.statistics import collect_code_statistics
 
 PROBE = make_tokens(6, 12, seed=31)
 STAGE_0 = list(range(4 * 16))  # every stage-0 code id of every head (flat ids 0..63)

@@ -15,7 +15,7 @@ import torch
 from export_helpers import used_codes
 from helpers import tiny_args
 
-from codeunlearn.bottleneck.config import BottleneckConfig
+from codeunlearn.bottleneck.config import CodebookConfig
 from codeunlearn.bottleneck.edit import Edit, LayerCodes
 from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.data import pack_documents
@@ -58,8 +58,8 @@ def test_smollm2_export_is_exactly_the_edited_model(tmp_path, smollm2):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model, tokenizer, chunks, probe, base = smollm2
-    bmodel = BottleneckedModel.attach(model, BottleneckConfig(layers=[LAYER], num_heads=8, codebook_size=32))
-    from codeunlearn.train.loop import train_bottleneck
+    bmodel = BottleneckedModel.attach(model, CodebookConfig(layers=[LAYER], num_heads=8, codebook_size=32))
+    from codeunlearn.train import train_bottleneck
 
     args = tiny_args(tmp_path / "run", key_steps=2, value_steps=0, batch_size=2, kmeans_init_tokens=192)
     train_bottleneck(bmodel, chunks, args)

@@ -21,7 +21,7 @@ from sae_helpers import TOPIC, TOPIC_ACT, context_free_model, tokens_without_top
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from codeunlearn.bottleneck.config import BottleneckConfig
+from codeunlearn.bottleneck.config import SAEConfig
 from codeunlearn.bottleneck.edit import Edit, Guardrail, LayerCodes
 from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.errors import CodeunlearnError
@@ -102,9 +102,9 @@ def random_sae(model: torch.nn.Module, architecture: str, layer: int, **cfg):
 
 def trained_sae_bmodel(arch: str, tmp_path) -> BottleneckedModel:
     """`codeunlearn train`'s path: a fresh TopK SAE trained a few steps, ending in sae-lens's inference class."""
-    from codeunlearn.train.loop import train_bottleneck
+    from codeunlearn.train import train_bottleneck
 
-    config = BottleneckConfig(layers=list(LAYERS), kind="sae", sae_architecture="topk", sae_width=WIDTH, sae_k=4)
+    config = SAEConfig(layers=list(LAYERS), sae_architecture="topk", sae_width=WIDTH, sae_k=4)
     bmodel = BottleneckedModel.attach(make_model(arch), config)
     args = tiny_args(tmp_path, sae_steps=3, batch_size=3, kmeans_init_tokens=60, sae_learning_rate=3e-3)
     train_bottleneck(bmodel, make_tokens(12, 10, seed=1), args)
@@ -271,7 +271,7 @@ def test_each_intervention_alone(llama_bmodel, intervention, tmp_path):
 def test_sae_in_the_middle_of_training_exports_its_finished_form(tmp_path):
     """A training-class SAE whose input scale is not folded yet exports as `save` writes it: folded, inference class
     (equal up to float rounding, which the export's own verification allows)."""
-    config = BottleneckConfig(layers=[1], kind="sae", sae_architecture="relu", sae_width=WIDTH)
+    config = SAEConfig(layers=[1], sae_architecture="relu", sae_width=WIDTH)
     bmodel = BottleneckedModel.attach(make_model("llama"), config)
     states = layer_states(bmodel.model, 1, make_tokens(6, 12, seed=2))
     bottleneck = bmodel.bottleneck(1)
@@ -499,7 +499,7 @@ def test_model_card_shows_measured_l0_of_a_relu_sae(topic_export, tmp_path):
 
 def test_unsupported_saes_are_refused_and_write_nothing(tmp_path):
     model = make_model("llama")
-    bmodel = BottleneckedModel.attach(model, BottleneckConfig(layers=[1], kind="sae", sae_width=48, sae_k=4))
+    bmodel = BottleneckedModel.attach(model, SAEConfig(layers=[1], sae_width=48, sae_k=4))
     with pytest.raises(CodeunlearnError) as excinfo:
         save_pretrained(bmodel, tmp_path / "untrained", make_tokenizer())
     assert_fix_error(excinfo)

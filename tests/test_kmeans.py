@@ -7,7 +7,7 @@ import torch
 from helpers import assert_fix_error, make_model, tiny_config
 
 from codeunlearn.bottleneck.codebook import CodebookBottleneck
-from codeunlearn.bottleneck.config import BottleneckConfig
+from codeunlearn.bottleneck.config import CodebookConfig
 from codeunlearn.bottleneck.kmeans import SEARCH_CHUNK, fit_residual_codebooks, kmeans, lookup, nearest, squared_norms
 from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.errors import CodeunlearnError
@@ -69,7 +69,7 @@ def test_residual_stages_shrink_the_residual_and_reconstruct_the_rest():
 
 
 def test_initialize_fits_keys_values_and_returns_the_training_fvu():
-    config = BottleneckConfig(layers=[0], hidden_size=16, num_heads=4, codebook_size=8, num_stages=2, seed=1)
+    config = CodebookConfig(layers=[0], hidden_size=16, num_heads=4, codebook_size=8, num_stages=2, seed=1)
     bottleneck = CodebookBottleneck(config)
     states = torch.randn(6, 50, 16, generator=torch.Generator().manual_seed(4))
     fvu = bottleneck.initialize(states)
@@ -86,7 +86,7 @@ def test_initialize_fits_keys_values_and_returns_the_training_fvu():
 
 
 def test_initialize_refuses_fewer_tokens_than_codes():
-    config = BottleneckConfig(layers=[0], hidden_size=16, num_heads=4, codebook_size=64)
+    config = CodebookConfig(layers=[0], hidden_size=16, num_heads=4, codebook_size=64)
     with pytest.raises(CodeunlearnError) as excinfo:
         CodebookBottleneck(config).initialize(torch.randn(2, 10, 16))
     assert_fix_error(excinfo)

@@ -7,10 +7,10 @@ import torch
 from helpers import tiny_args
 
 from codeunlearn.bottleneck.architectures import decoder_layers
-from codeunlearn.bottleneck.config import BottleneckConfig
+from codeunlearn.bottleneck.config import CodebookConfig
 from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.data import pack_documents
-from codeunlearn.train.loop import train_bottleneck
+from codeunlearn.train import train_bottleneck
 from codeunlearn.unlearn.statistics import collect_code_statistics
 
 pytestmark = pytest.mark.slow
@@ -36,7 +36,7 @@ def real():
     with torch.no_grad():
         base_logits = model(input_ids=probe, use_cache=False).logits.clone()
     bmodel = BottleneckedModel.attach(
-        model, BottleneckConfig(layers=[LAYER], num_heads=8, codebook_size=32, num_stages=2)
+        model, CodebookConfig(layers=[LAYER], num_heads=8, codebook_size=32, num_stages=2)
     )
     return {"model": model, "bmodel": bmodel, "chunks": chunks, "probe": probe, "base_logits": base_logits}
 

@@ -23,7 +23,7 @@ PROBE = make_tokens(3, 12, seed=41)
 def sae_config(**overrides) -> BottleneckConfig:
     values = {"layers": [1], "kind": "sae", "sae_width": 48, "sae_k": 4}
     values.update(overrides)
-    return BottleneckConfig(**values)
+    return BottleneckConfig.from_dict(values)
 
 
 def initialized(bmodel: BottleneckedModel, chunks: torch.Tensor = PROBE) -> BottleneckedModel:

@@ -7,10 +7,10 @@ import torch
 from helpers import tiny_args
 
 from codeunlearn.bottleneck.architectures import decoder_layers
-from codeunlearn.bottleneck.config import BottleneckConfig
+from codeunlearn.bottleneck.config import SAEConfig
 from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.data import pack_documents
-from codeunlearn.train.loop import train_bottleneck
+from codeunlearn.train import train_bottleneck
 from codeunlearn.unlearn.guardrail import calibrate_guardrail
 from codeunlearn.unlearn.selection import SelectionRule, select_codes
 from codeunlearn.unlearn.statistics import collect_code_statistics
@@ -40,7 +40,7 @@ def real(tmp_path_factory):
     probe = torch.cat([biology[:1], other[:1]])
     with torch.no_grad():
         base_logits = model(input_ids=probe, use_cache=False).logits.clone()
-    config = BottleneckConfig(layers=[LAYER], kind="sae", sae_width=1152, sae_k=16)
+    config = SAEConfig(layers=[LAYER], sae_width=1152, sae_k=16)
     bmodel = BottleneckedModel.attach(model, config)
     out = tmp_path_factory.mktemp("sae-real")
     args = tiny_args(out, sae_steps=3, batch_size=4, kmeans_init_tokens=192, sae_learning_rate=1e-3)

@@ -13,7 +13,7 @@ from codeunlearn.bottleneck.config import BottleneckConfig
 from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.evaluate.evaluation import sae_loss_recovered, sae_quality
-from codeunlearn.train.loop import train_bottleneck
+from codeunlearn.train import train_bottleneck
 
 STEPS = 6
 CHUNKS = make_tokens(40, 10, seed=11)
@@ -22,7 +22,7 @@ CHUNKS = make_tokens(40, 10, seed=11)
 def config(architecture: str = "topk", **overrides) -> BottleneckConfig:
     values = {"layers": [0, 2], "kind": "sae", "sae_architecture": architecture, "sae_width": 48, "sae_k": 4}
     values.update(overrides)
-    return BottleneckConfig(**values)
+    return BottleneckConfig.from_dict(values)
 
 
 def fresh(architecture: str = "topk", **overrides) -> BottleneckedModel:

@@ -9,10 +9,11 @@ import torch
 from helpers import assert_fix_error, make_tokens
 
 from codeunlearn.bottleneck.architectures import decoder_layers
+from codeunlearn.bottleneck.codebook import flat_code_ids
 from codeunlearn.bottleneck.edit import Edit, LayerCodes
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.unlearn.selection import SelectionRule, enrichment_scores, random_control, select_codes, truncate
-from codeunlearn.unlearn.statistics import CodeStatistics, collect_code_statistics, flat_code_ids
+from codeunlearn.unlearn.statistics import CodeStatistics, collect_code_statistics
 
 STAGES, HEADS, CODES = 2, 4, 16  # the shape of the `trained` fixture's bottleneck
 

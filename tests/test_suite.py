@@ -35,7 +35,7 @@ from codeunlearn.evaluate.suite.report import combine_reports, load_report, mark
 from codeunlearn.evaluate.suite.runner import SuiteReport, plan_suite, run_suite
 from codeunlearn.evaluate.suite.text_loss import heldout_loss
 from codeunlearn.modeling import load_model_and_tokenizer
-from codeunlearn.train.loop import train_bottleneck
+from codeunlearn.train import train_bottleneck
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -11,7 +11,7 @@ from helpers import assert_fix_error, make_model, make_tokens, tiny_args, tiny_c
 from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.evaluate.evaluation import bottleneck_fidelity, mean_loss
-from codeunlearn.train.loop import ChunkStream, train_bottleneck
+from codeunlearn.train import ChunkStream, train_bottleneck
 
 KEY_STEPS, VALUE_STEPS = 3, 4
 CHUNKS = make_tokens(40, 10, seed=11)

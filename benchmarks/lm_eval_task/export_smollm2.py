@@ -17,12 +17,12 @@ from pathlib import Path
 
 import torch
 
-from codeunlearn.bottleneck.config import BottleneckConfig
+from codeunlearn.bottleneck.config import CodebookConfig
 from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.data import pack_documents
 from codeunlearn.export.save import save_pretrained
 from codeunlearn.modeling import load_model_and_tokenizer
-from codeunlearn.train.loop import TrainingArguments, train_bottleneck
+from codeunlearn.train import TrainingArguments, train_bottleneck
 from codeunlearn.unlearn.selection import SelectionRule, select_codes
 from codeunlearn.unlearn.statistics import collect_code_statistics
 
@@ -44,7 +44,7 @@ def main() -> None:
     tokenizer.save_pretrained(args.out / "base")
     forget = pack_documents(documents("forget"), tokenizer, seq_len=16)
     retain = pack_documents(documents("retain"), tokenizer, seq_len=16)
-    bmodel = BottleneckedModel.attach(model, BottleneckConfig(layers=[15], num_heads=8, codebook_size=64))
+    bmodel = BottleneckedModel.attach(model, CodebookConfig(layers=[15], num_heads=8, codebook_size=64))
     train_args = TrainingArguments(
         output_dir=str(args.out / "train"),
         key_steps=3,

@@ -38,7 +38,7 @@ from codeunlearn.baselines.base import UnlearningMethod
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.io import atomic_directory, atomic_save_tensors, atomic_write_text, load_tensors
 from codeunlearn.runtime import autocast
-from codeunlearn.train.loop import ChunkStream
+from codeunlearn.train.stream import ChunkStream
 
 METRICS_NAME = "metrics.jsonl"
 RESULT_NAME = "result.json"

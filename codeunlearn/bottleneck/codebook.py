@@ -16,14 +16,23 @@ Why this shape:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 from vector_quantize_pytorch import VectorQuantize
 
-from codeunlearn.bottleneck.config import BottleneckConfig
+from codeunlearn import __version__
+from codeunlearn.bottleneck.base import WEIGHTS_NAME, Bottleneck, Tally
+from codeunlearn.bottleneck.config import CodebookConfig
+from codeunlearn.bottleneck.edit import Edit
 from codeunlearn.bottleneck.kmeans import fit_residual_codebooks, nearest, squared_norms
 from codeunlearn.errors import CodeunlearnError
+from codeunlearn.io import atomic_save_tensors, load_tensors
+
+if TYPE_CHECKING:
+    from codeunlearn.bottleneck.model import BottleneckedModel
 
 
 @dataclass
@@ -35,6 +44,13 @@ class QuantizeOutput:
     passthrough: Tensor  # (...) bool
 
 
+def flat_code_ids(codes: Tensor, num_heads: int, codebook_size: int) -> Tensor:
+    """(..., S, H) codes -> flat ids (stage * H + head) * C + code; -1 stays -1."""
+    stages = codes.shape[-2]
+    offsets = torch.arange(stages * num_heads, device=codes.device).view(stages, num_heads) * codebook_size
+    return torch.where(codes >= 0, codes + offsets, codes)
+
+
 def random_rotation(dim: int, seed: int) -> Tensor:
     """A fixed random orthogonal matrix (QR of a seeded Gaussian, signs fixed so it is unique)."""
     generator = torch.Generator().manual_seed(seed)
@@ -43,10 +59,10 @@ def random_rotation(dim: int, seed: int) -> Tensor:
     return q.float()
 
 
-class CodebookBottleneck(nn.Module):
+class CodebookBottleneck(Bottleneck):
     """Quantizes the states at one layer; downstream layers see only the codes' output values."""
 
-    def __init__(self, config: BottleneckConfig) -> None:
+    def __init__(self, config: CodebookConfig) -> None:
         super().__init__()
         if not config.hidden_size:
             raise CodeunlearnError(
@@ -89,6 +105,50 @@ class CodebookBottleneck(nn.Module):
         self.register_buffer("excluded", torch.zeros(shape, dtype=torch.bool), persistent=False)
         self.register_buffer("substituted", torch.zeros(shape, dtype=torch.bool), persistent=False)
         self._norm_cache: dict[int, tuple[tuple[int, ...], Tensor]] = {}
+
+    # ----------------------------------------------------------------------------------------------- files
+    @classmethod
+    def fresh(cls, config: CodebookConfig, layer: int, module_path: str) -> CodebookBottleneck:
+        return cls(config)
+
+    @classmethod
+    def load_layers(cls, path: Path, config: CodebookConfig) -> dict[int, CodebookBottleneck]:
+        """Every layer's codebook from the one tensors file (`{layer}.{name}`) that `save_layers` writes."""
+        tensors = load_tensors(path / WEIGHTS_NAME, "bottleneck weights")
+        bottlenecks = {}
+        for layer in config.layers:
+            bottleneck = cls(config)
+            prefix = f"{layer}."
+            state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+            try:
+                bottleneck.load_state_dict(state, strict=True)
+            except RuntimeError as err:
+                first = str(err).splitlines()[0]
+                raise CodeunlearnError(
+                    f"bottleneck weights at {path} do not match its config ({first})", "re-save the bottleneck"
+                ) from None
+            bottlenecks[layer] = bottleneck
+        return bottlenecks
+
+    @classmethod
+    def save_layers(cls, path: Path, bmodel: BottleneckedModel) -> None:
+        """One safetensors file with every layer's tensors and the downstream adapters (`bottleneck_state`)."""
+        atomic_save_tensors(bmodel.bottleneck_state(), path / WEIGHTS_NAME, {"codeunlearn": __version__})
+
+    # ----------------------------------------------------------------------------------------------- shape
+    @property
+    def num_features(self) -> int:
+        return self.config.codes_per_layer
+
+    def fingerprint_bytes(self) -> bytes:
+        """What identifies the codes: the search keys of every stage."""
+        return b"".join(
+            self.keys(stage).detach().cpu().float().numpy().tobytes() for stage in range(self.config.num_stages)
+        )
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The codes' output values (the keys are fitted without gradients)."""
+        return list(self.values)
 
     # ----------------------------------------------------------------------------------------------- geometry
     def keys(self, stage: int) -> Tensor:
@@ -233,9 +293,6 @@ class CodebookBottleneck(nn.Module):
         codes = codes.masked_fill(passthrough[..., None, None], -1)
         return QuantizeOutput(output=y, codes=codes, passthrough=passthrough)
 
-    def forward(self, x: Tensor, positions: Tensor | None = None) -> Tensor:
-        return self.quantize(x, positions).output
-
     # ----------------------------------------------------------------------------------------------- edits
     def set_removed(self, excluded: Tensor, substituted: Tensor) -> None:
         """Install the removal masks (S, H, C); a head must keep at least one searchable code."""
@@ -248,3 +305,36 @@ class CodebookBottleneck(nn.Module):
             raise CodeunlearnError("an edit excludes every code of a head", "remove fewer codes or use `substitute`")
         self.excluded.copy_(excluded)
         self.substituted.copy_(substituted)
+
+    def set_edits(self, layer: int, edits: list[Edit]) -> None:
+        """Mask every code an active edit names at `layer`, by its intervention (`exclude` / `substitute`)."""
+        shape = (self.config.num_stages, self.config.num_heads, self.config.codebook_size)
+        masks = {
+            name: torch.zeros(shape, dtype=torch.bool, device=self.excluded.device)
+            for name in self.config.interventions
+        }
+        for edit in edits:
+            if layer in edit.layers:
+                masks[edit.intervention].view(-1)[torch.tensor(edit.layers[layer].codes, dtype=torch.long)] = True
+        self.set_removed(masks["exclude"], masks["substitute"])
+
+    def tally(self, result: QuantizeOutput) -> Tally:
+        """How often each flat code id was chosen on the quantized tokens."""
+        ids = flat_code_ids(result.codes, self.config.num_heads, self.config.codebook_size)
+        ids = ids[~result.passthrough].flatten().cpu()
+        return Tally(torch.bincount(ids, minlength=self.num_features), int((~result.passthrough).sum()))
+
+    # ----------------------------------------------------------------------------------------------- export
+    def inference_tensors(self) -> dict[str, Tensor]:
+        """Mean, rotation, typical norm, keys and values stacked over stages, substitutes and the edit masks."""
+        tensors = {
+            "mean": self.mean,
+            "rotation": self.rotation,
+            "typical_norm": self.typical_norm,
+            "keys": torch.stack([self.keys(stage) for stage in range(self.config.num_stages)]),
+            "values": torch.stack(list(self.values)),
+            "substitute": self.substitute,
+            "excluded": self.excluded,
+            "substituted": self.substituted,
+        }
+        return {name: tensor.detach().clone() for name, tensor in tensors.items()}

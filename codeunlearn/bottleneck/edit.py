@@ -1,6 +1,6 @@
 """`Edit`: which codes a topic removes, how, and why -- a small human-readable JSON that composes and undoes.
 
-One format for both bottleneck kinds. A codebook (`kind="vq"`) edit removes codes (`substitute` / `exclude`); an
+One format for every bottleneck kind; the interventions a kind honours are its config's `interventions`. A codebook (`kind="vq"`) edit removes codes (`substitute` / `exclude`); an
 SAE (`kind="sae"`) edit acts on features when they fire (`zero`, `clamp` to `multiplier * scale`, or either only
 where a calibrated local-window `guardrail` gate is on; see `codeunlearn.bottleneck.interventions`). Fields an older file
 lacks take their defaults, and a VQ edit writes exactly the keys it always did.
@@ -15,15 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from codeunlearn.bottleneck.config import DEFAULT_KIND, CodebookConfig
+from codeunlearn.bottleneck.registry import all_interventions, get_kind, kind_names
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.io import atomic_write_text
 
-VQ_INTERVENTIONS = ("substitute", "exclude")
-SAE_INTERVENTIONS = ("zero", "clamp", "guardrail")
-INTERVENTIONS = VQ_INTERVENTIONS + SAE_INTERVENTIONS
-INTERVENTIONS_BY_KIND = {"vq": VQ_INTERVENTIONS, "sae": SAE_INTERVENTIONS}
-DEFAULT_INTERVENTION = "substitute"  # measured stronger than `exclude` (benchmarks/RESULTS.md)
-DEFAULT_INTERVENTIONS = {"vq": DEFAULT_INTERVENTION, "sae": "clamp"}
+DEFAULT_INTERVENTION = CodebookConfig.default_intervention  # that of the default kind
 # Firing features clamped to -10x their mean forget activation: zero-ablation leaves most of the topic's loss
 # (Farrell et al. 2024, "Applying sparse autoencoders to unlearn knowledge"); sweep it with benchmarks/sae_curves.py.
 DEFAULT_MULTIPLIER = -10.0
@@ -127,23 +124,23 @@ class Edit:
     intervention: Literal["substitute", "exclude", "zero", "clamp", "guardrail"] = DEFAULT_INTERVENTION
     rule: dict[str, Any] = field(default_factory=dict)
     bottleneck_fingerprint: str = ""
-    kind: str = "vq"
+    kind: str = DEFAULT_KIND
     multiplier: float | None = None
     guardrail: Guardrail | None = None
 
     def __post_init__(self) -> None:
-        if self.intervention not in INTERVENTIONS:
-            raise CodeunlearnError(f"unknown intervention {self.intervention!r}", f"use one of {INTERVENTIONS}")
+        if self.intervention not in all_interventions():
+            raise CodeunlearnError(f"unknown intervention {self.intervention!r}", f"use one of {all_interventions()}")
         self.layers = {
             int(layer): codes if isinstance(codes, LayerCodes) else LayerCodes(**codes)
             for layer, codes in self.layers.items()
         }
         if isinstance(self.guardrail, dict):
             self.guardrail = Guardrail(**self.guardrail)
-        if self.kind in INTERVENTIONS_BY_KIND and self.intervention not in INTERVENTIONS_BY_KIND[self.kind]:
+        allowed = get_kind(self.kind)[1].interventions if self.kind in kind_names() else all_interventions()
+        if self.intervention not in allowed:
             raise CodeunlearnError(
-                f"intervention {self.intervention!r} is not for a {self.kind!r} bottleneck",
-                f"use one of {INTERVENTIONS_BY_KIND[self.kind]}",
+                f"intervention {self.intervention!r} is not for a {self.kind!r} bottleneck", f"use one of {allowed}"
             )
         if self.intervention == "guardrail" and self.guardrail is None:
             raise CodeunlearnError(

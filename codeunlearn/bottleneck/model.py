@@ -4,10 +4,10 @@ The wrapper replaces `layers[L]` by a module that runs the original layer and pa
 transformers 4.x, tensor in 5.x) through the bottleneck. Disabled, it returns the layer output untouched, so the
 logits are bit-identical to the base model's.
 
-A bottleneck is a `CodebookBottleneck` (`kind="vq"`) or an `SAEBottleneck` (`kind="sae"`, a sae-lens SAE). Both
-offer the small protocol the rest of the package relies on: `config`, `quantize(states, positions)` returning an
-output with `.output` and `.passthrough` (plus `.codes` for a codebook, `.acts` for an SAE), and a way to install
-the active edits (`set_removed` masks / `set_interventions`).
+A bottleneck is any registered kind (`codeunlearn.bottleneck.registry`): a `CodebookBottleneck` (`kind="vq"`), an
+`SAEBottleneck` (`kind="sae"`, a sae-lens SAE). Every kind implements `codeunlearn.bottleneck.base.Bottleneck`
+(`quantize`, `set_edits`, its files ...), so nothing here depends on which kind it holds; an SAE alone can be
+attached from saved sae-lens directories (`attach_sae`) and run with another splice (`splice`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from codeunlearn import __version__
 from codeunlearn.bottleneck.adapters import (
     ADAPTER_PREFIX,
     adapter_parameters,
@@ -37,27 +36,17 @@ from codeunlearn.bottleneck.architectures import (
     hidden_size,
     model_type_of,
 )
-from codeunlearn.bottleneck.codebook import CodebookBottleneck, QuantizeOutput
-from codeunlearn.bottleneck.config import CONFIG_NAME, BottleneckConfig
+from codeunlearn.bottleneck.base import WEIGHTS_NAME, Bottleneck
+from codeunlearn.bottleneck.config import CONFIG_NAME, BottleneckConfig, SAEConfig
 from codeunlearn.bottleneck.edit import Edit
-from codeunlearn.bottleneck.interventions import compile_edit
-from codeunlearn.bottleneck.sae import (
-    LAYER_DIR,
-    SAEBottleneck,
-    SAEOutput,
-    Splice,
-    is_sae_directory,
-    load_sae_module,
-    spliced,
-)
+from codeunlearn.bottleneck.registry import module_class_for
+from codeunlearn.bottleneck.sae import SAEBottleneck, Splice, is_sae_directory, load_sae_module, spliced
 from codeunlearn.errors import CodeunlearnError
-from codeunlearn.io import atomic_directory, atomic_save_tensors, atomic_write_text, load_tensors
+from codeunlearn.io import atomic_directory, atomic_write_text, load_tensors
 
-WEIGHTS_NAME = "bottleneck.safetensors"
 EDITS_NAME = "edits.json"
 
-Bottleneck = CodebookBottleneck | SAEBottleneck
-Observer = Callable[[int, Tensor, QuantizeOutput | SAEOutput], None]
+Observer = Callable[[int, Tensor, Any], None]  # (layer, states, the bottleneck's output or None)
 SAESource = str | Path | nn.Module  # a sae-lens directory, or a sae-lens SAE module
 
 
@@ -121,7 +110,7 @@ class BottleneckLayer(nn.Module):
         out = self.layer(hidden_states, *args, **kwargs)
         if not self.enabled:
             return out
-        if getattr(self.bottleneck, "transparent", False) and self.observer is None and not self.stop_here:
+        if self.bottleneck.transparent and self.observer is None and not self.stop_here:
             return out  # an unedited SAE with its error term returns its input exactly: no need to run it
         h = out[0] if isinstance(out, tuple) else out
         x = h - hidden_states if self.bottleneck.config.site == "block_output" else h
@@ -181,18 +170,12 @@ class BottleneckedModel(nn.Module):
         config.num_hidden_layers = num_layers
         config.model_type = model_type_of(model)
         config.base_model = config.base_model or str(getattr(model.config, "_name_or_path", ""))
-        if config.kind == "sae":
-            config.sae_width = config.sae_width or config.sae_expansion_factor * config.hidden_size
+        config.fill_model_facts()
         config = BottleneckConfig.from_dict(config.to_dict())  # re-validate with the model facts filled in
         device = next(model.parameters()).device
-        if config.kind == "sae":
-            path = DECODER_LAYER_PATHS[config.model_type]
-            bottlenecks = {
-                layer: SAEBottleneck.fresh(config, layer, config.base_model, f"{path}.{layer}").to(device)
-                for layer in config.layers
-            }
-        else:
-            bottlenecks = {layer: CodebookBottleneck(config).to(device) for layer in config.layers}
+        path = DECODER_LAYER_PATHS[config.model_type]
+        kind = module_class_for(config.kind)
+        bottlenecks = {layer: kind.fresh(config, layer, f"{path}.{layer}").to(device) for layer in config.layers}
         return cls(model, config, bottlenecks)
 
     @classmethod
@@ -210,9 +193,8 @@ class BottleneckedModel(nn.Module):
         d_in or hook layer does not match the model is refused with a one-line error.
         """
         layers = decoder_layers(model)
-        config = BottleneckConfig(
+        config = SAEConfig(
             layers=[0],
-            kind="sae",
             sae_architecture="pretrained",
             sae_error_term=error_term,
             passthrough_first_position=passthrough_first_position,
@@ -250,47 +232,13 @@ class BottleneckedModel(nn.Module):
                 f"bottleneck at {path} was trained for another model ({'; '.join(mismatches)})",
                 f"load it onto {config.base_model or 'the model it was trained on'} or train a new one",
             )
-        device = next(model.parameters()).device
-        if config.kind == "sae":
-            bottlenecks = {
-                layer: SAEBottleneck.from_directory(path / LAYER_DIR.format(layer=layer), config, layer).to(device)
-                for layer in config.layers
-            }
-            bmodel = cls(model, config, bottlenecks)
-            try:
-                for edit in _read_saved_edits(path / EDITS_NAME):
-                    bmodel.apply_edit(edit)
-            except BaseException:
-                bmodel.detach()
-                raise
-            return bmodel
-        tensors = load_tensors(path / WEIGHTS_NAME, "bottleneck weights")
-        bottlenecks = {}
-        for layer in config.layers:
-            bottleneck = CodebookBottleneck(config)
-            prefix = f"{layer}."
-            state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-            try:
-                bottleneck.load_state_dict(state, strict=True)
-            except RuntimeError as err:
-                first = str(err).splitlines()[0]
-                raise CodeunlearnError(
-                    f"bottleneck weights at {path} do not match its config ({first})", "re-save the bottleneck"
-                ) from None
-            bottlenecks[layer] = bottleneck.to(device)
         edits = _read_saved_edits(path / EDITS_NAME)
-        bmodel = cls(model, config, bottlenecks)
+        device = next(model.parameters()).device
+        loaded = module_class_for(config.kind).load_layers(path, config)
+        bmodel = cls(model, config, {layer: bottleneck.to(device) for layer, bottleneck in loaded.items()})
         try:
             if config.adapter_rank:
-                adapters = bmodel.adapter_parameters()
-                saved = {k[len(ADAPTER_PREFIX) :]: v for k, v in tensors.items() if k.startswith(ADAPTER_PREFIX)}
-                if set(saved) != set(adapters):
-                    raise CodeunlearnError(
-                        f"adapter weights at {path} do not match the model's layers", "re-save the bottleneck"
-                    )
-                with torch.no_grad():
-                    for name, param in adapters.items():
-                        param.copy_(saved[name])
+                bmodel._load_adapters(path)
             for edit in edits:
                 bmodel.apply_edit(edit)
         except BaseException:
@@ -298,15 +246,24 @@ class BottleneckedModel(nn.Module):
             raise
         return bmodel
 
+    def _load_adapters(self, path: Path) -> None:
+        """Copy the downstream adapters saved in `path` (`adapters.{name}` in its tensors file) into the model."""
+        tensors = load_tensors(path / WEIGHTS_NAME, "bottleneck weights")
+        adapters = self.adapter_parameters()
+        saved = {k[len(ADAPTER_PREFIX) :]: v for k, v in tensors.items() if k.startswith(ADAPTER_PREFIX)}
+        if set(saved) != set(adapters):
+            raise CodeunlearnError(
+                f"adapter weights at {path} do not match the model's layers", "re-save the bottleneck"
+            )
+        with torch.no_grad():
+            for name, param in adapters.items():
+                param.copy_(saved[name])
+
     def save_pretrained(self, path: str | Path, overwrite: bool = False, with_edits: bool = True) -> None:
         """Write config, weights (safetensors) and the active edits to `path` atomically."""
         with atomic_directory(path, overwrite=overwrite) as tmp:
             atomic_write_text(tmp / CONFIG_NAME, self.config.to_json_string())
-            if self.config.kind == "sae":  # one sae-lens directory per layer, loadable by sae-lens itself
-                for layer in self.layers:
-                    self.bottleneck(layer).save(tmp / LAYER_DIR.format(layer=layer))
-            else:
-                atomic_save_tensors(self.bottleneck_state(), tmp / WEIGHTS_NAME, {"codeunlearn": __version__})
+            module_class_for(self.config.kind).save_layers(tmp, self)
             if with_edits and self.edits:
                 atomic_write_text(tmp / EDITS_NAME, json.dumps([e.to_dict() for e in self.edits], indent=1) + "\n")
 
@@ -319,24 +276,17 @@ class BottleneckedModel(nn.Module):
         return adapter_parameters(self.model)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """What the value phase trains: codebook output values and, if configured, the downstream adapters (SAE:
-        the SAE weights)."""
-        if self.config.kind == "sae":
-            return [p for bn in self.bottlenecks.values() for p in bn.sae.parameters()]
-        values = [p for bn in self.bottlenecks.values() for p in bn.values]
-        return values + list(self.adapter_parameters().values())
+        """What gradient training updates: every bottleneck's `trainable_parameters` (a codebook's output values, an
+        SAE's weights), then the downstream adapters if any."""
+        own = [p for bottleneck in self.bottlenecks.values() for p in bottleneck.trainable_parameters()]
+        return own + list(self.adapter_parameters().values())
 
     def fingerprint(self) -> str:
-        """Hash of the search keys (SAE: of the encoders): identifies which bottleneck an edit's code ids refer to."""
-        if self.config.kind == "sae":
-            digest = hashlib.sha256(repr(self.layers).encode())
-            for layer in self.layers:
-                digest.update(self.bottleneck(layer).fingerprint_bytes())
-            return digest.hexdigest()[:16]
-        digest = hashlib.sha256(self.config.to_json_string().encode())
+        """Hash of the config's `fingerprint_prefix` and every layer's `fingerprint_bytes` (a codebook's search keys,
+        an SAE's encoder): identifies which bottleneck an edit's code ids refer to."""
+        digest = hashlib.sha256(self.config.fingerprint_prefix())
         for layer in self.layers:
-            for stage in range(self.config.num_stages):
-                digest.update(self.bottleneck(layer).keys(stage).detach().cpu().float().numpy().tobytes())
+            digest.update(self.bottleneck(layer).fingerprint_bytes())
         return digest.hexdigest()[:16]
 
     def detach(self) -> nn.Module:
@@ -366,17 +316,16 @@ class BottleneckedModel(nn.Module):
 
     def num_features(self, layer: int) -> int:
         """Distinct code ids (VQ) or features (SAE) at a layer."""
-        if self.config.kind == "sae":
-            return self.bottleneck(layer).num_features
-        return self.config.codes_per_layer
+        return self.bottleneck(layer).num_features
 
     @contextlib.contextmanager
     def splice(self, mode: Splice) -> Iterator[None]:
         """SAE only: run with `reconstruction` (no error term: the "CE loss recovered" splice) or `zero_ablation`
         (the states replaced by zeros) instead of the default error-term splice."""
-        if self.config.kind != "sae":
+        bottlenecks = [self.bottleneck(layer) for layer in self.layers]
+        if not all(isinstance(bottleneck, SAEBottleneck) for bottleneck in bottlenecks):
             raise CodeunlearnError("splice modes are for SAE bottlenecks", "use a bottleneck of kind sae")
-        with spliced([self.bottleneck(layer) for layer in self.layers], mode):
+        with spliced(bottlenecks, mode):
             yield
 
     def wrappers(self) -> list[BottleneckLayer]:
@@ -526,19 +475,5 @@ class BottleneckedModel(nn.Module):
                 )
 
     def _refresh_masks(self) -> None:
-        if self.config.kind == "sae":
-            for layer in self.layers:
-                compiled = [compile_edit(e, layer) for e in self.edits if layer in e.layers and e.layers[layer].codes]
-                self.bottleneck(layer).set_interventions(compiled)
-            return
-        shape = (self.config.num_stages, self.config.num_heads, self.config.codebook_size)
         for layer in self.layers:
-            bottleneck = self.bottleneck(layer)
-            masks = {
-                name: torch.zeros(shape, dtype=torch.bool, device=bottleneck.excluded.device)
-                for name in ("exclude", "substitute")
-            }
-            for edit in self.edits:
-                if layer in edit.layers:
-                    masks[edit.intervention].view(-1)[torch.tensor(edit.layers[layer].codes, dtype=torch.long)] = True
-            bottleneck.set_removed(masks["exclude"], masks["substitute"])
+            self.bottleneck(layer).set_edits(layer, self.edits)

@@ -26,15 +26,20 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from codeunlearn.bottleneck.config import TRAINABLE_SAE_ARCHITECTURES, BottleneckConfig
-from codeunlearn.bottleneck.interventions import FeatureIntervention, apply_interventions
+from codeunlearn.bottleneck.base import Bottleneck, Tally
+from codeunlearn.bottleneck.config import TRAINABLE_SAE_ARCHITECTURES, SAEConfig
+from codeunlearn.bottleneck.edit import Edit
+from codeunlearn.bottleneck.interventions import FeatureIntervention, apply_interventions, compile_edit
 from codeunlearn.errors import CodeunlearnError
+
+if TYPE_CHECKING:
+    from codeunlearn.bottleneck.model import BottleneckedModel
 
 # Our architecture names -> sae-lens architecture registry keys (sae_lens.registry), in SAELens's style.
 SAE_LENS_ARCHITECTURES = {"relu": "standard", "topk": "topk"}
@@ -185,7 +190,7 @@ def _check_self_contained(sae: Any, where: str) -> None:
         )
 
 
-def load_sae_module(source: Any, config: BottleneckConfig, layer: int | None) -> SAEBottleneck:
+def load_sae_module(source: Any, config: SAEConfig, layer: int | None) -> SAEBottleneck:
     """An `SAEBottleneck` from a saved SAE directory or from a sae-lens SAE object (checked against the model)."""
     if isinstance(source, nn.Module):
         where = f"<{type(source).__name__}>"
@@ -205,10 +210,10 @@ class SAEOutput:
     gated: Tensor | None = None  # (...) bool: tokens where a guardrail gate was on; None without a guardrail
 
 
-class SAEBottleneck(nn.Module):
+class SAEBottleneck(Bottleneck):
     """A sae-lens SAE on the residual stream after one decoder layer, honouring the active feature edits."""
 
-    def __init__(self, sae: nn.Module, config: BottleneckConfig, layer: int, initialized: bool = True) -> None:
+    def __init__(self, sae: nn.Module, config: SAEConfig, layer: int, initialized: bool = True) -> None:
         super().__init__()
         self.sae = sae.requires_grad_(False)  # trained only through `training_step` (its caller enables gradients)
         self.config = config
@@ -223,8 +228,9 @@ class SAEBottleneck(nn.Module):
 
     # ----------------------------------------------------------------------------------------------- creation
     @classmethod
-    def fresh(cls, config: BottleneckConfig, layer: int, model_name: str, hf_hook_name: str) -> SAEBottleneck:
-        """An untrained sae-lens *training* SAE of `config.sae_architecture` (seeded by config.seed and layer)."""
+    def fresh(cls, config: SAEConfig, layer: int, module_path: str) -> SAEBottleneck:
+        """An untrained sae-lens *training* SAE of `config.sae_architecture` (seeded by config.seed and layer),
+        recording the base model and the Hugging Face module path it reads (`module_path`)."""
         from sae_lens.registry import get_sae_training_class
         from sae_lens.saes.sae import SAEMetadata
 
@@ -242,9 +248,9 @@ class SAEBottleneck(nn.Module):
             # inputs arrive pre-scaled to an average norm of sqrt(d_in); folded into the weights after training
             "normalize_activations": "expected_average_only_in",
             "metadata": SAEMetadata(
-                model_name=model_name,
+                model_name=config.base_model,
                 hook_name=residual_hook_name(layer),
-                hf_hook_name=hf_hook_name,
+                hf_hook_name=module_path,
                 hook_head_index=None,
                 prepend_bos=False,
             ),
@@ -259,13 +265,26 @@ class SAEBottleneck(nn.Module):
         return cls(sae, config, layer, initialized=False)
 
     @classmethod
-    def from_directory(cls, path: str | Path, config: BottleneckConfig, layer: int | None = None) -> SAEBottleneck:
+    def from_directory(cls, path: str | Path, config: SAEConfig, layer: int | None = None) -> SAEBottleneck:
         """Load a saved SAE directory (ours or any sae-lens one) for the model `config` describes."""
         sae, layer = load_sae(path, layer, config.hidden_size)
         bottleneck = cls(sae, config, layer)
         info = sae.cfg.metadata.get(METADATA_KEY) or {}
         bottleneck.typical_norm.fill_(float(info.get("typical_norm", 0.0)))
         return bottleneck
+
+    @classmethod
+    def load_layers(cls, path: Path, config: SAEConfig) -> dict[int, SAEBottleneck]:
+        """One sae-lens directory per layer (`layer_{L}`), as `save_layers` writes them."""
+        return {
+            layer: cls.from_directory(path / LAYER_DIR.format(layer=layer), config, layer) for layer in config.layers
+        }
+
+    @classmethod
+    def save_layers(cls, path: Path, bmodel: BottleneckedModel) -> None:
+        """One sae-lens directory per layer, loadable by sae-lens itself."""
+        for layer in bmodel.layers:
+            bmodel.bottleneck(layer).save(path / LAYER_DIR.format(layer=layer))
 
     def save(self, path: str | Path) -> None:
         """Write a sae-lens directory (cfg.json + sae_weights.safetensors) that `sae_lens.SAE.load_from_disk` loads:
@@ -305,6 +324,9 @@ class SAEBottleneck(nn.Module):
     def fingerprint_bytes(self) -> bytes:
         """What identifies this SAE's features: its encoder."""
         return self.sae.W_enc.detach().cpu().float().numpy().tobytes()
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return list(self.sae.parameters())
 
     # ----------------------------------------------------------------------------------------------- math
     def encode(self, x: Tensor) -> Tensor:
@@ -358,10 +380,21 @@ class SAEBottleneck(nn.Module):
             y = torch.where(passthrough.unsqueeze(-1), xf, y).to(x.dtype)
         return SAEOutput(output=y, acts=acts, passthrough=passthrough, gated=gated)
 
-    def forward(self, x: Tensor, positions: Tensor | None = None) -> Tensor:
-        return self.quantize(x, positions).output
-
     # ----------------------------------------------------------------------------------------------- edits
+    def set_edits(self, layer: int, edits: list[Edit]) -> None:
+        """Compile the active edits that name features at `layer` into interventions (`codeunlearn.bottleneck.interventions`)."""
+        self.set_interventions([compile_edit(e, layer) for e in edits if layer in e.layers and e.layers[layer].codes])
+
+    def tally(self, result: SAEOutput) -> Tally:
+        """Per feature: the counted tokens it fires on (activation > 0), its activation sum and maximum."""
+        acts = result.acts[~result.passthrough].float()  # (N, d_sae)
+        return Tally(
+            counts=(acts > 0).sum(0).cpu(),
+            tokens=len(acts),
+            activation_sum=acts.sum(0).double().cpu(),
+            activation_max=acts.max(0).values.cpu() if len(acts) else None,
+        )
+
     def set_interventions(self, interventions: list[FeatureIntervention]) -> None:
         """Install the compiled edits of this layer (in order); [] restores the unedited SAE."""
         for intervention in interventions:
@@ -465,6 +498,24 @@ class SAEBottleneck(nn.Module):
         inference.process_state_dict_for_loading(state)
         inference.load_state_dict(state)
         self.sae = inference.to(self.input_scale.device).requires_grad_(False)
+
+    # ----------------------------------------------------------------------------------------------- export
+    def inference_sae(self) -> nn.Module:
+        """The sae-lens inference SAE that reads raw states, as `save` writes it: this bottleneck's own SAE, or
+        (mid-training: a training class or an input scale not yet folded) a finished copy of it."""
+        if not self.trainable and float(self.input_scale) == 1.0:
+            return self.sae
+        finished = copy.deepcopy(self)
+        finished.finish_training()
+        return finished.sae
+
+    def inference_tensors(self) -> dict[str, Tensor]:
+        """The inference SAE's weights (and a JumpReLU's thresholds) and the typical norm, as fp32 copies."""
+        sae = self.inference_sae()
+        names = ["W_enc", "b_enc", "W_dec", "b_dec"] + (["threshold"] if sae.cfg.architecture() == "jumprelu" else [])
+        tensors = {name: getattr(sae, name) for name in names}
+        tensors["typical_norm"] = self.typical_norm
+        return {name: tensor.detach().float().clone() for name, tensor in tensors.items()}
 
 
 @contextlib.contextmanager

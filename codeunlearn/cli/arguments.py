@@ -26,8 +26,16 @@ from typing import Any, Literal, Union
 from transformers import HfArgumentParser
 from transformers.hf_argparser import string_to_bool
 
-from codeunlearn.bottleneck.config import KINDS, SAE_ARCHITECTURES, SITES, BottleneckConfig
-from codeunlearn.bottleneck.edit import DEFAULT_MULTIPLIER, INTERVENTIONS
+from codeunlearn.bottleneck import INTERVENTIONS, KINDS
+from codeunlearn.bottleneck.config import (
+    DEFAULT_KIND,
+    SAE_ARCHITECTURES,
+    SITES,
+    BottleneckConfig,
+    CodebookConfig,
+    SAEConfig,
+)
+from codeunlearn.bottleneck.edit import DEFAULT_MULTIPLIER
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.modeling import SHIPPED_MODEL
 from codeunlearn.unlearn.selection import SCALES, SCORES, SelectionRule
@@ -99,7 +107,7 @@ class BottleneckArguments:
 
     layers: list[int] = field(metadata={"help": "Decoder-layer indices whose output goes through a bottleneck."})
     kind: Literal[KINDS] = field(
-        default=_default(BottleneckConfig, "kind"),
+        default=DEFAULT_KIND,
         metadata={
             "help": "Bottleneck kind: `vq` (codebook) or `sae` (sparse autoencoder).",
             "aliases": ["--bottleneck"],
@@ -112,14 +120,14 @@ class BottleneckArguments:
         },
     )
     num_heads: int = field(
-        default=_default(BottleneckConfig, "num_heads"),
+        default=_default(CodebookConfig, "num_heads"),
         metadata={"help": "Code pieces per stage (divides the hidden size)."},
     )
     codebook_size: int = field(
-        default=_default(BottleneckConfig, "codebook_size"), metadata={"help": "Codes per head and stage."}
+        default=_default(CodebookConfig, "codebook_size"), metadata={"help": "Codes per head and stage."}
     )
     num_stages: int = field(
-        default=_default(BottleneckConfig, "num_stages"), metadata={"help": "Residual-quantization stages."}
+        default=_default(CodebookConfig, "num_stages"), metadata={"help": "Residual-quantization stages."}
     )
     passthrough_first_position: bool = field(
         default=_default(BottleneckConfig, "passthrough_first_position"),
@@ -130,14 +138,14 @@ class BottleneckArguments:
         metadata={"help": "Leave tokens with norm above this multiple of the typical norm unquantized (0 disables)."},
     )
     ema_decay: float = field(
-        default=_default(BottleneckConfig, "ema_decay"), metadata={"help": "EMA decay of the search keys."}
+        default=_default(CodebookConfig, "ema_decay"), metadata={"help": "EMA decay of the search keys."}
     )
     kmeans_iters: int = field(
-        default=_default(BottleneckConfig, "kmeans_iters"),
+        default=_default(CodebookConfig, "kmeans_iters"),
         metadata={"help": "k-means iterations of the key initialisation."},
     )
     dead_code_threshold: float = field(
-        default=_default(BottleneckConfig, "dead_code_threshold"),
+        default=_default(CodebookConfig, "dead_code_threshold"),
         metadata={"help": "EMA usage below which a code is replaced."},
     )
     adapter_rank: int = field(
@@ -151,26 +159,26 @@ class BottleneckArguments:
         default=_default(BottleneckConfig, "seed"), metadata={"help": "Seeds the rotation and k-means init."}
     )
     sae_architecture: Literal[SAE_ARCHITECTURES] = field(
-        default=_default(BottleneckConfig, "sae_architecture"),
+        default=_default(SAEConfig, "sae_architecture"),
         metadata={"help": "SAE (kind sae): `relu` (MSE + L1) or `topk` (k active features, aux-k loss)."},
     )
     sae_width: int = field(
-        default=_default(BottleneckConfig, "sae_width"),
+        default=_default(SAEConfig, "sae_width"),
         metadata={"help": "SAE features per layer (0: sae_expansion_factor x hidden size)."},
     )
     sae_expansion_factor: int = field(
-        default=_default(BottleneckConfig, "sae_expansion_factor"),
+        default=_default(SAEConfig, "sae_expansion_factor"),
         metadata={"help": "SAE width as a multiple of the hidden size (when sae_width is 0)."},
     )
     sae_k: int = field(
-        default=_default(BottleneckConfig, "sae_k"), metadata={"help": "Active features per token of a topk SAE."}
+        default=_default(SAEConfig, "sae_k"), metadata={"help": "Active features per token of a topk SAE."}
     )
     sae_l1_coefficient: float = field(
-        default=_default(BottleneckConfig, "sae_l1_coefficient"),
+        default=_default(SAEConfig, "sae_l1_coefficient"),
         metadata={"help": "L1 sparsity weight of a relu SAE (inputs scaled to norm sqrt(d_in))."},
     )
     sae_error_term: bool = field(
-        default=_default(BottleneckConfig, "sae_error_term"),
+        default=_default(SAEConfig, "sae_error_term"),
         metadata={"help": "Keep the SAE error term (an unedited SAE then changes nothing)."},
     )
 
@@ -178,7 +186,7 @@ class BottleneckArguments:
         """The library config these arguments describe (model facts are filled in by `attach`)."""
         values = dataclasses.asdict(self)
         values["seed"] = values.pop("bottleneck_seed")
-        return BottleneckConfig(**values)
+        return BottleneckConfig.from_dict(values)
 
 
 @dataclass

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from codeunlearn.bottleneck.edit import GUARDRAIL_ACTIONS, Edit
+from codeunlearn.bottleneck.registry import config_class_for
 from codeunlearn.cli.arguments import DataArguments, ModelArguments, bf16_is_fast, parse_arguments
 from codeunlearn.cli.common import check_output_file, load_bottlenecked, read_corpora
 from codeunlearn.errors import CodeunlearnError
@@ -62,7 +63,7 @@ def main(argv: Sequence[str]) -> int:
     if output.suffix != ".json":
         raise CodeunlearnError(f"--output_file {output} does not end in .json", "name it like guardrail.json")
     edit = Edit.load(args.edit)
-    if edit.kind != "sae":
+    if "guardrail" not in config_class_for(edit.kind).interventions:
         raise CodeunlearnError(f"edit {args.edit} is for a {edit.kind!r} bottleneck", "calibrate an SAE edit")
     retain = read_corpora(data_args.retain_corpora, data_args, "retain_corpora")
     forget = read_corpora(data_args.forget_corpora, data_args, "forget_corpora") if data_args.forget_corpora else None

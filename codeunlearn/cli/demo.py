@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from codeunlearn.bottleneck.config import CodebookConfig
 from codeunlearn.bottleneck.edit import DEFAULT_INTERVENTION
 from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.cli.arguments import (
@@ -44,7 +45,7 @@ from codeunlearn.cli.eval import TABLE_NOTE, RowSpec, evaluate_rows, fidelity_ro
 from codeunlearn.cli.forget import CONTROL_NAME, EDIT_NAME, make_edits, summarize
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.io import atomic_write_text
-from codeunlearn.train.loop import TrainingArguments, train_bottleneck
+from codeunlearn.train import TrainingArguments, train_bottleneck
 from codeunlearn.unlearn.budget import choose_num_codes, describe_walk
 from codeunlearn.unlearn.selection import random_control
 from codeunlearn.unlearn.statistics import collect_code_statistics
@@ -158,7 +159,7 @@ def main(argv: Sequence[str]) -> int:
             "the demo trains its bottleneck on --retain_corpora", "name the general text with --retain_corpora"
         )
     config = bottleneck_args.to_config()
-    if config.kind != "vq":
+    if not isinstance(config, CodebookConfig):
         raise CodeunlearnError(
             "the demo runs the codebook pipeline",
             "run the SAE one with train --kind sae, stats, forget, calibrate, eval",

@@ -332,13 +332,13 @@ def main(argv: Sequence[str]) -> int:
     rows = evaluate_rows(bmodel, forget, retain, specs, args.batch_size, args.skip_positions, args.bf16, args.progress)
     heldout = {"forget": forget, "retain": retain}
     gates: list[dict[str, Any]] = []
-    if bmodel.config.kind == "sae":
+    if bmodel.config.has_activations:
         fidelity = sae_quality_rows(bmodel, heldout, args.batch_size, args.bf16, args.skip_positions)
         named = [(spec.name, e) for spec in specs for e in spec.edits or []]
         gates = guardrail_rows(bmodel, named, heldout, args.batch_size, args.bf16)
     else:
         fidelity = fidelity_rows(bmodel, heldout, args.batch_size, args.bf16)
-    quality_table = sae_quality_table(fidelity) if bmodel.config.kind == "sae" else fidelity_table(fidelity)
+    quality_table = sae_quality_table(fidelity) if bmodel.config.has_activations else fidelity_table(fidelity)
     gate_lines = [f"- {g['edit']}: gates {g['gated']:.2%} of held-out {g['corpus']} windows" for g in gates]
     report = {
         "bottleneck_dir": str(resolve_bottleneck_dir(args.bottleneck_dir)),

@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 import torch
 
+from codeunlearn.bottleneck.registry import config_class_for
 from codeunlearn.cli.arguments import DataArguments, ModelArguments, parse_arguments
 from codeunlearn.cli.common import check_output_dir_free, read_corpora, resolve_bottleneck_dir
 from codeunlearn.errors import CodeunlearnError
@@ -218,7 +219,7 @@ def _linear_sae_edit(args: ExportArguments) -> Any:
     if args.undo:
         raise CodeunlearnError("--undo belongs to the bottleneck mode", "drop it, or use --mode bottleneck")
     edit = Edit.load(args.edits[0])
-    if edit.kind != "sae":
+    if not config_class_for(edit.kind).has_activations:
         raise CodeunlearnError(
             f"edit {edit.topic!r} is a {edit.kind!r} edit; linear mode reads decoder rows of SAE features",
             "pass an SAE edit, or use --mode bottleneck for a codebook edit",

@@ -30,7 +30,7 @@ from codeunlearn.cli.arguments import BottleneckArguments, DataArguments, ModelA
 from codeunlearn.cli.common import load_base, read_corpora
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.io import atomic_write_text
-from codeunlearn.train.loop import TrainingArguments, check_enough_tokens, train_bottleneck
+from codeunlearn.train import TrainingArguments, check_enough_tokens, train_bottleneck
 from codeunlearn.unlearn.statistics import collect_code_statistics
 from codeunlearn.unlearn.statistics_cache import corpus_fingerprint, save_retain_statistics
 
@@ -90,12 +90,8 @@ def main(argv: Sequence[str]) -> int:
         print("final metrics: " + ", ".join(f"{k}={v}" for k, v in last.items()))
     stop = training_args.stop_after_steps
     total = training_args.steps_for(config.kind)
-    if config.kind == "sae":
-        shape = f"{config.sae_architecture} SAE, {bmodel.config.sae_width} features"
-    else:
-        shape = f"{config.codebook_size} codes x {config.num_heads} heads"
     if stop is None or stop >= total:
-        print(f"wrote {output_dir / 'bottleneck'} (layers {bmodel.layers}, {shape})")
+        print(f"wrote {output_dir / 'bottleneck'} (layers {bmodel.layers}, {bmodel.config.describe()})")
         if retain_args.retain_statistics_tokens:
             cap = min(
                 retain_args.retain_statistics_tokens, data_args.max_tokens or retain_args.retain_statistics_tokens

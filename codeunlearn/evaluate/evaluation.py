@@ -13,12 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from codeunlearn.bottleneck.codebook import QuantizeOutput
+from codeunlearn.bottleneck.codebook import QuantizeOutput, flat_code_ids
 from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.bottleneck.sae import SAEOutput
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.runtime import autocast, batches, model_device
-from codeunlearn.unlearn.statistics import flat_code_ids
 
 
 @torch.no_grad()
@@ -71,7 +70,7 @@ def bottleneck_fidelity(
 ) -> list[Fidelity]:
     """FVU of each bottleneck on ordinary tokens and on all tokens (massive-activation tokens carry most of the
     variance, so an all-token FVU alone flatters the quantizer)."""
-    if bmodel.config.kind != "vq":
+    if bmodel.config.has_activations:
         raise CodeunlearnError("bottleneck_fidelity measures codebooks", "use sae_quality for an SAE bottleneck")
     sums: dict[int, dict[str, float]] = {
         layer: dict.fromkeys(("err_o", "var_o", "err_a", "var_a", "n", "pass"), 0.0) for layer in bmodel.layers
@@ -126,7 +125,7 @@ class SAEQuality:
 @torch.no_grad()
 def sae_quality(bmodel: BottleneckedModel, chunks: Tensor, batch_size: int = 8, bf16: bool = False) -> list[SAEQuality]:
     """L0, FVU and dead features of every SAE of `bmodel` on `chunks` (the unedited SAEs)."""
-    if bmodel.config.kind != "sae":
+    if not bmodel.config.has_activations:
         raise CodeunlearnError("sae_quality measures SAE bottlenecks", "use bottleneck_fidelity for a codebook")
     sums = {layer: dict.fromkeys(("err", "sq", "l0", "n"), 0.0) for layer in bmodel.layers}
     totals = {layer: torch.zeros(bmodel.bottleneck(layer).sae.cfg.d_in, dtype=torch.float64) for layer in bmodel.layers}

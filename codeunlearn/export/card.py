@@ -16,6 +16,8 @@ from typing import Any
 from huggingface_hub import ModelCard, ModelCardData
 
 from codeunlearn import __version__
+from codeunlearn.bottleneck.config import DEFAULT_KIND
+from codeunlearn.bottleneck.registry import config_class_for
 from codeunlearn.errors import CodeunlearnError
 
 CARD_NAME = "README.md"
@@ -422,10 +424,9 @@ def model_card(directory: str | Path, repo_id: str | None = None, eval_report: s
     if not config_path.is_file():
         raise CodeunlearnError(f"no config.json in {directory}", "pass a directory written by `codeunlearn export`")
     config = _read_json(config_path)
-    if config.get("model_type") == "codeunlearn" and config.get("bottleneck", {}).get("kind") == "sae":
-        data, body = _sae_card(config, report, repo_id)
-    elif config.get("model_type") == "codeunlearn":
-        data, body = _bottleneck_card(config, report, repo_id)
+    if config.get("model_type") == "codeunlearn":
+        kind = config_class_for(config.get("bottleneck", {}).get("kind", DEFAULT_KIND))
+        data, body = (_sae_card if kind.has_activations else _bottleneck_card)(config, report, repo_id)
     elif (directory / LINEAR_SPEC_NAME).is_file():
         data, body = _linear_card(_read_json(directory / LINEAR_SPEC_NAME), report, repo_id)
     else:
@@ -680,25 +681,9 @@ def bottleneck_card(
         None,
     )
     edits = _read_json(directory / EDITS_NAME) if (directory / EDITS_NAME).is_file() else []
-    if config.kind == "sae":
-        kind = f"sparse autoencoder ({config.sae_architecture})"
-        shape_rows = [
-            f"| features per layer | {config.codes_per_layer:,}"
-            + (f" (top-k, k = {config.sae_k})" if config.sae_architecture == "topk" else "")
-            + " |",
-            f"| error term | {'kept' if config.sae_error_term else 'dropped'} |",
-            "| bits per token | - (continuous feature activations) |",
-        ]
-        tags = ["codeunlearn", "unlearning", "bottleneck", "sparse-autoencoder", "sae-lens"]
-    else:
-        kind = "codebook (multi-head residual vector quantization)"
-        shape_rows = [
-            f"| heads x codes x stages | {config.num_heads} x {config.codebook_size} x {config.num_stages} "
-            f"({config.codes_per_layer:,} codes per layer) |",
-            f"| bits per token | {config.bits_per_token:g} |",
-            f"| downstream LoRA adapters | {f'rank {config.adapter_rank}' if config.adapter_rank else 'none'} |",
-        ]
-        tags = ["codeunlearn", "unlearning", "bottleneck", "vector-quantization"]
+    card = config.card_text()
+    kind, shape_rows = card.kind, card.shape_rows
+    tags = ["codeunlearn", "unlearning", "bottleneck", *card.tags]
     corpora = _training_corpora(directory, fidelity)
     edited = (
         f"It carries {len(edits)} saved edit(s) ({', '.join(str(e.get('topic')) for e in edits)}), active when it "
@@ -707,11 +692,10 @@ def bottleneck_card(
         else "It carries no edit: it is the bottleneck before any topic was removed."
     )
     data = ModelCardData(base_model=base_id, library_name="codeunlearn", license="apache-2.0", tags=tags)
-    units = "features" if config.kind == "sae" else "codes"
     intro = (
         f"A trained codeunlearn bottleneck: attached to `{base_name}`, it passes the residual stream after the "
-        f"layer(s) above through {'sparse features' if config.kind == 'sae' else 'a small set of discrete codes'}, "
-        f"and a topic is forgotten by removing the {units} its text uses far more than other text. The base weights "
+        f"layer(s) above through {card.units}, "
+        f"and a topic is forgotten by removing the {config.unit_name} its text uses far more than other text. The base weights "
         "are not part of this repository and are never changed."
     )
     shown = _public_name(config.base_model)

@@ -35,6 +35,7 @@ from codeunlearn import __version__
 from codeunlearn.bottleneck.architectures import check_layer_indices, decoder_layers, hidden_size, model_type_of
 from codeunlearn.bottleneck.edit import Edit
 from codeunlearn.bottleneck.model import BottleneckedModel
+from codeunlearn.bottleneck.registry import config_class_for
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.export.card import EVAL_REPORT_NAME, LINEAR_METHOD, LINEAR_SPEC_NAME, write_model_card
 from codeunlearn.io import atomic_directory, atomic_write_text
@@ -154,7 +155,7 @@ def sae_edit_directions(bmodel: BottleneckedModel, edit: Edit, layer: int | None
     """The directions an SAE edit names at one layer: the decoder rows (W_dec) of its selected features there, a
     (k, d) fp32 tensor (orthonormalised by QR when folded), and that layer. `layer=None` takes the edit's only
     layer; an edit with features at several layers needs one named."""
-    if bmodel.config.kind != "sae" or edit.kind != "sae":
+    if not bmodel.config.has_activations or not config_class_for(edit.kind).has_activations:
         raise CodeunlearnError(
             "linear mode takes directions from an SAE edit (the decoder rows of its features)",
             "pass an SAE bottleneck and an edit selected from it, or --directions / corpora",

@@ -152,8 +152,7 @@ def push_bottleneck_to_hub(
     config = BottleneckConfig.from_json_file(directory / CONFIG_NAME)
     fidelity = None
     if fidelity_report is not None:
-        bits = config.bits_per_token if config.kind == "vq" else None
-        fidelity = read_fidelity_report(fidelity_report, directory, config.layers, bits)
+        fidelity = read_fidelity_report(fidelity_report, directory, config.layers, config.bits_per_token)
     card = bottleneck_card(directory, repo_id=repo_id, fidelity=fidelity)
     token = resolve_token(token)
     endpoint = hub_endpoint()

@@ -102,20 +102,10 @@ def _adapter_targets(bmodel: BottleneckedModel) -> list[tuple[str, Tensor, Tenso
     return targets
 
 
-def inference_sae(bottleneck: SAEBottleneck) -> nn.Module:
-    """The sae-lens inference SAE that reads raw states, as `SAEBottleneck.save` writes it: the bottleneck's own SAE,
-    or (mid-training: a training class or an input scale not yet folded) a finished copy of it."""
-    if not bottleneck.trainable and float(bottleneck.input_scale) == 1.0:
-        return bottleneck.sae
-    finished = copy.deepcopy(bottleneck)
-    finished.finish_training()
-    return finished.sae
-
-
 def sae_spec(bottleneck: SAEBottleneck) -> dict[str, Any]:
     """What the modeling file needs to know of one layer's SAE (stored, readable, in config.json `saes`); a one-line
     error for an SAE it cannot compute."""
-    cfg = inference_sae(bottleneck).cfg
+    cfg = bottleneck.inference_sae().cfg
     architecture = cfg.architecture()
     if architecture not in remote_module.SAE_ARCHITECTURES:
         raise CodeunlearnError(
@@ -140,15 +130,6 @@ def sae_spec(bottleneck: SAEBottleneck) -> dict[str, Any]:
         spec["k"] = int(cfg.k)
         spec["rescale_acts_by_decoder_norm"] = bool(getattr(cfg, "rescale_acts_by_decoder_norm", False))
     return spec
-
-
-def sae_tensors(bottleneck: SAEBottleneck) -> dict[str, Tensor]:
-    """The buffers of the modeling file's `SparseAutoencoder` for one layer (fp32 copies)."""
-    sae = inference_sae(bottleneck)
-    names = ["W_enc", "b_enc", "W_dec", "b_dec"] + (["threshold"] if sae.cfg.architecture() == "jumprelu" else [])
-    tensors = {name: getattr(sae, name) for name in names}
-    tensors["typical_norm"] = bottleneck.typical_norm
-    return {name: tensor.detach().float().clone() for name, tensor in tensors.items()}
 
 
 def export_config(bmodel: BottleneckedModel) -> CodeunlearnConfig:
@@ -176,7 +157,7 @@ def export_config(bmodel: BottleneckedModel) -> CodeunlearnConfig:
         edits=[edit.to_dict() for edit in bmodel.edits],
         adapters=adapters,
         saes={str(layer): sae_spec(bmodel.bottleneck(layer)) for layer in bmodel.layers}
-        if bmodel.config.kind == "sae"
+        if bmodel.config.has_activations
         else None,
         decoder_layers_path=DECODER_LAYER_PATHS[model_type_of(bmodel.model)],
         codeunlearn_version=__version__,
@@ -205,22 +186,7 @@ def as_transformers_model(bmodel: BottleneckedModel) -> CodeunlearnForCausalLM:
             else:
                 target._buffers[leaf] = source
     for layer in bmodel.layers:
-        bottleneck, quantizer = bmodel.bottleneck(layer), model.bottlenecks[str(layer)]
-        if bmodel.config.kind == "sae":
-            quantizer._buffers.update(sae_tensors(bottleneck))
-            continue
-        tensors = {
-            "mean": bottleneck.mean,
-            "rotation": bottleneck.rotation,
-            "typical_norm": bottleneck.typical_norm,
-            "keys": torch.stack([bottleneck.keys(stage) for stage in range(bmodel.config.num_stages)]),
-            "values": torch.stack(list(bottleneck.values)),
-            "substitute": bottleneck.substitute,
-            "excluded": bottleneck.excluded,
-            "substituted": bottleneck.substituted,
-        }
-        for name, tensor in tensors.items():
-            quantizer._buffers[name] = tensor.detach().clone()
+        model.bottlenecks[str(layer)]._buffers.update(bmodel.bottleneck(layer).inference_tensors())
     for adapter, (_, lora_a, lora_b, _) in zip(model.adapters, _adapter_targets(bmodel), strict=True):
         adapter.lora_A = nn.Parameter(lora_a.clone(), requires_grad=False)
         adapter.lora_B = nn.Parameter(lora_b.clone(), requires_grad=False)

@@ -26,6 +26,7 @@ from torch import Tensor
 from codeunlearn.bottleneck.edit import GUARDRAIL_ACTIONS, Edit, Guardrail
 from codeunlearn.bottleneck.interventions import firing_counts, window_scores
 from codeunlearn.bottleneck.model import BottleneckedModel
+from codeunlearn.bottleneck.registry import config_class_for
 from codeunlearn.bottleneck.sae import SAEOutput
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.runtime import autocast, batches, model_device
@@ -59,7 +60,7 @@ def _unedited(bmodel: BottleneckedModel) -> Iterator[None]:
 
 
 def _check_sae_edit(bmodel: BottleneckedModel, edit: Edit) -> None:
-    if bmodel.config.kind != "sae" or edit.kind != "sae":
+    if "guardrail" not in bmodel.config.interventions or "guardrail" not in config_class_for(edit.kind).interventions:
         raise CodeunlearnError("a guardrail gates SAE features", "use an SAE bottleneck and an edit selected from it")
     bmodel._check_edit(edit)
 

@@ -18,7 +18,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from codeunlearn.bottleneck.edit import DEFAULT_INTERVENTIONS, DEFAULT_MULTIPLIER, Edit, LayerCodes
+from codeunlearn.bottleneck.edit import DEFAULT_MULTIPLIER, Edit, LayerCodes
+from codeunlearn.bottleneck.registry import config_class_for
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.unlearn.statistics import CodeStatistics
 
@@ -100,7 +101,7 @@ def _eligible(
 
 
 def _check_same_bottleneck(forget: CodeStatistics, retain: CodeStatistics) -> None:
-    if forget.bottleneck_fingerprint != retain.bottleneck_fingerprint or forget.kind != retain.kind:
+    if (forget.bottleneck_fingerprint, forget.kind) != (retain.bottleneck_fingerprint, retain.kind):
         raise CodeunlearnError(
             "forget and retain statistics come from different bottlenecks", "recompute both with the same bottleneck"
         )
@@ -132,17 +133,18 @@ def select_codes(
 ) -> Edit:
     """Pick the top `rule.num_codes` eligible codes per layer (fewer if fewer are eligible).
 
-    `intervention` defaults to the statistics' kind (`substitute` for a codebook, `clamp` for an SAE). SAE edits
-    carry every feature's `scale` (see `feature_scales`); `clamp` sets a firing feature to `multiplier * scale`
-    (default multiplier `DEFAULT_MULTIPLIER`)."""
+    `intervention` defaults to the statistics' kind's (`substitute` for a codebook, `clamp` for an SAE). Edits of a
+    kind whose units have activations (an SAE's) carry every feature's `scale` (see `feature_scales`); `clamp` sets
+    a firing feature to `multiplier * scale` (default multiplier `DEFAULT_MULTIPLIER`)."""
     _check_same_bottleneck(forget, retain)
-    intervention = intervention or DEFAULT_INTERVENTIONS.get(forget.kind, DEFAULT_INTERVENTIONS["vq"])
+    kind = config_class_for(forget.kind)
+    intervention = intervention or kind.default_intervention
     if intervention == "guardrail":
         raise CodeunlearnError(
             "a guardrail needs its threshold calibrated on retain text",
             "select with --intervention clamp (or zero), then run `codeunlearn calibrate` on the edit",
         )
-    if forget.kind == "sae" and intervention == "clamp" and multiplier is None:
+    if kind.has_activations and intervention == "clamp" and multiplier is None:
         multiplier = DEFAULT_MULTIPLIER
     layers = {}
     for layer in sorted(forget.counts):
@@ -150,14 +152,14 @@ def select_codes(
         k = min(rule.num_codes, int(torch.isfinite(scores).sum()))
         top = torch.topk(scores, k)
         codes = top.indices.tolist()
-        scales = feature_scales(forget, retain, layer, codes, scale) if forget.kind == "sae" else []
+        scales = feature_scales(forget, retain, layer, codes, scale) if kind.has_activations else []
         layers[layer] = LayerCodes(codes=codes, scores=[round(s, 4) for s in top.values.tolist()], scales=scales)
     if not any(c.codes for c in layers.values()):
         raise CodeunlearnError(
             "no code passes the selection rule", "lower --min_forget_count / --min_score or use more forget text"
         )
     name = "enrichment" if rule.score == "frequency_ratio" else rule.score
-    extra = {"scale": scale} if forget.kind == "sae" else {}
+    extra = {"scale": scale} if kind.has_activations else {}
     return Edit(
         topic=topic,
         layers=layers,
@@ -171,7 +173,7 @@ def select_codes(
         },
         bottleneck_fingerprint=forget.bottleneck_fingerprint,
         kind=forget.kind,
-        multiplier=multiplier if forget.kind == "sae" else None,
+        multiplier=multiplier if kind.has_activations else None,
     )
 
 
@@ -189,7 +191,8 @@ def random_control(edit: Edit, forget: CodeStatistics, retain: CodeStatistics, s
         live = torch.nonzero((forget.counts[layer] + retain.counts[layer]) > 0).flatten()
         pick = sorted(live[torch.randperm(len(live), generator=generator)[: len(chosen.codes)]].tolist())
         scale = edit.rule.get("scale", "mean")
-        scales = feature_scales(forget, retain, layer, pick, scale) if edit.kind == "sae" and pick else []
+        scaled = config_class_for(edit.kind).has_activations and pick
+        scales = feature_scales(forget, retain, layer, pick, scale) if scaled else []
         layers[layer] = LayerCodes(codes=pick, scales=scales)
     return Edit(
         topic=f"{edit.topic}/random-control",

@@ -11,26 +11,19 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from codeunlearn.bottleneck.codebook import QuantizeOutput
+from codeunlearn.bottleneck.config import DEFAULT_KIND
 from codeunlearn.bottleneck.model import BottleneckedModel
-from codeunlearn.bottleneck.sae import SAEOutput
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.io import atomic_save_tensors, atomic_write_text, load_tensors
 from codeunlearn.runtime import autocast, batches, model_device
 
 SUM_SUFFIX = ".activation_sum"
 MAX_SUFFIX = ".activation_max"
-
-
-def flat_code_ids(codes: Tensor, num_heads: int, codebook_size: int) -> Tensor:
-    """(..., S, H) codes -> flat ids (stage * H + head) * C + code; -1 stays -1."""
-    stages = codes.shape[-2]
-    offsets = torch.arange(stages * num_heads, device=codes.device).view(stages, num_heads) * codebook_size
-    return torch.where(codes >= 0, codes + offsets, codes)
 
 
 @dataclass
@@ -44,7 +37,7 @@ class CodeStatistics:
     bottleneck_fingerprint: str = ""
     activation_sums: dict[int, Tensor] = field(default_factory=dict)  # float64, SAE only
     activation_max: dict[int, Tensor] = field(default_factory=dict)  # float32, SAE only
-    kind: str = "vq"
+    kind: str = DEFAULT_KIND
     corpus_fingerprint: str = ""  # hash of the packed token ids counted (`statistics_cache.corpus_fingerprint`)
 
     def frequency(self, layer: int) -> Tensor:
@@ -102,7 +95,7 @@ class CodeStatistics:
             bottleneck_fingerprint=meta.get("bottleneck_fingerprint", ""),
             activation_sums=by_layer(SUM_SUFFIX),
             activation_max=by_layer(MAX_SUFFIX),
-            kind=meta.get("kind", "vq"),
+            kind=meta.get("kind", DEFAULT_KIND),
             corpus_fingerprint=meta.get("corpus_fingerprint", ""),
         )
 
@@ -117,47 +110,29 @@ def collect_code_statistics(
     bf16: bool = False,
 ) -> CodeStatistics:
     """Count code firings (SAE: feature firings and activation sums) of `chunks` (num_chunks, seq_len) at every
-    bottleneck layer."""
+    bottleneck layer; what a batch adds is each bottleneck's `tally` of its output."""
     if len(chunks) == 0:
         raise CodeunlearnError(f"corpus {corpus!r} gave no chunks", "use more text or a smaller --seq_len")
-    if bmodel.config.kind == "sae":
-        return _collect_feature_statistics(bmodel, chunks, batch_size, corpus, progress, bf16)
-    config = bmodel.config
-    counts = {layer: torch.zeros(config.codes_per_layer, dtype=torch.long) for layer in bmodel.layers}
-    tokens = dict.fromkeys(bmodel.layers, 0)
+    layers = bmodel.layers
+    counts = {layer: torch.zeros(bmodel.num_features(layer), dtype=torch.long) for layer in layers}
+    tokens = dict.fromkeys(layers, 0)
+    sums: dict[int, Tensor] = {}
+    maxima: dict[int, Tensor] = {}
+    if bmodel.config.has_activations:
+        sums = {layer: torch.zeros(bmodel.num_features(layer), dtype=torch.float64) for layer in layers}
+        maxima = {layer: torch.zeros(bmodel.num_features(layer)) for layer in layers}
 
-    def observe(layer: int, states: Tensor, result: QuantizeOutput) -> None:
-        ids = flat_code_ids(result.codes, config.num_heads, config.codebook_size)
-        ids = ids[~result.passthrough].flatten().cpu()
-        counts[layer] += torch.bincount(ids, minlength=config.codes_per_layer)
-        tokens[layer] += int((~result.passthrough).sum())
-
-    device = model_device(bmodel)
-    with autocast(device, bf16):
-        for batch in batches(chunks, batch_size, desc=f"stats {corpus}", progress=progress):
-            bmodel.run_to_deepest(batch.to(device), observe)
-    return CodeStatistics(counts, tokens, corpus, bmodel.fingerprint())
-
-
-def _collect_feature_statistics(
-    bmodel: BottleneckedModel, chunks: Tensor, batch_size: int, corpus: str, progress: bool, bf16: bool
-) -> CodeStatistics:
-    """SAE statistics: per feature, how many counted tokens it fires on, its activation sum and maximum."""
-    counts = {layer: torch.zeros(bmodel.num_features(layer), dtype=torch.long) for layer in bmodel.layers}
-    sums = {layer: torch.zeros(bmodel.num_features(layer), dtype=torch.float64) for layer in bmodel.layers}
-    maxima = {layer: torch.zeros(bmodel.num_features(layer)) for layer in bmodel.layers}
-    tokens = dict.fromkeys(bmodel.layers, 0)
-
-    def observe(layer: int, states: Tensor, result: SAEOutput) -> None:
-        acts = result.acts[~result.passthrough].float()  # (N, d_sae)
-        counts[layer] += (acts > 0).sum(0).cpu()
-        sums[layer] += acts.sum(0).double().cpu()
-        if len(acts):
-            maxima[layer] = torch.maximum(maxima[layer], acts.max(0).values.cpu())
-        tokens[layer] += len(acts)
+    def observe(layer: int, states: Tensor, result: Any) -> None:
+        tally = bmodel.bottleneck(layer).tally(result)
+        counts[layer] += tally.counts
+        tokens[layer] += tally.tokens
+        if tally.activation_sum is not None:
+            sums[layer] += tally.activation_sum
+        if tally.activation_max is not None:
+            maxima[layer] = torch.maximum(maxima[layer], tally.activation_max)
 
     device = model_device(bmodel)
     with autocast(device, bf16):
         for batch in batches(chunks, batch_size, desc=f"stats {corpus}", progress=progress):
             bmodel.run_to_deepest(batch.to(device), observe)
-    return CodeStatistics(counts, tokens, corpus, bmodel.fingerprint(), sums, maxima, kind="sae")
+    return CodeStatistics(counts, tokens, corpus, bmodel.fingerprint(), sums, maxima, kind=bmodel.config.kind)

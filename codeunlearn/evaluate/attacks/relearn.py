@@ -40,7 +40,7 @@ from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.evaluate.evaluation import mean_loss, next_token_nll
 from codeunlearn.runtime import autocast
-from codeunlearn.train.loop import ChunkStream
+from codeunlearn.train.stream import ChunkStream
 
 RELEARN_ADAPTER = "relearn"
 MODES = ("full", "lora")

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 from torch import nn
 
-from codeunlearn.bottleneck.config import CONFIG_NAME
+from codeunlearn.bottleneck.config import CONFIG_NAME, DEFAULT_KIND
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.modeling import SHIPPED_MODEL
 
@@ -189,7 +189,7 @@ def _load_export(path: str, dtype: str, progress: bool) -> EvalModel:
         tokenizer.pad_token = tokenizer.eos_token
     config = model.config
     topics = ", ".join(str(edit.get("topic", "?")) for edit in config.edits) or "none"
-    kind = config.bottleneck.get("kind", "vq")
+    kind = config.bottleneck.get("kind", DEFAULT_KIND)
     description = f"export {path} ({kind} bottleneck on {config.base_model_type}, edits: {topics})"
     return EvalModel(model, tokenizer, description, reference)
 

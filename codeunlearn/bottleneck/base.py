@@ -1,0 +1,110 @@
+"""`Bottleneck`: what every bottleneck kind implements at one decoder layer, so that `BottleneckedModel`,
+training, statistics and export treat every kind alike (SAELens-style: one class per kind behind one interface,
+found through `codeunlearn.bottleneck.registry`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from torch import Tensor, nn
+
+from codeunlearn.bottleneck.config import BottleneckConfig
+from codeunlearn.bottleneck.edit import Edit
+
+if TYPE_CHECKING:
+    from codeunlearn.bottleneck.model import BottleneckedModel
+
+# The one tensors file of a bottleneck directory where a kind keeps its layers' tensors together (a codebook), and
+# where downstream adapters are kept.
+WEIGHTS_NAME = "bottleneck.safetensors"
+
+
+class BottleneckOutput(Protocol):
+    """What `Bottleneck.quantize` returns (a kind adds its own fields: a codebook's `codes`, an SAE's `acts`)."""
+
+    output: Tensor  # same shape/dtype as the input states
+    passthrough: Tensor  # (...) bool: tokens left untouched (position 0, massive norms)
+
+
+@dataclass
+class Tally:
+    """What one batch adds to a layer's statistics (`codeunlearn.unlearn.statistics`): per unit, how many counted
+    tokens it fires on; and, for a kind whose units have activations, their sum and maximum."""
+
+    counts: Tensor  # (num_features,) long
+    tokens: int
+    activation_sum: Tensor | None = None  # (num_features,) float64
+    activation_max: Tensor | None = None  # (num_features,) float32; None when no token was counted
+
+
+class Bottleneck(nn.Module):
+    """One bottleneck at one decoder layer. A kind subclasses it and registers the subclass with its config class."""
+
+    config: BottleneckConfig
+    initialized: Tensor  # bool buffer: trained or loaded (an untrained bottleneck refuses to run)
+
+    # ------------------------------------------------------------------------------------------ creation and files
+    @classmethod
+    def fresh(cls, config: BottleneckConfig, layer: int, module_path: str) -> Bottleneck:
+        """An untrained bottleneck for decoder layer `layer` (at `module_path` in the model) of `config`'s shape."""
+        raise NotImplementedError
+
+    @classmethod
+    def load_layers(cls, path: Path, config: BottleneckConfig) -> dict[int, Bottleneck]:
+        """Every layer's bottleneck saved in directory `path` by `save_layers`."""
+        raise NotImplementedError
+
+    @classmethod
+    def save_layers(cls, path: Path, bmodel: BottleneckedModel) -> None:
+        """Write the bottlenecks of `bmodel` (and, where the kind keeps them beside its weights, its adapters) into
+        the directory `path`; `BottleneckedModel.save_pretrained` writes the config and the edits."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------------------------ shape
+    @property
+    def num_features(self) -> int:
+        """Distinct unit ids (codes, features) an edit may name at this layer."""
+        raise NotImplementedError
+
+    def fingerprint_bytes(self) -> bytes:
+        """What identifies this bottleneck's units (hashed into `BottleneckedModel.fingerprint`)."""
+        raise NotImplementedError
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """What gradient training updates (a codebook's output values, an SAE's weights)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------------------------ running
+    @property
+    def transparent(self) -> bool:
+        """Whether the output is exactly the input (so the wrapper may skip running it)."""
+        return False
+
+    def passthrough_mask(self, x: Tensor, positions: Tensor | None) -> Tensor:
+        """Tokens left untouched: position 0 (attention sink) and massive-norm tokens."""
+        raise NotImplementedError
+
+    def quantize(self, x: Tensor, positions: Tensor | None = None) -> Any:
+        """Pass states x (..., d) through the bottleneck with the active edits; a `BottleneckOutput`."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, positions: Tensor | None = None) -> Tensor:
+        return self.quantize(x, positions).output
+
+    # ------------------------------------------------------------------------------------------ edits and statistics
+    def set_edits(self, layer: int, edits: list[Edit]) -> None:
+        """Install the active edits (in order; each may or may not name this layer); [] restores the unedited
+        bottleneck. Raises `CodeunlearnError` (changing nothing) where the edits together are not allowed."""
+        raise NotImplementedError
+
+    def tally(self, result: Any) -> Tally:
+        """What one `quantize` result adds to this layer's statistics (passthrough tokens are not counted)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------------------------ export
+    def inference_tensors(self) -> dict[str, Tensor]:
+        """The layer's tensors in inference form (fp32 copies, with the edit masks where the kind keeps them as
+        tensors), named as the exported modeling file's module for this kind names its buffers."""
+        raise NotImplementedError

@@ -1,0 +1,107 @@
+"""`TrainingArguments`: how to train a bottleneck (its shape is the bottleneck config); one dataclass for every
+kind, each kind's trainer reading its own fields (`sae_*` for an SAE)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from codeunlearn.bottleneck.base import WEIGHTS_NAME
+from codeunlearn.errors import CodeunlearnError
+from codeunlearn.train.registry import trainer_for
+
+OBJECTIVES = ("reconstruction", "kl", "kl+reconstruction")
+
+
+@dataclass
+class TrainingArguments:
+    """How to train a bottleneck (the bottleneck's shape is `BottleneckConfig`)."""
+
+    output_dir: str = field(metadata={"help": "Where checkpoints, metrics.jsonl and the final bottleneck go."})
+    objective: Literal["reconstruction", "kl", "kl+reconstruction"] = field(
+        default="kl+reconstruction", metadata={"help": "Loss for the value phase."}
+    )
+    key_steps: int = field(
+        default=1,
+        metadata={
+            "help": "Key steps: the first fits the keys by k-means on kmeans_init_tokens cached states; "
+            "each further one is an EMA update on a fresh batch."
+        },
+    )
+    value_steps: int = field(
+        default=0, metadata={"help": "Gradient steps on the output values (0: values stay the k-means centroids)."}
+    )
+    batch_size: int = field(default=8, metadata={"help": "Chunks per step and process."})
+    kmeans_init_tokens: int = field(
+        default=65536,
+        metadata={
+            "help": "Tokens whose states initialise the bottleneck (codebook: the k-means fit, 16 per code of the "
+            "default 4,096-code heads; SAE: b_dec, input scale, typical norm)."
+        },
+    )
+    learning_rate: float = field(default=1e-2, metadata={"help": "AdamW learning rate of the codebook values."})
+    adapter_learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate of downstream adapters."})
+    warmup_steps: int = field(default=10, metadata={"help": "Linear warm-up before the cosine decay."})
+    reconstruction_weight: float = field(default=1.0, metadata={"help": "Weight of FVU in kl+reconstruction."})
+    sae_steps: int = field(
+        default=1000, metadata={"help": "Steps of an SAE bottleneck (kind sae): one truncated forward batch each."}
+    )
+    sae_learning_rate: float = field(default=5e-4, metadata={"help": "Adam learning rate of SAE weights."})
+    sae_updates_per_batch: int = field(
+        default=1,
+        metadata={"help": "SAE: optimizer updates per forward batch, each on a share of its tokens (forwards cost)."},
+    )
+    dead_feature_window: int = field(
+        default=200,
+        metadata={"help": "SAE: optimizer updates without firing after which a feature counts as dead (aux-k loss)."},
+    )
+    checkpoint_every: int = field(default=100, metadata={"help": "Save a resumable checkpoint every N steps."})
+    keep_checkpoints: int = field(default=2, metadata={"help": "Older checkpoints are deleted."})
+    log_every: int = field(default=10, metadata={"help": "Write metrics every N steps."})
+    resume: bool = field(default=False, metadata={"help": "Continue from the latest checkpoint in output_dir."})
+    init_from: str | None = field(
+        default=None,
+        metadata={
+            "help": "A trained codebook bottleneck directory whose keys and values start this run; the key phase is "
+            "skipped (e.g. to add downstream adapters, --adapter_rank, to a finished bottleneck)."
+        },
+    )
+    stop_after_steps: int | None = field(
+        default=None, metadata={"help": "End this run after this global step (for staged runs)."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seeds data order and RNG."})
+    bf16: bool = field(
+        default=False,
+        metadata={
+            "help": "bf16 autocast for the frozen model (bottleneck math stays fp32); fast on GPUs and AMX CPUs only."
+        },
+    )
+    progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise CodeunlearnError(f"unknown objective {self.objective!r}", f"use one of {OBJECTIVES}")
+        if self.key_steps < 1:
+            raise CodeunlearnError("key_steps must be >= 1", "the keys need at least the k-means initialisation step")
+        if self.batch_size < 1 or self.value_steps < 0:
+            raise CodeunlearnError("batch_size must be >= 1 and value_steps >= 0", "fix the training arguments")
+        if self.init_from is not None and not Path(self.init_from, WEIGHTS_NAME).is_file():
+            raise CodeunlearnError(
+                f"init_from {self.init_from} holds no {WEIGHTS_NAME}",
+                "pass the `bottleneck` directory a finished `codeunlearn train` run wrote",
+            )
+        if min(self.sae_steps, self.dead_feature_window, self.sae_updates_per_batch) < 1:
+            raise CodeunlearnError(
+                "sae_steps, sae_updates_per_batch and dead_feature_window must be >= 1",
+                "fix the training arguments (e.g. --sae_steps 1000)",
+            )
+
+    @property
+    def total_steps(self) -> int:
+        """Steps of a codebook run (key + value steps); see `steps_for`."""
+        return self.key_steps + self.value_steps
+
+    def steps_for(self, kind: str) -> int:
+        """Steps of a run training a bottleneck of `kind` (a codebook: key + value steps, an SAE: SAE steps)."""
+        return trainer_for(kind).total_steps(self)

@@ -1,0 +1,235 @@
+"""Training a codebook (`kind="vq"`): keys by k-means on cached states, then optional EMA key steps and value
+training by gradient.
+
+1. **Keys** (`key_steps`): step 1 reads the states at each bottleneck layer for `kmeans_init_tokens` tokens (one
+   truncated forward per token, stopping at that layer; shallower bottlenecks run as trained) and fits every
+   residual stage by chunked k-means on them (`codeunlearn.bottleneck.kmeans`, fp32). Steps 2.. `key_steps` are
+   optional EMA updates with dead-code replacement (`vector_quantize_pytorch`) on fresh batches. No gradients.
+   Every process sees the same batches, so keys stay identical across processes without a codebook all-reduce.
+2. **Values** (`value_steps`, optional): the codes' output vectors are trained by gradient through the frozen
+   downstream layers; the objective is `reconstruction` (FVU), `kl` (KL from the base model's next-token
+   distribution to the bottlenecked model's) or `kl+reconstruction`. Batches are sharded across processes; DDP
+   averages gradients.
+
+The default (`key_steps=1`, `value_steps=0`: k-means keys, values equal to the keys) is the faithful recipe of
+`configs/faithful_smollm2.yaml`; EMA steps, value training and downstream adapters are measured in
+benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from transformers import get_cosine_schedule_with_warmup
+
+from codeunlearn.bottleneck.adapters import ADAPTER_PREFIX
+from codeunlearn.bottleneck.base import WEIGHTS_NAME
+from codeunlearn.bottleneck.codebook import QuantizeOutput, flat_code_ids
+from codeunlearn.bottleneck.config import CONFIG_NAME, BottleneckConfig
+from codeunlearn.bottleneck.model import BottleneckedModel
+from codeunlearn.errors import CodeunlearnError
+from codeunlearn.io import load_tensors
+from codeunlearn.runtime import autocast
+from codeunlearn.train.arguments import TrainingArguments
+from codeunlearn.train.loop import TrainingRun
+from codeunlearn.train.registry import Trainer
+
+
+def _fvu(states: Tensor, result: QuantizeOutput, mean: Tensor) -> Tensor:
+    ordinary = ~result.passthrough
+    x, y = states.float()[ordinary], result.output.float()[ordinary]
+    return ((x - y) ** 2).sum() / ((x - mean) ** 2).sum().clamp_min(1e-12)
+
+
+class CodebookTrainer(Trainer):
+    """Key steps (k-means fit, then EMA), then value steps."""
+
+    def total_steps(self, args: TrainingArguments) -> int:
+        return args.total_steps
+
+    def init_from(self, bmodel: BottleneckedModel, path: Path, args: TrainingArguments) -> int:
+        """Load the keys and values of the trained codebook bottleneck at `path` into `bmodel`; the run continues
+        at the value phase.
+
+        Every config field but `adapter_rank` must match: the codes would otherwise mean something else. Adapters
+        saved with it are loaded too when they have the same names and shapes (same `adapter_rank`), so a run can
+        continue training them; at another rank, or where it has none, the adapters start fresh."""
+        # Through the config class, so fields added since that run read as their defaults; where the base model
+        # was loaded from is not part of the shape.
+        saved = BottleneckConfig.from_json_file(path / CONFIG_NAME).to_dict()
+        ours = bmodel.config.to_dict()
+        free = {"adapter_rank", "base_model"}
+        differing = sorted(k for k in set(saved) | set(ours) if k not in free and saved.get(k) != ours.get(k))
+        if differing:
+            raise CodeunlearnError(
+                f"init_from {path} has another bottleneck config ({', '.join(differing)} differ)",
+                "train with the same bottleneck arguments as that run (only adapter_rank may change)",
+            )
+        tensors = load_tensors(path / WEIGHTS_NAME, "init_from weights")
+        for layer, bottleneck in bmodel.bottlenecks.items():
+            prefix = f"{layer}."
+            bottleneck.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
+        saved_adapters = {k[len(ADAPTER_PREFIX) :]: v for k, v in tensors.items() if k.startswith(ADAPTER_PREFIX)}
+        adapters = bmodel.adapter_parameters()
+        same_shapes = set(saved_adapters) == set(adapters) and all(
+            saved_adapters[name].shape == param.shape for name, param in adapters.items()
+        )
+        if saved_adapters and same_shapes:
+            with torch.no_grad():
+                for name, param in adapters.items():
+                    param.copy_(saved_adapters[name])
+        return args.key_steps  # the keys are trained: start at the value phase
+
+    def train(self, run: TrainingRun, step: int) -> int:
+        means = {layer: run.bmodel.bottleneck(layer).mean for layer in run.bmodel.layers}
+        if step == 0 and step < run.end:
+            step = self._fit_keys(run)
+        step = self._ema_steps(run, step, means)
+        if step < run.end:
+            step = self._value_steps(run, step, means)
+        return step
+
+    @staticmethod
+    def _fit_keys(run: TrainingRun) -> int:
+        """Step 1: k-means keys of every layer, shallowest first, on the states of the first `kmeans_init_tokens`."""
+        bmodel, args = run.bmodel, run.args
+        init_chunks = run.init_chunks()
+        fit_fvu = {}
+        for layer in sorted(bmodel.layers):  # a deeper layer is fitted on what the shallower ones pass on
+            states = run.states_of(layer, init_chunks)
+            fit_fvu[layer] = round(bmodel.bottleneck(layer).initialize(states), 4)
+            del states
+        run.stream.advance(len(init_chunks))
+        step = 1
+        run.bar.update(1)
+        dead = {layer: int(bmodel.bottleneck(layer).dead_codes().sum()) for layer in bmodel.layers}
+        run.log(
+            {
+                "step": step,
+                "phase": "keys",
+                "kmeans_tokens": init_chunks.numel(),
+                "fit_fvu": round(sum(fit_fvu.values()) / len(fit_fvu), 4),
+                "fit_fvu_by_layer": fit_fvu,
+                "dead_codes": dead,
+            }
+        )
+        if step % args.checkpoint_every == 0 or step == args.key_steps:
+            run.save_checkpoint(step)
+        return step
+
+    @staticmethod
+    def _ema_steps(run: TrainingRun, step: int, means: dict[int, Tensor]) -> int:
+        """Key steps 2.. `key_steps`: EMA updates with dead-code replacement on fresh batches (no gradients)."""
+        bmodel, args, accelerator = run.bmodel, run.args, run.accelerator
+        fvus: dict[int, float] = {}
+        used: dict[int, int] = {}
+
+        def observe(layer: int, states: Tensor, result: QuantizeOutput) -> None:
+            fvus[layer] = float(_fvu(states, result, means[layer]))
+            ids = flat_code_ids(result.codes, bmodel.config.num_heads, bmodel.config.codebook_size)
+            used[layer] = int(ids[~result.passthrough].unique().numel())
+
+        wrappers = bmodel.wrappers()
+        while step < min(run.end, args.key_steps):
+            batch = run.stream.take(args.batch_size).to(accelerator.device)
+            run.stream.advance(args.batch_size)
+            fvus.clear()
+            used.clear()
+            for wrapper in wrappers:
+                wrapper.fit_keys = True
+            try:
+                with torch.no_grad(), autocast(accelerator.device, args.bf16):
+                    bmodel.run_to_deepest(batch, observe)
+            finally:
+                for wrapper in wrappers:
+                    wrapper.fit_keys = False
+            step += 1
+            run.bar.update(1)
+            if step % args.log_every == 0 or step == args.key_steps:
+                dead = {layer: int(bmodel.bottleneck(layer).dead_codes().sum()) for layer in bmodel.layers}
+                run.log(
+                    {
+                        "step": step,
+                        "phase": "keys",
+                        "fvu": round(sum(fvus.values()) / len(fvus), 4),
+                        "fvu_by_layer": dict(fvus),
+                        "codes_used_in_batch": dict(used),
+                        "dead_codes": dead,
+                    }
+                )
+            if step % args.checkpoint_every == 0 or step == args.key_steps:
+                run.save_checkpoint(step)
+        return step
+
+    @staticmethod
+    def _value_steps(run: TrainingRun, step: int, means: dict[int, Tensor]) -> int:
+        """The value phase: output values (and adapters) by gradient on `objective`, to `run.end`."""
+        bmodel, args, accelerator = run.bmodel, run.args, run.accelerator
+        params = bmodel.trainable_parameters()
+        for p in params:
+            p.requires_grad_(True)
+        values = [p for bn in bmodel.bottlenecks.values() for p in bn.trainable_parameters()]
+        groups = [{"params": values, "lr": args.learning_rate}]
+        if bmodel.adapter_parameters():
+            groups.append({"params": list(bmodel.adapter_parameters().values()), "lr": args.adapter_learning_rate})
+        optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
+        scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, max(args.value_steps, 1))
+        run.resume_optimizer(optimizer, scheduler)
+        model, optimizer, scheduler = accelerator.prepare(bmodel, optimizer, scheduler)
+        recorded: dict[int, tuple[Tensor, QuantizeOutput]] = {}
+
+        def record(layer: int, states: Tensor, result: QuantizeOutput) -> None:
+            recorded[layer] = (states, result)
+
+        while step < run.end:
+            world, rank = accelerator.num_processes, accelerator.process_index
+            batch = run.stream.take(args.batch_size, skip=rank * args.batch_size).to(accelerator.device)
+            run.stream.advance(args.batch_size * world)
+            recorded.clear()
+            with torch.no_grad(), bmodel.disabled(), autocast(accelerator.device, args.bf16):
+                base_logits = bmodel.model(input_ids=batch, use_cache=False).logits[:, :-1].float()
+            with bmodel.observing(record), autocast(accelerator.device, args.bf16):
+                logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
+            base_logp = F.log_softmax(base_logits, -1)
+            logp = F.log_softmax(logits, -1)
+            kl = F.kl_div(logp, base_logp, log_target=True, reduction="none").sum(-1).mean()
+            fvu = torch.stack([_fvu(s, r, means[layer]) for layer, (s, r) in recorded.items()]).mean()
+            if args.objective == "kl":
+                loss = kl
+            elif args.objective == "reconstruction":
+                loss = fvu
+            else:
+                loss = kl + args.reconstruction_weight * fvu
+            accelerator.backward(loss)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            run.bar.update(1)
+            if step % args.log_every == 0 or step == run.total:
+                with torch.no_grad():
+                    targets = batch[:, 1:]
+                    ce = float(F.cross_entropy(logits.transpose(1, 2), targets))
+                    ce_base = float(F.cross_entropy(base_logits.transpose(1, 2), targets))
+                run.log(
+                    {
+                        "step": step,
+                        "phase": "values",
+                        "loss": round(loss.item(), 4),
+                        "kl": round(kl.item(), 4),
+                        "fvu": round(fvu.item(), 4),
+                        "ce": round(ce, 4),
+                        "ce_base": round(ce_base, 4),
+                        "ppl_ratio": round(math.exp(ce - ce_base), 4),
+                        "lr": scheduler.get_last_lr()[0],
+                    }
+                )
+            if step % args.checkpoint_every == 0 or step == run.total:
+                run.save_checkpoint(step, optimizer, scheduler)
+        for p in params:
+            p.requires_grad_(False)
+        return step

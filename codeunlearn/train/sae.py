@@ -1,0 +1,161 @@
+"""Training an SAE (`kind="sae"`): one gradient phase (`sae_steps`) on the base model's states at its layers,
+read by truncated forwards (no later layer).
+
+sae-lens's own training forward pass (MSE + L1 on decoder-norm-weighted activations for `relu`, MSE + aux-k on
+dead features for `topk`), Adam, gradient clipping at 1 as sae-lens does. The first `kmeans_init_tokens` tokens
+set b_dec to the data mean and the input scale (average norm -> sqrt(d_in)); the scale is folded into the weights
+when training ends. Logged: L0, FVU, features dead for `dead_feature_window` updates. Batches are sharded across
+processes and gradients averaged. Since the forward is the expensive part, `sae_updates_per_batch` > 1 makes
+several optimizer updates per forward batch, each on a share of its tokens.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from transformers import get_cosine_schedule_with_warmup
+
+from codeunlearn.bottleneck.base import WEIGHTS_NAME
+from codeunlearn.bottleneck.config import CONFIG_NAME
+from codeunlearn.bottleneck.model import BottleneckedModel
+from codeunlearn.errors import CodeunlearnError
+from codeunlearn.io import atomic_save_tensors, atomic_write_text, load_tensors
+from codeunlearn.runtime import autocast
+from codeunlearn.train.arguments import TrainingArguments
+from codeunlearn.train.loop import TrainingRun
+from codeunlearn.train.registry import Trainer
+
+SAE_STATE_NAME = "sae_trainer_state.safetensors"  # steps since each SAE feature last fired
+
+
+def _sae_batch_metrics(out, fired: Tensor) -> dict[str, float]:
+    """L0 (features active per token) and FVU of one SAE training batch."""
+    x, y = out.sae_in.float(), out.sae_out.float()
+    fvu = ((x - y) ** 2).sum() / ((x - x.mean(0)) ** 2).sum().clamp_min(1e-12)
+    return {"l0": float(fired.sum(-1).float().mean()), "fvu": float(fvu)}
+
+
+class SAETrainer(Trainer):
+    """One gradient phase of `sae_steps`; checkpoints hold the exact training state."""
+
+    def total_steps(self, args: TrainingArguments) -> int:
+        return args.sae_steps
+
+    def save_bottleneck(self, bmodel: BottleneckedModel, path: Path) -> None:
+        # The exact training state: a saved SAE is the inference form, with weights folded and re-normalised.
+        atomic_write_text(path / CONFIG_NAME, bmodel.config.to_json_string())
+        atomic_save_tensors(bmodel.bottleneck_state(), path / WEIGHTS_NAME)
+
+    def finish(self, bmodel: BottleneckedModel) -> None:
+        for layer in bmodel.layers:
+            bmodel.bottleneck(layer).finish_training()  # what the saved directory holds, bit for bit
+
+    def train(self, run: TrainingRun, step: int) -> int:
+        """From `step` to `run.end`; returns the step reached.
+
+        One step = one truncated forward of `batch_size` chunks and `sae_updates_per_batch` optimizer updates, each
+        on a disjoint share of its tokens (the forward is what costs; the updates are cheap)."""
+        bmodel, args, accelerator, stream = run.bmodel, run.args, run.accelerator, run.stream
+        layers = bmodel.layers
+        bottlenecks = {layer: bmodel.bottleneck(layer) for layer in layers}
+        for layer, bottleneck in bottlenecks.items():
+            if not bottleneck.trainable:
+                raise CodeunlearnError(
+                    f"the SAE at layer {layer} was loaded for inference, not attached for training",
+                    "attach a fresh SAE (BottleneckedModel.attach with kind sae) to train it",
+                )
+        device = accelerator.device
+        updates = args.sae_updates_per_batch
+        since_fired = {layer: torch.zeros(bottlenecks[layer].num_features, dtype=torch.long) for layer in layers}
+        if run.resume_state is not None and step > 0:
+            saved = load_tensors(run.latest_checkpoint() / SAE_STATE_NAME, "SAE trainer state")
+            since_fired = {layer: saved[str(layer)] for layer in layers}
+        states: dict[int, Tensor] = {}
+
+        def record(layer: int, layer_states: Tensor, result: None) -> None:
+            states[layer] = layer_states
+
+        if not all(bool(b.initialized) for b in bottlenecks.values()):
+            # Every process reads the same first chunks, so b_dec and the input scale agree across processes.
+            init_chunks = run.init_chunks()
+            for layer, bottleneck in bottlenecks.items():
+                bottleneck.initialize(run.states_of(layer, init_chunks))
+
+        params = bmodel.trainable_parameters()
+        for p in params:
+            p.requires_grad_(True)
+        optimizer = torch.optim.Adam(params, lr=args.sae_learning_rate, betas=(0.9, 0.999))
+        scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps * updates, max(run.total * updates, 1))
+        run.resume_optimizer(optimizer, scheduler)
+        optimizer, scheduler = accelerator.prepare(optimizer, scheduler)
+
+        def update(ordinary: dict[int, Tensor]) -> tuple[float, dict[str, float], dict[int, dict[str, float]]]:
+            """One optimizer update on the given ordinary-token states of every layer."""
+            loss = torch.zeros((), device=device)
+            parts: dict[str, float] = {}
+            by_layer: dict[int, dict[str, float]] = {}
+            for layer, bottleneck in bottlenecks.items():
+                dead = (since_fired[layer] > args.dead_feature_window).to(device)
+                out = bottleneck.training_step(ordinary[layer], dead, step)
+                loss = loss + out.loss
+                with torch.no_grad():
+                    fired = out.feature_acts > 0
+                    did_fire = accelerator.reduce(fired.any(0).long(), reduction="sum").cpu() > 0
+                    since_fired[layer] += 1
+                    since_fired[layer][did_fire] = 0
+                    by_layer[layer] = _sae_batch_metrics(out, fired)
+                    for name, value in out.losses.items():
+                        parts[name] = parts.get(name, 0.0) + float(value)
+            accelerator.backward(loss)
+            if accelerator.num_processes > 1:
+                for p in params:
+                    if p.grad is not None:
+                        p.grad = accelerator.reduce(p.grad, reduction="mean")
+            accelerator.clip_grad_norm_(params, 1.0)  # as sae-lens's trainer does
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            return loss.item(), parts, by_layer
+
+        try:
+            while step < run.end:
+                world, rank = accelerator.num_processes, accelerator.process_index
+                batch = stream.take(args.batch_size, skip=rank * args.batch_size).to(device)
+                stream.advance(args.batch_size * world)
+                states.clear()
+                with torch.no_grad(), autocast(device, args.bf16):
+                    bmodel.run_to_deepest(batch, record, states_only=True)
+                ordinary = {
+                    layer: states[layer][~bottleneck.passthrough_mask(states[layer], None)].float()
+                    for layer, bottleneck in bottlenecks.items()
+                }
+                for share in range(updates):  # strided shares: every update sees tokens from every chunk
+                    loss, parts, by_layer = update({layer: x[share::updates] for layer, x in ordinary.items()})
+                step += 1
+                run.bar.update(1)
+                if step % args.log_every == 0 or step == run.total:
+                    run.log(
+                        {
+                            "step": step,
+                            "phase": "sae",
+                            "loss": round(loss, 4),
+                            **{name: round(value, 4) for name, value in parts.items()},
+                            "fvu": round(sum(m["fvu"] for m in by_layer.values()) / len(by_layer), 4),
+                            "l0": round(sum(m["l0"] for m in by_layer.values()) / len(by_layer), 2),
+                            "fvu_by_layer": {layer: round(m["fvu"], 4) for layer, m in by_layer.items()},
+                            "l0_by_layer": {layer: round(m["l0"], 2) for layer, m in by_layer.items()},
+                            "dead_features": {
+                                layer: int((since_fired[layer] > args.dead_feature_window).sum()) for layer in layers
+                            },
+                            "lr": scheduler.get_last_lr()[0],
+                        }
+                    )
+                if step % args.checkpoint_every == 0 or step == run.total:
+                    extra = {SAE_STATE_NAME: {str(layer): counts for layer, counts in since_fired.items()}}
+                    run.save_checkpoint(step, optimizer, scheduler, extra)
+        finally:
+            for p in params:
+                p.requires_grad_(False)
+        return step
