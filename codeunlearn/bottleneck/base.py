@@ -6,15 +6,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from torch import Tensor, nn
 
 from codeunlearn.bottleneck.config import BottleneckConfig
 from codeunlearn.bottleneck.edit import Edit
-
-if TYPE_CHECKING:
-    from codeunlearn.bottleneck.model import BottleneckedModel
 
 # The one tensors file of a bottleneck directory where a kind keeps its layers' tensors together (a codebook), and
 # where downstream adapters are kept.
@@ -39,11 +36,17 @@ class Tally:
     activation_max: Tensor | None = None  # (num_features,) float32; None when no token was counted
 
 
+def layer_state(bottlenecks: dict[int, Bottleneck] | nn.ModuleDict) -> dict[str, Tensor]:
+    """Every layer's tensors keyed `{layer}.{name}` (the layout of `WEIGHTS_NAME` and of training checkpoints)."""
+    return {f"{layer}.{k}": v for layer, bn in bottlenecks.items() for k, v in bn.state_dict().items()}
+
+
 class Bottleneck(nn.Module):
     """One bottleneck at one decoder layer. A kind subclasses it and registers the subclass with its config class."""
 
     config: BottleneckConfig
     initialized: Tensor  # bool buffer: trained or loaded (an untrained bottleneck refuses to run)
+    typical_norm: Tensor  # scalar buffer: the median token norm, which massive-norm passthrough is measured against
 
     # ------------------------------------------------------------------------------------------ creation and files
     @classmethod
@@ -57,9 +60,10 @@ class Bottleneck(nn.Module):
         raise NotImplementedError
 
     @classmethod
-    def save_layers(cls, path: Path, bmodel: BottleneckedModel) -> None:
-        """Write the bottlenecks of `bmodel` (and, where the kind keeps them beside its weights, its adapters) into
-        the directory `path`; `BottleneckedModel.save_pretrained` writes the config and the edits."""
+    def save_layers(cls, path: Path, bottlenecks: dict[int, Bottleneck], adapters: dict[str, Tensor]) -> None:
+        """Write every layer's bottleneck into the directory `path`, and the downstream adapters' tensors
+        (`adapters.{name}`) into `WEIGHTS_NAME` where there are any; `BottleneckedModel.save_pretrained` writes the
+        config and the edits."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------------------------------ shape
@@ -85,6 +89,15 @@ class Bottleneck(nn.Module):
     def passthrough_mask(self, x: Tensor, positions: Tensor | None) -> Tensor:
         """Tokens left untouched: position 0 (attention sink) and massive-norm tokens."""
         raise NotImplementedError
+
+    def _fit_typical_norm(self, states: Tensor, positions: Tensor | None) -> Tensor:
+        """Set the `typical_norm` buffer (the median token norm, position 0 left out) from fp32 states (..., d);
+        return the ordinary tokens' states (N, d), those `passthrough_mask` leaves to the bottleneck."""
+        norms = states.norm(dim=-1)
+        if self.config.passthrough_first_position and norms.dim() > 1:
+            norms = norms[..., 1:]
+        self.typical_norm.copy_(norms.median())
+        return states[~self.passthrough_mask(states, positions)]
 
     def quantize(self, x: Tensor, positions: Tensor | None = None) -> Any:
         """Pass states x (..., d) through the bottleneck with the active edits; a `BottleneckOutput`."""

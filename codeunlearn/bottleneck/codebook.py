@@ -17,22 +17,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 from vector_quantize_pytorch import VectorQuantize
 
 from codeunlearn import __version__
-from codeunlearn.bottleneck.base import WEIGHTS_NAME, Bottleneck, Tally
+from codeunlearn.bottleneck.base import WEIGHTS_NAME, Bottleneck, Tally, layer_state
 from codeunlearn.bottleneck.config import CodebookConfig
 from codeunlearn.bottleneck.edit import Edit
 from codeunlearn.bottleneck.kmeans import fit_residual_codebooks, nearest, squared_norms
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.io import atomic_save_tensors, load_tensors
-
-if TYPE_CHECKING:
-    from codeunlearn.bottleneck.model import BottleneckedModel
 
 
 @dataclass
@@ -131,9 +127,9 @@ class CodebookBottleneck(Bottleneck):
         return bottlenecks
 
     @classmethod
-    def save_layers(cls, path: Path, bmodel: BottleneckedModel) -> None:
-        """One safetensors file with every layer's tensors and the downstream adapters (`bottleneck_state`)."""
-        atomic_save_tensors(bmodel.bottleneck_state(), path / WEIGHTS_NAME, {"codeunlearn": __version__})
+    def save_layers(cls, path: Path, bottlenecks: dict[int, Bottleneck], adapters: dict[str, Tensor]) -> None:
+        """One safetensors file with every layer's tensors (`{layer}.{name}`) and the downstream adapters."""
+        atomic_save_tensors({**layer_state(bottlenecks), **adapters}, path / WEIGHTS_NAME, {"codeunlearn": __version__})
 
     # ----------------------------------------------------------------------------------------------- shape
     @property
@@ -184,11 +180,7 @@ class CodebookBottleneck(Bottleneck):
         unless) value training moves them.
         """
         states = states.float()
-        norms = states.norm(dim=-1)
-        if self.config.passthrough_first_position and norms.dim() > 1:
-            norms = norms[..., 1:]
-        self.typical_norm.copy_(norms.median())
-        ordinary = states[~self.passthrough_mask(states, positions)]
+        ordinary = self._fit_typical_norm(states, positions)
         if len(ordinary) < self.config.codebook_size:
             raise CodeunlearnError(
                 f"{len(ordinary)} ordinary tokens cannot fit {self.config.codebook_size} codes per head",

@@ -61,7 +61,7 @@ class BottleneckConfig:
         extra: free-form facts recorded with the bottleneck (e.g. the base model's revision).
         inactive_fields: the other kinds' fields of the flat JSON layout, as read (see the module docstring).
 
-    Class attributes (what the rest of the package asks a kind instead of branching on its name):
+    Class attributes (what the rest of the package asks of a kind, rather than branching on its name):
         kind: the string recorded in the file and registered in `codeunlearn.bottleneck.registry`.
         unit_name: what an edit removes, in messages and cards (`codes`, `features`).
         interventions / default_intervention: the `Edit` interventions this kind honours.

@@ -36,7 +36,7 @@ from codeunlearn.bottleneck.architectures import (
     hidden_size,
     model_type_of,
 )
-from codeunlearn.bottleneck.base import WEIGHTS_NAME, Bottleneck
+from codeunlearn.bottleneck.base import WEIGHTS_NAME, Bottleneck, layer_state
 from codeunlearn.bottleneck.config import CONFIG_NAME, BottleneckConfig, SAEConfig
 from codeunlearn.bottleneck.edit import Edit
 from codeunlearn.bottleneck.registry import module_class_for
@@ -263,14 +263,14 @@ class BottleneckedModel(nn.Module):
         """Write config, weights (safetensors) and the active edits to `path` atomically."""
         with atomic_directory(path, overwrite=overwrite) as tmp:
             atomic_write_text(tmp / CONFIG_NAME, self.config.to_json_string())
-            module_class_for(self.config.kind).save_layers(tmp, self)
+            bottlenecks = {layer: self.bottleneck(layer) for layer in self.layers}
+            module_class_for(self.config.kind).save_layers(tmp, bottlenecks, adapter_state(self.model))
             if with_edits and self.edits:
                 atomic_write_text(tmp / EDITS_NAME, json.dumps([e.to_dict() for e in self.edits], indent=1) + "\n")
 
     def bottleneck_state(self) -> dict[str, Tensor]:
         """Bottleneck tensors keyed `{layer}.{name}`, plus `adapters.{name}` for downstream adapters."""
-        state = {f"{layer}.{k}": v for layer, bn in self.bottlenecks.items() for k, v in bn.state_dict().items()}
-        return {**state, **adapter_state(self.model)}
+        return {**layer_state(self.bottlenecks), **adapter_state(self.model)}
 
     def adapter_parameters(self) -> dict[str, nn.Parameter]:
         return adapter_parameters(self.model)

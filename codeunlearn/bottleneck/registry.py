@@ -9,18 +9,17 @@ Adding a kind (a transcoder, say) is a module and a config class in this folder 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 from codeunlearn.errors import CodeunlearnError
 
-if TYPE_CHECKING:
-    from codeunlearn.bottleneck.base import Bottleneck
-    from codeunlearn.bottleneck.config import BottleneckConfig
+# This module imports no kind (the config module looks kinds up here), so the classes are typed loosely:
+# (a `Bottleneck` subclass, a `BottleneckConfig` subclass).
+KindClasses = tuple[type[Any], type[Any]]
+BOTTLENECK_REGISTRY: dict[str, KindClasses] = {}
 
-BOTTLENECK_REGISTRY: dict[str, tuple[type[Bottleneck], type[BottleneckConfig]]] = {}
 
-
-def register_kind(module_class: type[Bottleneck], config_class: type[BottleneckConfig]) -> None:
+def register_kind(module_class: type[Any], config_class: type[Any]) -> None:
     """Register a kind under its config class's `kind` string."""
     BOTTLENECK_REGISTRY[config_class.kind] = (module_class, config_class)
 
@@ -30,18 +29,18 @@ def kind_names() -> tuple[str, ...]:
     return tuple(BOTTLENECK_REGISTRY)
 
 
-def get_kind(kind: str) -> tuple[type[Bottleneck], type[BottleneckConfig]]:
+def get_kind(kind: str) -> KindClasses:
     """(module class, config class) of a kind, or a one-line error naming the known kinds."""
     if kind not in BOTTLENECK_REGISTRY:
         raise CodeunlearnError(f"unknown bottleneck kind {kind!r}", f"use one of {kind_names()}")
     return BOTTLENECK_REGISTRY[kind]
 
 
-def module_class_for(kind: str) -> type[Bottleneck]:
+def module_class_for(kind: str) -> type[Any]:
     return get_kind(kind)[0]
 
 
-def config_class_for(kind: str) -> type[BottleneckConfig]:
+def config_class_for(kind: str) -> type[Any]:
     return get_kind(kind)[1]
 
 

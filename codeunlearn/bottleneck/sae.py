@@ -26,7 +26,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -37,9 +37,6 @@ from codeunlearn.bottleneck.config import TRAINABLE_SAE_ARCHITECTURES, SAEConfig
 from codeunlearn.bottleneck.edit import Edit
 from codeunlearn.bottleneck.interventions import FeatureIntervention, apply_interventions, compile_edit
 from codeunlearn.errors import CodeunlearnError
-
-if TYPE_CHECKING:
-    from codeunlearn.bottleneck.model import BottleneckedModel
 
 # Our architecture names -> sae-lens architecture registry keys (sae_lens.registry), in SAELens's style.
 SAE_LENS_ARCHITECTURES = {"relu": "standard", "topk": "topk"}
@@ -281,10 +278,10 @@ class SAEBottleneck(Bottleneck):
         }
 
     @classmethod
-    def save_layers(cls, path: Path, bmodel: BottleneckedModel) -> None:
-        """One sae-lens directory per layer, loadable by sae-lens itself."""
-        for layer in bmodel.layers:
-            bmodel.bottleneck(layer).save(path / LAYER_DIR.format(layer=layer))
+    def save_layers(cls, path: Path, bottlenecks: dict[int, Bottleneck], adapters: dict[str, Tensor]) -> None:
+        """One sae-lens directory per layer, loadable by sae-lens itself (an SAE has no adapters)."""
+        for layer, bottleneck in bottlenecks.items():
+            bottleneck.save(path / LAYER_DIR.format(layer=layer))
 
     def save(self, path: str | Path) -> None:
         """Write a sae-lens directory (cfg.json + sae_weights.safetensors) that `sae_lens.SAE.load_from_disk` loads:
@@ -443,11 +440,7 @@ class SAEBottleneck(Bottleneck):
         """Set the typical norm, the input scale (average norm -> sqrt(d_in)) and b_dec (the scaled mean) from the
         ordinary tokens of a first batch of states (..., d_in)."""
         states = states.float()
-        norms = states.norm(dim=-1)
-        if self.config.passthrough_first_position and norms.dim() > 1:
-            norms = norms[..., 1:]
-        self.typical_norm.copy_(norms.median())
-        ordinary = states[~self.passthrough_mask(states, positions)]
+        ordinary = self._fit_typical_norm(states, positions)
         self.input_scale.fill_(math.sqrt(self.sae.cfg.d_in) / float(ordinary.norm(dim=-1).mean().clamp_min(1e-12)))
         self.sae.b_dec.data.copy_(ordinary.mean(0) * self.input_scale)
         self.initialized.fill_(True)

@@ -30,7 +30,7 @@ from codeunlearn.cli.arguments import BottleneckArguments, DataArguments, ModelA
 from codeunlearn.cli.common import load_base, read_corpora
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.io import atomic_write_text
-from codeunlearn.train import TrainingArguments, check_enough_tokens, train_bottleneck
+from codeunlearn.train import TrainingArguments, check_enough_tokens, train_bottleneck, trainer_for
 from codeunlearn.unlearn.statistics import collect_code_statistics
 from codeunlearn.unlearn.statistics_cache import corpus_fingerprint, save_retain_statistics
 
@@ -89,7 +89,7 @@ def main(argv: Sequence[str]) -> int:
         last = {k: v for k, v in metrics[-1].items() if not isinstance(v, dict)}
         print("final metrics: " + ", ".join(f"{k}={v}" for k, v in last.items()))
     stop = training_args.stop_after_steps
-    total = training_args.steps_for(config.kind)
+    total = trainer_for(config.kind).total_steps(training_args)
     if stop is None or stop >= total:
         print(f"wrote {output_dir / 'bottleneck'} (layers {bmodel.layers}, {bmodel.config.describe()})")
         if retain_args.retain_statistics_tokens:

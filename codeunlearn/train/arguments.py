@@ -9,7 +9,6 @@ from typing import Literal
 
 from codeunlearn.bottleneck.base import WEIGHTS_NAME
 from codeunlearn.errors import CodeunlearnError
-from codeunlearn.train.registry import trainer_for
 
 OBJECTIVES = ("reconstruction", "kl", "kl+reconstruction")
 
@@ -99,9 +98,5 @@ class TrainingArguments:
 
     @property
     def total_steps(self) -> int:
-        """Steps of a codebook run (key + value steps); see `steps_for`."""
+        """Steps of a codebook run (key + value steps)."""
         return self.key_steps + self.value_steps
-
-    def steps_for(self, kind: str) -> int:
-        """Steps of a run training a bottleneck of `kind` (a codebook: key + value steps, an SAE: SAE steps)."""
-        return trainer_for(kind).total_steps(self)

@@ -35,8 +35,7 @@ from codeunlearn.errors import CodeunlearnError
 from codeunlearn.io import load_tensors
 from codeunlearn.runtime import autocast
 from codeunlearn.train.arguments import TrainingArguments
-from codeunlearn.train.loop import TrainingRun
-from codeunlearn.train.registry import Trainer
+from codeunlearn.train.base import Trainer, TrainingRun
 
 
 def _fvu(states: Tensor, result: QuantizeOutput, mean: Tensor) -> Tensor:

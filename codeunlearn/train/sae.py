@@ -12,6 +12,7 @@ several optimizer updates per forward batch, each on a share of its tokens.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -20,12 +21,12 @@ from transformers import get_cosine_schedule_with_warmup
 from codeunlearn.bottleneck.base import WEIGHTS_NAME
 from codeunlearn.bottleneck.config import CONFIG_NAME
 from codeunlearn.bottleneck.model import BottleneckedModel
+from codeunlearn.bottleneck.sae import SAEBottleneck
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.io import atomic_save_tensors, atomic_write_text, load_tensors
 from codeunlearn.runtime import autocast
 from codeunlearn.train.arguments import TrainingArguments
-from codeunlearn.train.loop import TrainingRun
-from codeunlearn.train.registry import Trainer
+from codeunlearn.train.base import Trainer, TrainingRun
 
 SAE_STATE_NAME = "sae_trainer_state.safetensors"  # steps since each SAE feature last fired
 
@@ -58,104 +59,125 @@ class SAETrainer(Trainer):
         One step = one truncated forward of `batch_size` chunks and `sae_updates_per_batch` optimizer updates, each
         on a disjoint share of its tokens (the forward is what costs; the updates are cheap)."""
         bmodel, args, accelerator, stream = run.bmodel, run.args, run.accelerator, run.stream
-        layers = bmodel.layers
-        bottlenecks = {layer: bmodel.bottleneck(layer) for layer in layers}
+        bottlenecks = {layer: bmodel.bottleneck(layer) for layer in bmodel.layers}
         for layer, bottleneck in bottlenecks.items():
             if not bottleneck.trainable:
                 raise CodeunlearnError(
                     f"the SAE at layer {layer} was loaded for inference, not attached for training",
                     "attach a fresh SAE (BottleneckedModel.attach with kind sae) to train it",
                 )
-        device = accelerator.device
         updates = args.sae_updates_per_batch
-        since_fired = {layer: torch.zeros(bottlenecks[layer].num_features, dtype=torch.long) for layer in layers}
+        since_fired = {
+            layer: torch.zeros(bottleneck.num_features, dtype=torch.long) for layer, bottleneck in bottlenecks.items()
+        }
         if run.resume_state is not None and step > 0:
             saved = load_tensors(run.latest_checkpoint() / SAE_STATE_NAME, "SAE trainer state")
-            since_fired = {layer: saved[str(layer)] for layer in layers}
-        states: dict[int, Tensor] = {}
-
-        def record(layer: int, layer_states: Tensor, result: None) -> None:
-            states[layer] = layer_states
-
+            since_fired = {layer: saved[str(layer)] for layer in bottlenecks}
         if not all(bool(b.initialized) for b in bottlenecks.values()):
             # Every process reads the same first chunks, so b_dec and the input scale agree across processes.
             init_chunks = run.init_chunks()
             for layer, bottleneck in bottlenecks.items():
                 bottleneck.initialize(run.states_of(layer, init_chunks))
+        optimizer = _Optimizer(run, bottlenecks, since_fired)
+        states: dict[int, Tensor] = {}
 
-        params = bmodel.trainable_parameters()
-        for p in params:
-            p.requires_grad_(True)
-        optimizer = torch.optim.Adam(params, lr=args.sae_learning_rate, betas=(0.9, 0.999))
-        scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps * updates, max(run.total * updates, 1))
-        run.resume_optimizer(optimizer, scheduler)
-        optimizer, scheduler = accelerator.prepare(optimizer, scheduler)
-
-        def update(ordinary: dict[int, Tensor]) -> tuple[float, dict[str, float], dict[int, dict[str, float]]]:
-            """One optimizer update on the given ordinary-token states of every layer."""
-            loss = torch.zeros((), device=device)
-            parts: dict[str, float] = {}
-            by_layer: dict[int, dict[str, float]] = {}
-            for layer, bottleneck in bottlenecks.items():
-                dead = (since_fired[layer] > args.dead_feature_window).to(device)
-                out = bottleneck.training_step(ordinary[layer], dead, step)
-                loss = loss + out.loss
-                with torch.no_grad():
-                    fired = out.feature_acts > 0
-                    did_fire = accelerator.reduce(fired.any(0).long(), reduction="sum").cpu() > 0
-                    since_fired[layer] += 1
-                    since_fired[layer][did_fire] = 0
-                    by_layer[layer] = _sae_batch_metrics(out, fired)
-                    for name, value in out.losses.items():
-                        parts[name] = parts.get(name, 0.0) + float(value)
-            accelerator.backward(loss)
-            if accelerator.num_processes > 1:
-                for p in params:
-                    if p.grad is not None:
-                        p.grad = accelerator.reduce(p.grad, reduction="mean")
-            accelerator.clip_grad_norm_(params, 1.0)  # as sae-lens's trainer does
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            return loss.item(), parts, by_layer
+        def record(layer: int, layer_states: Tensor, result: None) -> None:
+            states[layer] = layer_states
 
         try:
             while step < run.end:
                 world, rank = accelerator.num_processes, accelerator.process_index
-                batch = stream.take(args.batch_size, skip=rank * args.batch_size).to(device)
+                batch = stream.take(args.batch_size, skip=rank * args.batch_size).to(accelerator.device)
                 stream.advance(args.batch_size * world)
                 states.clear()
-                with torch.no_grad(), autocast(device, args.bf16):
+                with torch.no_grad(), autocast(accelerator.device, args.bf16):
                     bmodel.run_to_deepest(batch, record, states_only=True)
                 ordinary = {
                     layer: states[layer][~bottleneck.passthrough_mask(states[layer], None)].float()
                     for layer, bottleneck in bottlenecks.items()
                 }
                 for share in range(updates):  # strided shares: every update sees tokens from every chunk
-                    loss, parts, by_layer = update({layer: x[share::updates] for layer, x in ordinary.items()})
+                    loss, parts, by_layer = optimizer.update(
+                        {layer: x[share::updates] for layer, x in ordinary.items()}, step
+                    )
                 step += 1
                 run.bar.update(1)
                 if step % args.log_every == 0 or step == run.total:
-                    run.log(
-                        {
-                            "step": step,
-                            "phase": "sae",
-                            "loss": round(loss, 4),
-                            **{name: round(value, 4) for name, value in parts.items()},
-                            "fvu": round(sum(m["fvu"] for m in by_layer.values()) / len(by_layer), 4),
-                            "l0": round(sum(m["l0"] for m in by_layer.values()) / len(by_layer), 2),
-                            "fvu_by_layer": {layer: round(m["fvu"], 4) for layer, m in by_layer.items()},
-                            "l0_by_layer": {layer: round(m["l0"], 2) for layer, m in by_layer.items()},
-                            "dead_features": {
-                                layer: int((since_fired[layer] > args.dead_feature_window).sum()) for layer in layers
-                            },
-                            "lr": scheduler.get_last_lr()[0],
-                        }
-                    )
+                    run.log(optimizer.record(step, loss, parts, by_layer))
                 if step % args.checkpoint_every == 0 or step == run.total:
                     extra = {SAE_STATE_NAME: {str(layer): counts for layer, counts in since_fired.items()}}
-                    run.save_checkpoint(step, optimizer, scheduler, extra)
+                    run.save_checkpoint(step, optimizer.optimizer, optimizer.scheduler, extra)
         finally:
-            for p in params:
-                p.requires_grad_(False)
+            optimizer.close()
         return step
+
+
+class _Optimizer:
+    """The gradient side of an SAE run: Adam with a cosine schedule over every layer's SAE, and how many updates
+    ago each feature last fired (the aux-k loss revives features dead for `dead_feature_window` updates)."""
+
+    def __init__(self, run: TrainingRun, bottlenecks: dict[int, SAEBottleneck], since_fired: dict[int, Tensor]) -> None:
+        args, updates = run.args, run.args.sae_updates_per_batch
+        self.run, self.bottlenecks, self.since_fired = run, bottlenecks, since_fired
+        self.params = run.bmodel.trainable_parameters()
+        for p in self.params:
+            p.requires_grad_(True)
+        optimizer = torch.optim.Adam(self.params, lr=args.sae_learning_rate, betas=(0.9, 0.999))
+        scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps * updates, max(run.total * updates, 1))
+        run.resume_optimizer(optimizer, scheduler)
+        self.optimizer, self.scheduler = run.accelerator.prepare(optimizer, scheduler)
+
+    def close(self) -> None:
+        for p in self.params:
+            p.requires_grad_(False)
+
+    def dead(self, layer: int) -> Tensor:
+        return self.since_fired[layer] > self.run.args.dead_feature_window
+
+    def update(
+        self, ordinary: dict[int, Tensor], step: int
+    ) -> tuple[float, dict[str, float], dict[int, dict[str, float]]]:
+        """One optimizer update on the given ordinary-token states of every layer: (loss, its parts, per-layer
+        L0 and FVU)."""
+        accelerator = self.run.accelerator
+        loss = torch.zeros((), device=accelerator.device)
+        parts: dict[str, float] = {}
+        by_layer: dict[int, dict[str, float]] = {}
+        for layer, bottleneck in self.bottlenecks.items():
+            out = bottleneck.training_step(ordinary[layer], self.dead(layer).to(accelerator.device), step)
+            loss = loss + out.loss
+            with torch.no_grad():
+                fired = out.feature_acts > 0
+                did_fire = accelerator.reduce(fired.any(0).long(), reduction="sum").cpu() > 0
+                self.since_fired[layer] += 1
+                self.since_fired[layer][did_fire] = 0
+                by_layer[layer] = _sae_batch_metrics(out, fired)
+                for name, value in out.losses.items():
+                    parts[name] = parts.get(name, 0.0) + float(value)
+        accelerator.backward(loss)
+        if accelerator.num_processes > 1:
+            for p in self.params:
+                if p.grad is not None:
+                    p.grad = accelerator.reduce(p.grad, reduction="mean")
+        accelerator.clip_grad_norm_(self.params, 1.0)  # as sae-lens's trainer does
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.item(), parts, by_layer
+
+    def record(
+        self, step: int, loss: float, parts: dict[str, float], by_layer: dict[int, dict[str, float]]
+    ) -> dict[str, Any]:
+        """The metrics record of `step`, from its last update."""
+        return {
+            "step": step,
+            "phase": "sae",
+            "loss": round(loss, 4),
+            **{name: round(value, 4) for name, value in parts.items()},
+            "fvu": round(sum(m["fvu"] for m in by_layer.values()) / len(by_layer), 4),
+            "l0": round(sum(m["l0"] for m in by_layer.values()) / len(by_layer), 2),
+            "fvu_by_layer": {layer: round(m["fvu"], 4) for layer, m in by_layer.items()},
+            "l0_by_layer": {layer: round(m["l0"], 2) for layer, m in by_layer.items()},
+            "dead_features": {layer: int(self.dead(layer).sum()) for layer in self.bottlenecks},
+            "lr": self.scheduler.get_last_lr()[0],
+        }
