@@ -44,6 +44,12 @@ def _fvu(states: Tensor, result: QuantizeOutput, mean: Tensor) -> Tensor:
     return ((x - y) ** 2).sum() / ((x - mean) ** 2).sum().clamp_min(1e-12)
 
 
+def _log_keys(run: TrainingRun, step: int, record: dict) -> None:
+    """Log a key step's `record`, with every layer's dead codes."""
+    dead = {layer: int(run.bmodel.bottleneck(layer).dead_codes().sum()) for layer in run.bmodel.layers}
+    run.log({"step": step, "phase": "keys", **record, "dead_codes": dead})
+
+
 class CodebookTrainer(Trainer):
     """Key steps (k-means fit, then EMA), then value steps."""
 
@@ -105,17 +111,8 @@ class CodebookTrainer(Trainer):
         run.stream.advance(len(init_chunks))
         step = 1
         run.bar.update(1)
-        dead = {layer: int(bmodel.bottleneck(layer).dead_codes().sum()) for layer in bmodel.layers}
-        run.log(
-            {
-                "step": step,
-                "phase": "keys",
-                "kmeans_tokens": init_chunks.numel(),
-                "fit_fvu": round(sum(fit_fvu.values()) / len(fit_fvu), 4),
-                "fit_fvu_by_layer": fit_fvu,
-                "dead_codes": dead,
-            }
-        )
+        fit = {"fit_fvu": round(sum(fit_fvu.values()) / len(fit_fvu), 4), "fit_fvu_by_layer": fit_fvu}
+        _log_keys(run, step, {"kmeans_tokens": init_chunks.numel(), **fit})
         if step % args.checkpoint_every == 0 or step == args.key_steps:
             run.save_checkpoint(step)
         return step
@@ -149,17 +146,8 @@ class CodebookTrainer(Trainer):
             step += 1
             run.bar.update(1)
             if step % args.log_every == 0 or step == args.key_steps:
-                dead = {layer: int(bmodel.bottleneck(layer).dead_codes().sum()) for layer in bmodel.layers}
-                run.log(
-                    {
-                        "step": step,
-                        "phase": "keys",
-                        "fvu": round(sum(fvus.values()) / len(fvus), 4),
-                        "fvu_by_layer": dict(fvus),
-                        "codes_used_in_batch": dict(used),
-                        "dead_codes": dead,
-                    }
-                )
+                fvu = {"fvu": round(sum(fvus.values()) / len(fvus), 4), "fvu_by_layer": dict(fvus)}
+                _log_keys(run, step, {**fvu, "codes_used_in_batch": dict(used)})
             if step % args.checkpoint_every == 0 or step == args.key_steps:
                 run.save_checkpoint(step)
         return step
