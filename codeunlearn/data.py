@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -19,6 +20,8 @@ from codeunlearn.errors import CodeunlearnError
 
 WIKITEXT_ARTICLE_START = r"^ = [^=].* = $"
 JSON_SUFFIXES = (".json", ".jsonl")
+
+Split = Literal["train", "heldout", "all"]
 
 
 @dataclass
@@ -149,3 +152,101 @@ def shuffled_chunks(chunks: list[Tensor], seed: int) -> Tensor:
     joined = torch.cat(chunks)
     generator = torch.Generator().manual_seed(seed)
     return joined[torch.randperm(len(joined), generator=generator)]
+
+
+@dataclass
+class DataArguments:
+    """Corpora and how they are cut into chunks.
+
+    Every corpus is split by document into a train part and a held-out part with `split_seed`; statistics and
+    training only ever see the train part, metrics only the held-out part, so no command scores text it learned from.
+    """
+
+    corpora: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Corpora: local .txt/.json/.jsonl files or `datasets` names (train and stats read these)."},
+    )
+    forget_corpora: list[str] = field(
+        default_factory=list, metadata={"help": "Text of the topic to forget (eval; train/stats read them too)."}
+    )
+    retain_corpora: list[str] = field(
+        default_factory=list, metadata={"help": "Text to keep (eval; train/stats read them too)."}
+    )
+    text_field: str = field(
+        default="text", metadata={"help": "Field holding the text in .json/.jsonl files and datasets."}
+    )
+    seq_len: int = field(default=256, metadata={"help": "Tokens per packed chunk."})
+    heldout_fraction: float = field(
+        default=0.2, metadata={"help": "Fraction of each corpus's documents held out for metrics."}
+    )
+    split_seed: int = field(
+        default=0, metadata={"help": "Seed of the train/held-out document split; use the same one in every command."}
+    )
+    max_tokens: int | None = field(default=None, metadata={"help": "Cap on tokens taken from each corpus (per split)."})
+
+    def all_corpora(self) -> list[str]:
+        """Every corpus given, in order, without repeats."""
+        return list(dict.fromkeys([*self.corpora, *self.forget_corpora, *self.retain_corpora]))
+
+
+@dataclass
+class Corpora:
+    """Several corpora, each split by document (with the same seed in every command)."""
+
+    sources: list[str]
+    splits: list[DocumentSplit]
+    data: DataArguments
+
+    @property
+    def name(self) -> str:
+        return "+".join(split.name for split in self.splits)
+
+    def documents(self, source: str, split: Split) -> list[str]:
+        """Documents of one corpus in one split."""
+        part = self.splits[self.sources.index(source)]
+        return {"train": part.train, "heldout": part.heldout, "all": part.train + part.heldout}[split]
+
+    def pack(self, tokenizer, split: Split, max_tokens: int | None = None, skip_tokens: int = 0) -> Tensor:
+        """Packed (num_chunks, seq_len) token ids of `split`, every corpus capped on its own at `max_tokens`
+        (default: the data arguments' `max_tokens`) after skipping its first `skip_tokens` (whole chunks), e.g.
+        validation text that follows the part a bottleneck was trained on."""
+        cap = self.data.max_tokens if max_tokens is None else max_tokens
+        skip = skip_tokens // self.data.seq_len
+        if skip and cap is None:
+            raise ValueError("skip_tokens needs a token cap")
+        chunks = []
+        for source, part in zip(self.sources, self.splits, strict=True):
+            docs = self.documents(source, split)
+            if not docs:
+                raise CodeunlearnError(
+                    f"corpus {source} has no {split} documents ({len(part.train) + len(part.heldout)} documents, "
+                    f"heldout_fraction={self.data.heldout_fraction})",
+                    "use a corpus with more documents or change --heldout_fraction",
+                )
+            try:
+                packed = pack_documents(docs, tokenizer, self.data.seq_len, None if cap is None else cap + skip_tokens)
+                if skip and len(packed) <= skip:
+                    raise CodeunlearnError(
+                        f"{len(packed) * self.data.seq_len:,} tokens, none after the first {skip_tokens:,}",
+                        "use a corpus with more text, or lower --max_tokens",
+                    )
+                chunks.append(packed[skip:])
+            except CodeunlearnError as err:
+                raise CodeunlearnError(f"corpus {source} ({split} split): {err.problem}", err.fix) from None
+        return torch.cat(chunks)
+
+
+def read_corpora(sources: list[str], data: DataArguments, what: str = "corpora") -> Corpora:
+    """Load and split documents (no tokenizer needed, so a bad path fails before the model loads)."""
+    if not sources:
+        raise CodeunlearnError(f"no {what} given", f"pass --{what} FILE [FILE ...]")
+    splits = [
+        split_documents(
+            Path(source).stem,
+            load_documents(source, text_field=data.text_field),
+            data.heldout_fraction,
+            data.split_seed,
+        )
+        for source in sources
+    ]
+    return Corpora(list(sources), splits, data)

@@ -1,17 +1,59 @@
-"""Batching and precision for forward passes.
+"""How a run executes: batching, precision and progress of forward passes, and the options every run shares.
 
 bf16 autocast of the frozen model is opt-in (`bf16=True`): it is 3-4x faster on GPUs and on CPUs with bf16 matmul
-kernels (AMX / AVX512-BF16), but 6-50x *slower* on AVX2-only CPUs. Bottleneck distances always stay fp32.
+kernels (AMX / AVX512-BF16), but 6-50x *slower* on AVX2-only CPUs (`bf16_is_fast` tells them apart). Bottleneck
+distances always stay fp32.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import threading
+import typing
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
+
+BF16_HELP = (
+    "bf16 autocast of the frozen model's forward passes (bottleneck math stays fp32). Default: off where a run's "
+    "numbers must not depend on the machine (train, forget, demo, baseline, relearn: training and the statistics "
+    "it keeps share one precision); for stats, calibrate and eval, on where bf16 matmuls are fast (a GPU, a CPU with "
+    "AVX512-BF16/AMX), decided when the command runs. `--no_bf16` turns it off."
+)
+
+
+@dataclass
+class RunArguments:
+    """The options every run shares, declared once: a command composes the ones it uses (`run_arguments`), and so
+    do the library's own argument classes (`TrainingArguments`, `BaselineTrainingArguments`, `RelearnConfig`).
+    Each field's help says what it does."""
+
+    output_dir: str = field(metadata={"help": "Directory the run writes into."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace what an earlier run wrote there."})
+    progress: bool = field(default=True, metadata={"help": "Show progress bars."})
+    bf16: bool = field(default=False, metadata={"help": BF16_HELP})
+
+
+def run_arguments(*names: str, writes: str | None = None) -> type:
+    """A dataclass of the named `RunArguments` fields (in their declared order), for a command to compose or an
+    argument class to inherit. `writes` says what `output_dir` receives, for its help."""
+    unknown = set(names) - {f.name for f in dataclasses.fields(RunArguments)}
+    if unknown:
+        raise ValueError(f"no run arguments {sorted(unknown)}")
+    hints = typing.get_type_hints(RunArguments)
+    chosen = []
+    for f in dataclasses.fields(RunArguments):
+        if f.name not in names:
+            continue
+        metadata = dict(f.metadata)
+        if f.name == "output_dir" and writes:
+            metadata["help"] = f"Directory for {writes}."
+        chosen.append((f.name, hints[f.name], field(default=f.default, metadata=metadata)))
+    return dataclasses.make_dataclass("RunArguments", chosen)
 
 
 def autocast(device: torch.device | str, enabled: bool = True) -> contextlib.AbstractContextManager:
@@ -31,3 +73,34 @@ def batches(chunks: Tensor, batch_size: int, desc: str | None = None, progress: 
 
 def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+def bf16_is_fast() -> bool:
+    """Whether bf16 autocast speeds up forward passes here: on a GPU, or a CPU with bf16 matmul kernels
+    (AVX512-BF16/AMX). On an AVX2-only CPU a bf16 matmul runs on a slow fallback, 6-50x slower than fp32."""
+    if torch.cuda.is_available():
+        return True
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+@contextlib.contextmanager
+def ticker(desc: str, enabled: bool = True) -> Iterator[None]:
+    """A tqdm bar that shows elapsed time for a step that reports no progress of its own (e.g. loading a model)."""
+    bar = tqdm(desc=desc, bar_format="{desc}: {elapsed}", disable=not enabled, leave=False)
+    stop = threading.Event()
+
+    def tick() -> None:
+        while not stop.wait(1.0):
+            bar.refresh()
+
+    thread = threading.Thread(target=tick, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        bar.close()

@@ -178,8 +178,7 @@ def test_cli_linear_export_end_to_end(workspace, capsys):
     rows = {row["row"]: row for row in report["rows"]}
     assert list(rows) == ["base", "linear projection (layer 1, rank 2)"]
     # The base row is what `codeunlearn eval` measures: mean next-token loss on the same held-out split.
-    from codeunlearn.cli.arguments import DataArguments
-    from codeunlearn.cli.common import read_corpora
+    from codeunlearn.data import DataArguments, read_corpora
     from codeunlearn.evaluate.evaluation import mean_loss
 
     data = DataArguments(

@@ -18,8 +18,8 @@ import pytest
 from helpers import make_model, make_tokens, parse_commit_body, run_error, run_ok, tiny_config
 
 from codeunlearn.bottleneck.config import CONFIG_NAME
+from codeunlearn.bottleneck.loading import resolve_bottleneck_dir
 from codeunlearn.bottleneck.model import BottleneckedModel
-from codeunlearn.cli.common import resolve_bottleneck_dir
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.export.card import read_fidelity_report
 from codeunlearn.hub import HubSource, parse_hub_source

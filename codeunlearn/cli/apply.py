@@ -14,9 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from codeunlearn.bottleneck.edit import Edit
-from codeunlearn.cli.arguments import ModelArguments, parse_arguments
-from codeunlearn.cli.common import check_output_dir_free, load_bottlenecked
+from codeunlearn.bottleneck.loading import load_bottlenecked
+from codeunlearn.cli.arguments import parse_arguments
+from codeunlearn.cli.common import check_output_dir_free
 from codeunlearn.errors import CodeunlearnError
+from codeunlearn.modeling import ModelArguments
 
 DESCRIPTION = "Apply (and undo) edits on a trained bottleneck and save the edited bottleneck directory."
 
@@ -53,7 +55,7 @@ def main(argv: Sequence[str]) -> int:
         raise CodeunlearnError("nothing to apply", "pass --edits FILE [FILE ...] and/or --undo TOPIC")
     check_output_dir_free(args.output_dir, args.overwrite)  # before the slow model load
     edits = [Edit.load(path) for path in args.edits]
-    bmodel, _ = load_bottlenecked(model_args, args.bottleneck_dir)
+    bmodel, _ = load_bottlenecked(args.bottleneck_dir, model_args, progress=True)
     for topic in args.undo:
         removed = bmodel.undo_edit(topic)
         print(f"undid {removed.topic!r} ({removed.num_codes} codes)")

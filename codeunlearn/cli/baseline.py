@@ -26,17 +26,16 @@ from codeunlearn.baselines import METHODS, method_class
 from codeunlearn.baselines.trainer import BaselineTrainingArguments, check_output_dir, train_baseline
 from codeunlearn.cli.arguments import (
     CONFIG_SUFFIXES,
-    DataArguments,
-    ModelArguments,
     parse_arguments,
     read_config_file,
     to_flat_dict,
 )
-from codeunlearn.cli.common import load_base, read_corpora
-from codeunlearn.cli.eval import add_deltas, loss_table
+from codeunlearn.data import DataArguments, read_corpora
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.evaluate.evaluation import mean_loss
+from codeunlearn.evaluate.loss_table import add_deltas, loss_table
 from codeunlearn.io import atomic_write_text
+from codeunlearn.modeling import ModelArguments
 
 PROG = "codeunlearn baseline"
 DESCRIPTION = (
@@ -142,7 +141,7 @@ def main(argv: Sequence[str]) -> int:
     if run_args.evaluate and retain_corpora is None:
         raise CodeunlearnError("the report needs retain text", "pass --retain_corpora FILE, or --no_evaluate")
     check_output_dir(train_args)  # before the slow model load
-    model, tokenizer = load_base(model_args, train_args.progress)
+    model, tokenizer = model_args.load(train_args.progress)
     forget_train = forget_corpora.pack(tokenizer, "train")
     retain_train = retain_corpora.pack(tokenizer, "train") if retain_corpora is not None else None
     output_dir = Path(train_args.output_dir)

@@ -19,10 +19,14 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from codeunlearn.bottleneck.edit import GUARDRAIL_ACTIONS, Edit
+from codeunlearn.bottleneck.loading import load_bottlenecked
 from codeunlearn.bottleneck.registry import config_class_for
-from codeunlearn.cli.arguments import DataArguments, ModelArguments, bf16_is_fast, parse_arguments
-from codeunlearn.cli.common import check_output_file, load_bottlenecked, read_corpora
+from codeunlearn.cli.arguments import parse_arguments
+from codeunlearn.cli.common import check_output_file
+from codeunlearn.data import DataArguments, read_corpora
 from codeunlearn.errors import CodeunlearnError
+from codeunlearn.modeling import ModelArguments
+from codeunlearn.runtime import bf16_is_fast
 from codeunlearn.unlearn.guardrail import DEFAULT_TARGET_FPR, DEFAULT_WINDOW, calibrate_guardrail, gate_rate
 
 DESCRIPTION = "Calibrate a local-window guardrail for an SAE edit on retain text (target false-positive rate)."
@@ -67,7 +71,7 @@ def main(argv: Sequence[str]) -> int:
         raise CodeunlearnError(f"edit {args.edit} is for a {edit.kind!r} bottleneck", "calibrate an SAE edit")
     retain = read_corpora(data_args.retain_corpora, data_args, "retain_corpora")
     forget = read_corpora(data_args.forget_corpora, data_args, "forget_corpora") if data_args.forget_corpora else None
-    bmodel, tokenizer = load_bottlenecked(model_args, args.bottleneck_dir, args.progress)
+    bmodel, tokenizer = load_bottlenecked(args.bottleneck_dir, model_args, args.progress)
     if bmodel.edits:
         print(
             f"note: setting aside the saved edits {[e.topic for e in bmodel.edits]} (the gate reads the unedited SAE)"

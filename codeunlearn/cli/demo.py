@@ -34,17 +34,24 @@ from codeunlearn.bottleneck.edit import DEFAULT_INTERVENTION
 from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.cli.arguments import (
     BottleneckArguments,
-    DataArguments,
-    ModelArguments,
     SelectionArguments,
     parse_arguments,
     to_flat_dict,
 )
-from codeunlearn.cli.common import Stopwatch, load_base, read_corpora
-from codeunlearn.cli.eval import TABLE_NOTE, RowSpec, evaluate_rows, fidelity_rows, fidelity_table, loss_table
+from codeunlearn.cli.common import Stopwatch
 from codeunlearn.cli.forget import CONTROL_NAME, EDIT_NAME, make_edits, summarize
+from codeunlearn.data import DataArguments, read_corpora
 from codeunlearn.errors import CodeunlearnError
+from codeunlearn.evaluate.loss_table import (
+    TABLE_NOTE,
+    RowSpec,
+    evaluate_rows,
+    fidelity_rows,
+    fidelity_table,
+    loss_table,
+)
 from codeunlearn.io import atomic_write_text
+from codeunlearn.modeling import ModelArguments
 from codeunlearn.train import TrainingArguments, train_bottleneck
 from codeunlearn.unlearn.budget import choose_num_codes, describe_walk
 from codeunlearn.unlearn.selection import random_control
@@ -174,7 +181,7 @@ def main(argv: Sequence[str]) -> int:
         retain_corpora = read_corpora(data_args.retain_corpora, data_args, "retain_corpora")
         prepare_output_dir(output_dir, demo.overwrite)
         atomic_write_text(output_dir / "demo_args.json", json.dumps(to_flat_dict(*parsed), indent=1) + "\n")
-        model, tokenizer = load_base(model_args, progress)
+        model, tokenizer = model_args.load(progress)
         # General text only: the bottleneck never sees the topic it will be asked to forget.
         train_chunks = retain_corpora.pack(tokenizer, "train")
         cap = min(demo.retain_statistics_tokens, data_args.max_tokens or demo.retain_statistics_tokens)
@@ -266,7 +273,7 @@ def main(argv: Sequence[str]) -> int:
     with watch.stage("reload"):
         del bmodel, model
         gc.collect()
-        fresh, _ = load_base(model_args, progress)
+        fresh, _ = model_args.load(progress)
         reloaded = BottleneckedModel.from_pretrained(fresh, output_dir / "edited")
         # Only the edited row is measured again (each row is a full pass over the held-out text).
         reload_specs = [RowSpec(f"edited ({edit.topic} codes), reloaded", list(reloaded.edits))]

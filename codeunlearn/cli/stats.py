@@ -13,9 +13,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from codeunlearn.cli.arguments import DataArguments, ModelArguments, bf16_is_fast, parse_arguments
-from codeunlearn.cli.common import check_output_file, load_bottlenecked, read_corpora
+from codeunlearn.bottleneck.loading import load_bottlenecked
+from codeunlearn.cli.arguments import parse_arguments
+from codeunlearn.cli.common import check_output_file
+from codeunlearn.data import DataArguments, read_corpora
 from codeunlearn.errors import CodeunlearnError
+from codeunlearn.modeling import ModelArguments
+from codeunlearn.runtime import bf16_is_fast
 from codeunlearn.unlearn.statistics import CodeStatistics, collect_code_statistics
 
 DESCRIPTION = "Count code firings of a bottleneck on the chosen split of corpora (every --corpora/--forget_corpora/--retain_corpora given)."
@@ -65,7 +69,7 @@ def main(argv: Sequence[str]) -> int:
             f"--output_file {output} does not end in .safetensors", "name it like forget.safetensors"
         )
     corpora = read_corpora(data_args.all_corpora(), data_args)
-    bmodel, tokenizer = load_bottlenecked(model_args, args.bottleneck_dir, args.progress)
+    bmodel, tokenizer = load_bottlenecked(args.bottleneck_dir, model_args, args.progress)
     if bmodel.edits:
         # Selection scores codes of the unedited bottleneck; an `exclude` edit would change which codes fire.
         print(

@@ -26,10 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from codeunlearn.bottleneck.model import BottleneckedModel
-from codeunlearn.cli.arguments import BottleneckArguments, DataArguments, ModelArguments, parse_arguments, to_flat_dict
-from codeunlearn.cli.common import load_base, read_corpora
+from codeunlearn.cli.arguments import BottleneckArguments, parse_arguments, to_flat_dict
+from codeunlearn.data import DataArguments, read_corpora
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.io import atomic_write_text
+from codeunlearn.modeling import ModelArguments
 from codeunlearn.train import TrainingArguments, check_enough_tokens, train_bottleneck, trainer_for
 from codeunlearn.unlearn.statistics import collect_code_statistics
 from codeunlearn.unlearn.statistics_cache import corpus_fingerprint, save_retain_statistics
@@ -72,7 +73,7 @@ def main(argv: Sequence[str]) -> int:
             "pass general text with --corpora (or --retain_corpora); the topic is read later by stats/forget",
         )
     corpora = read_corpora(list(dict.fromkeys([*data_args.corpora, *data_args.retain_corpora])), data_args)
-    model, tokenizer = load_base(model_args, training_args.progress)
+    model, tokenizer = model_args.load(training_args.progress)
     chunks = corpora.pack(tokenizer, "train")
     bmodel = BottleneckedModel.attach(model, config)  # checks the layers and the shape against the model
     check_enough_tokens(chunks, training_args)

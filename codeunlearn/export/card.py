@@ -19,6 +19,7 @@ from codeunlearn import __version__
 from codeunlearn.bottleneck.config import DEFAULT_KIND
 from codeunlearn.bottleneck.registry import config_class_for
 from codeunlearn.errors import CodeunlearnError
+from codeunlearn.evaluate.loss_table import TABLE_NOTE, loss_table
 
 CARD_NAME = "README.md"
 EVAL_REPORT_NAME = "eval_report.json"
@@ -84,8 +85,6 @@ def _eval_section(report_path: Path) -> str:
             "No evaluation report was exported with this model. Measure it with `codeunlearn eval` and pass the "
             "report to `codeunlearn export --eval_report` or `codeunlearn push --eval_report`."
         )
-    from codeunlearn.cli.eval import TABLE_NOTE, loss_table
-
     report = read_eval_report(report_path)
     tokens = {k: f"{v:,}" if isinstance(v, int) else "?" for k, v in report.get("heldout_tokens", {}).items()}
     lines = [

@@ -34,11 +34,15 @@ from transformers.pytorch_utils import Conv1D
 from codeunlearn import __version__
 from codeunlearn.bottleneck.architectures import check_layer_indices, decoder_layers, hidden_size, model_type_of
 from codeunlearn.bottleneck.edit import Edit
+from codeunlearn.bottleneck.loading import attach_bottleneck
 from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.bottleneck.registry import config_class_for
 from codeunlearn.errors import CodeunlearnError
+from codeunlearn.evaluate.evaluation import mean_loss
+from codeunlearn.evaluate.loss_table import add_deltas
 from codeunlearn.export.card import EVAL_REPORT_NAME, LINEAR_METHOD, LINEAR_SPEC_NAME, write_model_card
-from codeunlearn.io import atomic_directory, atomic_write_text
+from codeunlearn.export.save import VERIFY_TOLERANCE, probe_tokens
+from codeunlearn.io import atomic_directory, atomic_write_text, load_tensors
 from codeunlearn.runtime import batches, model_device
 
 # model_type -> (embedding modules from the *ForCausalLM root, modules of each decoder layer that write the stream)
@@ -172,6 +176,26 @@ def sae_edit_directions(bmodel: BottleneckedModel, edit: Edit, layer: int | None
     return decoder[features.to(decoder.device)].float().cpu(), layer
 
 
+def read_directions(path: str | Path) -> Tensor:
+    """The (k, d) tensor `directions` of a safetensors file."""
+    tensors = load_tensors(path, "directions file")
+    if "directions" not in tensors:
+        raise CodeunlearnError(f"{path} has no tensor named `directions`", "save a (k, hidden) tensor as `directions`")
+    return tensors["directions"]
+
+
+def directions_from_sae_edit(
+    model: nn.Module, bottleneck_dir: str | Path, edit: Edit, layer: int | None = None
+) -> tuple[Tensor, int]:
+    """`sae_edit_directions` with the edit's SAE attached to `model` for the reading and detached again, so that
+    nothing but the projection is folded afterwards."""
+    bmodel = attach_bottleneck(model, bottleneck_dir)
+    try:
+        return sae_edit_directions(bmodel, edit, layer)
+    finally:
+        bmodel.detach()
+
+
 # ------------------------------------------------------------------------------------------------ folding
 
 
@@ -238,6 +262,38 @@ def projection_hooks(model: nn.Module, directions: Tensor, layer: int) -> Iterat
             handle.remove()
 
 
+@torch.no_grad()
+def fold_checked(model: nn.Module, directions: Tensor, layer: int) -> None:
+    """`fold_projection`, then a check that the folded weights give the logits `projection_hooks` gives on probe
+    tokens (a fold that does not reproduce the projection is a bug, reported before anything is written)."""
+    probe = probe_tokens(model.get_input_embeddings().weight.shape[0]).to(model_device(model))
+    with projection_hooks(model, directions, layer):
+        hooked = model(input_ids=probe, use_cache=False).logits.float()
+    fold_projection(model, directions, layer)
+    folded = model(input_ids=probe, use_cache=False).logits.float()
+    if not torch.allclose(folded, hooked, rtol=1e-4, atol=1e-4 * max(float(hooked.abs().max()), 1.0)):
+        raise CodeunlearnError(
+            "the folded weights do not reproduce the projection", "report this as a bug; nothing was written"
+        )
+
+
+def fold_with_losses(
+    model: nn.Module, directions: Tensor, layer: int, heldout: dict[str, Tensor], batch_size: int = 8
+) -> list[dict[str, Any]]:
+    """`fold_checked`, measuring held-out forget and retain loss before and after: the loss-table rows of the base
+    model and of the projection, with changes against the base row (`codeunlearn.evaluate.loss_table`)."""
+
+    def row(name: str) -> dict[str, Any]:
+        losses = {k: mean_loss(model, v, batch_size, 0, None, False) for k, v in heldout.items()}
+        return {"row": name, "codes_removed": None, "forget_loss": losses["forget"], "retain_loss": losses["retain"]}
+
+    rows = [row("base")]
+    fold_checked(model, directions, layer)
+    rows.append(row(f"linear projection (layer {layer}, rank {len(directions)})"))
+    add_deltas(rows, reference="base")
+    return rows
+
+
 # ------------------------------------------------------------------------------------------------ saving
 
 
@@ -290,8 +346,6 @@ def verify_linear_export(model: nn.Module, path: str | Path) -> float:
     """Reload `path` with plain `AutoModelForCausalLM` (no remote code) and compare its logits with `model`'s on
     probe tokens; returns the max |difference| or raises `CodeunlearnError`."""
     from transformers import AutoModelForCausalLM
-
-    from codeunlearn.export.save import VERIFY_TOLERANCE, probe_tokens
 
     dtype = next(model.parameters()).dtype
     device = model_device(model)

@@ -22,11 +22,15 @@ import json
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import torch
 from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from codeunlearn.bottleneck.config import CONFIG_NAME, DEFAULT_KIND
+from codeunlearn.bottleneck.loading import is_bottleneck_source, load_bottlenecked, resolve_bottleneck_dir
 from codeunlearn.errors import CodeunlearnError
-from codeunlearn.modeling import SHIPPED_MODEL
+from codeunlearn.modeling import SHIPPED_MODEL, ModelArguments, load_model_and_tokenizer
+from codeunlearn.runtime import ticker
 
 EXPORT_MODEL_TYPE = "codeunlearn"
 
@@ -95,8 +99,6 @@ def base_model_run(loaded: EvalModel) -> tuple[nn.Module, contextlib.AbstractCon
 
 def model_kind(path_or_name: str) -> str:
     """`base`, `export`, `bottleneck` or `model` (see the module docstring); a missing local path is an error."""
-    from codeunlearn.cli.common import is_sae_source
-
     if path_or_name == SHIPPED_MODEL or path_or_name.endswith(".gguf"):
         return "base"
     path = Path(path_or_name)
@@ -104,7 +106,7 @@ def model_kind(path_or_name: str) -> str:
         config = _read_config(path)
         if config.get("model_type") == EXPORT_MODEL_TYPE:
             return "export"
-        if (path / CONFIG_NAME).is_file() or (path / "bottleneck" / CONFIG_NAME).is_file() or is_sae_source(path):
+        if is_bottleneck_source(path):
             return "bottleneck"
         if config:
             return "model"
@@ -139,23 +141,20 @@ def load_model_for_eval(
         return _load_bottlenecked(path_or_name, base_model, gguf_file, dtype, progress)
     if kind == "export":
         return _load_export(path_or_name, dtype, progress)
-    model, tokenizer = _load_plain(path_or_name, None, dtype, progress)
+    model, tokenizer = load_model_and_tokenizer(path_or_name, None, dtype, progress)
     if kind == "base" or base_model is None or _same_model(path_or_name, base_model):
         return EvalModel(model, tokenizer, f"base model {path_or_name}", None)
-    reference, _ = _load_plain(base_model, gguf_file, dtype, progress)
+    reference, _ = load_model_and_tokenizer(base_model, gguf_file, dtype, progress)
     return EvalModel(model, tokenizer, f"model {path_or_name} ({_model_type(model)})", reference)
 
 
 def _load_bottlenecked(
     path: str, base_model: str | None, gguf_file: str | None, dtype: str, progress: bool
 ) -> EvalModel:
-    from codeunlearn.cli.arguments import ModelArguments
-    from codeunlearn.cli.common import load_bottlenecked, resolve_bottleneck_dir
-
     if base_model is None:
         raise CodeunlearnError(f"bottleneck {path} needs its base model", "pass the base model (--model_name_or_path)")
-    model_args = ModelArguments(model_name_or_path=base_model, gguf_file=gguf_file, dtype=dtype)
-    bmodel, tokenizer = load_bottlenecked(model_args, path, progress)
+    base = ModelArguments(model_name_or_path=base_model, gguf_file=gguf_file, dtype=dtype)
+    bmodel, tokenizer = load_bottlenecked(path, base, progress)
     config = bmodel.config
     topics = ", ".join(edit.topic for edit in bmodel.edits) or "none"
     description = (
@@ -166,11 +165,6 @@ def _load_bottlenecked(
 
 
 def _load_export(path: str, dtype: str, progress: bool) -> EvalModel:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from codeunlearn.cli.common import ticker
-
     def load(**kwargs: Any) -> nn.Module:
         model = AutoModelForCausalLM.from_pretrained(
             path, trust_remote_code=True, dtype=getattr(torch, dtype), **kwargs
@@ -192,14 +186,6 @@ def _load_export(path: str, dtype: str, progress: bool) -> EvalModel:
     kind = config.bottleneck.get("kind", DEFAULT_KIND)
     description = f"export {path} ({kind} bottleneck on {config.base_model_type}, edits: {topics})"
     return EvalModel(model, tokenizer, description, reference)
-
-
-def _load_plain(name: str, gguf_file: str | None, dtype: str, progress: bool) -> tuple[nn.Module, Any]:
-    from codeunlearn.cli.common import ticker
-    from codeunlearn.modeling import load_model_and_tokenizer
-
-    with ticker(f"load {name}", enabled=progress):
-        return load_model_and_tokenizer(name, gguf_file, dtype)
 
 
 def _read_config(path: Path) -> dict[str, Any]:
