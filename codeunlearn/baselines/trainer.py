@@ -37,7 +37,7 @@ from transformers import (
 from codeunlearn.baselines.base import UnlearningMethod
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.io import atomic_directory, atomic_save_tensors, atomic_write_text, load_tensors
-from codeunlearn.runtime import autocast
+from codeunlearn.runtime import autocast, run_arguments
 from codeunlearn.train.stream import ChunkStream
 
 METRICS_NAME = "metrics.jsonl"
@@ -56,14 +56,15 @@ _SCHEDULES = {
 
 
 @dataclass
-class BaselineTrainingArguments:
-    """How a baseline run is executed and recorded (the method's hyperparameters are its config)."""
-
-    output_dir: str = field(metadata={"help": "Where metrics.jsonl, checkpoints/, model/ and result.json go."})
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
-    bf16: bool = field(
-        default=False, metadata={"help": "bf16 autocast of forwards (fast on GPUs and AMX CPUs only; weights fp32)."}
+class BaselineTrainingArguments(
+    run_arguments(
+        "output_dir", "overwrite", "progress", "bf16", writes="metrics.jsonl, checkpoints/, model/ and result.json"
     )
+):
+    """How a baseline run is executed and recorded (the method's hyperparameters are its config); bf16 is off
+    unless asked."""
+
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
     seed: int = field(default=0, metadata={"help": "Seeds the order of forget and retain chunks and torch's RNG."})
     log_every: int = field(default=10, metadata={"help": "Write a metrics line every N steps (and at the last)."})
     checkpoint_every: int = field(
@@ -73,8 +74,6 @@ class BaselineTrainingArguments:
     resume: bool = field(default=False, metadata={"help": "Continue from the latest checkpoint in output_dir."})
     stop_after_steps: int | None = field(default=None, metadata={"help": "End this run after this step (staged runs)."})
     save_model: bool = field(default=True, metadata={"help": "Write the trained model to OUTPUT/model at the end."})
-    overwrite: bool = field(default=False, metadata={"help": "Replace the results of an earlier run in output_dir."})
-    progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
 
     def __post_init__(self) -> None:
         if self.gradient_accumulation_steps < 1 or self.log_every < 1:

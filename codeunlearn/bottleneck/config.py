@@ -198,10 +198,11 @@ class CodebookConfig(BottleneckConfig):
         num_heads: code pieces per stage; the hidden size must divide by it.
         codebook_size: codes per head and stage.
         num_stages: residual-quantization stages (1 = plain multi-head VQ).
-        ema_decay / dead_code_threshold: EMA key steps after the k-means fit, if any
-            (`vector_quantize_pytorch.VectorQuantize`). The threshold is on a code's EMA usage *per batch*: with
-            2048-token batches and 4096 codes an average code scores 0.5, so the threshold must sit far below that
-            or live codes get replaced by batch samples.
+        ema_decay: decay of the search keys in the EMA key steps after the k-means fit, if any
+            (`vector_quantize_pytorch.VectorQuantize`).
+        dead_code_threshold: EMA usage below which an EMA key step replaces a code by a batch sample. It is a
+            code's usage *per batch*: with 2048-token batches and 4096 codes an average code scores 0.5, so the
+            threshold must sit far below that or live codes get replaced.
         kmeans_iters: Lloyd iterations per stage of the k-means fit of the keys (`codeunlearn.bottleneck.kmeans`).
 
     `seed` seeds the rotation and the k-means initialisation.
@@ -273,6 +274,7 @@ class SAEConfig(BottleneckConfig):
             largest pre-activations, MSE + aux-k), both sae-lens's own training classes; `pretrained` for SAEs
             attached from sae-lens directories.
         sae_width: SAE features per layer (d_sae); 0 = `sae_expansion_factor` x hidden size.
+        sae_expansion_factor: SAE width as a multiple of the hidden size (when `sae_width` is 0).
         sae_k: active features per token of a `topk` SAE.
         sae_l1_coefficient: weight of the L1 sparsity loss of a `relu` SAE (on inputs scaled to norm sqrt(d_in)).
         sae_error_term: keep the SAE's reconstruction error in the output (output = decode(edited features) +

@@ -19,6 +19,7 @@ from codeunlearn.cli.arguments import parse_arguments
 from codeunlearn.cli.common import check_output_dir_free
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.modeling import ModelArguments
+from codeunlearn.runtime import run_arguments
 
 DESCRIPTION = "Apply (and undo) edits on a trained bottleneck and save the edited bottleneck directory."
 
@@ -28,9 +29,6 @@ class ApplyArguments:
     """Bottleneck in, edits to add or undo, edited bottleneck out."""
 
     bottleneck_dir: str = field(metadata={"help": "Bottleneck directory (its saved edits stay active)."})
-    output_dir: str = field(
-        metadata={"help": "Directory for the edited bottleneck (must be empty unless --overwrite)."}
-    )
     edits: list[str] = field(
         default_factory=list, metadata={"help": "Edit files (from `codeunlearn forget`) to apply, in order."}
     )
@@ -38,7 +36,6 @@ class ApplyArguments:
         default_factory=list,
         metadata={"help": "Topics whose most recent edit is removed (before --edits are applied)."},
     )
-    overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty output directory."})
 
 
 def describe_edits(edits: list[Edit]) -> str:
@@ -50,10 +47,15 @@ def describe_edits(edits: list[Edit]) -> str:
 
 def main(argv: Sequence[str]) -> int:
     """Run `codeunlearn apply` with command-line arguments `argv` (without the subcommand name)."""
-    model_args, args = parse_arguments((ModelArguments, ApplyArguments), argv, "codeunlearn apply", DESCRIPTION)
+    model_args, args, run = parse_arguments(
+        (ModelArguments, ApplyArguments, run_arguments("output_dir", "overwrite", writes="the edited bottleneck")),
+        argv,
+        "codeunlearn apply",
+        DESCRIPTION,
+    )
     if not args.edits and not args.undo:
         raise CodeunlearnError("nothing to apply", "pass --edits FILE [FILE ...] and/or --undo TOPIC")
-    check_output_dir_free(args.output_dir, args.overwrite)  # before the slow model load
+    check_output_dir_free(run.output_dir, run.overwrite)  # before the slow model load
     edits = [Edit.load(path) for path in args.edits]
     bmodel, _ = load_bottlenecked(args.bottleneck_dir, model_args, progress=True)
     for topic in args.undo:
@@ -61,8 +63,8 @@ def main(argv: Sequence[str]) -> int:
         print(f"undid {removed.topic!r} ({removed.num_codes} codes)")
     for edit in edits:
         bmodel.apply_edit(edit)
-    bmodel.save_pretrained(args.output_dir, overwrite=args.overwrite)
+    bmodel.save_pretrained(run.output_dir, overwrite=run.overwrite)
     print("active edits:")
     print(describe_edits(bmodel.edits))
-    print(f"wrote {args.output_dir}")
+    print(f"wrote {run.output_dir}")
     return 0

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
+import re
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -27,17 +29,10 @@ from transformers import HfArgumentParser
 from transformers.hf_argparser import string_to_bool
 
 from codeunlearn.bottleneck import INTERVENTIONS, KINDS
-from codeunlearn.bottleneck.config import (
-    DEFAULT_KIND,
-    SAE_ARCHITECTURES,
-    SITES,
-    BottleneckConfig,
-    CodebookConfig,
-    SAEConfig,
-)
+from codeunlearn.bottleneck.config import DEFAULT_KIND, FLAT_LAYOUT, BottleneckConfig, CodebookConfig, SAEConfig
 from codeunlearn.bottleneck.edit import DEFAULT_MULTIPLIER
 from codeunlearn.errors import CodeunlearnError
-from codeunlearn.unlearn.selection import SCALES, SCORES, SelectionRule
+from codeunlearn.unlearn.selection import SCALES, SelectionRule
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -62,90 +57,77 @@ def with_aliases(cls: type, **aliases: list[str]) -> type:
     return dataclasses.make_dataclass(cls.__name__, changed, bases=(cls,))
 
 
-def _default(cls: type, name: str) -> Any:
-    """The default of a library dataclass field, so the CLI never restates (and drifts from) library defaults."""
-    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
+def attribute_docs(cls: type) -> dict[str, str]:
+    """Field descriptions from the `Attributes:` sections of the docstrings of `cls` and its bases (Google style;
+    an entry `a / b: text` describes both fields), as one-line help texts."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        lines = inspect.cleandoc(klass.__dict__.get("__doc__") or "").splitlines()
+        start = next((i for i, line in enumerate(lines) if line.strip() == "Attributes:"), None)
+        if start is None:
+            continue
+        entries: list[tuple[list[str], list[str]]] = []
+        for line in lines[start + 1 :]:
+            if line and not line.startswith(" "):
+                break
+            entry = re.match(r"^    ([a-z_][a-z0-9_ /]*): (.*)$", line)
+            if entry:
+                entries.append(([n.strip() for n in entry.group(1).split("/")], [entry.group(2)]))
+            elif line.strip() and entries:
+                entries[-1][1].append(line.strip())
+        for names, text in entries:
+            sentence = " ".join(text)
+            # argparse formats help with %-interpolation: a literal percent sign is written twice.
+            sentence = (sentence[0].upper() + sentence[1:]).replace("%", "%%")
+            docs.update({name: sentence for name in names})
+    return docs
+
+
+def library_arguments(
+    *classes: type, exclude: Iterable[str] = (), rename: dict[str, str] | None = None, order: Sequence[str] = ()
+) -> type:
+    """A dataclass of the fields of library dataclasses, as command-line arguments: type and default from the
+    field, help from the class docstring's `Attributes:` section, so nothing is written twice. Fields met again in
+    a later class are taken once; `rename` gives a field another flag name, `order` sorts the named fields first."""
+    rename = rename or {}
+    specs: dict[str, tuple[str, Any, Any]] = {}
+    for cls in classes:
+        hints, docs = typing.get_type_hints(cls), attribute_docs(cls)
+        for f in dataclasses.fields(cls):
+            if f.name in exclude or f.name in specs:
+                continue
+            help_text = docs.get(f.name, f.metadata.get("help", ""))
+            default = field(default=f.default, default_factory=f.default_factory, metadata={"help": help_text})
+            specs[f.name] = (rename.get(f.name, f.name), hints[f.name], default)
+    rank = {name: index for index, name in enumerate(order)}
+    ordered = sorted(specs, key=lambda name: rank.get(name, len(rank)))
+    return dataclasses.make_dataclass("LibraryArguments", [specs[name] for name in ordered])
+
+
+# The facts a bottleneck config reads off the model (and its bookkeeping): not arguments.
+MODEL_FACTS = ("hidden_size", "num_hidden_layers", "model_type", "base_model", "extra", "inactive_fields")
 
 
 @dataclass
-class BottleneckArguments:
-    """The shape of the bottleneck (`codeunlearn.bottleneck.config.BottleneckConfig`, minus the facts read off the model)."""
+class BottleneckArguments(
+    library_arguments(
+        CodebookConfig,
+        SAEConfig,
+        exclude=MODEL_FACTS,
+        # `seed` is taken by TrainingArguments (data order); this one seeds the bottleneck's initialisation.
+        rename={"seed": "bottleneck_seed"},
+        order=FLAT_LAYOUT,
+    )
+):
+    """The shape of the bottleneck: the fields of every kind's config (`codeunlearn.bottleneck.config`, as the flat
+    `bottleneck_config.json` holds them), minus the facts read off the model; `kind` picks the config class."""
 
-    layers: list[int] = field(metadata={"help": "Decoder-layer indices whose output goes through a bottleneck."})
     kind: Literal[KINDS] = field(
         default=DEFAULT_KIND,
         metadata={
             "help": "Bottleneck kind: `vq` (codebook) or `sae` (sparse autoencoder).",
             "aliases": ["--bottleneck"],
         },
-    )
-    site: Literal[SITES] = field(
-        default=_default(BottleneckConfig, "site"),
-        metadata={
-            "help": "`residual`: quantize the whole residual stream; `block_output`: only what the layer writes."
-        },
-    )
-    num_heads: int = field(
-        default=_default(CodebookConfig, "num_heads"),
-        metadata={"help": "Code pieces per stage (divides the hidden size)."},
-    )
-    codebook_size: int = field(
-        default=_default(CodebookConfig, "codebook_size"), metadata={"help": "Codes per head and stage."}
-    )
-    num_stages: int = field(
-        default=_default(CodebookConfig, "num_stages"), metadata={"help": "Residual-quantization stages."}
-    )
-    passthrough_first_position: bool = field(
-        default=_default(BottleneckConfig, "passthrough_first_position"),
-        metadata={"help": "Leave position 0 (attention sink) unquantized."},
-    )
-    massive_norm_factor: float = field(
-        default=_default(BottleneckConfig, "massive_norm_factor"),
-        metadata={"help": "Leave tokens with norm above this multiple of the typical norm unquantized (0 disables)."},
-    )
-    ema_decay: float = field(
-        default=_default(CodebookConfig, "ema_decay"), metadata={"help": "EMA decay of the search keys."}
-    )
-    kmeans_iters: int = field(
-        default=_default(CodebookConfig, "kmeans_iters"),
-        metadata={"help": "k-means iterations of the key initialisation."},
-    )
-    dead_code_threshold: float = field(
-        default=_default(CodebookConfig, "dead_code_threshold"),
-        metadata={"help": "EMA usage below which a code is replaced."},
-    )
-    adapter_rank: int = field(
-        default=_default(BottleneckConfig, "adapter_rank"),
-        metadata={
-            "help": "Rank of LoRA adapters on the layers after the first bottleneck (0 = none; base weights never change)."
-        },
-    )
-    # `seed` is taken by TrainingArguments (data order); this one seeds the rotation and k-means.
-    bottleneck_seed: int = field(
-        default=_default(BottleneckConfig, "seed"), metadata={"help": "Seeds the rotation and k-means init."}
-    )
-    sae_architecture: Literal[SAE_ARCHITECTURES] = field(
-        default=_default(SAEConfig, "sae_architecture"),
-        metadata={"help": "SAE (kind sae): `relu` (MSE + L1) or `topk` (k active features, aux-k loss)."},
-    )
-    sae_width: int = field(
-        default=_default(SAEConfig, "sae_width"),
-        metadata={"help": "SAE features per layer (0: sae_expansion_factor x hidden size)."},
-    )
-    sae_expansion_factor: int = field(
-        default=_default(SAEConfig, "sae_expansion_factor"),
-        metadata={"help": "SAE width as a multiple of the hidden size (when sae_width is 0)."},
-    )
-    sae_k: int = field(
-        default=_default(SAEConfig, "sae_k"), metadata={"help": "Active features per token of a topk SAE."}
-    )
-    sae_l1_coefficient: float = field(
-        default=_default(SAEConfig, "sae_l1_coefficient"),
-        metadata={"help": "L1 sparsity weight of a relu SAE (inputs scaled to norm sqrt(d_in))."},
-    )
-    sae_error_term: bool = field(
-        default=_default(SAEConfig, "sae_error_term"),
-        metadata={"help": "Keep the SAE error term (an unedited SAE then changes nothing)."},
     )
 
     def to_config(self) -> BottleneckConfig:
@@ -156,26 +138,11 @@ class BottleneckArguments:
 
 
 @dataclass
-class SelectionArguments:
-    """Which codes a topic removes (`codeunlearn.unlearn.selection.SelectionRule`) and how."""
+class SelectionArguments(library_arguments(SelectionRule)):
+    """Which codes a topic removes (the fields of `codeunlearn.unlearn.selection.SelectionRule`) and how: the topic's
+    name, the edit's intervention, the random control and the rule that picks the number of codes."""
 
     topic: str = field(default="topic", metadata={"help": "Name of the topic to forget (recorded in the edit)."})
-    num_codes: int = field(
-        default=_default(SelectionRule, "num_codes"),
-        metadata={"help": "Codes to remove per layer (the top-scoring eligible ones)."},
-    )
-    min_forget_count: int = field(
-        default=_default(SelectionRule, "min_forget_count"),
-        metadata={"help": "A code must fire at least this often on the forget corpus."},
-    )
-    max_retain_frequency: float = field(
-        default=_default(SelectionRule, "max_retain_frequency"),
-        metadata={"help": "Codes firing on more than this fraction of retain tokens are kept."},
-    )
-    min_score: float = field(
-        default=_default(SelectionRule, "min_score"),
-        metadata={"help": "Only codes with log-enrichment above this are eligible."},
-    )
     intervention: Literal[INTERVENTIONS] | None = field(
         default=None,
         metadata={
@@ -201,13 +168,6 @@ class SelectionArguments:
         metadata={
             "help": "Train-split tokens per retain corpus the bottleneck and its retain statistics may have read "
             "(the faithful recipe's --max_tokens); validation text starts after them."
-        },
-    )
-    score: Literal[SCORES] = field(
-        default=_default(SelectionRule, "score"),
-        metadata={
-            "help": "`frequency_ratio` (log-enrichment of firing frequency) or, for an SAE, "
-            "`mean_activation_difference` (mean activation on forget minus retain tokens)."
         },
     )
     multiplier: float | None = field(
@@ -328,6 +288,10 @@ def parse_arguments(
     `FILE.yaml`/`FILE.json` argument, or else `default_config`), flags on the command line.
     """
     parser = ArgumentParser(dataclass_types, prog=prog, description=description)
+    if "bf16" in {action.dest for action in parser._actions} and "--no_bf16" not in parser._option_string_actions:
+        # argparse adds `--no_X` only to flags whose declared default is True; bf16's default may be turned on when
+        # the command runs (`defaults`), so its off switch is always there.
+        parser.add_argument("--no_bf16", action="store_false", dest="bf16", help="Turn bf16 autocast off.")
     parser.add_argument(
         "--config",
         default=str(default_config) if default_config else None,

@@ -26,7 +26,7 @@ from codeunlearn.cli.common import check_output_file
 from codeunlearn.data import DataArguments, read_corpora
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.modeling import ModelArguments
-from codeunlearn.runtime import bf16_is_fast
+from codeunlearn.runtime import bf16_is_fast, run_arguments
 from codeunlearn.unlearn.guardrail import DEFAULT_TARGET_FPR, DEFAULT_WINDOW, calibrate_guardrail, gate_rate
 
 DESCRIPTION = "Calibrate a local-window guardrail for an SAE edit on retain text (target false-positive rate)."
@@ -50,20 +50,18 @@ class CalibrateArguments:
         default=None, metadata={"help": "Clamp multiplier (negative; default: the edit's own)."}
     )
     batch_size: int = field(default=8, metadata={"help": "Chunks per forward pass."})
-    bf16: bool = field(
-        default=bf16_is_fast(),
-        metadata={"help": "bf16 autocast for the frozen model (default: on where bf16 matmuls are fast)."},
-    )
-    progress: bool = field(default=True, metadata={"help": "Show progress bars."})
-    overwrite: bool = field(default=False, metadata={"help": "Replace an existing output file."})
 
 
 def main(argv: Sequence[str]) -> int:
     """Run `codeunlearn calibrate` with command-line arguments `argv` (without the subcommand name)."""
-    model_args, data_args, args = parse_arguments(
-        (ModelArguments, DataArguments, CalibrateArguments), argv, "codeunlearn calibrate", DESCRIPTION
+    model_args, data_args, args, run = parse_arguments(
+        (ModelArguments, DataArguments, CalibrateArguments, run_arguments("overwrite", "progress", "bf16")),
+        argv,
+        "codeunlearn calibrate",
+        DESCRIPTION,
+        defaults={"bf16": bf16_is_fast()},
     )
-    output = check_output_file(args.output_file, args.overwrite)
+    output = check_output_file(args.output_file, run.overwrite)
     if output.suffix != ".json":
         raise CodeunlearnError(f"--output_file {output} does not end in .json", "name it like guardrail.json")
     edit = Edit.load(args.edit)
@@ -71,7 +69,7 @@ def main(argv: Sequence[str]) -> int:
         raise CodeunlearnError(f"edit {args.edit} is for a {edit.kind!r} bottleneck", "calibrate an SAE edit")
     retain = read_corpora(data_args.retain_corpora, data_args, "retain_corpora")
     forget = read_corpora(data_args.forget_corpora, data_args, "forget_corpora") if data_args.forget_corpora else None
-    bmodel, tokenizer = load_bottlenecked(args.bottleneck_dir, model_args, args.progress)
+    bmodel, tokenizer = load_bottlenecked(args.bottleneck_dir, model_args, run.progress)
     if bmodel.edits:
         print(
             f"note: setting aside the saved edits {[e.topic for e in bmodel.edits]} (the gate reads the unedited SAE)"
@@ -86,15 +84,15 @@ def main(argv: Sequence[str]) -> int:
         action=args.action,
         multiplier=args.multiplier,
         batch_size=args.batch_size,
-        bf16=args.bf16,
+        bf16=run.bf16,
         corpus=f"{retain.name} (train split)",
     )
     record = guard.guardrail.calibration
     if all(split.heldout for split in retain.splits):
-        record["heldout_fpr"] = gate_rate(bmodel, guard, retain.pack(tokenizer, "heldout"), args.batch_size, args.bf16)
+        record["heldout_fpr"] = gate_rate(bmodel, guard, retain.pack(tokenizer, "heldout"), args.batch_size, run.bf16)
     if forget is not None and all(split.heldout for split in forget.splits):
         held = forget.pack(tokenizer, "heldout")
-        record["forget_heldout_gated"] = gate_rate(bmodel, guard, held, args.batch_size, args.bf16)
+        record["forget_heldout_gated"] = gate_rate(bmodel, guard, held, args.batch_size, run.bf16)
     output.parent.mkdir(parents=True, exist_ok=True)
     guard.save(output)
     thresholds = ", ".join(f"layer {k}: {v:.4f}" for k, v in sorted(guard.guardrail.thresholds.items()))

@@ -52,6 +52,7 @@ from codeunlearn.evaluate.loss_table import (
 )
 from codeunlearn.io import atomic_write_text
 from codeunlearn.modeling import ModelArguments
+from codeunlearn.runtime import run_arguments
 from codeunlearn.train import TrainingArguments, train_bottleneck
 from codeunlearn.unlearn.budget import choose_num_codes, describe_walk
 from codeunlearn.unlearn.selection import random_control
@@ -86,9 +87,6 @@ class DemoArguments:
     )
     retain_statistics_tokens: int = field(
         default=32768, metadata={"help": "Retain train-split tokens per corpus counted for the retain statistics."}
-    )
-    overwrite: bool = field(
-        default=False, metadata={"help": "Replace a non-empty output directory that an earlier demo did not write."}
     )
 
 
@@ -136,12 +134,13 @@ def main(argv: Sequence[str]) -> int:
         TrainingArguments,
         SelectionArguments,
         DemoArguments,
+        run_arguments("overwrite"),
     )
     config_path = default_config()
     parsed = parse_arguments(
         dataclass_types, argv, "codeunlearn demo", DESCRIPTION, defaults=DEFAULTS, default_config=config_path
     )
-    model_args, data_args, bottleneck_args, training_args, selection, demo = parsed
+    model_args, data_args, bottleneck_args, training_args, selection, demo, run = parsed
     data_dir = Path(demo.data_dir)
     if not data_dir.is_dir():
         raise CodeunlearnError(
@@ -179,7 +178,7 @@ def main(argv: Sequence[str]) -> int:
     with watch.stage("load"):
         forget_corpora = read_corpora(data_args.forget_corpora, data_args, "forget_corpora")
         retain_corpora = read_corpora(data_args.retain_corpora, data_args, "retain_corpora")
-        prepare_output_dir(output_dir, demo.overwrite)
+        prepare_output_dir(output_dir, run.overwrite)
         atomic_write_text(output_dir / "demo_args.json", json.dumps(to_flat_dict(*parsed), indent=1) + "\n")
         model, tokenizer = model_args.load(progress)
         # General text only: the bottleneck never sees the topic it will be asked to forget.

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from codeunlearn.cli.arguments import parse_arguments
 from codeunlearn.evaluate.metrics.facts import CORPUS_FILES, GEOGRAPHY_RELATIONS, PROBE_FILES, write_fact_topic
 from codeunlearn.evaluate.suite.fact_suite import write_fact_suite
+from codeunlearn.runtime import run_arguments
 
 DESCRIPTION = "Write the geography fact topic (known_1000) as forget/retain corpora and held-out probes."
 
@@ -28,7 +29,6 @@ class FactTopicArguments:
     known_facts: str = field(
         metadata={"aliases": ["--known_1000"], "help": "The known_1000 facts file (shared data eval/known_1000.jsonl)."}
     )
-    output_dir: str = field(metadata={"help": "Directory for the topic's files (must be empty unless --overwrite)."})
     forget_relations: list[str] = field(
         default_factory=lambda: list(GEOGRAPHY_RELATIONS),
         metadata={"help": "Wikidata relations to forget (default: P30 P17 P36, geography); the rest are retained."},
@@ -37,22 +37,26 @@ class FactTopicArguments:
         default=0.5, metadata={"help": "Share of each side's facts held out as probes (split by subject)."}
     )
     seed: int = field(default=0, metadata={"help": "Seed of the train/held-out split."})
-    overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty output directory."})
 
 
 def main(argv: Sequence[str]) -> int:
     """Run `codeunlearn fact-topic` with command-line arguments `argv` (without the subcommand name)."""
-    (args,) = parse_arguments((FactTopicArguments,), argv, "codeunlearn fact-topic", DESCRIPTION)
+    args, run = parse_arguments(
+        (FactTopicArguments, run_arguments("output_dir", "overwrite", writes="the topic's files")),
+        argv,
+        "codeunlearn fact-topic",
+        DESCRIPTION,
+    )
     topic = write_fact_topic(
         args.known_facts,
-        args.output_dir,
+        run.output_dir,
         forget_relations=args.forget_relations,
         heldout_fraction=args.heldout_fraction,
         seed=args.seed,
-        overwrite=args.overwrite,
+        overwrite=run.overwrite,
     )
     suite = write_fact_suite(
-        args.output_dir,
+        run.output_dir,
         topic.forget_relations,
         forget_train=CORPUS_FILES["forget_train"],
         probes_forget=PROBE_FILES["forget_heldout"],
@@ -61,5 +65,5 @@ def main(argv: Sequence[str]) -> int:
     counts = topic.counts()
     print(f"forget relations {' '.join(topic.forget_relations)}: ", end="")
     print(", ".join(f"{part} {count}" for part, count in counts.items()))
-    print(f"wrote {args.output_dir}; evaluate with `codeunlearn eval --suite {suite} ...`")
+    print(f"wrote {run.output_dir}; evaluate with `codeunlearn eval --suite {suite} ...`")
     return 0

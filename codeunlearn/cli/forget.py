@@ -34,6 +34,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from codeunlearn.bottleneck.edit import Edit
 from codeunlearn.bottleneck.loading import load_bottlenecked, resolve_bottleneck_dir
@@ -43,6 +44,7 @@ from codeunlearn.cli.common import Stopwatch, check_output_dir_free, check_outpu
 from codeunlearn.data import Corpora, DataArguments, read_corpora
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.modeling import ModelArguments
+from codeunlearn.runtime import run_arguments
 from codeunlearn.unlearn.budget import choose_num_codes, describe_walk
 from codeunlearn.unlearn.selection import random_control, select_codes
 from codeunlearn.unlearn.statistics import CodeStatistics, collect_code_statistics
@@ -58,11 +60,15 @@ FORGET_STATS_NAME = "forget_statistics.safetensors"
 EDITED_NAME = "edited"
 
 
+ForgetRunArguments = run_arguments(
+    "output_dir", "overwrite", "progress", "bf16", writes=f"{EDIT_NAME}, {CONTROL_NAME} and the edited bottleneck"
+)
+
+
 @dataclass
 class ForgetArguments:
     """A bottleneck and the topic's text (or statistics files) in, edits out."""
 
-    output_dir: str = field(metadata={"help": f"Directory for {EDIT_NAME} and {CONTROL_NAME}."})
     bottleneck_dir: str | None = field(
         default=None,
         metadata={
@@ -78,15 +84,6 @@ class ForgetArguments:
         metadata={"help": "Statistics of the retain corpus, same bottleneck (default: the bottleneck's cached ones)."},
     )
     batch_size: int = field(default=8, metadata={"help": "Chunks per forward pass (with --bottleneck_dir)."})
-    bf16: bool = field(
-        default=False,
-        metadata={
-            "help": "bf16 autocast for the frozen model (faster where bf16 matmuls are fast; count the retain side "
-            "in the same precision: `train` counts it in the precision it trained in)."
-        },
-    )
-    progress: bool = field(default=True, metadata={"help": "Show progress bars."})
-    overwrite: bool = field(default=False, metadata={"help": "Replace existing edit files."})
 
 
 def usage_per_token(stats: CodeStatistics, edit: Edit, layer: int) -> float:
@@ -123,27 +120,50 @@ def make_edits(forget: CodeStatistics, retain: CodeStatistics, selection: Select
 
 def main(argv: Sequence[str]) -> int:
     """Run `codeunlearn forget` with command-line arguments `argv` (without the subcommand name)."""
-    model_args, data_args, args, selection = parse_arguments(
-        (ModelArguments, DataArguments, ForgetArguments, SelectionArguments), argv, "codeunlearn forget", DESCRIPTION
+    model_args, data_args, args, selection, run = parse_arguments(
+        (ModelArguments, DataArguments, ForgetArguments, SelectionArguments, ForgetRunArguments),
+        argv,
+        "codeunlearn forget",
+        DESCRIPTION,
     )
-    output_dir = Path(args.output_dir)
-    edit_path = check_output_file(output_dir / EDIT_NAME, args.overwrite)
-    control_path = check_output_file(output_dir / CONTROL_NAME, args.overwrite)
+    output_dir = Path(run.output_dir)
+    paths = (
+        check_output_file(output_dir / EDIT_NAME, run.overwrite),
+        check_output_file(output_dir / CONTROL_NAME, run.overwrite),
+    )
     if args.bottleneck_dir is None:
-        if selection.max_retain_cost is not None:
-            raise CodeunlearnError(
-                "--max_retain_cost measures edits on validation text, which needs the bottleneck",
-                "pass --bottleneck_dir B --forget_corpora F --retain_corpora R",
-            )
-        if not (args.forget_stats and args.retain_stats):
-            raise CodeunlearnError(
-                "forget needs a bottleneck and the topic's text, or two statistics files",
-                "pass --bottleneck_dir B --forget_corpora FILE, or --forget_stats F --retain_stats R",
-            )
-        forget, retain = CodeStatistics.load(args.forget_stats), CodeStatistics.load(args.retain_stats)
-        edit, control = make_edits(forget, retain, selection)
-        write_edits(edit, control, edit_path, control_path, forget, retain)
-        return 0
+        return forget_from_statistics(args, selection, paths)
+    return forget_on_bottleneck(model_args, data_args, args, selection, run, paths)
+
+
+def forget_from_statistics(args: ForgetArguments, selection: SelectionArguments, paths: tuple[Path, Path]) -> int:
+    """Select from two statistics files (`codeunlearn stats`): the edit and its control, nothing else."""
+    if selection.max_retain_cost is not None:
+        raise CodeunlearnError(
+            "--max_retain_cost measures edits on validation text, which needs the bottleneck",
+            "pass --bottleneck_dir B --forget_corpora F --retain_corpora R",
+        )
+    if not (args.forget_stats and args.retain_stats):
+        raise CodeunlearnError(
+            "forget needs a bottleneck and the topic's text, or two statistics files",
+            "pass --bottleneck_dir B --forget_corpora FILE, or --forget_stats F --retain_stats R",
+        )
+    forget, retain = CodeStatistics.load(args.forget_stats), CodeStatistics.load(args.retain_stats)
+    edit, control = make_edits(forget, retain, selection)
+    write_edits(edit, control, *paths, forget, retain)
+    return 0
+
+
+def forget_on_bottleneck(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    args: ForgetArguments,
+    selection: SelectionArguments,
+    run: Any,
+    paths: tuple[Path, Path],
+) -> int:
+    """Count the topic's codes on the bottleneck, select against the retain statistics, write the edits, the
+    forget statistics and the edited bottleneck, and say how long forgetting took."""
     if not data_args.forget_corpora:
         raise CodeunlearnError("--bottleneck_dir needs the topic's text", "pass --forget_corpora FILE [FILE ...]")
     if args.forget_stats:
@@ -154,26 +174,27 @@ def main(argv: Sequence[str]) -> int:
         raise CodeunlearnError(
             "--max_retain_cost needs retain text to validate on", "pass --retain_corpora (general text)"
         )
-    check_output_file(output_dir / FORGET_STATS_NAME, args.overwrite)
-    check_output_dir_free(output_dir / EDITED_NAME, args.overwrite)
+    output_dir = Path(run.output_dir)
+    check_output_file(output_dir / FORGET_STATS_NAME, run.overwrite)
+    check_output_dir_free(output_dir / EDITED_NAME, run.overwrite)
     watch = Stopwatch()
     forget_corpora = read_corpora(data_args.forget_corpora, data_args, "forget_corpora")
     retain_corpora = (
         read_corpora(data_args.retain_corpora, data_args, "retain_corpora") if data_args.retain_corpora else None
     )
     with watch.stage("load"):
-        bmodel, tokenizer = load_bottlenecked(args.bottleneck_dir, model_args, args.progress)
+        bmodel, tokenizer = load_bottlenecked(args.bottleneck_dir, model_args, run.progress)
         if bmodel.edits:
             print(f"note: selecting on the unedited bottleneck; its saved edits {[e.topic for e in bmodel.edits]} stay")
         saved_edits = list(bmodel.edits)
         bmodel.clear_edits()
         fingerprint = bmodel.fingerprint()
     with watch.stage("retain statistics"):
-        retain = _retain_statistics(args, retain_corpora, bmodel, tokenizer, fingerprint)
+        retain = _retain_statistics(args, run, retain_corpora, bmodel, tokenizer, fingerprint)
     with watch.stage("forget statistics"):
         chunks = forget_corpora.pack(tokenizer, "train")
         forget = collect_code_statistics(
-            bmodel, chunks, args.batch_size, corpus=forget_corpora.name, progress=args.progress, bf16=args.bf16
+            bmodel, chunks, args.batch_size, corpus=forget_corpora.name, progress=run.progress, bf16=run.bf16
         )
         forget.corpus_fingerprint = corpus_fingerprint(chunks)
     with watch.stage("select"):
@@ -183,7 +204,7 @@ def main(argv: Sequence[str]) -> int:
                 tokenizer, "train", selection.validation_tokens, skip_tokens=selection.validation_skip_tokens
             )
             edit, walk = choose_num_codes(
-                bmodel, edit, validation, selection.max_retain_cost, args.batch_size, bf16=args.bf16
+                bmodel, edit, validation, selection.max_retain_cost, args.batch_size, bf16=run.bf16
             )
             control = random_control(edit, forget, retain, seed=selection.control_seed)
             print(describe_walk(walk, selection.max_retain_cost))
@@ -193,8 +214,8 @@ def main(argv: Sequence[str]) -> int:
         bmodel.apply_edit(edit)
         output_dir.mkdir(parents=True, exist_ok=True)
         forget.save(output_dir / FORGET_STATS_NAME)
-        write_edits(edit, control, edit_path, control_path, forget, retain)
-        bmodel.save_pretrained(output_dir / EDITED_NAME, overwrite=args.overwrite)
+        write_edits(edit, control, *paths, forget, retain)
+        bmodel.save_pretrained(output_dir / EDITED_NAME, overwrite=run.overwrite)
         if retain.corpus_fingerprint:  # edits are masks: the keys, and so these counts, are the edited model's too
             save_retain_statistics(retain, output_dir / EDITED_NAME)
     print(f"wrote {output_dir / EDITED_NAME} (the bottleneck with {[e.topic for e in bmodel.edits]} removed)")
@@ -221,7 +242,12 @@ def write_edits(
 
 
 def _retain_statistics(
-    args: ForgetArguments, retain_corpora: Corpora | None, bmodel: BottleneckedModel, tokenizer, fingerprint: str
+    args: ForgetArguments,
+    run: Any,
+    retain_corpora: Corpora | None,
+    bmodel: BottleneckedModel,
+    tokenizer: Any,
+    fingerprint: str,
 ) -> CodeStatistics:
     """The retain side: a statistics file, the cache entry of --retain_corpora (counted and kept on a miss), or
     the one retain corpus the bottleneck directory keeps."""
@@ -249,10 +275,10 @@ def _retain_statistics(
         print(f"retain statistics: cached ({stats.corpus}, corpus fingerprint {key})")
         return stats
     stats = collect_code_statistics(
-        bmodel, chunks, args.batch_size, corpus=retain_corpora.name, progress=args.progress, bf16=args.bf16
+        bmodel, chunks, args.batch_size, corpus=retain_corpora.name, progress=run.progress, bf16=run.bf16
     )
     stats.corpus_fingerprint = key
     # A bottleneck named by Hub repo id lives in the Hugging Face cache, which is not ours to write into.
-    keep = directory if Path(args.bottleneck_dir).exists() else Path(args.output_dir)
+    keep = directory if Path(args.bottleneck_dir).exists() else Path(run.output_dir)
     print(f"retain statistics: counted on {chunks.numel():,} tokens, kept at {save_retain_statistics(stats, keep)}")
     return stats

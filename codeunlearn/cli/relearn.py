@@ -29,6 +29,7 @@ from codeunlearn.data import DataArguments, read_corpora
 from codeunlearn.evaluate.attacks.relearn import RelearnConfig, relearn
 from codeunlearn.io import atomic_write_text
 from codeunlearn.modeling import ModelArguments
+from codeunlearn.runtime import run_arguments
 
 DESCRIPTION = (
     "Relearning attack: fine-tune a (baseline-unlearned or bottleneck-edited) model on a slice of forget text and "
@@ -37,11 +38,13 @@ DESCRIPTION = (
 RESULT_NAME = "relearn.json"
 
 
+RelearnOutputArguments = run_arguments("output_dir", "overwrite", writes=f"{RESULT_NAME} and relearn.md")
+
+
 @dataclass
 class RelearnRunArguments:
     """What is attacked, with how much text, and where the curve goes."""
 
-    output_dir: str = field(metadata={"help": "Directory for relearn.json and relearn.md."})
     bottleneck_dir: str | None = field(
         default=None, metadata={"help": "An (edited) bottleneck directory to load on top of the model."}
     )
@@ -52,16 +55,18 @@ class RelearnRunArguments:
             "seq_len, fresh text at every step; a smaller slice is cycled)."
         },
     )
-    overwrite: bool = field(default=False, metadata={"help": "Replace an existing relearn.json."})
 
 
 def main(argv: Sequence[str]) -> int:
     """Run `codeunlearn relearn` with command-line arguments `argv` (without the subcommand name)."""
-    model_args, data_args, run_args, config = parse_arguments(
-        (ModelArguments, DataArguments, RelearnRunArguments, RelearnConfig), argv, "codeunlearn relearn", DESCRIPTION
+    model_args, data_args, run_args, outputs, config = parse_arguments(
+        (ModelArguments, DataArguments, RelearnRunArguments, RelearnOutputArguments, RelearnConfig),
+        argv,
+        "codeunlearn relearn",
+        DESCRIPTION,
     )
-    output_dir = Path(run_args.output_dir)
-    check_output_file(output_dir / RESULT_NAME, run_args.overwrite)
+    output_dir = Path(outputs.output_dir)
+    check_output_file(output_dir / RESULT_NAME, outputs.overwrite)
     forget_corpora = read_corpora(data_args.forget_corpora, data_args, "forget_corpora")
     retain_corpora = (
         read_corpora(data_args.retain_corpora, data_args, "retain_corpora") if data_args.retain_corpora else None

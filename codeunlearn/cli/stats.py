@@ -19,7 +19,7 @@ from codeunlearn.cli.common import check_output_file
 from codeunlearn.data import DataArguments, read_corpora
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.modeling import ModelArguments
-from codeunlearn.runtime import bf16_is_fast
+from codeunlearn.runtime import bf16_is_fast, run_arguments
 from codeunlearn.unlearn.statistics import CodeStatistics, collect_code_statistics
 
 DESCRIPTION = "Count code firings of a bottleneck on the chosen split of corpora (every --corpora/--forget_corpora/--retain_corpora given)."
@@ -42,12 +42,6 @@ class StatsArguments:
         default="train", metadata={"help": "Which documents to count on."}
     )
     batch_size: int = field(default=8, metadata={"help": "Chunks per forward pass."})
-    bf16: bool = field(
-        default=bf16_is_fast(),
-        metadata={"help": "bf16 autocast for the frozen model (default: on where bf16 matmuls are fast)."},
-    )
-    progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
-    overwrite: bool = field(default=False, metadata={"help": "Replace an existing output file."})
 
 
 def describe(stats: CodeStatistics, codes_per_layer: int) -> str:
@@ -60,16 +54,20 @@ def describe(stats: CodeStatistics, codes_per_layer: int) -> str:
 
 def main(argv: Sequence[str]) -> int:
     """Run `codeunlearn stats` with command-line arguments `argv` (without the subcommand name)."""
-    model_args, data_args, args = parse_arguments(
-        (ModelArguments, DataArguments, StatsArguments), argv, "codeunlearn stats", DESCRIPTION
+    model_args, data_args, args, run = parse_arguments(
+        (ModelArguments, DataArguments, StatsArguments, run_arguments("overwrite", "progress", "bf16")),
+        argv,
+        "codeunlearn stats",
+        DESCRIPTION,
+        defaults={"bf16": bf16_is_fast()},
     )
-    output = check_output_file(args.output_file, args.overwrite)
+    output = check_output_file(args.output_file, run.overwrite)
     if output.suffix != ".safetensors":
         raise CodeunlearnError(
             f"--output_file {output} does not end in .safetensors", "name it like forget.safetensors"
         )
     corpora = read_corpora(data_args.all_corpora(), data_args)
-    bmodel, tokenizer = load_bottlenecked(args.bottleneck_dir, model_args, args.progress)
+    bmodel, tokenizer = load_bottlenecked(args.bottleneck_dir, model_args, run.progress)
     if bmodel.edits:
         # Selection scores codes of the unedited bottleneck; an `exclude` edit would change which codes fire.
         print(
@@ -79,7 +77,7 @@ def main(argv: Sequence[str]) -> int:
     chunks = corpora.pack(tokenizer, args.split)
     name = args.name or corpora.name
     stats = collect_code_statistics(
-        bmodel, chunks, batch_size=args.batch_size, corpus=name, progress=args.progress, bf16=args.bf16
+        bmodel, chunks, batch_size=args.batch_size, corpus=name, progress=run.progress, bf16=run.bf16
     )
     stats.save(output)
     print(f"{name} ({args.split} split, {len(chunks)} chunks x {chunks.shape[1]} tokens):")

@@ -9,15 +9,17 @@ from typing import Literal
 
 from codeunlearn.bottleneck.base import WEIGHTS_NAME
 from codeunlearn.errors import CodeunlearnError
+from codeunlearn.runtime import run_arguments
 
 OBJECTIVES = ("reconstruction", "kl", "kl+reconstruction")
 
 
 @dataclass
-class TrainingArguments:
-    """How to train a bottleneck (the bottleneck's shape is `BottleneckConfig`)."""
+class TrainingArguments(
+    run_arguments("output_dir", "progress", "bf16", writes="checkpoints, metrics.jsonl and the final bottleneck")
+):
+    """How to train a bottleneck (the bottleneck's shape is `BottleneckConfig`); bf16 is off unless asked."""
 
-    output_dir: str = field(metadata={"help": "Where checkpoints, metrics.jsonl and the final bottleneck go."})
     objective: Literal["reconstruction", "kl", "kl+reconstruction"] = field(
         default="kl+reconstruction", metadata={"help": "Loss for the value phase."}
     )
@@ -70,13 +72,6 @@ class TrainingArguments:
         default=None, metadata={"help": "End this run after this global step (for staged runs)."}
     )
     seed: int = field(default=0, metadata={"help": "Seeds data order and RNG."})
-    bf16: bool = field(
-        default=False,
-        metadata={
-            "help": "bf16 autocast for the frozen model (bottleneck math stays fp32); fast on GPUs and AMX CPUs only."
-        },
-    )
-    progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:

@@ -39,7 +39,7 @@ from codeunlearn.bottleneck.architectures import decoder_layers, decoder_layers_
 from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.evaluate.evaluation import mean_loss, next_token_nll
-from codeunlearn.runtime import autocast
+from codeunlearn.runtime import autocast, run_arguments
 from codeunlearn.train.stream import ChunkStream
 
 RELEARN_ADAPTER = "relearn"
@@ -47,8 +47,8 @@ MODES = ("full", "lora")
 
 
 @dataclass
-class RelearnConfig:
-    """How the attacker fine-tunes, and when the forget loss is measured."""
+class RelearnConfig(run_arguments("progress", "bf16")):
+    """How the attacker fine-tunes, and when the forget loss is measured; bf16 is off unless asked."""
 
     steps: int = field(default=50, metadata={"help": "Fine-tuning steps on the relearning text."})
     eval_steps: list[int] = field(
@@ -63,10 +63,8 @@ class RelearnConfig:
     batch_size: int = field(default=4, metadata={"help": "Relearning chunks per step."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping (0 = none)."})
     seed: int = field(default=0, metadata={"help": "Seeds the order of relearning chunks."})
-    bf16: bool = field(default=False, metadata={"help": "bf16 autocast (fast on GPUs and AMX CPUs only)."})
     eval_batch_size: int = field(default=8, metadata={"help": "Chunks per forward pass when measuring."})
     skip_positions: int = field(default=0, metadata={"help": "Ignore the first N targets of every chunk."})
-    progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
 
     def __post_init__(self) -> None:
         checks = [
