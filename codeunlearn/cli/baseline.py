@@ -30,7 +30,7 @@ from codeunlearn.cli.arguments import (
     read_config_file,
     to_flat_dict,
 )
-from codeunlearn.data import DataArguments, read_corpora
+from codeunlearn.data import Corpora, DataArguments, read_corpora
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.evaluate.evaluation import mean_loss
 from codeunlearn.evaluate.loss_table import add_deltas, loss_table
@@ -128,6 +128,49 @@ def heldout_losses(model, forget, retain, args: BaselineRunArguments, bf16: bool
     }
 
 
+def write_report(
+    output_dir: Path,
+    rows: list[dict[str, Any]],
+    summary: str,
+    method: str,
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    run_args: BaselineRunArguments,
+    config: Any,
+    result: Any,
+    heldout: dict[str, Any],
+    corpora: dict[str, Corpora],
+) -> None:
+    """OUTPUT/report.json and report.md: the held-out loss table of the base model and the unlearned one."""
+    report = {
+        "method": method,
+        "model": model_args.model_name_or_path,
+        "config": config.to_dict(),
+        "resolved": result.resolved,
+        "train_seconds": result.train_seconds,
+        "tokens": result.tokens,
+        "heldout_tokens": {"forget": heldout["forget"].numel(), "retain": heldout["retain"].numel()},
+        "forget_corpora": corpora["forget"].sources,
+        "retain_corpora": corpora["retain"].sources,
+        "data": asdict(data_args),
+        "skip_positions": run_args.skip_positions,
+        "rows": rows,
+    }
+    markdown = "\n\n".join(
+        [
+            f"# codeunlearn baseline: {method}",
+            f"`{model_args.model_name_or_path}`; {summary}. Held-out tokens: forget {heldout['forget'].numel():,}, "
+            f"retain {report['heldout_tokens']['retain']:,} (split_seed {data_args.split_seed}, heldout_fraction "
+            f"{data_args.heldout_fraction}).",
+            loss_table(rows),
+            "Losses: mean next-token cross-entropy (nat/token) on held-out documents. Δ: change against the base "
+            "model. Selectivity: Δ forget − Δ retain.",
+        ]
+    )
+    atomic_write_text(output_dir / "report.json", json.dumps(report, indent=1) + "\n")
+    atomic_write_text(output_dir / "report.md", markdown + "\n")
+
+
 def main(argv: Sequence[str]) -> int:
     """Run `codeunlearn baseline` with command-line arguments `argv` (without the subcommand name)."""
     model_args, data_args, run_args, train_args, config = parse(argv)
@@ -180,33 +223,11 @@ def main(argv: Sequence[str]) -> int:
         after = heldout_losses(model, forget_heldout, retain_heldout, run_args, train_args.bf16)
         rows.append({"row": f"{method.name} ({result.steps} steps)", "codes_removed": None, **after})
         add_deltas(rows, REFERENCE_ROW)
-        report = {
-            "method": method.name,
-            "model": model_args.model_name_or_path,
-            "config": config.to_dict(),
-            "resolved": result.resolved,
-            "train_seconds": result.train_seconds,
-            "tokens": result.tokens,
-            "heldout_tokens": {"forget": forget_heldout.numel(), "retain": retain_heldout.numel()},
-            "forget_corpora": forget_corpora.sources,
-            "retain_corpora": retain_corpora.sources,
-            "data": asdict(data_args),
-            "skip_positions": run_args.skip_positions,
-            "rows": rows,
-        }
-        markdown = "\n\n".join(
-            [
-                f"# codeunlearn baseline: {method.name}",
-                f"`{model_args.model_name_or_path}`; {summary}. Held-out tokens: forget {forget_heldout.numel():,}, "
-                f"retain {report['heldout_tokens']['retain']:,} (split_seed {data_args.split_seed}, heldout_fraction "
-                f"{data_args.heldout_fraction}).",
-                loss_table(rows),
-                "Losses: mean next-token cross-entropy (nat/token) on held-out documents. Δ: change against the base "
-                "model. Selectivity: Δ forget − Δ retain.",
-            ]
+        heldout = {"forget": forget_heldout, "retain": retain_heldout}
+        corpora = {"forget": forget_corpora, "retain": retain_corpora}
+        write_report(
+            output_dir, rows, summary, method.name, model_args, data_args, run_args, config, result, heldout, corpora
         )
-        atomic_write_text(output_dir / "report.json", json.dumps(report, indent=1) + "\n")
-        atomic_write_text(output_dir / "report.md", markdown + "\n")
         print(loss_table(rows))
     print(f"wrote {result.model_dir or output_dir}")
     return 0

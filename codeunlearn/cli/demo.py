@@ -29,8 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from torch import Tensor
+
 from codeunlearn.bottleneck.config import CodebookConfig
-from codeunlearn.bottleneck.edit import DEFAULT_INTERVENTION
+from codeunlearn.bottleneck.edit import DEFAULT_INTERVENTION, Edit
 from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.cli.arguments import (
     BottleneckArguments,
@@ -40,7 +42,7 @@ from codeunlearn.cli.arguments import (
 )
 from codeunlearn.cli.common import Stopwatch
 from codeunlearn.cli.forget import CONTROL_NAME, EDIT_NAME, make_edits, summarize
-from codeunlearn.data import DataArguments, read_corpora
+from codeunlearn.data import Corpora, DataArguments, read_corpora
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.evaluate.loss_table import (
     TABLE_NOTE,
@@ -56,7 +58,7 @@ from codeunlearn.runtime import run_arguments
 from codeunlearn.train import TrainingArguments, train_bottleneck
 from codeunlearn.unlearn.budget import choose_num_codes, describe_walk
 from codeunlearn.unlearn.selection import random_control
-from codeunlearn.unlearn.statistics import collect_code_statistics
+from codeunlearn.unlearn.statistics import CodeStatistics, collect_code_statistics
 from codeunlearn.unlearn.statistics_cache import corpus_fingerprint, save_retain_statistics
 
 DESCRIPTION = (
@@ -125,8 +127,31 @@ def training_summary(metrics: list[dict]) -> dict[str, Any]:
     return last
 
 
-def main(argv: Sequence[str]) -> int:
-    """Run `codeunlearn demo` with command-line arguments `argv` (without the subcommand name)."""
+@dataclass
+class DemoText:
+    """The token chunks every stage reads, cut once after the model loads."""
+
+    train: Tensor  # retain train split: what the bottleneck trains on
+    retain_stats: Tensor  # retain train split, capped: the retain statistics
+    validation: Tensor | None  # retain train split after what training read: the N rule's text
+    forget_train: Tensor
+    forget_heldout: Tensor
+    retain_heldout: Tensor
+
+    def sizes(self) -> dict[str, int]:
+        """Tokens per part, as printed and reported."""
+        return {
+            "train": self.train.numel(),
+            "forget_train": self.forget_train.numel(),
+            "retain_train": self.retain_stats.numel(),
+            "forget_heldout": self.forget_heldout.numel(),
+            "retain_heldout": self.retain_heldout.numel(),
+        }
+
+
+def parse(argv: Sequence[str]) -> tuple[Any, ...]:
+    """The demo's arguments (configs/demo.yaml under the flags), checked before anything slow runs; the corpus
+    paths made absolute inside --data_dir."""
     dataclass_types = (
         ModelArguments,
         DataArguments,
@@ -136,11 +161,10 @@ def main(argv: Sequence[str]) -> int:
         DemoArguments,
         run_arguments("overwrite"),
     )
-    config_path = default_config()
     parsed = parse_arguments(
-        dataclass_types, argv, "codeunlearn demo", DESCRIPTION, defaults=DEFAULTS, default_config=config_path
+        dataclass_types, argv, "codeunlearn demo", DESCRIPTION, defaults=DEFAULTS, default_config=default_config()
     )
-    model_args, data_args, bottleneck_args, training_args, selection, demo, run = parsed
+    _, data_args, bottleneck_args, _, selection, demo, _ = parsed
     data_dir = Path(demo.data_dir)
     if not data_dir.is_dir():
         raise CodeunlearnError(
@@ -164,92 +188,151 @@ def main(argv: Sequence[str]) -> int:
         raise CodeunlearnError(
             "the demo trains its bottleneck on --retain_corpora", "name the general text with --retain_corpora"
         )
-    config = bottleneck_args.to_config()
-    if not isinstance(config, CodebookConfig):
+    if not isinstance(bottleneck_args.to_config(), CodebookConfig):
         raise CodeunlearnError(
             "the demo runs the codebook pipeline",
             "run the SAE one with train --kind sae, stats, forget, calibrate, eval",
         )
-    output_dir = Path(training_args.output_dir)
-    watch = Stopwatch()
-    batch, bf16, progress = training_args.batch_size, training_args.bf16, training_args.progress
+    return parsed
 
-    # ------------------------------------------------------------------------------------------- load
+
+def cut_text(
+    tokenizer: Any,
+    forget: Corpora,
+    retain: Corpora,
+    data_args: DataArguments,
+    selection: SelectionArguments,
+    demo: DemoArguments,
+) -> DemoText:
+    """Pack the corpora into the parts the stages read."""
+    cap = min(demo.retain_statistics_tokens, data_args.max_tokens or demo.retain_statistics_tokens)
+    validation = None
+    if selection.max_retain_cost is not None:
+        # Train-split text after the part the bottleneck trained on: read by the N rule only.
+        validation = retain.pack(
+            tokenizer, "train", selection.validation_tokens, skip_tokens=selection.validation_skip_tokens
+        )
+    return DemoText(
+        # General text only: the bottleneck never sees the topic it will be asked to forget.
+        train=retain.pack(tokenizer, "train"),
+        retain_stats=retain.pack(tokenizer, "train", cap),
+        validation=validation,
+        forget_train=forget.pack(tokenizer, "train"),
+        forget_heldout=forget.pack(tokenizer, "heldout", demo.eval_max_tokens),
+        retain_heldout=retain.pack(tokenizer, "heldout", demo.eval_max_tokens),
+    )
+
+
+def train(
+    model: Any, config: CodebookConfig, text: DemoText, training_args: TrainingArguments, retain: Corpora
+) -> tuple[BottleneckedModel, dict[str, Any]]:
+    """Attach and train the codebook on general text; returns the bottleneck and the last record of each phase."""
+    bmodel = BottleneckedModel.attach(model, config)
+    print(
+        f"bottleneck at layers {bmodel.layers}: {config.num_heads} heads x {config.codebook_size} codes x "
+        f"{config.num_stages} stage(s) = {bmodel.config.bits_per_token:.0f} bits/token; k-means keys on "
+        f"{training_args.kmeans_init_tokens:,} tokens of {', '.join(retain.sources)}"
+    )
+    metrics = train_bottleneck(bmodel, text.train, training_args)
+    # The demo always starts from scratch, so its resumable checkpoints are only disk weight.
+    shutil.rmtree(Path(training_args.output_dir) / "checkpoints", ignore_errors=True)
+    trained = training_summary(metrics)
+    for phase, record in trained.items():
+        print(f"training, last {phase} record: " + ", ".join(f"{k}={v}" for k, v in record.items() if k != "phase"))
+    return bmodel, trained
+
+
+def select(
+    bmodel: BottleneckedModel,
+    forget_stats: CodeStatistics,
+    retain_stats: CodeStatistics,
+    text: DemoText,
+    selection: SelectionArguments,
+    training_args: TrainingArguments,
+) -> tuple[Edit, Edit, str]:
+    """The topic edit and its random control; N by the config's rule on validation text when it sets one."""
+    edit, control = make_edits(forget_stats, retain_stats, selection)
+    if selection.max_retain_cost is None:
+        return edit, control, ""
+    edit, walk = choose_num_codes(
+        bmodel, edit, text.validation, selection.max_retain_cost, training_args.batch_size, bf16=training_args.bf16
+    )
+    control = random_control(edit, forget_stats, retain_stats, seed=selection.control_seed)
+    budget_walk = describe_walk(walk, selection.max_retain_cost)
+    print(budget_walk)
+    return edit, control, budget_walk
+
+
+def reload_rows(
+    model_args: ModelArguments,
+    training_args: TrainingArguments,
+    demo: DemoArguments,
+    edit: Edit,
+    rows: list[dict[str, Any]],
+    text: DemoText,
+) -> tuple[BottleneckedModel, list[dict[str, Any]], float]:
+    """A fresh base model with the saved edited bottleneck, its edited row measured again against the in-memory
+    unedited bottleneck; returns (reloaded, its rows, largest difference to the in-memory edited row)."""
+    fresh, _ = model_args.load(training_args.progress)
+    reloaded = BottleneckedModel.from_pretrained(fresh, Path(training_args.output_dir) / "edited")
+    # Only the edited row is measured again (each row is a full pass over the held-out text).
+    specs = [RowSpec(f"edited ({edit.topic} codes), reloaded", list(reloaded.edits))]
+    again = evaluate_rows(
+        reloaded,
+        text.forget_heldout,
+        text.retain_heldout,
+        specs,
+        training_args.batch_size,
+        demo.skip_positions,
+        training_args.bf16,
+        training_args.progress,
+    )
+    reference, edited_row = rows[1], rows[2]  # the unedited bottleneck measured before saving, the edited row
+    for row in again:
+        row["delta_forget"] = row["forget_loss"] - reference["forget_loss"]
+        row["delta_retain"] = row["retain_loss"] - reference["retain_loss"]
+        row["selectivity"] = row["delta_forget"] - row["delta_retain"]
+    mismatch = max(abs(again[0][k] - edited_row[k]) for k in ("forget_loss", "retain_loss"))
+    return reloaded, again, mismatch
+
+
+def main(argv: Sequence[str]) -> int:
+    """Run `codeunlearn demo` with command-line arguments `argv` (without the subcommand name).
+
+    The pipeline reads top to bottom, one timed stage after another (the module docstring lists them); what a stage
+    does at length lives in the functions above."""
+    parsed = parse(argv)
+    model_args, data_args, bottleneck_args, training_args, selection, demo, run = parsed
+    output_dir, watch = Path(training_args.output_dir), Stopwatch()
+    batch, bf16, progress = training_args.batch_size, training_args.bf16, training_args.progress
     with watch.stage("load"):
         forget_corpora = read_corpora(data_args.forget_corpora, data_args, "forget_corpora")
         retain_corpora = read_corpora(data_args.retain_corpora, data_args, "retain_corpora")
         prepare_output_dir(output_dir, run.overwrite)
         atomic_write_text(output_dir / "demo_args.json", json.dumps(to_flat_dict(*parsed), indent=1) + "\n")
         model, tokenizer = model_args.load(progress)
-        # General text only: the bottleneck never sees the topic it will be asked to forget.
-        train_chunks = retain_corpora.pack(tokenizer, "train")
-        cap = min(demo.retain_statistics_tokens, data_args.max_tokens or demo.retain_statistics_tokens)
-        retain_stats_chunks = retain_corpora.pack(tokenizer, "train", cap)
-        if selection.max_retain_cost is not None:
-            # Train-split text after the part the bottleneck trained on: read by the N rule only.
-            validation = retain_corpora.pack(
-                tokenizer, "train", selection.validation_tokens, skip_tokens=selection.validation_skip_tokens
-            )
-        forget_train = forget_corpora.pack(tokenizer, "train")
-        forget_heldout = forget_corpora.pack(tokenizer, "heldout", demo.eval_max_tokens)
-        retain_heldout = retain_corpora.pack(tokenizer, "heldout", demo.eval_max_tokens)
-    sizes = {
-        "train": train_chunks.numel(),
-        "forget_train": forget_train.numel(),
-        "retain_train": retain_stats_chunks.numel(),
-        "forget_heldout": forget_heldout.numel(),
-        "retain_heldout": retain_heldout.numel(),
-    }
-    print("tokens: " + ", ".join(f"{k} {v:,}" for k, v in sizes.items()))
-
-    # ------------------------------------------------------------------------------------------- train
+        text = cut_text(tokenizer, forget_corpora, retain_corpora, data_args, selection, demo)
+    print("tokens: " + ", ".join(f"{k} {v:,}" for k, v in text.sizes().items()))
     with watch.stage("train"):
-        bmodel = BottleneckedModel.attach(model, config)
-        print(
-            f"bottleneck at layers {bmodel.layers}: {config.num_heads} heads x {config.codebook_size} codes x "
-            f"{config.num_stages} stage(s) = {bmodel.config.bits_per_token:.0f} bits/token; k-means keys on "
-            f"{training_args.kmeans_init_tokens:,} tokens of {', '.join(retain_corpora.sources)}"
-        )
-        metrics = train_bottleneck(bmodel, train_chunks, training_args)
-        # The demo always starts from scratch, so its resumable checkpoints are only disk weight.
-        shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
-    trained = training_summary(metrics)
-    for phase, record in trained.items():
-        print(
-            f"training, last {phase} record: " + ", ".join(f"{k}={v}" for k, v in record.items() if k not in ("phase",))
-        )
-
-    # ------------------------------------------------------------------------------------------- retain
+        bmodel, trained = train(model, bottleneck_args.to_config(), text, training_args, retain_corpora)
     with watch.stage("retain"):  # once per bottleneck: every later topic reuses these counts
         retain_stats = collect_code_statistics(
-            bmodel, retain_stats_chunks, batch, corpus=retain_corpora.name, progress=progress, bf16=bf16
+            bmodel, text.retain_stats, batch, corpus=retain_corpora.name, progress=progress, bf16=bf16
         )
-        retain_stats.corpus_fingerprint = corpus_fingerprint(retain_stats_chunks)
+        retain_stats.corpus_fingerprint = corpus_fingerprint(text.retain_stats)
         save_retain_statistics(retain_stats, output_dir / "bottleneck")
-
-    # ------------------------------------------------------------------------------------------- forget
     with watch.stage("forget"):  # what forgetting a new topic costs: one pass over its text, then selection
         forget_stats = collect_code_statistics(
-            bmodel, forget_train, batch, corpus=forget_corpora.name, progress=progress, bf16=bf16
+            bmodel, text.forget_train, batch, corpus=forget_corpora.name, progress=progress, bf16=bf16
         )
         forget_stats.save(output_dir / "stats" / "forget.safetensors")
-        edit, control = make_edits(forget_stats, retain_stats, selection)
-        budget_walk = ""
-        if selection.max_retain_cost is not None:  # N by the rule fixed in the config, on validation text
-            edit, walk = choose_num_codes(bmodel, edit, validation, selection.max_retain_cost, batch, bf16=bf16)
-            control = random_control(edit, forget_stats, retain_stats, seed=selection.control_seed)
-            budget_walk = describe_walk(walk, selection.max_retain_cost)
-            print(budget_walk)
+        edit, control, budget_walk = select(bmodel, forget_stats, retain_stats, text, selection, training_args)
         edit.save(output_dir / EDIT_NAME)
         control.save(output_dir / CONTROL_NAME)
     print(f"topic {edit.topic!r}: {edit.num_codes} codes ({edit.intervention})")
     print(summarize(edit, forget_stats, retain_stats))
-
-    # ------------------------------------------------------------------------------------------- apply
     with watch.stage("apply"):
         bmodel.apply_edit(edit)
-
-    # ------------------------------------------------------------------------------------------- eval
     with watch.stage("eval"):
         specs = [
             RowSpec("base", None),
@@ -257,41 +340,51 @@ def main(argv: Sequence[str]) -> int:
             RowSpec(f"edited ({edit.topic} codes)", [edit]),
             RowSpec("random-codes control", [control]),
         ]
-        rows = evaluate_rows(bmodel, forget_heldout, retain_heldout, specs, batch, demo.skip_positions, bf16, progress)
-        fidelity = fidelity_rows(bmodel, {"forget": forget_heldout, "retain": retain_heldout}, batch, bf16)
+        heldout = (text.forget_heldout, text.retain_heldout)
+        rows = evaluate_rows(bmodel, *heldout, specs, batch, demo.skip_positions, bf16, progress)
+        fidelity = fidelity_rows(bmodel, {"forget": heldout[0], "retain": heldout[1]}, batch, bf16)
     print("\nheld-out losses (nat/token):")
     print(fidelity_line(rows))
     print(loss_table(rows))
     print()
-
-    # ------------------------------------------------------------------------------------------- save
     with watch.stage("save"):
         bmodel.save_pretrained(output_dir / "edited")  # weights + edits.json: the edited model on disk
-
-    # ------------------------------------------------------------------------------------------- reload
     with watch.stage("reload"):
         del bmodel, model
         gc.collect()
-        fresh, _ = model_args.load(progress)
-        reloaded = BottleneckedModel.from_pretrained(fresh, output_dir / "edited")
-        # Only the edited row is measured again (each row is a full pass over the held-out text).
-        reload_specs = [RowSpec(f"edited ({edit.topic} codes), reloaded", list(reloaded.edits))]
-        reload_rows = evaluate_rows(
-            reloaded, forget_heldout, retain_heldout, reload_specs, batch, demo.skip_positions, bf16, progress
-        )
-    reference = rows[1]  # the unedited bottleneck measured before saving: the deltas of the reloaded row
-    edited_row = rows[2]
-    for row in reload_rows:
-        row["delta_forget"] = row["forget_loss"] - reference["forget_loss"]
-        row["delta_retain"] = row["retain_loss"] - reference["retain_loss"]
-        row["selectivity"] = row["delta_forget"] - row["delta_retain"]
-    mismatch = max(abs(reload_rows[0][k] - edited_row[k]) for k in ("forget_loss", "retain_loss"))
+        reloaded, again, mismatch = reload_rows(model_args, training_args, demo, edit, rows, text)
     print(
         "\nreloaded from disk (fresh base + BottleneckedModel.from_pretrained(edited/)); Δ against the bottleneck row above:"
     )
-    print(loss_table(reload_rows))
+    print(loss_table(again))
     print(f"largest difference to the in-memory numbers: {mismatch:.2e} nat/token")
+    report = {
+        "model": model_args.model_name_or_path,
+        "topic": edit.topic,
+        "bottleneck": {k: v for k, v in reloaded.config.to_dict().items() if k != "extra"},
+        "training": trained,
+        "tokens": text.sizes(),
+        "rows": rows,
+        "reloaded_rows": again,
+        "reload_max_difference": mismatch,
+        "fidelity": fidelity,
+        "num_codes_rule": budget_walk,
+        "seconds": watch.seconds,
+        "arguments": to_flat_dict(*parsed),
+    }
+    write_report(output_dir, report, edit.num_codes, selection, training_args, watch)
+    return 0
 
+
+def write_report(
+    output_dir: Path,
+    report: dict[str, Any],
+    num_codes: int,
+    selection: SelectionArguments,
+    training_args: TrainingArguments,
+    watch: Stopwatch,
+) -> None:
+    """Print the stage timings; write OUTPUT/report.json and report.md."""
     timing = "\n".join(
         [
             "| stage | seconds |",
@@ -302,26 +395,11 @@ def main(argv: Sequence[str]) -> int:
     )
     print("\nstage timings:")
     print(timing)
-    report = {
-        "model": model_args.model_name_or_path,
-        "topic": edit.topic,
-        "bottleneck": {k: v for k, v in reloaded.config.to_dict().items() if k != "extra"},
-        "training": trained,
-        "tokens": sizes,
-        "rows": rows,
-        "reloaded_rows": reload_rows,
-        "reload_max_difference": mismatch,
-        "fidelity": fidelity,
-        "num_codes_rule": budget_walk,
-        "seconds": watch.seconds,
-        "arguments": to_flat_dict(*parsed),
-    }
     atomic_write_text(output_dir / "report.json", json.dumps(report, indent=1) + "\n")
     atomic_write_text(
-        output_dir / "report.md", render_report(report, edit.num_codes, selection, training_args, timing) + "\n"
+        output_dir / "report.md", render_report(report, num_codes, selection, training_args, timing) + "\n"
     )
     print(f"\nwrote {output_dir}/: bottleneck/, stats/, {EDIT_NAME}, {CONTROL_NAME}, edited/, report.md, report.json")
-    return 0
 
 
 def fidelity_line(rows: list[dict[str, Any]]) -> str:
