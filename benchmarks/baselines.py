@@ -20,24 +20,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import gc
 import json
-import os
 import time
 from pathlib import Path
 
 import torch
-from forget_curves import (  # same directory: run as `python benchmarks/baselines.py`
-    RETAIN,
-    TOPICS,
-    Timer,
-    command_line,
-    load_benchmark_model,
-    machine_info,
-    native_bf16,
-    train_tiny_bottleneck,
-)
 
 from codeunlearn.baselines import (
     METHODS,
@@ -47,28 +35,29 @@ from codeunlearn.baselines import (
     relearn,
     train_baseline,
 )
-from codeunlearn.data import load_split, shuffled_chunks
-from codeunlearn.evaluate.evaluation import mean_loss
+from codeunlearn.bottleneck.loading import attach_bottleneck
+from codeunlearn.data import shuffled_chunks
+
+if __package__:
+    from . import common, tiny
+else:  # run as a file: Python puts the script's own folder first on sys.path
+    import common
+    import tiny
 
 VARIANTS = {"npo_rt": ("npo", {"retain_weight": 1.0})}  # benchmark names that are a method with changed defaults
 CHOICES = (*METHODS, *VARIANTS)
-CORPORA = ("forget", "history", "wiki")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", help="the shared data folder")
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--topic", choices=sorted(TOPICS), default="micro")
+    common.add_split_arguments(parser)
+    common.add_model_arguments(parser)
     parser.add_argument("--methods", nargs="+", choices=CHOICES, default=list(METHODS))
     parser.add_argument("--steps", type=int, help="budget: optimizer steps of every method (default: each its own)")
     parser.add_argument("--batch_size", type=int, help="budget: chunks per step and corpus (default: each its own)")
     parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
     parser.add_argument("--train_tokens", type=int, default=200_000, help="train-split tokens read per corpus")
     parser.add_argument("--eval_tokens", type=int, default=16_384, help="held-out tokens per corpus")
-    parser.add_argument("--seq_len", type=int, default=256)
-    parser.add_argument("--heldout_fraction", type=float, default=0.2)
-    parser.add_argument("--split_seed", type=int, default=0)
     parser.add_argument("--skip_positions", type=int, default=1)
     parser.add_argument("--eval_batch_size", type=int, default=8)
     parser.add_argument("--relearn_steps", type=int, default=0, help="relearning-attack steps per method (0 = none)")
@@ -80,11 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--num_codes", type=int, default=1024, help="codes per layer our edit removes")
     parser.add_argument("--stats_tokens", type=int, default=65_536, help="train tokens per corpus for our statistics")
-    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--save_models", action="store_true", help="save every unlearned model under OUT/METHOD/model")
     parser.add_argument("--out", default="outputs/baselines_bench")
-    parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # random tiny Llama + synthetic corpus
     args = parser.parse_args(argv)
     if not args.tiny and args.data_dir is None:
         parser.error("--data_dir is required")
@@ -92,21 +78,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and value < (0 if name == "relearn_steps" else 1):
             parser.error(f"--{name} must be positive")
-    args.bf16 = args.precision == "bf16" or (args.precision == "auto" and native_bf16())
+    common.resolve_precision(args)
     return args
 
 
 def evaluate(model, heldout: dict[str, torch.Tensor], args, label: str) -> dict[str, float]:
     """Held-out loss on forget, history and wiki, plus the token-weighted retain mean."""
-    losses = {
-        name: mean_loss(
-            model, heldout[name], args.eval_batch_size, args.skip_positions, desc=f"{label}: {name}", bf16=args.bf16
-        )
-        for name in CORPORA
-    }
-    weights = {name: len(heldout[name]) for name in ("history", "wiki")}
-    losses["retain"] = sum(losses[n] * w for n, w in weights.items()) / sum(weights.values())
-    return losses
+    return common.heldout_losses(model, heldout, args.eval_batch_size, args.bf16, args.skip_positions, label)
 
 
 def method_overrides(name: str, args) -> tuple[str, dict]:
@@ -117,12 +95,6 @@ def method_overrides(name: str, args) -> tuple[str, dict]:
     if args.batch_size is not None:
         overrides["batch_size"] = args.batch_size
     return method, overrides
-
-
-def fmt(value: float | None, signed: bool = False) -> str:
-    if value is None:
-        return "–"
-    return f"{value:+.4f}" if signed else f"{value:.4f}"
 
 
 def table(rows: list[dict]) -> list[str]:
@@ -140,19 +112,18 @@ def table(rows: list[dict]) -> list[str]:
         seconds = "–" if r.get("seconds") is None else f"{r['seconds']:.1f}"
         lines.append(
             f"| {r['method']} | {r.get('steps', '–')} | {tokens} | {params} | {seconds} | "
-            + " | ".join(fmt(d[k], True) for k in ("forget", "history", "wiki", "retain"))
-            + f" | {fmt(loss['forget'])} | {fmt(loss['retain'])} | {recovered} |"
+            + " | ".join(common.fmt(d[k], True) for k in ("forget", "history", "wiki", "retain"))
+            + f" | {common.fmt(loss['forget'])} | {common.fmt(loss['retain'])} | {recovered} |"
         )
     return lines
 
 
 def run_ours(model, train, heldout, base, args, timer) -> list[dict]:
     """Our rows: the unedited bottleneck, and the edit found from statistics on the same train chunks."""
-    from codeunlearn.bottleneck.model import BottleneckedModel
     from codeunlearn.unlearn.selection import SelectionRule, select_codes
     from codeunlearn.unlearn.statistics import collect_code_statistics
 
-    bmodel = BottleneckedModel.from_pretrained(model, args.bottleneck)
+    bmodel = attach_bottleneck(model, args.bottleneck)
     bmodel.clear_edits()
     cap = max(1, args.stats_tokens // args.seq_len)
     retain_chunks = torch.cat([train["history"][:cap], train["wiki"][:cap]])
@@ -186,27 +157,22 @@ def run_ours(model, train, heldout, base, args, timer) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    timer = Timer()
+    timer = common.Timer()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    started = datetime.datetime.now().astimezone()
-    print(command_line(), flush=True)
+    started = common.now()
+    print(common.command_line(), flush=True)
     torch.manual_seed(0)
 
     with timer.stage("load model"):
-        model, tokenizer, tiny_dir = load_benchmark_model(args, "baselines_tiny_")
+        model, tokenizer, tiny_dir = common.load_benchmark_model(args, "baselines_tiny_")
 
     with timer.stage("load data"):
-        data_dir = Path(args.data_dir)
-        sources = {"forget": data_dir / TOPICS[args.topic], **{name: data_dir / rel for name, rel in RETAIN.items()}}
+        sources = common.corpus_sources(args.data_dir, args.topic)
         cap = max(args.train_tokens, args.eval_tokens, args.stats_tokens)
-        train, heldout = {}, {}
-        for name, source in sources.items():
-            tr, held = load_split(
-                str(source), tokenizer, args.seq_len, args.heldout_fraction, args.split_seed, max_tokens=cap
-            )
-            train[name] = tr[: max(1, args.train_tokens // args.seq_len)]
-            heldout[name] = held[: max(1, args.eval_tokens // args.seq_len)]
+        train, heldout = common.load_splits(sources, tokenizer, args, max_tokens=cap)
+        train = {name: chunks[: common.chunks_of(args.train_tokens, args.seq_len)] for name, chunks in train.items()}
+        heldout = {name: chunks[: common.chunks_of(args.eval_tokens, args.seq_len)] for name, chunks in heldout.items()}
         if any(len(heldout[name]) == 0 for name in sources):
             raise SystemExit("a corpus has no held-out chunk: raise --heldout_fraction or lower --seq_len")
         retain_train = shuffled_chunks([train["history"], train["wiki"]], seed=args.split_seed)
@@ -214,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
         token_counts = {n: {"train": train[n].numel(), "heldout": heldout[n].numel()} for n in sources}
         for name, counts in token_counts.items():
             print(
-                f"  {name}: {sources[name].relative_to(data_dir)}: train {counts['train']}, held-out {counts['heldout']}"
+                f"  {name}: {sources[name].relative_to(args.data_dir)}: train {counts['train']}, held-out {counts['heldout']}"
             )
 
     with timer.stage("eval: base model"):
@@ -225,8 +191,8 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.tiny and args.bottleneck == "tiny":
         with timer.stage("train tiny bottleneck"):
-            train_tiny_bottleneck(model, shuffled_chunks(list(train.values()), seed=0), tiny_dir)
-            args.bottleneck = str(tiny_dir / "bottleneck")
+            mix = shuffled_chunks(list(train.values()), seed=0)
+            args.bottleneck = str(tiny.train_tiny_bottleneck(model, mix, tiny_dir, args.bf16))
     if args.bottleneck:
         rows += run_ours(model, train, heldout, base, args, timer)
 
@@ -278,11 +244,11 @@ def main(argv: list[str] | None = None) -> None:
 
     lines = table(rows)
     result = {
-        "command": command_line(),
+        "command": common.command_line(),
         "date": started.isoformat(timespec="seconds"),
-        "machine": machine_info(),
+        "machine": common.machine_info(),
         "args": vars(args),
-        "corpora": {name: str(sources[name].relative_to(data_dir)) for name in sources},
+        "corpora": {name: str(sources[name].relative_to(args.data_dir)) for name in sources},
         "tokens": token_counts,
         "base": base,
         "rows": rows,
@@ -293,11 +259,10 @@ def main(argv: list[str] | None = None) -> None:
         f"# Gradient baselines: {args.topic}",
         "",
         "```",
-        command_line(),
+        common.command_line(),
         "```",
         "",
-        f"- date: {result['date']}; machine: {machine_info()['platform']}, {os.cpu_count()} CPUs, torch "
-        f"{torch.__version__}, {torch.get_num_threads()} threads; {'bf16 autocast' if args.bf16 else 'fp32'}",
+        f"- date: {result['date']}; machine: {common.machine_summary()}; {'bf16 autocast' if args.bf16 else 'fp32'}",
         f"- model: `{'tiny random Llama' if args.tiny else args.model}`; forget `{result['corpora']['forget']}`; retain "
         f"`{result['corpora']['history']}` + `{result['corpora']['wiki']}` (mixed); document split "
         f"{1 - args.heldout_fraction:.0%}/{args.heldout_fraction:.0%}, seed {args.split_seed}; seq_len {args.seq_len}",
@@ -320,18 +285,14 @@ def main(argv: list[str] | None = None) -> None:
         *(f"- `{name}`: `{json.dumps(config)}`" for name, config in configs.items()),
         *(f"- `{r['method']}` resolved: `{json.dumps(r['resolved'])}`" for r in rows if r.get("resolved")),
         "",
-        "## Seconds per stage",
-        "",
-        "| stage | seconds |",
-        "|---|---|",
-        *(f"| {k} | {v:.1f} |" for k, v in timer.seconds.items()),
+        *timer.markdown(),
     ]
-    (out / "baselines.md").write_text("\n".join(md) + "\n")
-    (out / "baselines.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+    common.write_markdown(out / "baselines.md", md)
+    common.write_json(out / "baselines.json", result)
     print()
     print("\n".join(lines))
     print()
-    print("seconds per stage: " + ", ".join(f"{k} {v:.1f}" for k, v in timer.seconds.items()))
+    print(timer.summary())
     print(f"wrote {out / 'baselines.md'} and {out / 'baselines.json'}")
 
 

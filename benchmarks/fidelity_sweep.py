@@ -1,4 +1,4 @@
-"""Fidelity sweep: train bottleneck variants on SmolLM2-135M and measure what each costs on held-out text.
+"""Fidelity sweep: train bottleneck variants on a frozen model (default SmolLM2-135M), measure what each costs.
 
 Prints one row per variant: bits/token, FVU on ordinary tokens and on all tokens, the held-out next-token loss
 increase (nat/token) over the base model on every evaluated corpus, and the training seconds. Variants train on the
@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from codeunlearn.bottleneck.config import BottleneckConfig
+from codeunlearn.bottleneck.loading import attach_bottleneck
 from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.data import load_split, shuffled_chunks
 from codeunlearn.evaluate.evaluation import bottleneck_fidelity, mean_loss
@@ -96,6 +97,7 @@ def append_result(path: str, row: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data_dir", required=True)
+    parser.add_argument("--model", default="smollm2-135m", help="base model (name, directory or .gguf)")
     parser.add_argument(
         "--variants", required=True, help="JSON list of {name, BottleneckConfig and TrainingArguments fields}"
     )
@@ -111,7 +113,7 @@ def main() -> None:
     torch.manual_seed(0)
 
     started = time.time()
-    model, tokenizer = load_model_and_tokenizer("smollm2-135m")
+    model, tokenizer = load_model_and_tokenizer(args.model)
     train_chunks, heldout = load_corpora(
         args.data_dir, tokenizer, args.seq_len, args.train_tokens_per_corpus, args.eval_tokens, args.train_corpora
     )
@@ -124,7 +126,7 @@ def main() -> None:
         parent = variant.pop("continue_from", None)
         trained = variant.pop("load", None)
         if trained:  # measure a bottleneck trained elsewhere (e.g. by `codeunlearn train`) on the same held-out text
-            bmodel = BottleneckedModel.from_pretrained(model, trained)
+            bmodel = attach_bottleneck(model, trained)
             bmodel.clear_edits()
             row = {"name": name, "config": {"load": trained}, **measure(bmodel, heldout, base)}
             append_result(args.results, row)

@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -26,17 +24,21 @@ from pathlib import Path
 import torch
 
 from codeunlearn.bottleneck.edit import Edit
-from codeunlearn.bottleneck.model import BottleneckedModel
+from codeunlearn.bottleneck.loading import attach_bottleneck
 from codeunlearn.data import load_documents, pack_documents
 from codeunlearn.modeling import load_model_and_tokenizer
 from codeunlearn.runtime import autocast
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+if __package__:
+    from . import common
+else:  # run as a file: Python puts the script's own folder first on sys.path
+    import common
+
 TEXT = "retain/wikitext2_raw_test.txt"
 
 
 def prompts(tokenizer, args) -> torch.Tensor:
-    docs = load_documents(str(Path(args.data_dir or DEFAULT_DATA) / TEXT))
+    docs = load_documents(str(Path(args.data_dir or common.DEFAULT_DATA_DIR) / TEXT))
     chunks = pack_documents(docs[-20:], tokenizer, args.seq_len, args.batch_size * args.seq_len)
     return chunks[: args.batch_size]
 
@@ -56,7 +58,7 @@ def main() -> None:
     args = parser.parse_args()
 
     model, tokenizer = load_model_and_tokenizer(args.model)
-    bmodel = BottleneckedModel.from_pretrained(model, args.bottleneck)
+    bmodel = attach_bottleneck(model, args.bottleneck)
     for path in args.edit:
         bmodel.apply_edit(Edit.load(path))
     ids = prompts(tokenizer, args)
@@ -102,8 +104,7 @@ def main() -> None:
     prompt_tokens = ids.numel()
     decoded = args.batch_size * (args.new_tokens - 1)
     result = {
-        "machine": f"{platform.platform()}; {os.cpu_count()} CPUs; torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; {'bf16' if args.bf16 else 'fp32'}",
+        "machine": f"{common.machine_summary()}; {'bf16' if args.bf16 else 'fp32'}",
         "bottleneck": args.bottleneck,
         "shape": f"{bmodel.config.num_stages} stages x {bmodel.config.num_heads} heads x {bmodel.config.codebook_size}",
         "codes_removed": codes,

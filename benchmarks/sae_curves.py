@@ -26,38 +26,28 @@ appends the markdown there too).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import sys
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from forget_curves import (  # a sibling script, not a package
-    RETAIN,
-    TOPICS,
-    Timer,
-    command_line,
-    evaluate,
-    load_benchmark_model,
-    machine_info,
-    native_bf16,
-)
-
-from codeunlearn.bottleneck.config import CONFIG_NAME, SAEConfig
 from codeunlearn.bottleneck.edit import Edit, Guardrail
 from codeunlearn.bottleneck.interventions import window_scores
-from codeunlearn.bottleneck.model import BottleneckedModel
+from codeunlearn.bottleneck.loading import attach_bottleneck
 from codeunlearn.bottleneck.sae import SAEOutput
-from codeunlearn.data import load_split, shuffled_chunks
+from codeunlearn.data import shuffled_chunks
 from codeunlearn.evaluate.evaluation import sae_quality
 from codeunlearn.runtime import autocast, batches, model_device
 from codeunlearn.unlearn.guardrail import calibrate_guardrail, calibrate_threshold
 from codeunlearn.unlearn.selection import SelectionRule, random_control, select_codes, truncate
 from codeunlearn.unlearn.statistics import collect_code_statistics
+
+if __package__:
+    from . import common, tiny
+else:  # run as a file: Python puts the script's own folder first on sys.path
+    import common
+    import tiny
 
 METHODS = ("zero", "clamp", "guardrail", "random")
 CORPORA = ("forget", "history", "wiki", "retain")
@@ -75,29 +65,6 @@ COLORS = {
     "random": "tab:gray",
     "codebook": "tab:green",
 }
-
-
-# ---------------------------------------------------------------------------------------------------- tiny mode
-def train_tiny_sae(model, chunks: torch.Tensor, directory: Path, bf16: bool) -> Path:
-    """A small TopK SAE at layer 2 of the tiny model (smoke tests of this script)."""
-    from codeunlearn.train import TrainingArguments, train_bottleneck
-
-    bmodel = BottleneckedModel.attach(model, SAEConfig(layers=[2], sae_width=256, sae_k=8))
-    args = TrainingArguments(
-        output_dir=str(directory / "train"),
-        sae_steps=40,
-        sae_updates_per_batch=2,
-        sae_learning_rate=2e-3,
-        batch_size=8,
-        kmeans_init_tokens=2048,
-        checkpoint_every=1000,
-        log_every=1000,
-        progress=False,
-        bf16=bf16,
-    )
-    train_bottleneck(bmodel, chunks, args)
-    bmodel.detach()
-    return directory / "train" / "bottleneck"
 
 
 # ---------------------------------------------------------------------------------------------------- gate scores
@@ -129,14 +96,6 @@ def window_gate_scores(fires: torch.Tensor, n: int, window: int) -> torch.Tensor
 
 
 # ---------------------------------------------------------------------------------------------------- output
-def fmt(value, signed: bool = False, pct: bool = False) -> str:
-    if value is None:
-        return "–"
-    if pct:
-        return f"{100 * value:.1f}%"
-    return f"{value:+.4f}" if signed else f"{value:.4f}"
-
-
 def curve_table(rows: list[dict]) -> list[str]:
     lines = [
         "| N/layer | method | removed | Δforget | Δhistory | Δwiki | Δretain | forget − retain | forget | history | wiki |",
@@ -146,9 +105,9 @@ def curve_table(rows: list[dict]) -> list[str]:
         d, loss = r["delta"], r.get("loss", {})
         lines.append(
             f"| {r['n'] if r['n'] is not None else '–'} | {r['label']} | {r['removed']} | "
-            + " | ".join(fmt(d.get(k), signed=True) for k in CORPORA)
-            + f" | {fmt(d['forget'] - d['retain'], signed=True)} | "
-            + " | ".join(fmt(loss.get(k)) for k in ("forget", "history", "wiki"))
+            + " | ".join(common.fmt(d.get(k), signed=True) for k in CORPORA)
+            + f" | {common.fmt(d['forget'] - d['retain'], signed=True)} | "
+            + " | ".join(common.fmt(loss.get(k)) for k in ("forget", "history", "wiki"))
             + " |"
         )
     return lines
@@ -217,9 +176,12 @@ def codebook_rows(path: str) -> list[dict]:
 # ---------------------------------------------------------------------------------------------------- main
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", help="shared/data directory (required unless --tiny)")
-    parser.add_argument("--sae", help="SAE bottleneck directory (codeunlearn train --bottleneck sae) or sae-lens dir")
-    parser.add_argument("--topic", choices=sorted(TOPICS), default="micro")
+    common.add_split_arguments(parser)
+    common.add_model_arguments(parser)
+    parser.add_argument(
+        "--sae",
+        help="SAE bottleneck: its directory (codeunlearn train --bottleneck sae), a sae-lens dir or a Hub repo id",
+    )
     parser.add_argument("--num_features", type=int, nargs="+", default=[16, 64, 256, 1024])
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--score", choices=("frequency_ratio", "mean_activation_difference"),
@@ -243,51 +205,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--append_results", help="append the markdown to this file (e.g. benchmarks/RESULTS.md)")
     parser.add_argument("--save_edits", action="store_true",
                         help="write every evaluated edit to OUT/edits/{method}_{N}.json (for `codeunlearn apply`)")  # fmt: skip
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--seq_len", type=int, default=256)
     parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--heldout_fraction", type=float, default=0.2)
-    parser.add_argument("--split_seed", type=int, default=0)
     parser.add_argument("--random_seed", type=int, default=0)
-    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if not args.tiny and (args.data_dir is None or args.sae is None):
         parser.error("--data_dir and --sae are required")
     if min(args.num_features) < 1 or args.multiplier >= 0:
         parser.error("--num_features must be positive and --multiplier negative")
     args.num_features = sorted(set(args.num_features))
-    args.bf16 = args.precision == "bf16" or (args.precision == "auto" and native_bf16())
+    common.resolve_precision(args)
     return args
 
 
-def load_corpora(args, tokenizer, data_dir: Path) -> tuple[dict, dict, dict]:
-    sources = {"forget": data_dir / TOPICS[args.topic], **{name: data_dir / rel for name, rel in RETAIN.items()}}
-    train, heldout = {}, {}
+def load_corpora(args, tokenizer) -> tuple[dict, dict, dict]:
+    """(sources, train, heldout): the train chunks capped at the most any stage reads, every held-out chunk (the
+    padding attack draws its passages and padding from all of them)."""
+    sources = common.corpus_sources(args.data_dir, args.topic)
+    train, heldout = common.load_splits(sources, tokenizer, args)
     cap = max(args.stats_tokens, args.calibration_tokens, args.gate_eval_tokens, args.eval_tokens)
-    for name, source in sources.items():
-        tr, held = load_split(str(source), tokenizer, args.seq_len, args.heldout_fraction, args.split_seed)
-        train[name], heldout[name] = tr[: max(1, cap // args.seq_len)], held
+    train = {name: chunks[: common.chunks_of(cap, args.seq_len)] for name, chunks in train.items()}
     return sources, train, heldout
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    timer = Timer()
+    timer = common.Timer()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    started = datetime.datetime.now().astimezone()
-    print(command_line(), flush=True)
+    started = common.now()
+    print(common.command_line(), flush=True)
     torch.manual_seed(0)
 
     with timer.stage("load model"):
-        model, tokenizer, tiny_dir = load_benchmark_model(args, "sae_curves_tiny_")
+        model, tokenizer, tiny_dir = common.load_benchmark_model(args, "sae_curves_tiny_")
 
     with timer.stage("load data"):
-        data_dir = Path(args.data_dir)
-        sources, train, heldout = load_corpora(args, tokenizer, data_dir)
-        chunks_of = lambda tokens: max(1, tokens // args.seq_len)  # noqa: E731
+        sources, train, heldout = load_corpora(args, tokenizer)
+
+        def chunks_of(tokens: int) -> int:
+            return common.chunks_of(tokens, args.seq_len)
+
         stats_train = {name: train[name][: chunks_of(args.stats_tokens)] for name in train}
         calibration = train["history"][: chunks_of(args.calibration_tokens)]
         eval_held = {name: heldout[name][: chunks_of(args.eval_tokens)] for name in heldout}
@@ -301,17 +258,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.tiny and args.sae is None:
         with timer.stage("train tiny SAE"):
             mix = shuffled_chunks([stats_train[n] for n in ("forget", "history", "wiki")], seed=0)
-            args.sae = str(train_tiny_sae(model, mix, tiny_dir, args.bf16))
+            args.sae = str(tiny.train_tiny_sae(model, mix, tiny_dir, args.bf16))
 
     with timer.stage("load SAE"):
-        sae_dir = Path(args.sae)
-        if (sae_dir / CONFIG_NAME).is_file():
-            bmodel = BottleneckedModel.from_pretrained(model, sae_dir)
-            bmodel.clear_edits()
-        else:
-            bmodel = BottleneckedModel.attach_sae(model, sae_dir)
+        bmodel = attach_bottleneck(model, args.sae)
+        bmodel.clear_edits()  # the curves start from the unedited SAE
         if not bmodel.config.has_activations:
-            raise SystemExit(f"{sae_dir} holds a {bmodel.config.kind} bottleneck; use benchmarks/forget_curves.py")
+            raise SystemExit(f"{args.sae} holds a {bmodel.config.kind} bottleneck; use benchmarks/forget_curves.py")
         layers = bmodel.layers
         describe = {layer: f"{bmodel.bottleneck(layer).architecture}, {bmodel.num_features(layer)} features"
                     for layer in layers}  # fmt: skip
@@ -320,11 +273,13 @@ def main(argv: list[str] | None = None) -> None:
     # ------------------------------------------------------------------------------------------ SAE quality
     with timer.stage("SAE quality"):
         with bmodel.disabled():
-            base = evaluate(bmodel, eval_held, args, "base")
+            base = common.heldout_losses(bmodel, eval_held, args.batch_size, args.bf16, label="base")
         with bmodel.splice("reconstruction"):
-            spliced = evaluate(bmodel, eval_held, args, "spliced (no error term)")
+            spliced = common.heldout_losses(
+                bmodel, eval_held, args.batch_size, args.bf16, label="spliced (no error term)"
+            )
         with bmodel.splice("zero_ablation"):
-            zeroed = evaluate(bmodel, eval_held, args, "zero-ablated")
+            zeroed = common.heldout_losses(bmodel, eval_held, args.batch_size, args.bf16, label="zero-ablated")
         quality = []
         for name in ("forget", "history", "wiki"):
             for q in sae_quality(bmodel, eval_held[name], args.batch_size, args.bf16):
@@ -403,7 +358,7 @@ def main(argv: list[str] | None = None) -> None:
             if args.save_edits:
                 edit.save(out / "edits" / f"{method}_{n}.json")
             with bmodel.edited(edit):
-                losses = evaluate(bmodel, eval_held, args)
+                losses = common.heldout_losses(bmodel, eval_held, args.batch_size, args.bf16)
             row = {"n": n, "method": method, "label": LABELS[method], "removed": edit.num_codes,
                    "delta": {k: losses[k] - base[k] for k in CORPORA}, "loss": losses}  # fmt: skip
             rows.append(row)
@@ -495,23 +450,23 @@ def main(argv: list[str] | None = None) -> None:
         for n in args.num_features:
             g, a = gates[n], attack[n]
             gate_lines.append(
-                f"| {n} | {fmt(g['history_fpr'], pct=True)} | {fmt(g['wiki_fpr'], pct=True)} | "
-                f"{fmt(g['forget_gated'], pct=True)} | {fmt(a['blocked'][0], pct=True)} | "
-                + " | ".join(fmt(a["still_blocked"][p], pct=True) for p in pads)
+                f"| {n} | {common.fmt(g['history_fpr'], pct=True)} | {common.fmt(g['wiki_fpr'], pct=True)} | "
+                f"{common.fmt(g['forget_gated'], pct=True)} | {common.fmt(a['blocked'][0], pct=True)} | "
+                + " | ".join(common.fmt(a["still_blocked"][p], pct=True) for p in pads)
                 + " | "
-                + " | ".join(fmt(a["prompt_gate_still_blocked"][p], pct=True) for p in pads)
+                + " | ".join(common.fmt(a["prompt_gate_still_blocked"][p], pct=True) for p in pads)
                 + " |"
             )
-        machine = machine_info()
+        machine = common.machine_info()
         md = [
             f"## SAE forgetting: {args.topic} vs U.S. history + WikiText (held-out)",
             "",
             "```",
-            command_line(),
+            common.command_line(),
             "```",
             "",
-            f"- date: {started.isoformat(timespec='seconds')}; machine: {machine['platform']}, {os.cpu_count()} CPUs, "
-            f"torch {torch.__version__}, {torch.get_num_threads()} threads, {'bf16 autocast' if args.bf16 else 'fp32'}"
+            f"- date: {started.isoformat(timespec='seconds')}; machine: {common.machine_summary()}, "
+            f"{'bf16 autocast' if args.bf16 else 'fp32'}"
             f"{', ' + machine['cuda'] if machine['cuda'] else ''}",
             f"- SAE: `{args.sae}`, layers {layers} ({describe}); error term kept in every edited row",
             f"- selection: {args.score}, retain-frequency cap {args.max_retain_frequency}, min forget count "
@@ -544,9 +499,9 @@ def main(argv: list[str] | None = None) -> None:
             "Seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in timer.seconds.items()),
             "",
         ]
-        (out / "sae_curves.md").write_text("\n".join(md) + "\n")
+        common.write_markdown(out / "sae_curves.md", md)
         result = {
-            "command": command_line(),
+            "command": common.command_line(),
             "date": started.isoformat(timespec="seconds"),
             "machine": machine,
             "args": vars(args),
@@ -561,7 +516,7 @@ def main(argv: list[str] | None = None) -> None:
             "edit": full.to_dict(),
             "seconds": timer.seconds,
         }
-        (out / "sae_curves.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+        common.write_json(out / "sae_curves.json", result)
         if args.append_results:
             with open(args.append_results, "a") as handle:
                 handle.write("\n" + "\n".join(md).replace("](sae_curves.png)", f"]({out / 'sae_curves.png'})") + "\n")

@@ -27,12 +27,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import os
-import platform
-import shlex
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -45,62 +41,27 @@ from tqdm.auto import tqdm
 from codeunlearn.bottleneck.architectures import DECODER_LAYER_PATHS, model_type_of
 from codeunlearn.bottleneck.config import CodebookConfig
 from codeunlearn.bottleneck.kmeans import SEARCH_CHUNK, squared_norms
+from codeunlearn.bottleneck.loading import attach_bottleneck
 from codeunlearn.bottleneck.model import BottleneckedModel, BottleneckLayer
 from codeunlearn.runtime import autocast
 from codeunlearn.unlearn.statistics import collect_code_statistics
 
+if __package__:
+    from . import common, tiny
+else:  # run as a file: Python puts the script's own folder first on sys.path
+    import common
+    import tiny
+
 HEADING = "## Statistics pass speed"
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TEXT = "retain/wikitext2_raw_test.txt"
 MEASURES = ("truncated", "stats", "full", "lookup", "gemm")
 
 
 # ---------------------------------------------------------------------------------------------------- setup
-def machine_info(device: torch.device) -> dict:
-    info = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "native_bf16": native_bf16(),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
-def native_bf16() -> bool:
-    """Whether oneDNN runs bf16 natively on this CPU (AVX512-BF16 / AMX); otherwise bf16 autocast is emulated."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def build_tiny():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=512,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=6,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-    )
-    model = LlamaForCausalLM(config).eval()
-    model.requires_grad_(False)
-    return model
-
-
 def load_chunks(args, tokenizer, vocab_size: int) -> tuple[torch.Tensor, str]:
     """(num_chunks, seq_len) token ids: WikiText-2 test text when the data folder exists, else random ids."""
     num_chunks = max(1, args.tokens // args.seq_len)
-    source = Path(args.data_dir or DEFAULT_DATA) / TEXT
+    source = Path(args.data_dir or common.DEFAULT_DATA_DIR) / TEXT
     if tokenizer is not None and source.is_file():
         from codeunlearn.data import load_documents, pack_documents
 
@@ -307,7 +268,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="k-means iterations of the fresh bottleneck (code quality does not change the cost)",
     )
     parser.add_argument(
-        "--data_dir", help=f"shared/data folder for the text (default {DEFAULT_DATA}; random ids if missing)"
+        "--data_dir", help=f"shared/data folder for the text (default {common.DEFAULT_DATA_DIR}; random ids if missing)"
     )
     parser.add_argument("--tokens", type=int, default=32768)
     parser.add_argument("--batch_size", type=int, default=8)
@@ -331,7 +292,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    command = "python " + shlex.join(sys.argv)
+    command = common.command_line()
     print(command, flush=True)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -341,7 +302,8 @@ def main(argv: list[str] | None = None) -> None:
     load_before = os.getloadavg()
 
     if args.tiny:
-        model, tokenizer, model_name = build_tiny(), None, "tiny random Llama (6 layers, d 64)"
+        model = tiny.tiny_llama(vocab_size=512, num_layers=6, max_positions=256)
+        tokenizer, model_name = None, "tiny random Llama (6 layers, d 64)"
         if args.layers == [15]:
             args.layers = [3]
         args.codebook_size = min(args.codebook_size, 64)
@@ -362,7 +324,7 @@ def main(argv: list[str] | None = None) -> None:
 
     t0 = time.perf_counter()
     if args.bottleneck:
-        bmodel = BottleneckedModel.from_pretrained(model, args.bottleneck)
+        bmodel = attach_bottleneck(model, args.bottleneck)
         bmodel.clear_edits()
         origin = f"`{args.bottleneck}`"
     else:
@@ -384,13 +346,13 @@ def main(argv: list[str] | None = None) -> None:
     seconds["timing"] = time.perf_counter() - t0
     load_after = os.getloadavg()
 
-    info = machine_info(device)
+    info = common.machine_info()
     machine = (
         f"{info['platform']}; {info['processor']}; {info['cpu_count']} CPUs; torch {info['torch']}, "
-        f"{info['torch_threads']} threads; CPU capability {info['cpu_capability']}, native bf16 {info['native_bf16']}"
-        + (f"; GPU {info['gpu']}" if "gpu" in info else "")
+        f"{info['torch_threads']} threads; CPU capability {info['cpu_capability']}, bf16 fast {info['bf16_is_fast']}"
+        + (f"; GPU {info['cuda']}" if device.type == "cuda" else "")
     )
-    date = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    date = common.now().isoformat(timespec="seconds")
     rows = table(times, tokens, last)
     entry = [
         f"### {date}: {model_name}, {tokens} tokens, {args.repeats} repeats",

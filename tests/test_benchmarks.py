@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,11 +15,12 @@ from codeunlearn.bottleneck.edit import Edit
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_script(script: str, *argv: str) -> subprocess.CompletedProcess:
+def run_script(script: str, *argv: str, as_module: bool = False) -> subprocess.CompletedProcess:
+    """Run a benchmark script from the repository root, as a file (`python benchmarks/x.py`) or as a module
+    (`python -m benchmarks.x`): both ways must find the shared helpers."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / script), *argv], capture_output=True, text=True, env=env, cwd=ROOT
-    )
+    target = ["-m", f"benchmarks.{Path(script).stem}"] if as_module else [str(ROOT / "benchmarks" / script)]
+    done = subprocess.run([sys.executable, *target, *argv], capture_output=True, text=True, env=env, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -62,6 +64,7 @@ def test_forget_curves_tiny_writes_one_row_per_point_and_method(tmp_path):
         *("--tiny", "--bottleneck", result["bottleneck"]["path"], "--num_codes", "2", "--methods", "substitute"),
         *("--stats_tokens", "1536", "--eval_tokens", "512", "--out", str(tmp_path / "again"), "--no-selection_report"),
         *("--statistics_cache", str(tmp_path / "stats"), "--validation_tokens", "512"),
+        as_module=True,
     )
     assert again.stdout.count("loaded from") == 6
     repeated = json.loads((tmp_path / "again" / "curves.json").read_text())["rows"][2]
@@ -131,3 +134,43 @@ def test_profile_summary_counts_each_sample_under_its_first_matching_rule(tmp_pa
     assert "| search | 50 | 5.0 | 50.0% |" in out
     assert "| forward | 30 | 3.0 | 30.0% |" in out
     assert "| other | 20 | 2.0 | 20.0% |" in out and "| total | 100 | 10.0 | 100% |" in out
+
+
+def test_baselines_tiny_as_a_module_writes_a_row_per_method_and_ours(tmp_path):
+    run_script(
+        "baselines.py",
+        *("--tiny", "--methods", "ga", "--steps", "2", "--batch_size", "2", "--eval_tokens", "512"),
+        *("--train_tokens", "2048", "--stats_tokens", "2048", "--bottleneck", "tiny", "--num_codes", "4"),
+        *("--out", str(tmp_path / "bl")),
+        as_module=True,
+    )
+    rows = json.loads((tmp_path / "bl" / "baselines.json").read_text())["rows"]
+    assert [r["method"] for r in rows][:2] == ["base model", "ours: bottleneck, unedited"]
+    assert rows[-1]["method"] == "ga" and rows[-1]["steps"] == 2
+
+
+def test_no_benchmark_script_edits_sys_path():
+    """The scripts import their shared helpers as modules (see benchmarks/common.py), never by editing sys.path."""
+    edits = re.compile(r"sys\.path\s*(\.\w+\(|\[|\+?=)")
+    offenders = [p.name for p in (ROOT / "benchmarks").rglob("*.py") if edits.search(p.read_text())]
+    assert offenders == []
+
+
+RECORDED_SCRIPTS = sorted(
+    p for p in (ROOT / "benchmarks" / "results").rglob("*.sh") if "faithful" not in p.relative_to(ROOT).parts
+)
+
+
+def test_recorded_scripts_run_from_the_repository_root_on_any_machine():
+    """A recorded script holds no path of the machine it ran on and no wait on another job's log: run from the
+    repository root, it repeats the measurement anywhere."""
+    assert RECORDED_SCRIPTS
+    for path in RECORDED_SCRIPTS:
+        text = path.read_text()
+        lines = text.splitlines()
+        where = path.relative_to(ROOT)
+        assert "/work/" not in text, f"{where}: absolute path"
+        assert not any(line.strip().startswith("cd /") for line in lines), f"{where}: cd to an absolute path"
+        assert not any("grep -q" in line and ".log" in line for line in lines), f"{where}: waits on a log"
+        assert lines[0].startswith("#!") and lines[1].startswith("# "), f"{where}: no header saying what it measures"
+        assert not any(w in path.name for w in ("session", "lane", "queue")), f"{where}: name tells history"
