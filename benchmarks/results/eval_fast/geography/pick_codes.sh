@@ -1,7 +1,10 @@
 #!/bin/bash
-# quick sweep of the number of codebook codes removed for the geography topic (held-out facts, other facts, history)
+# How many codebook codes to remove for the geography topic: the unedited bottleneck and the edits of 1,024, 4,096 and
+# 16,384 codes on probe_suite.yaml (held-out geography facts, other facts, history loss; copied to
+# outputs/geography/ with its fact paths pointing at your outputs/geography/topic); pick_n.txt (a Python script) picks
+# N into outputs/geography/codebook_n.txt for pipeline.sh. Waits for stats.sh's retain statistics.
+# Run from the repository root: bash benchmarks/results/eval_fast/geography/pick_codes.sh
 set -x
-cd /work/main
 export OMP_WAIT_POLICY=PASSIVE
 while [ ! -f outputs/geography/codebook/stats/retain.json ]; do sleep 10; done
 D=../shared/data; G=outputs/geography; CU=.venv/bin/codeunlearn
@@ -12,5 +15,4 @@ for n in 1024 4096 16384; do
   $CU apply --bottleneck_dir $B --edits $G/pick/edits_$n/edit.json --output_dir $G/pick/model_$n
   $CU eval --suite $G/probe_suite.yaml --model $G/pick/model_$n --data_dir $D --output_dir $G/pick/eval_$n --no_progress
 done
-.venv/bin/python $G/pick_n.py
-echo PICK DONE
+.venv/bin/python benchmarks/results/eval_fast/geography/pick_n.txt  # the recorded copy of outputs/geography/pick_n.py

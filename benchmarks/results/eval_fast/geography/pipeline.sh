@@ -1,16 +1,18 @@
 #!/bin/bash
-# geography fact topic: every row of the suite table (fast form) + baselines at their configured budgets
+# The geography fact topic, every row of its suite table (fast form, with attacks): codebook removal and its
+# random-codes control, SAE clamp / zero / guardrail, the gradient baselines at their configured budgets
+# (configs/baselines/*.yaml) on the topic's sentences, then the suite on each model and the combined table.
+# Run from the repository root after stats.sh and pick_codes.sh (their statistics, outputs/geography/codebook_n.txt):
+#   bash benchmarks/results/eval_fast/geography/pipeline.sh
+# As recorded it ran up to the baselines' training; its evaluations ran as eval_ours.sh (beside the baselines'
+# training) and eval_baselines.sh (after it) instead.
 set -x
-cd /work/main
 export OMP_WAIT_POLICY=PASSIVE
-while ! grep -q "suite sae_zero seconds" outputs/queue13.log; do sleep 10; done
-pkill -f "outputs/queue13.sh"; pkill -f "eval_full/micro"
-while ! grep -q "STATS DONE" outputs/geography/logs/stats.log || ! grep -q "PICK DONE" outputs/geography/logs/pick.log 2>/dev/null; do sleep 10; done
 D=../shared/data; G=outputs/geography; T=$G/topic; SUITE=$T/suite.yaml; CU=.venv/bin/codeunlearn
 B=outputs/sweep2/l15_8x4096_s4_kl160_lora16/bottleneck; S=outputs/sae_l15/bottleneck
 N=$(cat $G/codebook_n.txt)
 t() { echo "seconds $1: $(( $(date +%s) - $2 ))"; }
-# ---- ours: codebook removal and its random-codes control (statistics: outputs/geography/stats.sh)
+# ---- ours: codebook removal and its random-codes control (statistics: stats.sh)
 S0=$(date +%s)
 $CU forget --forget_stats $G/codebook/stats/forget.safetensors --retain_stats $G/codebook/stats/retain.safetensors --topic geography --num_codes $N --output_dir $G/codebook/edits
 $CU apply --bottleneck_dir $B --edits $G/codebook/edits/edit.json --output_dir $G/codebook/edited
@@ -43,4 +45,3 @@ for pair in "bottleneck $B" "random_codes $G/codebook/random" "sae_zero $G/sae/z
   t eval_$1 $S0
 done
 $CU eval --combine base=$G/eval/codebook_removal/base bottleneck=$G/eval/bottleneck codebook_removal=$G/eval/codebook_removal random_codes=$G/eval/random_codes sae_zero=$G/eval/sae_zero sae_clamp=$G/eval/sae_clamp sae_guardrail=$G/eval/sae_guardrail ga=$G/eval/ga grad_diff=$G/eval/grad_diff npo=$G/eval/npo rmu=$G/eval/rmu --output_dir $G/eval/table
-echo QUEUE14 DONE

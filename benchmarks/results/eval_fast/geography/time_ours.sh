@@ -1,9 +1,10 @@
 #!/bin/bash
-# wall time of our geography forgetting from a trained bottleneck: statistics (forget + retain), selection, apply
+# Wall time of our geography forgetting from a trained bottleneck, each command loading the model: statistics
+# (forget + retain), then selection and apply; checks that the edit is the evaluated one (pipeline.sh's).
+# Run from the repository root after pipeline.sh, alone on the machine:
+#   bash benchmarks/results/eval_fast/geography/time_ours.sh
 set -x
-cd /work/main
 export OMP_WAIT_POLICY=PASSIVE
-while ! grep -q "QUEUE16 DONE" outputs/queue16.log; do sleep 10; done
 D=../shared/data; G=outputs/geography; T=$G/topic; CU=.venv/bin/codeunlearn; W=outputs/geography/timed
 B=outputs/sweep2/l15_8x4096_s4_kl160_lora16/bottleneck
 rm -rf $W
@@ -16,4 +17,3 @@ $CU apply --bottleneck_dir $B --edits $W/edits/edit.json --output_dir $W/edited
 S2=$(date +%s.%N)
 cmp $W/edits/edit.json $G/codebook/edits/edit.json && echo "same edit as the evaluated one"
 python3 -c "print(f'geography wall seconds: statistics {$S1-$S0:.1f}, forget+apply {$S2-$S1:.1f}, total {$S2-$S0:.1f} (each command loads the model)')"
-echo QUEUE17 DONE

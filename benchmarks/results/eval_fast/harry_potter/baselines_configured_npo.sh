@@ -1,8 +1,11 @@
 #!/bin/bash
-# Lane G (session 8): NPO at its configured budget (60 x 8) on Harry Potter + its HP fast row; then microbiology
-# GradDiff's fast row and 50-step relearning once lane F has trained it.
+# NPO at its configured budget (configs/baselines/npo.yaml, 60 steps x 8 chunks) on Harry Potter with its suite row
+# (fast form, with attacks): npo_configured in table.md. Then the configured microbiology GradDiff that
+# baselines_configured_grad_diff.sh trains (it waits for its .done file): its microbiology fast row and its 50-step
+# relearning attack (outputs/relearn50b/suite.yaml, as in benchmarks/RESULTS.md).
+# Run from the repository root after pipeline.sh (its base report), one thread, beside baselines_configured_grad_diff.sh:
+#   bash benchmarks/results/eval_fast/harry_potter/baselines_configured_npo.sh
 set -x
-cd /work/main
 export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
 D=../shared/data; H=outputs/hp; CU=.venv/bin/codeunlearn
 F=$D/topics/harry_potter/corpus_wikipedia_plot_summaries.txt; R="$D/retain/openstax_us_history.jsonl $D/retain/wikitext2_raw_test.txt"
@@ -21,4 +24,3 @@ t evalfast_grad_diff_configured $S0
 S0=$(date +%s)
 $CU eval --suite outputs/relearn50b/suite.yaml --model $M --data_dir $D --attacks --output_dir outputs/relearn50b/grad_diff_configured --no_progress
 t relearn50_grad_diff_configured $S0
-echo LANE G DONE

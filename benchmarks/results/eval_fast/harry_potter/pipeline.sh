@@ -1,9 +1,9 @@
 #!/bin/bash
-# Lane A: HP bottleneck rows (stats, edits, apply, calibrate), their fast evals, then the baselines' evals as lane B
-# finishes them. One thread.
-# As run, beside baselines_configured.sh / baselines_reduced.sh (the .done files are their hand-off).
+# The Harry Potter table's rows: statistics, edits, apply and calibrate for the codebook and the SAE, their suite
+# runs (fast form, with attacks; the codebook edit's with the base model), then the baselines' suite runs as
+# baselines_configured.sh / baselines_reduced.sh finish them (it waits for their outputs/hp/baselines/METHOD.done).
+# One thread. Run from the repository root, beside those two: bash benchmarks/results/eval_fast/harry_potter/pipeline.sh
 set -x
-cd /work/main
 export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
 D=../shared/data; H=outputs/hp; CU=.venv/bin/codeunlearn
 F=$D/topics/harry_potter/corpus_wikipedia_plot_summaries.txt; R="$D/retain/openstax_us_history.jsonl $D/retain/wikitext2_raw_test.txt"
@@ -45,4 +45,3 @@ for m in rmu ga grad_diff npo; do
   while [ ! -e $H/baselines/$m.done ]; do sleep 30; done
   ev $m $H/baselines/$m/model
 done
-echo LANE A DONE

@@ -1,7 +1,9 @@
 #!/bin/bash
-# HP 50-step relearning, lane A (session 8): rows in order; each writes outputs/hp_relearn50/NAME.
+# The 50-step relearning attack on Harry Potter (relearning_suite.yaml: LoRA rank 8, 7e-4, 50 steps) on each
+# "NAME MODEL" pair given, in order: the held-out summary's loss at steps 0/10/25/50 into outputs/hp_relearn50/NAME
+# (rows with a report already are skipped, so a stopped run resumes). One thread.
+# Run from the repository root: bash benchmarks/results/eval_full/harry_potter/relearning_suite.sh "NAME MODEL" ...
 set -x
-cd /work/main
 export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
 D=../shared/data; H=outputs/hp; CU=.venv/bin/codeunlearn; SUITE=benchmarks/results/eval_full/harry_potter/relearning_suite.yaml
 B=outputs/sweep2/l15_8x4096_s4_kl160_lora16/bottleneck
@@ -12,12 +14,11 @@ for pair in "$@"; do
   $CU eval --suite $SUITE --model $2 --data_dir $D --attacks --output_dir outputs/hp_relearn50/$1 --no_progress
   echo "seconds hp_relearn50_$1: $(( $(date +%s) - S0 ))"
 done
-echo LANE DONE
-# As run (two lanes, H=outputs/hp, B as above):
-#   lanes_session8.sh "base smollm2-135m" "rmu $H/baselines/rmu/model" "sae_guardrail $H/sae/guardrail" "npo $H/baselines/npo/model" \
+# As recorded, two at a time (H=outputs/hp, B as above):
+#   relearning_suite.sh "base smollm2-135m" "rmu $H/baselines/rmu/model" "sae_guardrail $H/sae/guardrail" "npo $H/baselines/npo/model" \
 #     "sae_zero $H/sae/zero" "ga $H/baselines/ga/model" "npo_configured $H/baselines/npo_configured/model"
-#   lanes_session8.sh "codebook_removal $H/codebook/edited" "bottleneck $B" "random_codes $H/codebook/random" \
+#   relearning_suite.sh "codebook_removal $H/codebook/edited" "bottleneck $B" "random_codes $H/codebook/random" \
 #     "grad_diff $H/baselines/grad_diff/model" "sae_clamp $H/sae/clamp" "grad_diff_configured $H/baselines/grad_diff_configured/model"
-# Session 9 (the session-8 lanes ended before the last five rows; the same script, two lanes, skipping finished rows):
-#   lanes_session8.sh "sae_zero $H/sae/zero" "ga $H/baselines/ga/model" "grad_diff_configured $H/baselines/grad_diff_configured/model"
-#   lanes_session8.sh "sae_clamp $H/sae/clamp" "npo_configured $H/baselines/npo_configured/model"
+# Both stopped before their last five rows, which these finished (two at a time, finished rows skipped):
+#   relearning_suite.sh "sae_zero $H/sae/zero" "ga $H/baselines/ga/model" "grad_diff_configured $H/baselines/grad_diff_configured/model"
+#   relearning_suite.sh "sae_clamp $H/sae/clamp" "npo_configured $H/baselines/npo_configured/model"
