@@ -171,12 +171,12 @@ def test_topic_suite_scores_the_held_out_facts_of_the_topic(tmp_path):
     specs = {s.name: s for s in suite.specs(attacks=True)}
     forget, retain = specs["geo_facts"], specs["other_facts"]
     assert (forget.group, retain.group) == ("forget", "retain")
-    assert forget.params == {"path": str((out / "probes_forget.jsonl").resolve()), "relations": ["P30", "P36"]}
-    assert retain.params == {"path": str((out / "probes_retain.jsonl").resolve()), "exclude_relations": ["P30", "P36"]}
+    assert forget.params == {"path": "./probes_forget.jsonl", "relations": ["P30", "P36"]}
+    assert retain.params == {"path": "./probes_retain.jsonl", "exclude_relations": ["P30", "P36"]}
     assert forget.max_items is None and retain.max_items is None  # all held-out facts, not a sample
     assert specs["rephrased_facts"].params["path"] == forget.params["path"]
     relearning = specs["relearning"]
-    assert relearning.params["forget_corpus"] == str((out / "forget_train.jsonl").resolve())
+    assert relearning.params["forget_corpus"] == "./forget_train.jsonl"
     assert relearning.params["facts_path"] == forget.params["path"]
     assert relearning.params["fact_relations"] == ["P30", "P36"]
     assert (
@@ -188,8 +188,31 @@ def test_topic_suite_scores_the_held_out_facts_of_the_topic(tmp_path):
     shipped = {s.name: s for s in load_suite_config("geography").specs(attacks=True)}
     for name in set(shipped) - {"geo_facts", "other_facts", "rephrased_facts"}:
         assert specs[name] == shipped[name]
-    topic_files = {p for _, p in data_files(suite) if Path(p).is_absolute()}
-    assert topic_files and all(Path(p).is_file() for p in topic_files)
+    topic_files = {p for _, p in data_files(suite) if p.startswith("./")}
+    assert topic_files == {"./probes_forget.jsonl", "./probes_retain.jsonl", "./forget_train.jsonl"}
+    assert all((Path(suite.source).parent / p).is_file() for p in topic_files)
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "retain").is_dir(), reason="needs ../shared/data beside the repository")
+def test_a_topic_folder_moves_with_its_suite(tmp_path, monkeypatch):
+    from codeunlearn.evaluate.suite.runner import plan_suite
+
+    path = known_facts(tmp_path / "known.jsonl")
+    write_fact_topic(path, tmp_path / "geo", forget_relations=["P30", "P36"], seed=1)
+    write_fact_suite(
+        tmp_path / "geo", ["P30", "P36"], forget_train="forget_train.jsonl", probes_forget="probes_forget.jsonl",
+        probes_retain="probes_retain.jsonl",
+    )  # fmt: skip
+    moved = tmp_path / "elsewhere" / "geography_topic"
+    moved.parent.mkdir()
+    (tmp_path / "geo").rename(moved)
+    monkeypatch.chdir(tmp_path / "elsewhere")  # neither the old folder nor the suite's own
+    suite = load_suite_config("geography_topic/suite.yaml")
+    planned = {p.spec.name: p.params for p in plan_suite(suite, SHARED_DATA, attacks=True)}
+    assert Path(planned["geo_facts"]["path"]).resolve() == (moved / "probes_forget.jsonl").resolve()
+    assert Path(planned["relearning"]["forget_corpus"]).resolve() == (moved / "forget_train.jsonl").resolve()
+    # the shipped data still comes from --data_dir
+    assert Path(planned["history_loss"]["corpus"]).resolve().is_relative_to(SHARED_DATA.resolve())
 
 
 def test_thin_script_runs_the_command(tmp_path):

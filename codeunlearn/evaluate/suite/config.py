@@ -97,8 +97,13 @@ class SuiteConfig:
         return [s for s in chosen if not (fast and s.name in self.fast.skip)]
 
 
+# A data path written `./x` or `../x` is beside the suite file (a topic folder carries its own suite); any other
+# relative path is inside --data_dir (the shared data).
+SUITE_RELATIVE = ("./", "../")
+
+
 def is_data_param(key: str) -> bool:
-    """Whether a metric parameter names data files (taken inside --data_dir)."""
+    """Whether a metric parameter names data files (inside --data_dir, or beside the suite file: `SUITE_RELATIVE`)."""
     return key in ("path", "corpus", "corpora") or key.endswith(("_path", "_corpus", "_corpora"))
 
 

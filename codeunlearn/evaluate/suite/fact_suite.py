@@ -3,9 +3,9 @@
 The shipped suite scores every known_1000 fact of the relations, so a model whose edit was selected on some of those
 facts would be scored partly on its own training sentences. `codeunlearn fact-topic` therefore writes `suite.yaml`
 beside the topic's files: the same metrics, but the forget / retain fact probes are the topic's held-out facts
-(`probes_forget.jsonl`, `probes_retain.jsonl`, absolute paths) and the relations are the topic's, plus a relearning
-attack that fine-tunes on the topic's forget training sentences and re-scores the held-out forget facts after each
-step count (`facts_recovery`: top-1 accuracy regained).
+(`probes_forget.jsonl`, `probes_retain.jsonl`, named `./FILE`: beside the suite file, so the folder can move) and the
+relations are the topic's, plus a relearning attack that fine-tunes on the topic's forget training sentences and
+re-scores the held-out forget facts after each step count (`facts_recovery`: top-1 accuracy regained).
 """
 
 from __future__ import annotations
@@ -44,29 +44,31 @@ FAST_RELEARNING_STEPS = [0, 5]
 def fact_suite(
     topic_dir: str | Path, forget_relations: Sequence[str], forget_train: str, probes_forget: str, probes_retain: str
 ) -> dict[str, Any]:
-    """The suite mapping for the topic written in `topic_dir` (file names inside it; paths made absolute)."""
+    """The suite mapping for the topic written in `topic_dir`: its files named `./FILE`, beside the suite file, so the
+    folder can move (or be shared) with its suite."""
     import yaml
 
     folder = Path(topic_dir).resolve()
+    here = {name: f"./{name}" for name in (forget_train, probes_forget, probes_retain)}
     data = yaml.safe_load(named_configs()[TEMPLATE].read_text(encoding="utf-8"))
     relations = list(forget_relations)  # copied at every use below: a shared list is dumped as a YAML alias
     data["description"] = (
         f"Forgetting the held-out facts of known_1000 relations {' '.join(relations)} written by `codeunlearn "
-        f"fact-topic` in {folder}; side effects on held-out facts of the other relations, history, WikiText, sports, "
+        f"fact-topic`; side effects on held-out facts of the other relations, history, WikiText, sports, "
         "MMLU, ARC-Easy and athlete facts; fluency. " + data.get("description", "")
     ).strip()
     by_name = {spec["name"]: spec for spec in [*data["metrics"], *data.get("attacks", [])]}
-    by_name[FORGET_FACTS]["params"] = {"path": str(folder / probes_forget), "relations": list(relations)}
-    by_name[RETAIN_FACTS]["params"] = {"path": str(folder / probes_retain), "exclude_relations": list(relations)}
-    by_name[REPHRASED]["params"].update(path=str(folder / probes_forget), relations=list(relations))
+    by_name[FORGET_FACTS]["params"] = {"path": here[probes_forget], "relations": list(relations)}
+    by_name[RETAIN_FACTS]["params"] = {"path": here[probes_retain], "exclude_relations": list(relations)}
+    by_name[REPHRASED]["params"].update(path=here[probes_forget], relations=list(relations))
     for spec in (by_name[FORGET_FACTS], by_name[RETAIN_FACTS]):
         spec.pop("max_items", None)  # held-out probes are few: score them all (--fast still caps them)
     relearning = {
         **RELEARNING,
         "params": {
             **RELEARNING["params"],
-            "forget_corpus": str(folder / forget_train),
-            "facts_path": str(folder / probes_forget),  # the held-out facts' top-1 after each step count
+            "forget_corpus": here[forget_train],
+            "facts_path": here[probes_forget],  # the held-out facts' top-1 after each step count
             "fact_relations": list(relations),
         },
     }

@@ -25,7 +25,7 @@ import torch
 
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.evaluate.metrics.base import EvalContext, MetricResult
-from codeunlearn.evaluate.suite.config import MetricSpec, SuiteConfig, is_data_param
+from codeunlearn.evaluate.suite.config import SUITE_RELATIVE, MetricSpec, SuiteConfig, is_data_param
 from codeunlearn.evaluate.suite.registry import resolve_metric
 
 REPORT_VERSION = 1
@@ -185,7 +185,9 @@ def plan_suite(
         if fast:
             params.update({k: v for k, v in config.fast.params.items() if k in accepted})
             params.update(config.fast.metrics.get(spec.name, {}))
-        params = {k: _in_data_dir(v, data_dir, spec, k) if is_data_param(k) else v for k, v in params.items()}
+        params = {
+            k: _data_path(v, data_dir, config.source, spec, k) if is_data_param(k) else v for k, v in params.items()
+        }
         # The config names the result and its section; a function without these parameters is renamed afterwards.
         params.update({k: v for k, v in (("name", spec.name), ("group", spec.group)) if k in accepted})
         _check_signature(function, params, spec)
@@ -299,15 +301,19 @@ def _check_signature(function: Callable[..., Any], params: dict[str, Any], spec:
         ) from None
 
 
-def _in_data_dir(value: Any, data_dir: str | Path | None, spec: MetricSpec, key: str) -> Any:
+def _data_path(value: Any, data_dir: str | Path | None, source: str, spec: MetricSpec, key: str) -> Any:
+    """Where a data parameter points: `./x` or `../x` beside the suite file (`source`), other relative paths inside
+    --data_dir, absolute paths as they are."""
     if value is None:
         return None
     if isinstance(value, list):
-        return [_in_data_dir(v, data_dir, spec, key) for v in value]
+        return [_data_path(v, data_dir, source, spec, key) for v in value]
     if not isinstance(value, str):
         raise CodeunlearnError(f"metric {spec.name}: {key}={value!r} is not a path", f"fix `{key}` in the suite config")
     path = Path(value).expanduser()
-    if not path.is_absolute():
+    if value.startswith(SUITE_RELATIVE):
+        path = Path(source).parent / path
+    elif not path.is_absolute():
         if data_dir is None:
             raise CodeunlearnError(
                 f"metric {spec.name}: {key}={value} is relative and no data directory was given",
