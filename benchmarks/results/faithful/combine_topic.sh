@@ -17,14 +17,21 @@ case $TOPIC in
     recorded="sae_guardrail=$T#sae_guardrail ga=$T#ga grad_diff=$T#grad_diff_configured npo=$T#npo_configured rmu=$T#rmu" ;;
   microbiology) T=benchmarks/results/eval_fast/micro/table.json
     recorded="sae_guardrail=$T#sae_guardrail ga=$T#ga_configured grad_diff=$T#grad_diff_configured"
-    recorded="$recorded npo=$T#npo_configured rmu=$T#rmu_configured" ;;
+    recorded="$recorded npo=$T#npo_configured rmu=$T#rmu_configured"
+    # the recorded table shows the relearning attack's `recovery` (the headline then), not `max_recovery`
+    columns="--columns microbiology_loss wmdp_bio history_loss wikitext_loss sport_general mmlu arc_easy known_1000"
+    columns="$columns sports_athlete fluency fluency_topic padding latent_probe relearning:recovery" ;;
   geography) T=benchmarks/results/eval_fast/geography/table.json
-    recorded="sae_guardrail=$T#sae_guardrail ga=$T#ga grad_diff=$T#grad_diff npo=$T#npo rmu=$T#rmu" ;;
+    recorded="sae_guardrail=$T#sae_guardrail ga=$T#ga grad_diff=$T#grad_diff npo=$T#npo rmu=$T#rmu"
+    # the recorded table's columns, chosen for a fact topic (the rephrased-facts headline is at chance for the base)
+    columns="--columns geo_facts:top1 other_facts:top1 history_loss wikitext_loss sport_general mmlu arc_easy"
+    columns="$columns sports_athlete fluency rephrased_facts:multiple_choice rephrased_facts:few_shot"
+    columns="$columns rephrased_facts:cloze relearning:facts_recovery" ;;
   cyber) recorded="rmu=$OUT/rmu" ;;
   *) echo "error: unknown topic $TOPIC -- fix: harry_potter, microbiology, geography or cyber" >&2; exit 2 ;;
 esac
 # shellcheck disable=SC2086  # the row lists are meant to split
-codeunlearn eval --combine $ours $recorded --output_dir $OUT/table --no_progress
+codeunlearn eval --combine $ours $recorded ${columns:-} --output_dir $OUT/table --no_progress
 cp $OUT/table/table.md $HERE/table_$TAG.md
 cp $OUT/table/table.json $HERE/table_$TAG.json
 cp $OUT/table/tradeoff.png $HERE/tradeoff_$TAG.png
