@@ -87,7 +87,7 @@ def load_benchmark_model(args: argparse.Namespace, prefix: str) -> tuple[Any, An
             from tiny import build_tiny
 
         tiny_dir = Path(tempfile.mkdtemp(prefix=prefix))
-        model, tokenizer = build_tiny(tiny_dir / "data", args.seq_len)
+        model, tokenizer = build_tiny(tiny_dir / "data", args.seq_len, TOPICS, RETAIN)
         args.data_dir = args.data_dir or str(tiny_dir / "data")
     else:
         from codeunlearn.modeling import load_model_and_tokenizer

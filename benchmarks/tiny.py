@@ -17,11 +17,6 @@ import torch
 from codeunlearn.bottleneck.config import CodebookConfig, SAEConfig
 from codeunlearn.bottleneck.model import BottleneckedModel
 
-if __package__:
-    from .common import RETAIN, TOPICS
-else:  # run as a file: Python puts the script's own folder first on sys.path
-    from common import RETAIN, TOPICS
-
 
 def tiny_llama(vocab_size: int, num_layers: int, max_positions: int, **token_ids: int):
     """A random (seed 0) frozen Llama with hidden size 64."""
@@ -43,9 +38,10 @@ def tiny_llama(vocab_size: int, num_layers: int, max_positions: int, **token_ids
     return model
 
 
-def build_tiny(workdir: Path, seq_len: int):
-    """A 4-layer tiny Llama and its tokenizer; writes the synthetic corpora under `workdir` at the paths of
-    `common.TOPICS` and `common.RETAIN`. Returns (model, tokenizer)."""
+def build_tiny(workdir: Path, seq_len: int, topics: dict[str, str], retain: dict[str, str]):
+    """A 4-layer tiny Llama and its tokenizer; writes the synthetic corpora under `workdir` at the data folder's
+    paths (`topics`: micro, cyber, hp; `retain`: history, wiki; `common.TOPICS` and `common.RETAIN`). Returns (model,
+    tokenizer)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -69,16 +65,16 @@ def build_tiny(workdir: Path, seq_len: int):
             "".join(json.dumps({"id": i, "text": doc(name, rng.randint(200, 600))}) + "\n" for i in range(docs))
         )
 
-    write_jsonl(TOPICS["micro"], "micro", 40)
-    write_jsonl(TOPICS["cyber"], "cyber", 40)
-    write_jsonl(RETAIN["history"], "history", 40)
-    (workdir / TOPICS["hp"]).parent.mkdir(parents=True, exist_ok=True)
-    (workdir / TOPICS["hp"]).write_text("".join(doc("hp", rng.randint(300, 700)) + "\n" for _ in range(7)))
+    write_jsonl(topics["micro"], "micro", 40)
+    write_jsonl(topics["cyber"], "cyber", 40)
+    write_jsonl(retain["history"], "history", 40)
+    (workdir / topics["hp"]).parent.mkdir(parents=True, exist_ok=True)
+    (workdir / topics["hp"]).write_text("".join(doc("hp", rng.randint(300, 700)) + "\n" for _ in range(7)))
     wiki_lines = []
     for article in range(30):
         wiki_lines.append(f" = wiki{article % 30} = ")
         wiki_lines.extend(doc("wiki", rng.randint(50, 150)) for _ in range(4))
-    (workdir / RETAIN["wiki"]).write_text("\n".join(wiki_lines) + "\n")
+    (workdir / retain["wiki"]).write_text("\n".join(wiki_lines) + "\n")
 
     model = tiny_llama(
         len(words), num_layers=4, max_positions=max(seq_len, 64), eos_token_id=1, pad_token_id=1, bos_token_id=1

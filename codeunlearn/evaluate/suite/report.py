@@ -293,14 +293,7 @@ def combine_reports(
         columns: `metric` or `metric:key` entries to show, in order (default: every metric's headline score, by
             section, of the reports).
     """
-    if not reports:
-        raise CodeunlearnError("no reports to combine", "pass at least one ROW=path/to/report.json")
-    loaded: dict[str, SuiteReport | RecordedRow] = {}
-    for row, r in reports.items():
-        if isinstance(r, (SuiteReport, RecordedRow)):
-            loaded[row] = r
-        else:
-            loaded[row] = load_recorded_row(r) if is_recorded(r) else load_report(r)
+    loaded = _load_rows(reports)
     live = {row: r for row, r in loaded.items() if isinstance(r, SuiteReport)}
     reference = reference or next(iter(loaded))
     if reference not in live:
@@ -309,38 +302,19 @@ def combine_reports(
             f"use one of {', '.join(live) or '(none: pass at least one report.json)'}",
         )
     picked = _columns(live, columns)
-    ref_forget, ref_retain = loss_levels(live[reference])
     # Without a forget loss in the reference, forgetting is plotted as the drop of the forget probes' accuracy.
-    by_accuracy = ref_forget is None
-    ref_accuracy = forget_accuracy(live[reference]) if by_accuracy else None
-    rows, points = [], {}
-    for row, report in loaded.items():
-        if isinstance(report, RecordedRow):
-            entry = _recorded_entry(row, report, live[reference], picked, by_accuracy)
-            forgotten = entry.get("forget_accuracy_drop") if by_accuracy else entry["delta_forget_loss"]
-            if _number(forgotten) and _number(entry["delta_retain_loss"]):
-                points[row] = (entry["delta_retain_loss"], forgotten)
-            rows.append(entry)
-            continue
-        by_name = {r.name: r for r in report.results}
-        values = {f"{name}:{key}": _score(by_name.get(name), key) for name, key, _ in picked}
-        forget, retain = loss_levels(report)
-        delta_forget, delta_retain = _difference(forget, ref_forget), _difference(retain, ref_retain)
-        forgotten = _difference(ref_accuracy, forget_accuracy(report)) if by_accuracy else delta_forget
-        if forgotten is not None and delta_retain is not None:
-            points[row] = (delta_retain, forgotten)
-        rows.append(
-            {
-                "row": row,
-                "model": report.model,
-                "config": report.config,
-                "fast": report.fast,
-                "values": values,
-                "delta_forget_loss": delta_forget,
-                "delta_retain_loss": delta_retain,
-                **({"forget_accuracy_drop": points[row][1] if row in points else None} if by_accuracy else {}),
-            }
-        )
+    by_accuracy = loss_levels(live[reference])[0] is None
+    rows = [
+        _recorded_entry(row, report, live[reference], picked, by_accuracy)
+        if isinstance(report, RecordedRow)
+        else _report_entry(row, report, live[reference], picked, by_accuracy)
+        for row, report in loaded.items()
+    ]
+    points = {}
+    for entry in rows:
+        forgotten = entry.get("forget_accuracy_drop") if by_accuracy else entry["delta_forget_loss"]
+        if _number(forgotten) and _number(entry["delta_retain_loss"]):
+            points[entry["row"]] = (entry["delta_retain_loss"], forgotten)
     chance = {f"{name}:{key}": _chance(live, name, key) for name, key, _ in picked}
     markdown = _combined_markdown(picked, rows, chance, reference)
     out = Path(output_dir)
@@ -360,6 +334,40 @@ def combine_reports(
     atomic_write_text(out / TABLE_JSON_NAME, json.dumps(json_safe(table), indent=1, ensure_ascii=False) + "\n")
     atomic_write_text(out / TABLE_NAME, markdown + "\n")
     return markdown
+
+
+def _load_rows(reports: Mapping[str, str | Path | SuiteReport | RecordedRow]) -> dict[str, SuiteReport | RecordedRow]:
+    """Every combine entry read: a report, or a row of an earlier table."""
+    if not reports:
+        raise CodeunlearnError("no reports to combine", "pass at least one ROW=path/to/report.json")
+    loaded: dict[str, SuiteReport | RecordedRow] = {}
+    for row, r in reports.items():
+        if isinstance(r, (SuiteReport, RecordedRow)):
+            loaded[row] = r
+        else:
+            loaded[row] = load_recorded_row(r) if is_recorded(r) else load_report(r)
+    return loaded
+
+
+def _report_entry(
+    row: str, report: SuiteReport, reference: SuiteReport, picked: list[tuple[str, str, str]], by_accuracy: bool
+) -> dict[str, Any]:
+    """A table row from a report: its scores for the picked columns and its loss changes against `reference`."""
+    by_name = {r.name: r for r in report.results}
+    ref_forget, ref_retain = loss_levels(reference)
+    forget, retain = loss_levels(report)
+    entry = {
+        "row": row,
+        "model": report.model,
+        "config": report.config,
+        "fast": report.fast,
+        "values": {f"{name}:{key}": _score(by_name.get(name), key) for name, key, _ in picked},
+        "delta_forget_loss": _difference(forget, ref_forget),
+        "delta_retain_loss": _difference(retain, ref_retain),
+    }
+    if by_accuracy:
+        entry["forget_accuracy_drop"] = _difference(forget_accuracy(reference), forget_accuracy(report))
+    return entry
 
 
 def _recorded_entry(
