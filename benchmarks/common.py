@@ -15,7 +15,6 @@ so neither way edits `sys.path`.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
 import os
@@ -23,15 +22,13 @@ import platform
 import shlex
 import sys
 import tempfile
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from codeunlearn.evaluate.evaluation import mean_loss
-from codeunlearn.runtime import bf16_is_fast
+from codeunlearn.runtime import Stopwatch, bf16_is_fast
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"  # the checkout's sibling shared/data
 TOPICS = {  # forget corpora, relative to the data folder
@@ -150,21 +147,8 @@ def heldout_losses(
     return losses
 
 
-class Timer:
-    """Seconds per stage, printed as each stage ends; a stage entered twice adds up."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            elapsed = time.perf_counter() - start
-            self.seconds[name] = round(self.seconds.get(name, 0.0) + elapsed, 2)
-            print(f"[time] {name}: {elapsed:.1f}s", flush=True)
+class Timer(Stopwatch):
+    """The library's stage stopwatch, plus the result files' "Seconds per stage" section."""
 
     def markdown(self) -> list[str]:
         """The "Seconds per stage" section of a result file."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import threading
+import time
 import typing
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -104,3 +105,27 @@ def ticker(desc: str, enabled: bool = True) -> Iterator[None]:
         stop.set()
         thread.join()
         bar.close()
+
+
+class Stopwatch:
+    """Wall-clock seconds of named stages (a stage entered twice adds up), printed as each one starts and ends."""
+
+    def __init__(self, verbose: bool = True) -> None:
+        self.seconds: dict[str, float] = {}
+        self.verbose = verbose
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        if self.verbose:
+            print(f"[{name}] ...", flush=True)
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+        if self.verbose:
+            print(f"[{name}] done in {self.seconds[name]:.1f} s", flush=True)
+
+    @property
+    def total(self) -> float:
+        return sum(self.seconds.values())

@@ -12,13 +12,8 @@ from codeunlearn.bottleneck.edit import Edit, Guardrail, LayerCodes
 from codeunlearn.bottleneck.interventions import gate, window_scores
 from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.errors import CodeunlearnError
-from codeunlearn.unlearn.guardrail import (
-    calibrate_guardrail,
-    calibrate_threshold,
-    gate_rate,
-    padding_attack,
-    prompt_fraction_gate,
-)
+from codeunlearn.unlearn.guardrail import calibrate_guardrail, calibrate_threshold, gate_rate
+from codeunlearn.unlearn.guardrail_attacks import gate_padding_attack, prompt_fraction_gate
 
 
 def test_window_scores_are_a_causal_zero_padded_mean():
@@ -129,7 +124,7 @@ def retain_tokens(num_chunks: int, length: int, rate: float, seed: int) -> torch
     return chunks.masked_fill(sprinkle, TOPIC)
 
 
-def test_calibration_on_retain_text_and_the_padding_attack(topic_model):
+def test_calibration_on_retain_text_and_the_gate_padding_attack(topic_model):
     zero = Edit("topic", {0: LayerCodes([0], scales=[TOPIC_ACT])}, "zero", kind="sae",
                 bottleneck_fingerprint=topic_model.fingerprint())  # fmt: skip
     calibration = retain_tokens(40, 64, rate=0.06, seed=1)
@@ -145,7 +140,7 @@ def test_calibration_on_retain_text_and_the_padding_attack(topic_model):
 
     passages = retain_tokens(6, 48, rate=0.5, seed=3)  # topic-dense passages
     padding = retain_tokens(1, 5000, rate=0.0, seed=4)[0]
-    report = padding_attack(topic_model, guard, passages, padding, pad_tokens=(512, 2048))
+    report = gate_padding_attack(topic_model, guard, passages, padding, pad_tokens=(512, 2048))
     assert report.blocked[0] == 1.0
     assert report.attack_success == {512: 0.0, 2048: 0.0}
     assert report.still_blocked == {512: 1.0, 2048: 1.0}
@@ -157,7 +152,7 @@ def test_calibration_on_retain_text_and_the_padding_attack(topic_model):
     _, result, _ = run(topic_model, passages[:1])
     assert result.gated.any()
     with pytest.raises(CodeunlearnError) as excinfo:
-        padding_attack(topic_model, guard, passages, padding[:100], pad_tokens=(512,))
+        gate_padding_attack(topic_model, guard, passages, padding[:100], pad_tokens=(512,))
     assert_fix_error(excinfo)
 
 

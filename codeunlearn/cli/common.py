@@ -1,35 +1,10 @@
-"""What the subcommands share beyond the library: stage timing, and refusing to replace outputs before a slow step."""
+"""What the subcommands share beyond the library: refusing to replace outputs before a slow step."""
 
 from __future__ import annotations
 
-import contextlib
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from codeunlearn.errors import CodeunlearnError
-
-
-class Stopwatch:
-    """Wall-clock seconds of named stages, printed as each one ends."""
-
-    def __init__(self, verbose: bool = True) -> None:
-        self.seconds: dict[str, float] = {}
-        self.verbose = verbose
-
-    @contextlib.contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
-        if self.verbose:
-            print(f"[{name}] ...", flush=True)
-        yield
-        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
-        if self.verbose:
-            print(f"[{name}] done in {self.seconds[name]:.1f} s", flush=True)
-
-    @property
-    def total(self) -> float:
-        return sum(self.seconds.values())
 
 
 def check_output_file(path: str | Path, overwrite: bool) -> Path:

@@ -40,7 +40,6 @@ from codeunlearn.cli.arguments import (
     parse_arguments,
     to_flat_dict,
 )
-from codeunlearn.cli.common import Stopwatch
 from codeunlearn.cli.forget import CONTROL_NAME, EDIT_NAME, make_edits, summarize
 from codeunlearn.data import Corpora, DataArguments, read_corpora
 from codeunlearn.errors import CodeunlearnError
@@ -54,7 +53,7 @@ from codeunlearn.evaluate.loss_table import (
 )
 from codeunlearn.io import atomic_write_text
 from codeunlearn.modeling import ModelArguments
-from codeunlearn.runtime import run_arguments
+from codeunlearn.runtime import Stopwatch, run_arguments
 from codeunlearn.train import TrainingArguments, train_bottleneck
 from codeunlearn.unlearn.budget import choose_num_codes, describe_walk
 from codeunlearn.unlearn.selection import random_control

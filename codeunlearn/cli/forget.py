@@ -40,11 +40,11 @@ from codeunlearn.bottleneck.edit import Edit
 from codeunlearn.bottleneck.loading import load_bottlenecked, resolve_bottleneck_dir
 from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.cli.arguments import SelectionArguments, parse_arguments
-from codeunlearn.cli.common import Stopwatch, check_output_dir_free, check_output_file
+from codeunlearn.cli.common import check_output_dir_free, check_output_file
 from codeunlearn.data import Corpora, DataArguments, read_corpora
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.modeling import ModelArguments
-from codeunlearn.runtime import run_arguments
+from codeunlearn.runtime import Stopwatch, run_arguments
 from codeunlearn.unlearn.budget import choose_num_codes, describe_walk
 from codeunlearn.unlearn.selection import random_control, select_codes
 from codeunlearn.unlearn.statistics import CodeStatistics, collect_code_statistics
