@@ -236,7 +236,11 @@ def train_baseline(
     """Unlearn with `method` on forget chunks (and retain chunks if it reads them), training `model` in place.
 
     Chunks are (num_chunks, seq_len) token ids of the *train* split. Returns the run's record; with
-    `args.save_model` the model (and `tokenizer`, if given) is saved to OUTPUT/model."""
+    `args.save_model` the model (and `tokenizer`, if given) is saved to OUTPUT/model.
+
+    One function on purpose (about 100 lines), as `transformers.Trainer`'s inner loop is: setup, resume, then every
+    step's accumulate / clip / step / log / checkpoint in the order they run, which is what a reader checks against
+    the methods' papers."""
     if method.needs_forget:
         _check_chunks("forget", forget, method)
     if method.needs_retain:
@@ -267,25 +271,14 @@ def train_baseline(
     step, previous_seconds = 0, 0.0
     metrics_path = output_dir / METRICS_NAME
     if resume_from is not None:
-        state = _load_checkpoint(resume_from, params, method, args)
-        optimizer.load_state_dict(torch.load(resume_from / OPTIMIZER_NAME, weights_only=True))
-        scheduler.load_state_dict(state["scheduler"])
-        step, previous_seconds = state["step"], state["train_seconds"]
-        for name, stream in streams.items():
-            stream.cursor = state["cursors"][name]
+        step, previous_seconds = _resume(resume_from, params, optimizer, scheduler, streams, method, args)
         _truncate_metrics(metrics_path, step)
     prepared_model, optimizer = accelerator.prepare(model, optimizer)
 
     end = config.max_steps if args.stop_after_steps is None else min(config.max_steps, args.stop_after_steps)
-    world, rank = accelerator.num_processes, accelerator.process_index
-    accumulation = args.gradient_accumulation_steps
-    bar = tqdm(
-        total=end,
-        initial=step,
-        desc=method.name,
-        unit="step",
-        disable=not (args.progress and accelerator.is_main_process),
-    )
+    world, accumulation = accelerator.num_processes, args.gradient_accumulation_steps
+    show = args.progress and accelerator.is_main_process
+    bar = tqdm(total=end, initial=step, desc=method.name, unit="step", disable=not show)
     metrics: list[dict[str, Any]] = []
     model.train()  # as under transformers.Trainer (no effect on dropout-free models such as Llama/SmolLM2)
     loop_started = time.perf_counter()
@@ -294,17 +287,7 @@ def train_baseline(
         return previous_seconds + time.perf_counter() - loop_started
 
     while step < end:
-        sums: dict[str, float] = {}
-        for _ in range(accumulation):
-            batch = {}
-            for name, stream in streams.items():
-                batch[name] = stream.take(config.batch_size, skip=rank * config.batch_size).to(accelerator.device)
-                stream.advance(config.batch_size * world)
-            with autocast(accelerator.device, args.bf16):
-                loss, parts = method.loss(prepared_model, batch.get("forget"), batch.get("retain"))
-            accelerator.backward(loss / accumulation)
-            for key, value in {"loss": float(loss.detach()), **parts}.items():
-                sums[key] = sums.get(key, 0.0) + value / accumulation
+        sums = _accumulate_gradients(method, prepared_model, streams, args, accelerator)
         if config.max_grad_norm > 0:
             sums["grad_norm"] = float(accelerator.clip_grad_norm_(list(params.values()), config.max_grad_norm))
         optimizer.step()
@@ -334,22 +317,17 @@ def train_baseline(
     save_seconds, model_dir = 0.0, None
     if finished and args.save_model and accelerator.is_main_process:
         started = time.perf_counter()
-        with atomic_directory(output_dir / MODEL_DIR, overwrite=True) as tmp:
-            accelerator.unwrap_model(prepared_model).save_pretrained(tmp)
-            if tokenizer is not None:
-                tokenizer.save_pretrained(tmp)
+        model_dir = _save_model(accelerator.unwrap_model(prepared_model), tokenizer, output_dir / MODEL_DIR)
         save_seconds = time.perf_counter() - started
-        model_dir = str(output_dir / MODEL_DIR)
     samples = step * accumulation * config.batch_size * world
     seq_len = next(chunks.shape[1] for chunks in (forget, retain) if chunks is not None)
+    seconds_by_part = {"train": train_seconds, "prepare": prepare_seconds, "save": save_seconds}
     result = BaselineResult(
         method=method.name,
         config=config.to_dict(),
         steps=step,
         finished=finished,
-        train_seconds=round(train_seconds, 3),
-        prepare_seconds=round(prepare_seconds, 3),
-        save_seconds=round(save_seconds, 3),
+        **{f"{part}_seconds": round(value, 3) for part, value in seconds_by_part.items()},
         trainable_parameters=sum(p.numel() for p in params.values()),
         tokens={name: samples * seq_len for name in streams},
         resolved=resolved,
@@ -359,3 +337,55 @@ def train_baseline(
     if finished and accelerator.is_main_process:
         atomic_write_text(output_dir / RESULT_NAME, json.dumps(result.to_dict(), indent=1) + "\n")
     return result
+
+
+def _accumulate_gradients(
+    method: UnlearningMethod,
+    model: nn.Module,
+    streams: dict[str, ChunkStream],
+    args: BaselineTrainingArguments,
+    accelerator: Accelerator,
+) -> dict[str, float]:
+    """One optimizer step's backward passes (`gradient_accumulation_steps` micro-batches, this rank's share of each
+    stream); returns the mean loss and loss parts."""
+    config, accumulation = method.config, args.gradient_accumulation_steps
+    world, rank = accelerator.num_processes, accelerator.process_index
+    sums: dict[str, float] = {}
+    for _ in range(accumulation):
+        batch = {}
+        for name, stream in streams.items():
+            batch[name] = stream.take(config.batch_size, skip=rank * config.batch_size).to(accelerator.device)
+            stream.advance(config.batch_size * world)
+        with autocast(accelerator.device, args.bf16):
+            loss, parts = method.loss(model, batch.get("forget"), batch.get("retain"))
+        accelerator.backward(loss / accumulation)
+        for key, value in {"loss": float(loss.detach()), **parts}.items():
+            sums[key] = sums.get(key, 0.0) + value / accumulation
+    return sums
+
+
+def _save_model(model: nn.Module, tokenizer: Any, directory: Path) -> str:
+    """Save the unlearned model (and its tokenizer) atomically; returns the directory."""
+    with atomic_directory(directory, overwrite=True) as tmp:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+    return str(directory)
+
+
+def _resume(
+    checkpoint: Path,
+    params: dict[str, nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    streams: dict[str, ChunkStream],
+    method: UnlearningMethod,
+    args: BaselineTrainingArguments,
+) -> tuple[int, float]:
+    """Load a checkpoint into the parameters, optimizer, schedule and data cursors; returns (step, seconds so far)."""
+    state = _load_checkpoint(checkpoint, params, method, args)
+    optimizer.load_state_dict(torch.load(checkpoint / OPTIMIZER_NAME, weights_only=True))
+    scheduler.load_state_dict(state["scheduler"])
+    for name, stream in streams.items():
+        stream.cursor = state["cursors"][name]
+    return state["step"], state["train_seconds"]

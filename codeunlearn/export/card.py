@@ -664,7 +664,10 @@ def bottleneck_card(
 ) -> ModelCard:
     """The card of a bottleneck repository (`codeunlearn push --bottleneck_dir`): its shape, the base model it was
     trained for, the training corpora, the cached retain statistics, its fidelity (or how to measure it) and how to
-    load it by repo id. Everything is read from `directory` and `fidelity`; nothing is written."""
+    load it by repo id. Everything is read from `directory` and `fidelity`; nothing is written.
+
+    One function on purpose (about 100 lines): its body is the card's text in reading order, section by section, so
+    that what a reader of the Hub page sees can be read here top to bottom."""
     from codeunlearn.bottleneck.config import CONFIG_NAME, BottleneckConfig
     from codeunlearn.bottleneck.model import EDITS_NAME
 
