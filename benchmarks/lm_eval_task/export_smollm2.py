@@ -1,6 +1,6 @@
 """Make two lm-eval-ready directories from the shipped SmolLM2-135M: the stock base model and an exported edited one.
 
-    python benchmarks/lm_eval_task/export_smollm2.py --out /tmp/smollm2-lm-eval
+    python benchmarks/lm_eval_task/export_smollm2.py --out outputs/smollm2-lm-eval
 
 writes OUT/base (stock LlamaForCausalLM) and OUT/edited (`codeunlearn export` format: model_type codeunlearn, loads
 with trust_remote_code). The bottleneck is deliberately tiny (layer 15, 8 heads x 64 codes, a few k-means/EMA key
