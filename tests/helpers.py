@@ -8,6 +8,7 @@ in a few minutes on two CPU cores. Models are rebuilt from a seed instead of sha
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import torch
@@ -158,3 +159,35 @@ def parse_commit_body(body: bytes) -> tuple[str, dict[str, bytes]]:
         line["value"]["path"]: base64.b64decode(line["value"]["content"]) for line in lines if line["key"] == "file"
     }
     return header["summary"], files
+
+
+FORGET_WORDS = ["wizard", "wand", "spell", "castle", "owl", "potion", "broom", "dragon", "goblin", "cloak"]
+RETAIN_WORDS = ["river", "mountain", "city", "train", "market", "harbor", "bridge", "farmer", "valley", "road"]
+COMMON_WORDS = ["the", "a", "of", "and", "to", "in", "is", "was", "it", "on"]
+
+
+def write_corpus(path: Path, topic_words: list[str], docs: int, seed: int) -> Path:
+    """One document per line, mixing topic words with common words (so topic codes exist to be found)."""
+    rng = random.Random(seed)
+    lines = [" ".join(rng.choice(topic_words + COMMON_WORDS) for _ in range(120)) for _ in range(docs)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def make_cli_workspace(root: Path) -> dict[str, Path]:
+    """A tiny Llama with a word-level tokenizer saved with save_pretrained under `root`, and forget/retain corpora
+    (10 documents each): what the command-line tests run on."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    forget = write_corpus(root / "forget.txt", FORGET_WORDS, docs=10, seed=1)
+    retain = write_corpus(root / "retain.txt", RETAIN_WORDS, docs=10, seed=2)
+    tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.train_from_iterator(
+        [*forget.read_text().splitlines(), *retain.read_text().splitlines()],
+        trainers.WordLevelTrainer(special_tokens=["<unk>", "</s>"]),
+    )
+    hf_tokenizer = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", eos_token="</s>")
+    model_dir = save_tiny_llama(root / "model", hf_tokenizer)
+    return {"root": root, "model": model_dir, "forget": forget, "retain": retain}

@@ -10,14 +10,13 @@ import dataclasses
 import importlib.util
 import json
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_error, run_ok, save_tiny_llama
+from helpers import make_cli_workspace, run_error, run_ok
 
 from codeunlearn.bottleneck.config import CodebookConfig, SAEConfig
 from codeunlearn.cli import main
@@ -26,41 +25,15 @@ from codeunlearn.unlearn.selection import SelectionRule
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
-FORGET_WORDS = ["wizard", "wand", "spell", "castle", "owl", "potion", "broom", "dragon", "goblin", "cloak"]
-RETAIN_WORDS = ["river", "mountain", "city", "train", "market", "harbor", "bridge", "farmer", "valley", "road"]
-COMMON_WORDS = ["the", "a", "of", "and", "to", "in", "is", "was", "it", "on"]
-
 # Tiny matrices: one thread is far faster than two fighting over a shared, loaded CPU.
 torch.set_num_threads(1)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def write_corpus(path: Path, topic_words: list[str], docs: int, seed: int) -> Path:
-    """One document per line, mixing topic words with common words (so topic codes exist to be found)."""
-    rng = random.Random(seed)
-    lines = [" ".join(rng.choice(topic_words + COMMON_WORDS) for _ in range(120)) for _ in range(docs)]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> dict[str, Path]:
     """A tiny Llama with a word-level tokenizer saved with save_pretrained, and forget/retain corpora."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    root = tmp_path_factory.mktemp("cli")
-    forget = write_corpus(root / "forget.txt", FORGET_WORDS, docs=10, seed=1)
-    retain = write_corpus(root / "retain.txt", RETAIN_WORDS, docs=10, seed=2)
-    tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.train_from_iterator(
-        [*forget.read_text().splitlines(), *retain.read_text().splitlines()],
-        trainers.WordLevelTrainer(special_tokens=["<unk>", "</s>"]),
-    )
-    hf_tokenizer = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", eos_token="</s>")
-    model_dir = save_tiny_llama(root / "model", hf_tokenizer)
-    return {"root": root, "model": model_dir, "forget": forget, "retain": retain}
+    return make_cli_workspace(tmp_path_factory.mktemp("cli"))
 
 
 def common_flags(ws: dict[str, Path]) -> list[str]:

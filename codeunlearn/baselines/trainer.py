@@ -34,6 +34,7 @@ from transformers import (
     get_linear_schedule_with_warmup,
 )
 
+from codeunlearn import distributed
 from codeunlearn.baselines.base import UnlearningMethod
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.io import atomic_directory, atomic_save_tensors, atomic_write_text, load_tensors
@@ -149,6 +150,9 @@ def _prepare_output_dir(output_dir: Path, args: BaselineTrainingArguments) -> Pa
     latest = check_output_dir(args)
     if latest is not None:
         return latest
+    distributed.barrier()  # every process has checked before the main one clears
+    if not distributed.is_main_process():
+        return None
     for name in (METRICS_NAME, CHECKPOINTS_DIR):  # model/ and result.json are replaced atomically at the end
         path = output_dir / name
         if path.is_dir():
@@ -246,7 +250,7 @@ def train_baseline(
     if method.needs_retain:
         _check_chunks("retain", retain, method)
     config = method.config
-    accelerator = accelerator or Accelerator()
+    accelerator = accelerator or distributed.join()
     output_dir = Path(args.output_dir)
     resume_from = _prepare_output_dir(output_dir, args)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from torch import Tensor, nn
 
+from codeunlearn import distributed
 from codeunlearn.bottleneck.config import BottleneckConfig
 from codeunlearn.bottleneck.edit import Edit
 
@@ -91,12 +92,13 @@ class Bottleneck(nn.Module):
         raise NotImplementedError
 
     def _fit_typical_norm(self, states: Tensor, positions: Tensor | None) -> Tensor:
-        """Set the `typical_norm` buffer (the median token norm, position 0 left out) from fp32 states (..., d);
-        return the ordinary tokens' states (N, d), those `passthrough_mask` leaves to the bottleneck."""
+        """Set the `typical_norm` buffer (the median token norm, position 0 left out) from fp32 states (..., d), this
+        process's share of them (the median is over every process's); return this share's ordinary tokens' states
+        (N, d), those `passthrough_mask` leaves to the bottleneck."""
         norms = states.norm(dim=-1)
         if self.config.passthrough_first_position and norms.dim() > 1:
             norms = norms[..., 1:]
-        self.typical_norm.copy_(norms.median())
+        self.typical_norm.copy_(distributed.gather_rows(norms.reshape(-1)).median())
         return states[~self.passthrough_mask(states, positions)]
 
     def quantize(self, x: Tensor, positions: Tensor | None = None) -> Any:

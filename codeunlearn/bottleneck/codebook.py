@@ -21,8 +21,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 from vector_quantize_pytorch import VectorQuantize
+from vector_quantize_pytorch.vector_quantize_pytorch import sample_vectors_distributed
 
-from codeunlearn import __version__
+from codeunlearn import __version__, distributed
 from codeunlearn.bottleneck.base import WEIGHTS_NAME, Bottleneck, Tally, layer_state
 from codeunlearn.bottleneck.config import CodebookConfig
 from codeunlearn.bottleneck.edit import Edit
@@ -55,6 +56,16 @@ def random_rotation(dim: int, seed: int) -> Tensor:
     return q.float()
 
 
+def _share_ema_updates(quantizer: VectorQuantize) -> None:
+    """Make a quantizer's EMA step data-parallel when there are several processes: what the library's
+    `sync_codebook=True` sets up, done here because its constructor refuses `sync_codebook` with k-means
+    initialisation and several codebooks (our k-means fit is our own and already data-parallel)."""
+    if distributed.world_size() > 1:
+        codebook = quantizer._codebook
+        codebook.all_reduce_fn = torch.distributed.all_reduce
+        codebook.replace_sample_fn = sample_vectors_distributed
+
+
 class CodebookBottleneck(Bottleneck):
     """Quantizes the states at one layer; downstream layers see only the codes' output values."""
 
@@ -81,7 +92,7 @@ class CodebookBottleneck(Bottleneck):
                 ema_update=True,
                 learnable_codebook=False,
                 rotation_trick=False,
-                sync_codebook=False,  # every process fits keys on the same batches (see training.py)
+                sync_codebook=False,  # set per EMA step by `_share_ema_updates` (the constructor refuses it)
             )
             for _ in range(config.num_stages)
         )
@@ -173,6 +184,8 @@ class CodebookBottleneck(Bottleneck):
     @torch.no_grad()
     def initialize(self, states: Tensor, positions: Tensor | None = None) -> float:
         """Fit every stage's search keys by k-means on the ordinary tokens of `states` (..., dim); returns the FVU.
+        Data-parallel, `states` is this process's share and every process ends with the same keys
+        (`codeunlearn.bottleneck.kmeans`).
 
         Sets the typical norm (median over non-first positions) and the centring mean (over ordinary tokens), then
         runs `config.kmeans_iters` Lloyd iterations per stage on what the earlier stages left over
@@ -181,16 +194,17 @@ class CodebookBottleneck(Bottleneck):
         """
         states = states.float()
         ordinary = self._fit_typical_norm(states, positions)
-        if len(ordinary) < self.config.codebook_size:
+        count = distributed.all_sum(len(ordinary))
+        if count < self.config.codebook_size:
             raise CodeunlearnError(
-                f"{len(ordinary)} ordinary tokens cannot fit {self.config.codebook_size} codes per head",
+                f"{count} ordinary tokens cannot fit {self.config.codebook_size} codes per head",
                 f"train on at least {self.config.codebook_size} tokens (tens of tokens per code fit well)",
             )
-        self.mean.copy_(ordinary.mean(0))
+        self.mean.copy_(distributed.all_mean(ordinary, 0))
         heads = self.config.num_heads
         with torch.autocast(device_type=states.device.type, enabled=False):
             z = self._to_code_space(ordinary).view(len(ordinary), heads, -1).transpose(0, 1)
-            variance = float((z - z.mean(1, keepdim=True)).pow(2).sum())
+            variance = distributed.all_sum(float((z - distributed.all_mean(z, 1).unsqueeze(1)).pow(2).sum()))
             keys, counts, residual = fit_residual_codebooks(
                 z, self.config.num_stages, self.config.codebook_size, self.config.kmeans_iters, self.config.seed
             )
@@ -203,13 +217,14 @@ class CodebookBottleneck(Bottleneck):
             self.values[stage].data.copy_(keys[stage])
         self.initialized.fill_(True)
         self._norm_cache.clear()
-        return float(residual.pow(2).sum()) / max(variance, 1e-12)
+        return distributed.all_sum(float(residual.pow(2).sum())) / max(variance, 1e-12)
 
     @torch.no_grad()
     def fit_keys(self, states: Tensor, positions: Tensor | None = None) -> None:
         """One EMA step of the search keys (`vector_quantize_pytorch`: EMA updates and dead-code replacement) on
         the ordinary tokens of `states` (..., dim); the first call fits them by k-means (`initialize`) instead.
-        Values are kept equal to the keys."""
+        Values are kept equal to the keys. Data-parallel, `states` is this process's share: the EMA sums are summed
+        over the processes and replacement codes drawn from all of them, so every process keeps the same keys."""
         if not bool(self.initialized):
             self.initialize(states, positions)
             return
@@ -220,6 +235,7 @@ class CodebookBottleneck(Bottleneck):
             z = self._to_code_space(ordinary)
             for stage, quantizer in enumerate(self.quantizers):
                 quantizer.train()
+                _share_ema_updates(quantizer)
                 _, idx, _ = quantizer(z.unsqueeze(0))
                 z = z - self._lookup(self.keys(stage), idx.squeeze(0)).reshape(z.shape)
                 self.values[stage].data.copy_(self.keys(stage))

@@ -3,18 +3,22 @@
 Why not `vector_quantize_pytorch.kmeans`: it builds the whole (heads, points, codes) distance tensor at once (8 x
 65,536 x 4,096 fp32 = 8.6 GB for the default codebook), and its search is a `cdist`. Here the distances of a chunk of
 points are one batched GEMM over every head (`baddbmm`, the keys read in place as (heads, dim, codes)), so the search
-runs at the speed of the GEMM; the update step is the same as the library's (empty codes keep their key), with the
-same `all_reduce_fn` hook so that data-parallel ranks can share sums and counts.
+runs at the speed of the GEMM; the update step is the same as the library's (empty codes keep their key).
+
+Data-parallel: each process passes its own share of the points (`codeunlearn.distributed.share`, rank order). The
+starting keys are the same global draw of points as one process would make, and each iteration's sums and counts
+are summed over the processes, so every process ends with the same keys, and those of one process holding all the
+points up to the rounding of the summed floats.
 
 Distances stay fp32: in bf16 the nearest-code search picks essentially random codes (FINDINGS.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor
+
+from codeunlearn import distributed
 
 # Points per GEMM chunk: the (heads, chunk, codes) distance block of 8 heads x 512 x 4,096 codes is 64 MiB.
 SEARCH_CHUNK = 512
@@ -57,36 +61,36 @@ def _scatter_means(points: Tensor, assign: Tensor, num_codes: int) -> tuple[Tens
     return sums.view(heads, num_codes, dim), counts.view(heads, num_codes)
 
 
-def kmeans(
-    points: Tensor,
-    num_codes: int,
-    iters: int,
-    generator: torch.Generator,
-    all_reduce_fn: Callable[[Tensor], None] | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
+def kmeans(points: Tensor, num_codes: int, iters: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
     """Lloyd's k-means, separately per head.
 
-    points (heads, n, dim) with n >= num_codes. The keys start at distinct random points (the same for every head's
-    slice of a token, drawn with `generator`); each iteration assigns every point to its nearest key and moves each
-    key to the mean of its points (a key with no point stays where it is). Returns (keys (heads, codes, dim), counts
-    (heads, codes) of the last assignment, that assignment (heads, n)).
+    points (heads, n, dim): this process's share, n >= num_codes over all processes. The keys start at distinct
+    random points (the same for every head's slice of a token, drawn with `generator` among all processes' points);
+    each iteration assigns every point to its nearest key and moves each key to the mean of its points (a key with
+    no point stays where it is). Returns (keys (heads, codes, dim), counts (heads, codes) of the last assignment
+    over all processes, this process's assignment (heads, n)).
     """
-    heads, n, _ = points.shape
-    if n < num_codes:
-        raise ValueError(f"k-means needs at least {num_codes} points, got {n}")
-    start = torch.randperm(n, generator=generator)[:num_codes].to(points.device)
-    keys = points[:, start].float().clone()
+    heads, n, dim = points.shape
+    sizes = distributed.gather_rows(torch.tensor([n]))
+    total = int(sizes.sum())
+    if total < num_codes:
+        raise ValueError(f"k-means needs at least {num_codes} points, got {total}")
+    start = torch.randperm(total, generator=generator)[:num_codes].to(points.device)
+    offset = int(sizes[: distributed.rank()].sum())
+    mine = (start >= offset) & (start < offset + n)
+    keys = torch.zeros(heads, num_codes, dim, dtype=torch.float32, device=points.device)
+    keys[:, mine] = points[:, start[mine] - offset].float()
+    distributed.all_sum_(keys)  # every starting point comes from exactly one process; the others add zeros
     assign = nearest(points, keys)
     for _ in range(iters):
         sums, counts = _scatter_means(points, assign, num_codes)
-        if all_reduce_fn is not None:
-            all_reduce_fn(sums)
-            all_reduce_fn(counts)
+        distributed.all_sum_(sums)
+        distributed.all_sum_(counts)
         filled = counts > 0
         keys = torch.where(filled.unsqueeze(-1), sums / counts.clamp_min(1).unsqueeze(-1), keys)
         assign = nearest(points, keys)
     counts = torch.bincount(_flat_ids(assign, num_codes), minlength=heads * num_codes).view(heads, num_codes)
-    return keys, counts.to(torch.float32), assign
+    return keys, distributed.all_sum_(counts.to(torch.float32)), assign
 
 
 def lookup(table: Tensor, assign: Tensor) -> Tensor:
@@ -99,8 +103,9 @@ def fit_residual_codebooks(
 ) -> tuple[list[Tensor], list[Tensor], Tensor]:
     """Residual quantization fitted stage by stage: stage s runs k-means on what stages < s left over.
 
-    points (heads, n, dim). Returns the keys and counts of every stage and the final residual (heads, n, dim), whose
-    energy over the points' variance is the training FVU.
+    points (heads, n, dim), this process's share. Returns the keys and counts of every stage (the same on every
+    process) and the final residual of this share (heads, n, dim), whose energy over the points' variance is the
+    training FVU.
     """
     generator = torch.Generator().manual_seed(seed)
     residual = points.float().clone()

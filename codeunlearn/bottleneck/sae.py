@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from codeunlearn import distributed
 from codeunlearn.bottleneck.base import Bottleneck, Tally
 from codeunlearn.bottleneck.config import TRAINABLE_SAE_ARCHITECTURES, SAEConfig
 from codeunlearn.bottleneck.edit import Edit
@@ -438,11 +439,13 @@ class SAEBottleneck(Bottleneck):
     @torch.no_grad()
     def initialize(self, states: Tensor, positions: Tensor | None = None) -> None:
         """Set the typical norm, the input scale (average norm -> sqrt(d_in)) and b_dec (the scaled mean) from the
-        ordinary tokens of a first batch of states (..., d_in)."""
+        ordinary tokens of a first batch of states (..., d_in); data-parallel, `states` is this process's share and
+        the means are over every process's."""
         states = states.float()
         ordinary = self._fit_typical_norm(states, positions)
-        self.input_scale.fill_(math.sqrt(self.sae.cfg.d_in) / float(ordinary.norm(dim=-1).mean().clamp_min(1e-12)))
-        self.sae.b_dec.data.copy_(ordinary.mean(0) * self.input_scale)
+        norm = float(distributed.all_mean(ordinary.norm(dim=-1), 0).clamp_min(1e-12))
+        self.input_scale.fill_(math.sqrt(self.sae.cfg.d_in) / norm)
+        self.sae.b_dec.data.copy_(distributed.all_mean(ordinary, 0) * self.input_scale)
         self.initialized.fill_(True)
 
     def training_step(self, states: Tensor, dead: Tensor | None, step: int):

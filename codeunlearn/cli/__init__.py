@@ -19,11 +19,13 @@ Every subcommand reads `transformers.HfArgumentParser` dataclasses: flags, a sin
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
-from codeunlearn import __version__
+from codeunlearn import __version__, distributed
 from codeunlearn.errors import CodeunlearnError
 
 # Subcommand -> (module, one-line summary). Modules are imported only when run, so `codeunlearn --help` is instant.
@@ -44,6 +46,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "write the geography fact topic (known_1000) as forget/retain corpora and probes",
     ),
 }
+
+# Commands that split their work across the processes of `accelerate launch` / `torchrun` and reduce it
+# (docs/multi-gpu.md); every other command refuses such a launch rather than run N copies of itself.
+DATA_PARALLEL = ("train", "stats", "eval", "baseline")
 
 
 def usage() -> str:
@@ -72,7 +78,18 @@ def run(command: str, argv: Sequence[str]) -> int:
     if command not in COMMANDS:
         raise CodeunlearnError(f"unknown command {command!r}", f"use one of {', '.join(COMMANDS)} (codeunlearn --help)")
     module = importlib.import_module(COMMANDS[command][0])
-    return int(module.main(list(argv)) or 0)
+    if distributed.requested_world_size() == 1:
+        return int(module.main(list(argv)) or 0)
+    if command not in DATA_PARALLEL:
+        raise CodeunlearnError(
+            f"`codeunlearn {command}` runs in one process, but it was launched as {distributed.requested_world_size()}",
+            f"run it without accelerate launch / torchrun (data-parallel commands: {', '.join(DATA_PARALLEL)})",
+        )
+    distributed.join()
+    if distributed.is_main_process():
+        return int(module.main(list(argv)) or 0)
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):  # the main process prints the summary
+        return int(module.main(list(argv)) or 0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from codeunlearn import distributed
 from codeunlearn.baselines import METHODS, method_class
 from codeunlearn.baselines.trainer import BaselineTrainingArguments, check_output_dir, train_baseline
 from codeunlearn.cli.arguments import (
@@ -188,12 +189,13 @@ def main(argv: Sequence[str]) -> int:
     forget_train = forget_corpora.pack(tokenizer, "train")
     retain_train = retain_corpora.pack(tokenizer, "train") if retain_corpora is not None else None
     output_dir = Path(train_args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    # Written first, so that an interrupted run can be resumed from it (`--resume`).
-    atomic_write_text(
-        output_dir / "run_args.json",
-        json.dumps(to_flat_dict(model_args, data_args, run_args, train_args, config), indent=1) + "\n",
-    )
+    distributed.barrier()  # every process has checked the output directory before the first one writes to it
+    if distributed.is_main_process():  # written first, so that an interrupted run can be resumed from it
+        output_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(
+            output_dir / "run_args.json",
+            json.dumps(to_flat_dict(model_args, data_args, run_args, train_args, config), indent=1) + "\n",
+        )
     rows: list[dict[str, Any]] = []
     if run_args.evaluate:
         forget_heldout = forget_corpora.pack(tokenizer, "heldout", run_args.eval_max_tokens)
@@ -225,9 +227,20 @@ def main(argv: Sequence[str]) -> int:
         add_deltas(rows, REFERENCE_ROW)
         heldout = {"forget": forget_heldout, "retain": retain_heldout}
         corpora = {"forget": forget_corpora, "retain": retain_corpora}
-        write_report(
-            output_dir, rows, summary, method.name, model_args, data_args, run_args, config, result, heldout, corpora
-        )
+        if distributed.is_main_process():
+            write_report(
+                output_dir,
+                rows,
+                summary,
+                method.name,
+                model_args,
+                data_args,
+                run_args,
+                config,
+                result,
+                heldout,
+                corpora,
+            )
         print(loss_table(rows))
     print(f"wrote {result.model_dir or output_dir}")
     return 0

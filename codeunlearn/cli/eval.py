@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from codeunlearn import distributed
 from codeunlearn.cli import eval_combine, eval_losses, eval_suite
 from codeunlearn.cli.arguments import parse_arguments
 from codeunlearn.data import DataArguments
@@ -73,6 +74,11 @@ def main(argv: Sequence[str]) -> int:
         DESCRIPTION,
         defaults={"bf16": bf16_is_fast()},
     )
+    if distributed.world_size() > 1 and (combine.combine or suite.suite is not None):
+        raise CodeunlearnError(
+            "`eval --suite` and `eval --combine` run in one process (the loss table is the data-parallel eval)",
+            "run them without accelerate launch / torchrun",
+        )
     if combine.combine:
         return eval_combine.run(combine, run.output_dir)
     if suite.suite is not None:

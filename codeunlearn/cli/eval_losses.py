@@ -23,6 +23,7 @@ from typing import Any
 
 from torch import Tensor
 
+from codeunlearn import distributed
 from codeunlearn.bottleneck.edit import Edit
 from codeunlearn.bottleneck.loading import load_bottlenecked, resolve_bottleneck_dir
 from codeunlearn.bottleneck.model import BottleneckedModel
@@ -126,9 +127,10 @@ def run(
         ]
     )
     output_dir = Path(run_args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(output_dir / "report.json", json.dumps(report, indent=1) + "\n")
-    atomic_write_text(output_dir / "report.md", markdown + "\n")
+    if distributed.is_main_process():
+        output_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(output_dir / "report.json", json.dumps(report, indent=1) + "\n")
+        atomic_write_text(output_dir / "report.md", markdown + "\n")
     print(loss_table(rows))
     print()
     print(quality_table)

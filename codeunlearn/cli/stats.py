@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from codeunlearn import distributed
 from codeunlearn.bottleneck.loading import load_bottlenecked
 from codeunlearn.cli.arguments import parse_arguments
 from codeunlearn.cli.common import check_output_file
@@ -79,7 +80,8 @@ def main(argv: Sequence[str]) -> int:
     stats = collect_code_statistics(
         bmodel, chunks, batch_size=args.batch_size, corpus=name, progress=run.progress, bf16=run.bf16
     )
-    stats.save(output)
+    if distributed.is_main_process():
+        stats.save(output)
     print(f"{name} ({args.split} split, {len(chunks)} chunks x {chunks.shape[1]} tokens):")
     print(describe(stats, bmodel.config.codes_per_layer))
     print(f"wrote {output} and {output.with_suffix('.json')}")

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from codeunlearn import distributed
 from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.cli.arguments import BottleneckArguments, parse_arguments, to_flat_dict
 from codeunlearn.data import DataArguments, read_corpora
@@ -78,13 +79,17 @@ def main(argv: Sequence[str]) -> int:
     bmodel = BottleneckedModel.attach(model, config)  # checks the layers and the shape against the model
     check_enough_tokens(chunks, training_args)
     print(f"training on {len(chunks)} chunks x {chunks.shape[1]} tokens (train split of {', '.join(corpora.sources)})")
+    if distributed.world_size() > 1:
+        world, size = distributed.world_size(), training_args.batch_size
+        print(f"data-parallel: {world} processes x batch_size {size} = {world * size} chunks per step")
     output_dir = Path(training_args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    # Written first, so that an interrupted run can be resumed from it (`--resume`).
-    atomic_write_text(
-        output_dir / "run_args.json",
-        json.dumps(to_flat_dict(model_args, data_args, bottleneck_args, training_args, retain_args), indent=1) + "\n",
-    )
+    if distributed.is_main_process() and not training_args.resume:  # written first: what `--resume` reads back
+        atomic_write_text(
+            output_dir / "run_args.json",
+            json.dumps(to_flat_dict(model_args, data_args, bottleneck_args, training_args, retain_args), indent=1)
+            + "\n",
+        )
     metrics = train_bottleneck(bmodel, chunks, training_args)
     if metrics:
         last = {k: v for k, v in metrics[-1].items() if not isinstance(v, dict)}
@@ -107,8 +112,9 @@ def main(argv: Sequence[str]) -> int:
                 bf16=training_args.bf16,
             )
             stats.corpus_fingerprint = corpus_fingerprint(stats_chunks)
-            path = save_retain_statistics(stats, output_dir / "bottleneck")
-            print(f"retain statistics on {stats_chunks.numel():,} tokens: {path}")
+            if distributed.is_main_process():
+                path = save_retain_statistics(stats, output_dir / "bottleneck")
+                print(f"retain statistics on {stats_chunks.numel():,} tokens: {path}")
     else:
         print(f"stopped at step {stop} of {total}; continue with --resume")
     return 0

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from codeunlearn import distributed
 from codeunlearn.bottleneck.codebook import QuantizeOutput, flat_code_ids
 from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.bottleneck.sae import SAEOutput
@@ -24,15 +25,16 @@ from codeunlearn.runtime import autocast, batches, model_device
 def token_losses(
     model: nn.Module, chunks: Tensor, batch_size: int = 8, desc: str | None = None, bf16: bool = False
 ) -> Tensor:
-    """Per-token next-token cross-entropy, (num_chunks, seq_len - 1), in fp32."""
+    """Per-token next-token cross-entropy, (num_chunks, seq_len - 1), in fp32. Data-parallel, each process
+    computes its share of `chunks` and every process returns all the rows, in order."""
     device = model_device(model)
-    out = []
+    out = [torch.zeros(0, chunks.shape[1] - 1)]
     with autocast(device, bf16):
-        for batch in batches(chunks, batch_size, desc=desc):
+        for batch in batches(distributed.share(chunks), batch_size, desc=desc):
             batch = batch.to(device)
             logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
             out.append(F.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none").cpu())
-    return torch.cat(out)
+    return distributed.gather_rows(torch.cat(out))
 
 
 def next_token_nll(model: nn.Module, chunks: Tensor) -> Tensor:

@@ -16,6 +16,7 @@ import torch
 from accelerate import Accelerator
 from torch import Tensor
 
+from codeunlearn import distributed
 from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.io import atomic_directory, atomic_save_tensors, atomic_write_text
@@ -70,9 +71,27 @@ class TrainingRun:
     def output_dir(self) -> Path:
         return Path(self.args.output_dir)
 
+    @property
+    def world_size(self) -> int:
+        return self.accelerator.num_processes
+
+    def take_batch(self) -> Tensor:
+        """This process's chunks of the next step, on its device: process r of W reads the r-th `batch_size` of
+        the step's `W * batch_size` chunks, so W processes read what one process reads at W times the batch."""
+        size, rank = self.args.batch_size, self.accelerator.process_index
+        batch = self.stream.take(size, skip=rank * size)
+        self.stream.advance(size * self.world_size)
+        return batch.to(self.accelerator.device)
+
     def log(self, record: dict) -> None:
-        """Append a metrics record (it names its `step`) to the returned metrics and to metrics.jsonl."""
-        record = {"step": record["step"], "seconds": round(time.time() - self.started, 2), **record}
+        """Append a metrics record (it names its `step`) to the returned metrics and to metrics.jsonl; it says
+        the effective batch (chunks per optimizer step over every process)."""
+        record = {
+            "step": record["step"],
+            "seconds": round(time.time() - self.started, 2),
+            **record,
+            "effective_batch": self.args.batch_size * self.world_size,
+        }
         self.metrics.append(record)
         if self.accelerator.is_main_process:
             with (self.output_dir / "metrics.jsonl").open("a") as handle:
@@ -108,7 +127,12 @@ class TrainingRun:
             if torch.cuda.is_available():
                 rng["cuda"] = torch.cuda.get_rng_state()
             atomic_save_tensors(rng, tmp / RNG_NAME)
-            state = {"step": step, "cursor": self.stream.cursor, "args": dataclasses.asdict(self.args)}
+            state = {
+                "step": step,
+                "cursor": self.stream.cursor,
+                "world_size": self.world_size,
+                "args": dataclasses.asdict(self.args),
+            }
             if optimizer is not None:
                 torch.save(optimizer.state_dict(), tmp / OPTIMIZER_NAME)
                 state["scheduler"] = scheduler.state_dict()
@@ -121,8 +145,9 @@ class TrainingRun:
         return self.stream.take(math.ceil(self.args.kmeans_init_tokens / self.stream.chunks.shape[1]))
 
     def states_of(self, layer: int, chunks: Tensor) -> Tensor:
-        """The states the bottleneck at `layer` reads on `chunks`, (chunks, seq, hidden), in batches."""
+        """The states the bottleneck at `layer` reads on this process's share of `chunks` (`distributed.share`),
+        (chunks, seq, hidden), in batches."""
         device = self.accelerator.device
         with torch.no_grad(), autocast(device, self.args.bf16):
-            parts = chunks.split(self.args.batch_size)
+            parts = distributed.share(chunks).split(self.args.batch_size)
             return torch.cat([self.bmodel.states_at(layer, part.to(device)) for part in parts])

@@ -5,7 +5,8 @@ training by gradient.
    truncated forward per token, stopping at that layer; shallower bottlenecks run as trained) and fits every
    residual stage by chunked k-means on them (`codeunlearn.bottleneck.kmeans`, fp32). Steps 2.. `key_steps` are
    optional EMA updates with dead-code replacement (`vector_quantize_pytorch`) on fresh batches. No gradients.
-   Every process sees the same batches, so keys stay identical across processes without a codebook all-reduce.
+   Data-parallel, each process reads its share of the k-means tokens and of every batch; the k-means sums and
+   counts and the EMA sums are summed over the processes, so every process holds the same keys.
 2. **Values** (`value_steps`, optional): the codes' output vectors are trained by gradient through the frozen
    downstream layers; the objective is `reconstruction` (FVU), `kl` (KL from the base model's next-token
    distribution to the bottlenecked model's) or `kl+reconstruction`. Batches are sharded across processes; DDP
@@ -19,6 +20,7 @@ benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -38,10 +40,17 @@ from codeunlearn.train.arguments import TrainingArguments
 from codeunlearn.train.base import Trainer, TrainingRun
 
 
-def _fvu(states: Tensor, result: QuantizeOutput, mean: Tensor) -> Tensor:
+def _fvu(
+    states: Tensor, result: QuantizeOutput, mean: Tensor, reduce: Callable[[Tensor], Tensor] | None = None
+) -> Tensor:
+    """Fraction of variance unexplained on the ordinary tokens. `reduce` (the processes' mean) makes the
+    denominator the whole step's: per-process ratios averaged by DDP would not be the ratio of the sums."""
     ordinary = ~result.passthrough
     x, y = states.float()[ordinary], result.output.float()[ordinary]
-    return ((x - y) ** 2).sum() / ((x - mean) ** 2).sum().clamp_min(1e-12)
+    variance = ((x - mean) ** 2).sum()
+    if reduce is not None:
+        variance = reduce(variance.detach())
+    return ((x - y) ** 2).sum() / variance.clamp_min(1e-12)
 
 
 def _log_keys(run: TrainingRun, step: int, record: dict) -> None:
@@ -131,8 +140,7 @@ class CodebookTrainer(Trainer):
 
         wrappers = bmodel.wrappers()
         while step < min(run.end, args.key_steps):
-            batch = run.stream.take(args.batch_size).to(accelerator.device)
-            run.stream.advance(args.batch_size)
+            batch = run.take_batch()
             fvus.clear()
             used.clear()
             for wrapper in wrappers:
@@ -166,16 +174,19 @@ class CodebookTrainer(Trainer):
         optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
         scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, max(args.value_steps, 1))
         run.resume_optimizer(optimizer, scheduler)
-        model, optimizer, scheduler = accelerator.prepare(bmodel, optimizer, scheduler)
+        # The scheduler is not handed to accelerate, whose wrapper steps it once per process: the schedule counts
+        # optimizer steps.
+        model, optimizer = accelerator.prepare(bmodel, optimizer)
         recorded: dict[int, tuple[Tensor, QuantizeOutput]] = {}
+
+        def reduce(value: Tensor) -> Tensor:
+            return accelerator.reduce(value, "mean")
 
         def record(layer: int, states: Tensor, result: QuantizeOutput) -> None:
             recorded[layer] = (states, result)
 
         while step < run.end:
-            world, rank = accelerator.num_processes, accelerator.process_index
-            batch = run.stream.take(args.batch_size, skip=rank * args.batch_size).to(accelerator.device)
-            run.stream.advance(args.batch_size * world)
+            batch = run.take_batch()
             recorded.clear()
             with torch.no_grad(), bmodel.disabled(), autocast(accelerator.device, args.bf16):
                 base_logits = bmodel.model(input_ids=batch, use_cache=False).logits[:, :-1].float()
@@ -184,7 +195,7 @@ class CodebookTrainer(Trainer):
             base_logp = F.log_softmax(base_logits, -1)
             logp = F.log_softmax(logits, -1)
             kl = F.kl_div(logp, base_logp, log_target=True, reduction="none").sum(-1).mean()
-            fvu = torch.stack([_fvu(s, r, means[layer]) for layer, (s, r) in recorded.items()]).mean()
+            fvu = torch.stack([_fvu(s, r, means[layer], reduce) for layer, (s, r) in recorded.items()]).mean()
             if args.objective == "kl":
                 loss = kl
             elif args.objective == "reconstruction":
@@ -200,18 +211,21 @@ class CodebookTrainer(Trainer):
             if step % args.log_every == 0 or step == run.total:
                 with torch.no_grad():
                     targets = batch[:, 1:]
-                    ce = float(F.cross_entropy(logits.transpose(1, 2), targets))
-                    ce_base = float(F.cross_entropy(base_logits.transpose(1, 2), targets))
+                    ce = F.cross_entropy(logits.transpose(1, 2), targets)
+                    ce_base = F.cross_entropy(base_logits.transpose(1, 2), targets)
+                    # the whole step's batch, not this process's share of it
+                    measured = accelerator.reduce(torch.stack([loss, kl, fvu, ce, ce_base]).detach(), "mean")
+                loss_v, kl_v, fvu_v, ce_v, ce_base_v = measured.tolist()
                 run.log(
                     {
                         "step": step,
                         "phase": "values",
-                        "loss": round(loss.item(), 4),
-                        "kl": round(kl.item(), 4),
-                        "fvu": round(fvu.item(), 4),
-                        "ce": round(ce, 4),
-                        "ce_base": round(ce_base, 4),
-                        "ppl_ratio": round(math.exp(ce - ce_base), 4),
+                        "loss": round(loss_v, 4),
+                        "kl": round(kl_v, 4),
+                        "fvu": round(fvu_v, 4),
+                        "ce": round(ce_v, 4),
+                        "ce_base": round(ce_base_v, 4),
+                        "ppl_ratio": round(math.exp(ce_v - ce_base_v), 4),
                         "lr": scheduler.get_last_lr()[0],
                     }
                 )

@@ -5,6 +5,10 @@ metrics, checkpoints and the final save; the kind's `Trainer` (`codeunlearn.trai
 Checkpoints (every `checkpoint_every` steps, atomic directories) hold the bottleneck weights and buffers, the
 optimizer and scheduler, the RNG states and the data cursor; `resume=True` continues from the latest one and ends
 with exactly the weights an uninterrupted run would have.
+
+Data-parallel (`accelerate launch` / `torchrun`, `codeunlearn.distributed`): every process holds the whole
+bottleneck and reads its share of each step's chunks; the processes must agree on the config, the arguments and
+the chunks (checked), and only the main process writes files.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from accelerate import Accelerator
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from codeunlearn import distributed
 from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.io import atomic_write_text
@@ -39,15 +44,34 @@ def check_enough_tokens(chunks: Tensor, args: TrainingArguments) -> None:
         )
 
 
+def check_effective_batch(state: dict, args: TrainingArguments, world_size: int, checkpoint: Path) -> None:
+    """A run resumes on any number of processes that reads the same chunks per step (processes x batch_size): the
+    data cursor counts chunks over all processes, so the continued run reads what the interrupted one would have."""
+    saved_world = int(state.get("world_size", 1))
+    saved_batch = int(state.get("args", {}).get("batch_size", args.batch_size))
+    if saved_world * saved_batch != world_size * args.batch_size:
+        raise CodeunlearnError(
+            f"checkpoint {checkpoint.name} was trained at {saved_world} process(es) x batch_size {saved_batch} = "
+            f"{saved_world * saved_batch} chunks per step; this run reads {world_size} x {args.batch_size}",
+            f"resume with batch_size x processes = {saved_world * saved_batch} (e.g. --batch_size "
+            f"{saved_world * saved_batch // world_size} on {world_size} process(es), if it divides)",
+        )
+
+
 def train_bottleneck(
     bmodel: BottleneckedModel, chunks: Tensor, args: TrainingArguments, accelerator: Accelerator | None = None
 ) -> list[dict]:
     """Train `bmodel`'s bottlenecks on `chunks` (num_chunks, seq_len) with their kind's `Trainer`; returns the
     logged metrics."""
-    accelerator = accelerator or Accelerator()
+    accelerator = accelerator or distributed.join()
     trainer = trainer_for(bmodel.config.kind)
     output_dir = Path(args.output_dir)
     check_enough_tokens(chunks, args)
+    distributed.check_same_everywhere(
+        "the bottleneck config, the training arguments or the training chunks",
+        bmodel.config.to_json_string() + json.dumps(dataclasses.asdict(args)) + distributed.fingerprint(chunks),
+        "launch every process with the same command line and the same corpus files",
+    )
     torch.manual_seed(args.seed)
     stream = ChunkStream(chunks, args.seed)
     step = 0
@@ -59,6 +83,7 @@ def train_bottleneck(
                 f"--resume given but {output_dir}/checkpoints holds no checkpoint", "drop --resume to start fresh"
             )
         resume_state = load_checkpoint(latest, bmodel)
+        check_effective_batch(resume_state, args, accelerator.num_processes, latest)
         step, stream.cursor = resume_state["step"], resume_state["cursor"]
         truncate_metrics(output_dir / "metrics.jsonl", step)
     elif latest_checkpoint(output_dir) is not None:

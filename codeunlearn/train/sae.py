@@ -58,7 +58,7 @@ class SAETrainer(Trainer):
 
         One step = one truncated forward of `batch_size` chunks and `sae_updates_per_batch` optimizer updates, each
         on a disjoint share of its tokens (the forward is what costs; the updates are cheap)."""
-        bmodel, args, accelerator, stream = run.bmodel, run.args, run.accelerator, run.stream
+        bmodel, args, accelerator = run.bmodel, run.args, run.accelerator
         bottlenecks = {layer: bmodel.bottleneck(layer) for layer in bmodel.layers}
         for layer, bottleneck in bottlenecks.items():
             if not bottleneck.trainable:
@@ -74,7 +74,7 @@ class SAETrainer(Trainer):
             saved = load_tensors(run.latest_checkpoint() / SAE_STATE_NAME, "SAE trainer state")
             since_fired = {layer: saved[str(layer)] for layer in bottlenecks}
         if not all(bool(b.initialized) for b in bottlenecks.values()):
-            # Every process reads the same first chunks, so b_dec and the input scale agree across processes.
+            # Each process reads its share of the first chunks; the means are over all of them.
             init_chunks = run.init_chunks()
             for layer, bottleneck in bottlenecks.items():
                 bottleneck.initialize(run.states_of(layer, init_chunks))
@@ -86,9 +86,7 @@ class SAETrainer(Trainer):
 
         try:
             while step < run.end:
-                world, rank = accelerator.num_processes, accelerator.process_index
-                batch = stream.take(args.batch_size, skip=rank * args.batch_size).to(accelerator.device)
-                stream.advance(args.batch_size * world)
+                batch = run.take_batch()
                 states.clear()
                 with torch.no_grad(), autocast(accelerator.device, args.bf16):
                     bmodel.run_to_deepest(batch, record, states_only=True)
@@ -125,7 +123,8 @@ class _Optimizer:
         optimizer = torch.optim.Adam(self.params, lr=args.sae_learning_rate, betas=(0.9, 0.999))
         scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps * updates, max(run.total * updates, 1))
         run.resume_optimizer(optimizer, scheduler)
-        self.optimizer, self.scheduler = run.accelerator.prepare(optimizer, scheduler)
+        # The scheduler stays ours: accelerate's wrapper would step it once per process.
+        self.optimizer, self.scheduler = run.accelerator.prepare(optimizer), scheduler
 
     def close(self) -> None:
         for p in self.params:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from codeunlearn import distributed
 from codeunlearn.bottleneck.config import DEFAULT_KIND
 from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.errors import CodeunlearnError
@@ -110,7 +111,9 @@ def collect_code_statistics(
     bf16: bool = False,
 ) -> CodeStatistics:
     """Count code firings (SAE: feature firings and activation sums) of `chunks` (num_chunks, seq_len) at every
-    bottleneck layer; what a batch adds is each bottleneck's `tally` of its output."""
+    bottleneck layer; what a batch adds is each bottleneck's `tally` of its output. Data-parallel, each process
+    counts its share of `chunks` and every process returns the sums over all of them (integer counts: exactly
+    what one process counts)."""
     if len(chunks) == 0:
         raise CodeunlearnError(f"corpus {corpus!r} gave no chunks", "use more text or a smaller --seq_len")
     layers = bmodel.layers
@@ -133,6 +136,12 @@ def collect_code_statistics(
 
     device = model_device(bmodel)
     with autocast(device, bf16):
-        for batch in batches(chunks, batch_size, desc=f"stats {corpus}", progress=progress):
+        for batch in batches(distributed.share(chunks), batch_size, desc=f"stats {corpus}", progress=progress):
             bmodel.run_to_deepest(batch.to(device), observe)
+    for layer in layers:  # data-parallel: every process ends with the counts of all the chunks
+        distributed.all_sum_(counts[layer])
+        tokens[layer] = distributed.all_sum(tokens[layer])
+        if sums:
+            distributed.all_sum_(sums[layer])
+            distributed.all_max_(maxima[layer])
     return CodeStatistics(counts, tokens, corpus, bmodel.fingerprint(), sums, maxima, kind=bmodel.config.kind)
