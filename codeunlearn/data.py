@@ -1,8 +1,9 @@
-"""Corpora: loaded with `datasets.load_dataset`, split into held-out documents, tokenized and packed.
+"""Corpora: read as documents, split into held-out documents, tokenized and packed.
 
-A corpus is a list of documents. Held-out splits are by document (never by chunk), so statistics and metrics
-never see the same text. Local `.txt` files hold one document per line, except that lines matching
-`doc_start_regex` (by default WikiText article headings ` = Title = `) start a new multi-line document.
+A corpus is a list of documents, read by `codeunlearn.corpus_sources` from a local file, a folder, a `save_to_disk`
+folder or a Hub dataset. Held-out splits are by document (never by chunk), so statistics and metrics never see the
+same text. Local `.txt` files hold one document per line, except that lines matching `doc_start_regex` (by default
+WikiText article headings ` = Title = `) start a new multi-line document; other forms hold one document per row.
 
 `DataArguments` says which corpora a run reads and how they are split and cut; `read_corpora` loads and splits them
 (before any model loads, so a bad path fails fast) and `Corpora.pack` cuts one split into chunks.
@@ -11,18 +12,16 @@ never see the same text. Local `.txt` files hold one document per line, except t
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import torch
 from torch import Tensor
 
+from codeunlearn.corpus_sources import corpus_name, read_source
 from codeunlearn.errors import CodeunlearnError
 
 WIKITEXT_ARTICLE_START = r"^ = [^=].* = $"
-JSON_SUFFIXES = (".json", ".jsonl")
 
 Split = Literal["train", "heldout", "all"]
 
@@ -36,54 +35,15 @@ class DocumentSplit:
     heldout: list[str]
 
 
-def _group_lines(lines: list[str], doc_start_regex: str | None) -> list[str]:
-    lines = [line for line in lines if line.strip()]
-    pattern = re.compile(doc_start_regex) if doc_start_regex else None
-    if pattern is None or not any(pattern.match(line) for line in lines):
-        return lines
-    docs: list[list[str]] = []
-    for line in lines:
-        if pattern.match(line) or not docs:
-            docs.append([])
-        docs[-1].append(line)
-    return ["\n".join(doc) for doc in docs]
-
-
 def load_documents(
     source: str, text_field: str = "text", doc_start_regex: str | None = WIKITEXT_ARTICLE_START, split: str = "train"
 ) -> list[str]:
-    """Load a corpus as documents: a local `.txt` / `.json(l)` file, or a dataset name for `load_dataset`."""
-    import datasets
-
-    datasets.disable_progress_bars()
-    path = Path(source)
-    looks_local = path.suffix in (".txt", *JSON_SUFFIXES) or source.startswith((".", "/"))
-    if looks_local and not path.is_file():
-        raise CodeunlearnError(f"corpus file not found: {source}", "check the path (a .txt or .jsonl file)")
-    try:
-        if path.suffix == ".txt":
-            lines = datasets.load_dataset("text", data_files=str(path), split="train")["text"]
-            docs = _group_lines(lines, doc_start_regex)
-        elif path.suffix in JSON_SUFFIXES:
-            table = datasets.load_dataset("json", data_files=str(path), split="train")
-            if text_field not in table.column_names:
-                raise CodeunlearnError(
-                    f"{source} has no field {text_field!r} (fields: {table.column_names})", "pass --text_field NAME"
-                )
-            docs = [d for d in table[text_field] if d and d.strip()]
-        else:
-            table = datasets.load_dataset(source, split=split)
-            if text_field not in table.column_names:
-                raise CodeunlearnError(f"{source} has no field {text_field!r}", "pass --text_field NAME")
-            docs = [d for d in table[text_field] if d and d.strip()]
-    except CodeunlearnError:
-        raise
-    except Exception as err:  # datasets raises many types; the user needs the one line
-        raise CodeunlearnError(
-            f"cannot load corpus {source!r} ({type(err).__name__}: {err})", "pass a readable local file or dataset name"
-        ) from None
+    """Load a corpus as documents from any form `codeunlearn.corpus_sources` reads: a local `.txt` / `.json(l)` /
+    `.parquet` file, a folder of them, a `save_to_disk` folder or a Hub dataset `NAME[:CONFIG[:SPLIT]]`. `split` is
+    the split of a DatasetDict folder or Hub dataset whose source names none."""
+    docs = read_source(source, text_field, doc_start_regex, split)
     if not docs:
-        raise CodeunlearnError(f"corpus {source} is empty", "pass a file with at least one non-empty document")
+        raise CodeunlearnError(f"corpus {source} is empty", "pass a corpus with at least one non-empty document")
     return docs
 
 
@@ -144,7 +104,7 @@ def load_split(
 ) -> tuple[Tensor, Tensor]:
     """Load one corpus and return packed (train_chunks, heldout_chunks)."""
     docs = load_documents(source, text_field=text_field)
-    split = split_documents(Path(source).stem, docs, heldout_fraction, seed)
+    split = split_documents(corpus_name(source), docs, heldout_fraction, seed)
     train = pack_documents(split.train, tokenizer, seq_len, max_tokens)
     heldout = pack_documents(split.heldout, tokenizer, seq_len, max_tokens) if split.heldout else train[:0]
     return train, heldout
@@ -167,16 +127,23 @@ class DataArguments:
 
     corpora: list[str] = field(
         default_factory=list,
-        metadata={"help": "Corpora: local .txt/.json/.jsonl files or `datasets` names (train and stats read these)."},
+        metadata={
+            "help": "Corpora (train and stats read these), each one of: a .txt/.json/.jsonl/.parquet file; a folder "
+            "of such files (read in name order as one corpus); a save_to_disk folder (a DatasetDict gives its train "
+            "split, or FOLDER:SPLIT); a Hub dataset NAME[:CONFIG[:SPLIT]], e.g. wikitext:wikitext-103-raw-v1:train."
+        },
     )
     forget_corpora: list[str] = field(
-        default_factory=list, metadata={"help": "Text of the topic to forget (eval; train/stats read them too)."}
+        default_factory=list,
+        metadata={"help": "Text of the topic to forget (eval; train/stats read them too), in any --corpora form."},
     )
     retain_corpora: list[str] = field(
-        default_factory=list, metadata={"help": "Text to keep (eval; train/stats read them too)."}
+        default_factory=list,
+        metadata={"help": "Text to keep (eval; train/stats read them too), in any --corpora form."},
     )
     text_field: str = field(
-        default="text", metadata={"help": "Field holding the text in .json/.jsonl files and datasets."}
+        default="text",
+        metadata={"help": "Column holding the text in .json/.jsonl/.parquet files, save_to_disk folders and Hub data."},
     )
     seq_len: int = field(default=256, metadata={"help": "Tokens per packed chunk."})
     heldout_fraction: float = field(
@@ -245,7 +212,7 @@ def read_corpora(sources: list[str], data: DataArguments, what: str = "corpora")
         raise CodeunlearnError(f"no {what} given", f"pass --{what} FILE [FILE ...]")
     splits = [
         split_documents(
-            Path(source).stem,
+            corpus_name(source),
             load_documents(source, text_field=data.text_field),
             data.heldout_fraction,
             data.split_seed,

@@ -292,6 +292,29 @@ def test_missing_corpus_exits_2(workspace, tmp_path, capsys):
     assert "corpus file not found" in line
 
 
+def test_stats_read_the_same_documents_from_every_corpus_form(pipeline, tmp_path, capsys):
+    """The forget corpus as a save_to_disk DatasetDict split and as a folder holding a .parquet file gives exactly
+    the counts `stats` gave for the .txt file: same documents, same split, same tokens."""
+    import datasets
+    from safetensors.torch import load_file
+
+    run = pipeline["run"]
+    lines = [line for line in pipeline["forget"].read_text().splitlines() if line.strip()]
+    datasets.DatasetDict({"test": datasets.Dataset.from_dict({"text": lines})}).save_to_disk(tmp_path / "saved")
+    (tmp_path / "folder").mkdir()
+    datasets.Dataset.from_dict({"text": lines}).to_parquet(str(tmp_path / "folder" / "forget.parquet"))
+    expected = load_file(run / "stats" / "forget.safetensors")
+    for name, source in (("saved", f"{tmp_path / 'saved'}:test"), ("folder", str(tmp_path / "folder"))):
+        output = tmp_path / f"{name}.safetensors"
+        argv = ["stats", *common_flags(pipeline), "--corpora", source, "--bottleneck_dir", str(run / "bottleneck")]
+        run_ok([*argv, "--output_file", str(output), "--no_progress"], capsys)
+        counts = load_file(output)
+        assert counts.keys() == expected.keys()
+        assert all(torch.equal(counts[key], expected[key]) for key in expected)
+        summary = json.loads(output.with_suffix(".json").read_text())
+        assert summary["corpus"] == ("saved:test" if name == "saved" else "folder")
+
+
 def test_usage_errors_exit_2(capsys):
     assert "required" in run_error(["train", "--corpora", "a.txt"], capsys)
     assert "unknown command" in run_error(["tranin"], capsys)
