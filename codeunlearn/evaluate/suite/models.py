@@ -2,7 +2,7 @@
 
 `load_model_for_eval(path_or_name)` recognises, in this order:
 
-- the shipped name `smollm2-135m` or a `.gguf` file: a base model (it is its own reference);
+- a shipped name (`smollm2-135m`, `gemma3-270m`) or a `.gguf` file: a base model (it is its own reference);
 - an exported directory (`config.json` with model_type `codeunlearn`, from `codeunlearn export`): loaded with
   `trust_remote_code=True`; its reference is the same files loaded with `bottleneck_enabled=False`, which is exactly
   the base model it was built on;
@@ -29,7 +29,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from codeunlearn.bottleneck.config import CONFIG_NAME, DEFAULT_KIND
 from codeunlearn.bottleneck.loading import is_bottleneck_source, load_bottlenecked, resolve_bottleneck_dir
 from codeunlearn.errors import CodeunlearnError
-from codeunlearn.modeling import SHIPPED_MODEL, ModelArguments, load_model_and_tokenizer
+from codeunlearn.modeling import SHIPPED_MODEL, SHIPPED_MODELS, ModelArguments, load_model_and_tokenizer
 from codeunlearn.runtime import ticker
 
 EXPORT_MODEL_TYPE = "codeunlearn"
@@ -99,7 +99,7 @@ def base_model_run(loaded: EvalModel) -> tuple[nn.Module, contextlib.AbstractCon
 
 def model_kind(path_or_name: str) -> str:
     """`base`, `export`, `bottleneck` or `model` (see the module docstring); a missing local path is an error."""
-    if path_or_name == SHIPPED_MODEL or path_or_name.endswith(".gguf"):
+    if path_or_name in SHIPPED_MODELS or path_or_name.endswith(".gguf"):
         return "base"
     path = Path(path_or_name)
     if path.is_dir():
