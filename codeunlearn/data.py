@@ -11,6 +11,7 @@ WikiText article headings ` = Title = `) start a new multi-line document; other 
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass, field
 from typing import Literal
@@ -220,3 +221,10 @@ def read_corpora(sources: list[str], data: DataArguments, what: str = "corpora")
         for source in sources
     ]
     return Corpora(list(sources), splits, data)
+
+
+def corpus_fingerprint(chunks: Tensor) -> str:
+    """16 hex digits identifying packed token ids (num_chunks, seq_len)."""
+    digest = hashlib.sha256(str(tuple(chunks.shape)).encode())
+    digest.update(chunks.cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]

@@ -153,8 +153,3 @@ def all_mean(values: Tensor, dim: int) -> Tensor:
         return values.mean(dim)
     count = all_sum(values.shape[dim])
     return all_sum_(values.sum(dim)) / max(count, 1)
-
-
-def fingerprint(tensor: Tensor) -> str:
-    """A short hash of a tensor's values (e.g. packed token ids), to compare what processes read."""
-    return hashlib.sha256(tensor.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]

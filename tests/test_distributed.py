@@ -222,6 +222,26 @@ def test_a_two_process_run_resumes_in_one_process(one_and_two, workspace, tmp_pa
         torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-4, msg=name)
 
 
+def test_two_processes_train_the_sae_one_process_trains(workspace, tmp_path):
+    """An SAE: the schedule once per optimizer step, gradients averaged over equal shares (every chunk has the same
+    ordinary tokens here), so the weights are one process's to well under one Adam step (3e-3)."""
+    sae = [*flags(workspace), "--corpora", str(workspace["retain"]), "--bottleneck", "sae", "--layers", "1"]
+    sae += ["--sae_width", "64", "--sae_k", "4", "--sae_steps", "6", "--sae_learning_rate", "3e-3"]
+    sae += ["--kmeans_init_tokens", "64", "--warmup_steps", "1", "--log_every", "1", "--no_progress"]
+    sae += ["--retain_statistics_tokens", "0"]
+    assert main(["train", *sae, "--batch_size", "4", "--output_dir", str(tmp_path / "one")]) == 0
+    two = launch(ACCELERATE, ["train", *sae, "--batch_size", "2", "--output_dir", str(tmp_path / "two")])
+    assert two.returncode == 0, two.stderr[-3000:]
+    first, second = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    assert [m["lr"] for m in second] == [m["lr"] for m in first] and first[-1]["lr"] == 0.0
+    assert len(second) == 6
+    (a_file,) = glob.glob(str(tmp_path / "one" / "bottleneck" / "**" / "*.safetensors"), recursive=True)
+    a = load_file(a_file)
+    b = load_file(a_file.replace(str(tmp_path / "one"), str(tmp_path / "two")))
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=2e-4, msg=name)
+
+
 def test_launches_that_would_run_copies_are_refused(workspace, tmp_path):
     """WORLD_SIZE > 1 without a process group to join, or a one-process command under a launcher: one line each."""
     cli = [str(BIN / "codeunlearn")]
@@ -242,3 +262,24 @@ def test_launches_that_would_run_copies_are_refused(workspace, tmp_path):
 def test_join_outside_a_launch_is_one_process():
     accelerator = distributed.join()
     assert accelerator.num_processes == 1 and distributed.world_size() == 1 and distributed.is_main_process()
+
+
+def test_every_accelerate_config_file_loads():
+    """The config files the docs name are ones accelerate reads, each a local launch of the kind its name says."""
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    expected = {"cpu": ("MULTI_GPU", 2, 1), "gpu": ("NO", 1, 1), "multi_gpu": ("MULTI_GPU", 8, 1)}
+    expected["multi_node"] = ("MULTI_GPU", 16, 2)
+    files = sorted((REPO / "configs" / "accelerate").glob("*.yaml"))
+    assert {f.stem for f in files} == set(expected)
+    for path in files:
+        config = ClusterConfig.from_yaml_file(str(path))
+        kind, processes, machines = expected[path.stem]
+        assert (str(config.distributed_type).split(".")[-1], config.num_processes, config.num_machines) == (
+            kind,
+            processes,
+            machines,
+        ), path.name
+        assert config.mixed_precision == "no", path.name  # precision is the command's --bf16
+    doc = (REPO / "docs" / "multi-gpu.md").read_text()
+    assert all(f"configs/accelerate/{f.name}" in doc for f in files)

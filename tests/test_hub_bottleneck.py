@@ -20,11 +20,12 @@ from helpers import make_model, make_tokens, parse_commit_body, run_error, run_o
 from codeunlearn.bottleneck.config import CONFIG_NAME
 from codeunlearn.bottleneck.loading import resolve_bottleneck_dir
 from codeunlearn.bottleneck.model import BottleneckedModel
+from codeunlearn.data import corpus_fingerprint
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.export.card import read_fidelity_report
 from codeunlearn.hub import HubSource, parse_hub_source
 from codeunlearn.unlearn.statistics import collect_code_statistics
-from codeunlearn.unlearn.statistics_cache import corpus_fingerprint, save_retain_statistics
+from codeunlearn.unlearn.statistics_cache import save_retain_statistics
 
 VALID_TOKEN = "hf_valid_test_token"
 REPO_ID = "alice/tiny-codebook"

@@ -41,7 +41,7 @@ from codeunlearn.cli.arguments import (
     to_flat_dict,
 )
 from codeunlearn.cli.forget import CONTROL_NAME, EDIT_NAME, make_edits, summarize
-from codeunlearn.data import Corpora, DataArguments, read_corpora
+from codeunlearn.data import Corpora, DataArguments, corpus_fingerprint, read_corpora
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.evaluate.loss_table import (
     TABLE_NOTE,
@@ -58,7 +58,7 @@ from codeunlearn.train import TrainingArguments, train_bottleneck
 from codeunlearn.unlearn.budget import choose_num_codes, describe_walk
 from codeunlearn.unlearn.selection import random_control
 from codeunlearn.unlearn.statistics import CodeStatistics, collect_code_statistics
-from codeunlearn.unlearn.statistics_cache import corpus_fingerprint, save_retain_statistics
+from codeunlearn.unlearn.statistics_cache import save_retain_statistics
 
 DESCRIPTION = (
     "Run the whole pipeline (load, train, stats, select, apply, eval, save, reload) on SmolLM2 and the demo corpora."

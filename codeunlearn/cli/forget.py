@@ -41,14 +41,14 @@ from codeunlearn.bottleneck.loading import load_bottlenecked, resolve_bottleneck
 from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.cli.arguments import SelectionArguments, parse_arguments
 from codeunlearn.cli.common import check_output_dir_free, check_output_file
-from codeunlearn.data import Corpora, DataArguments, read_corpora
+from codeunlearn.data import Corpora, DataArguments, corpus_fingerprint, read_corpora
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.modeling import ModelArguments
 from codeunlearn.runtime import Stopwatch, run_arguments
 from codeunlearn.unlearn.budget import choose_num_codes, describe_walk
 from codeunlearn.unlearn.selection import random_control, select_codes
 from codeunlearn.unlearn.statistics import CodeStatistics, collect_code_statistics
-from codeunlearn.unlearn.statistics_cache import corpus_fingerprint, load_retain_statistics, save_retain_statistics
+from codeunlearn.unlearn.statistics_cache import load_retain_statistics, save_retain_statistics
 
 DESCRIPTION = (
     "Select topic codes (from a bottleneck and the topic's text, or from statistics files); write edit.json and a "

@@ -28,13 +28,13 @@ from pathlib import Path
 from codeunlearn import distributed
 from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.cli.arguments import BottleneckArguments, parse_arguments, to_flat_dict
-from codeunlearn.data import DataArguments, read_corpora
+from codeunlearn.data import DataArguments, corpus_fingerprint, read_corpora
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.io import atomic_write_text
 from codeunlearn.modeling import ModelArguments
 from codeunlearn.train import TrainingArguments, check_enough_tokens, train_bottleneck, trainer_for
 from codeunlearn.unlearn.statistics import collect_code_statistics
-from codeunlearn.unlearn.statistics_cache import corpus_fingerprint, save_retain_statistics
+from codeunlearn.unlearn.statistics_cache import save_retain_statistics
 
 DESCRIPTION = (
     "Train a codebook (or, with --bottleneck sae, an SAE) into chosen decoder layers of a frozen causal LM "

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from codeunlearn import distributed
 from codeunlearn.bottleneck.model import BottleneckedModel
+from codeunlearn.data import corpus_fingerprint
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.io import atomic_write_text
 from codeunlearn.train.arguments import TrainingArguments
@@ -69,7 +70,7 @@ def train_bottleneck(
     check_enough_tokens(chunks, args)
     distributed.check_same_everywhere(
         "the bottleneck config, the training arguments or the training chunks",
-        bmodel.config.to_json_string() + json.dumps(dataclasses.asdict(args)) + distributed.fingerprint(chunks),
+        bmodel.config.to_json_string() + json.dumps(dataclasses.asdict(args)) + corpus_fingerprint(chunks),
         "launch every process with the same command line and the same corpus files",
     )
     torch.manual_seed(args.seed)

@@ -19,6 +19,7 @@ from torch import Tensor
 from codeunlearn import distributed
 from codeunlearn.bottleneck.config import DEFAULT_KIND
 from codeunlearn.bottleneck.model import BottleneckedModel
+from codeunlearn.data import corpus_fingerprint
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.io import atomic_save_tensors, atomic_write_text, load_tensors
 from codeunlearn.runtime import autocast, batches, model_device
@@ -116,6 +117,12 @@ def collect_code_statistics(
     what one process counts)."""
     if len(chunks) == 0:
         raise CodeunlearnError(f"corpus {corpus!r} gave no chunks", "use more text or a smaller --seq_len")
+    if distributed.world_size() > 1:  # hashing the bottleneck costs a read of every key
+        distributed.check_same_everywhere(
+            "the bottleneck or the chunks to count",
+            bmodel.fingerprint() + corpus_fingerprint(chunks),
+            "launch every process with the same command line and the same corpus files",
+        )
     layers = bmodel.layers
     counts = {layer: torch.zeros(bmodel.num_features(layer), dtype=torch.long) for layer in layers}
     tokens = dict.fromkeys(layers, 0)

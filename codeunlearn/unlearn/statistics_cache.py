@@ -12,23 +12,13 @@ record the fingerprint of the bottleneck they were counted on; a file from anoth
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
-
-from torch import Tensor
 
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.unlearn.statistics import CodeStatistics
 
 STATISTICS_DIR = "statistics"
 PREFIX = "retain-"
-
-
-def corpus_fingerprint(chunks: Tensor) -> str:
-    """16 hex digits identifying packed token ids (num_chunks, seq_len)."""
-    digest = hashlib.sha256(str(tuple(chunks.shape)).encode())
-    digest.update(chunks.cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def cache_path(bottleneck_dir: str | Path, fingerprint: str) -> Path:
