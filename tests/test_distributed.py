@@ -212,8 +212,8 @@ def test_a_two_process_run_resumes_in_one_process(one_and_two, workspace, tmp_pa
     assert wrong.returncode == 2
     assert wrong.stderr.strip().splitlines()[-1] == (
         "error: checkpoint step-0000004 was trained at 2 process(es) x batch_size 2 = 4 chunks per step; this run "
-        "reads 1 x 2 -- fix: resume with batch_size x processes = 4 (e.g. --batch_size 4 on 1 process(es), if it "
-        "divides)"
+        "reads 2 -- fix: resume with processes x batch_size x gradient_accumulation_steps = 4 (e.g. --batch_size 4 "
+        "on 1 process(es), if it divides)"
     )
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
     assert main(["train", *train_flags(workspace, 4, run), "--resume"]) == 0

@@ -176,8 +176,28 @@ def test_value_training_improves_its_objective(tmp_path, objective):
         assert loss_after - base_loss < 0.8 * (loss_before - base_loss), (base_loss, loss_before, loss_after)
 
 
+def test_accumulated_batches_step_like_one_large_batch(tmp_path):
+    """Two batches of 2 per value step read the chunks one batch of 4 reads (the cursor moves by 4 a step), and on
+    the KL objective (a mean over equal batches) the values end where the large batch's end, to rounding (the
+    k-means keys are the same: they do not depend on the batch)."""
+    runs = {}
+    for name, batch, accumulation in (("large", 4, 1), ("accumulated", 2, 2)):
+        bmodel = fresh()
+        args = run_args(
+            tmp_path / name, key_steps=1, batch_size=batch, gradient_accumulation_steps=accumulation, objective="kl"
+        )
+        metrics = train_bottleneck(bmodel, CHUNKS, args)
+        runs[name] = (final_state(bmodel), metrics)
+    (large, large_metrics), (accumulated, accumulated_metrics) = runs["large"], runs["accumulated"]
+    assert [m["lr"] for m in accumulated_metrics if "lr" in m] == [m["lr"] for m in large_metrics if "lr" in m]
+    assert {m["effective_batch"] for m in accumulated_metrics if m["phase"] == "values"} == {4}
+    for name in large:
+        torch.testing.assert_close(accumulated[name], large[name], rtol=0, atol=1e-5, msg=name)
+
+
 def test_bad_training_arguments():
-    for bad in ({"objective": "mse"}, {"key_steps": 0}, {"batch_size": 0}, {"value_steps": -1}):
+    bad_values = ({"objective": "mse"}, {"key_steps": 0}, {"batch_size": 0}, {"value_steps": -1})
+    for bad in (*bad_values, {"gradient_accumulation_steps": 0}):
         with pytest.raises(CodeunlearnError) as excinfo:
             tiny_args("/nonexistent", **bad)
         assert_fix_error(excinfo)

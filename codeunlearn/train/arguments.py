@@ -34,6 +34,13 @@ class TrainingArguments(
         default=0, metadata={"help": "Gradient steps on the output values (0: values stay the k-means centroids)."}
     )
     batch_size: int = field(default=8, metadata={"help": "Chunks per step and process."})
+    gradient_accumulation_steps: int = field(
+        default=1,
+        metadata={
+            "help": "Codebook value steps: batches of batch_size per optimizer step and process (a step reads "
+            "batch_size x processes x this chunks)."
+        },
+    )
     kmeans_init_tokens: int = field(
         default=65536,
         metadata={
@@ -78,8 +85,11 @@ class TrainingArguments(
             raise CodeunlearnError(f"unknown objective {self.objective!r}", f"use one of {OBJECTIVES}")
         if self.key_steps < 1:
             raise CodeunlearnError("key_steps must be >= 1", "the keys need at least the k-means initialisation step")
-        if self.batch_size < 1 or self.value_steps < 0:
-            raise CodeunlearnError("batch_size must be >= 1 and value_steps >= 0", "fix the training arguments")
+        if self.batch_size < 1 or self.value_steps < 0 or self.gradient_accumulation_steps < 1:
+            raise CodeunlearnError(
+                "batch_size and gradient_accumulation_steps must be >= 1 and value_steps >= 0",
+                "fix the training arguments",
+            )
         if self.init_from is not None and not Path(self.init_from, WEIGHTS_NAME).is_file():
             raise CodeunlearnError(
                 f"init_from {self.init_from} holds no {WEIGHTS_NAME}",

@@ -84,13 +84,13 @@ class TrainingRun:
         return batch.to(self.accelerator.device)
 
     def log(self, record: dict) -> None:
-        """Append a metrics record (it names its `step`) to the returned metrics and to metrics.jsonl; it says
-        the effective batch (chunks per optimizer step over every process)."""
+        """Append a metrics record (it names its `step`) to the returned metrics and to metrics.jsonl, with the
+        effective batch (chunks a step reads over every process: batch_size x processes, unless the record says)."""
         record = {
             "step": record["step"],
             "seconds": round(time.time() - self.started, 2),
-            **record,
             "effective_batch": self.args.batch_size * self.world_size,
+            **record,
         }
         self.metrics.append(record)
         if self.accelerator.is_main_process:

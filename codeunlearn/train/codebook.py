@@ -19,6 +19,7 @@ benchmarks/RESULTS.md.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -185,8 +186,9 @@ class CodebookTrainer(Trainer):
         def record(layer: int, states: Tensor, result: QuantizeOutput) -> None:
             recorded[layer] = (states, result)
 
-        while step < run.end:
-            batch = run.take_batch()
+        def micro_step(batch: Tensor, scale: float) -> Tensor:
+            """Forward and backward of one batch (the loss scaled by `scale`); returns its detached
+            (loss, kl, fvu, ce, ce_base)."""
             recorded.clear()
             with torch.no_grad(), bmodel.disabled(), autocast(accelerator.device, args.bf16):
                 base_logits = bmodel.model(input_ids=batch, use_cache=False).logits[:, :-1].float()
@@ -202,19 +204,29 @@ class CodebookTrainer(Trainer):
                 loss = fvu
             else:
                 loss = kl + args.reconstruction_weight * fvu
-            accelerator.backward(loss)
+            accelerator.backward(loss * scale)
+            with torch.no_grad():
+                targets = batch[:, 1:]
+                ce = F.cross_entropy(logits.transpose(1, 2), targets)
+                ce_base = F.cross_entropy(base_logits.transpose(1, 2), targets)
+            return torch.stack([loss, kl, fvu, ce, ce_base]).detach()
+
+        accumulation = args.gradient_accumulation_steps
+        while step < run.end:
+            measured = torch.zeros(5, device=accelerator.device)
+            for micro in range(accumulation):
+                # DDP reduces the gradients once, on the step's last batch
+                sync = contextlib.nullcontext() if micro == accumulation - 1 else accelerator.no_sync(model)
+                with sync:
+                    measured += micro_step(run.take_batch(), 1 / accumulation)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             run.bar.update(1)
             if step % args.log_every == 0 or step == run.total:
-                with torch.no_grad():
-                    targets = batch[:, 1:]
-                    ce = F.cross_entropy(logits.transpose(1, 2), targets)
-                    ce_base = F.cross_entropy(base_logits.transpose(1, 2), targets)
-                    # the whole step's batch, not this process's share of it
-                    measured = accelerator.reduce(torch.stack([loss, kl, fvu, ce, ce_base]).detach(), "mean")
+                # the whole step's batches, not this process's share of them
+                measured = accelerator.reduce(measured / accumulation, "mean")
                 loss_v, kl_v, fvu_v, ce_v, ce_base_v = measured.tolist()
                 run.log(
                     {
@@ -227,6 +239,7 @@ class CodebookTrainer(Trainer):
                         "ce_base": round(ce_base_v, 4),
                         "ppl_ratio": round(math.exp(ce_v - ce_base_v), 4),
                         "lr": scheduler.get_last_lr()[0],
+                        "effective_batch": args.batch_size * run.world_size * accumulation,
                     }
                 )
             if step % args.checkpoint_every == 0 or step == run.total:

@@ -46,16 +46,24 @@ def check_enough_tokens(chunks: Tensor, args: TrainingArguments) -> None:
 
 
 def check_effective_batch(state: dict, args: TrainingArguments, world_size: int, checkpoint: Path) -> None:
-    """A run resumes on any number of processes that reads the same chunks per step (processes x batch_size): the
-    data cursor counts chunks over all processes, so the continued run reads what the interrupted one would have."""
+    """A run resumes on any number of processes that reads the same chunks per step (processes x batch_size, and x
+    gradient_accumulation_steps in the codebook's value phase): the data cursor counts chunks over all processes, so
+    the continued run reads what the interrupted one would have."""
+    saved = state.get("args", {})
+    in_values = int(state.get("step", 0)) >= args.key_steps  # (an SAE never accumulates)
     saved_world = int(state.get("world_size", 1))
-    saved_batch = int(state.get("args", {}).get("batch_size", args.batch_size))
-    if saved_world * saved_batch != world_size * args.batch_size:
+    saved_batch = int(saved.get("batch_size", args.batch_size))
+    saved_accumulation = int(saved.get("gradient_accumulation_steps", 1)) if in_values else 1
+    accumulation = args.gradient_accumulation_steps if in_values else 1
+    before = saved_world * saved_batch * saved_accumulation
+    now = world_size * args.batch_size * accumulation
+    if before != now:
         raise CodeunlearnError(
-            f"checkpoint {checkpoint.name} was trained at {saved_world} process(es) x batch_size {saved_batch} = "
-            f"{saved_world * saved_batch} chunks per step; this run reads {world_size} x {args.batch_size}",
-            f"resume with batch_size x processes = {saved_world * saved_batch} (e.g. --batch_size "
-            f"{saved_world * saved_batch // world_size} on {world_size} process(es), if it divides)",
+            f"checkpoint {checkpoint.name} was trained at {saved_world} process(es) x batch_size {saved_batch}"
+            + (f" x {saved_accumulation} accumulated" if saved_accumulation > 1 else "")
+            + f" = {before} chunks per step; this run reads {now}",
+            f"resume with processes x batch_size{' x gradient_accumulation_steps' if in_values else ''} = {before} "
+            f"(e.g. --batch_size {before // (world_size * accumulation)} on {world_size} process(es), if it divides)",
         )
 
 

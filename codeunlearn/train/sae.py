@@ -66,6 +66,12 @@ class SAETrainer(Trainer):
                     f"the SAE at layer {layer} was loaded for inference, not attached for training",
                     "attach a fresh SAE (BottleneckedModel.attach with kind sae) to train it",
                 )
+        if args.gradient_accumulation_steps != 1:
+            raise CodeunlearnError(
+                "gradient_accumulation_steps is for codebook value steps",
+                "drop --gradient_accumulation_steps for an SAE run (one SAE step is one batch: lower --batch_size "
+                "to fit memory)",
+            )
         updates = args.sae_updates_per_batch
         since_fired = {
             layer: torch.zeros(bottleneck.num_features, dtype=torch.long) for layer, bottleneck in bottlenecks.items()
