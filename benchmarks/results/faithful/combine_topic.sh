@@ -2,7 +2,8 @@
 # One combined table per topic: the faithful bottleneck's rows (suite_topic.sh) beside the baseline rows recorded in
 # the earlier `--fast` tables (benchmarks/results/eval_fast/TOPIC/table.json: the SAE guardrail and GA, GradDiff, NPO
 # and RMU at their configured budgets), which `--combine` accepts only if that table's base row has this run's losses.
-# Cyber has no recorded rows: RMU is run for it by rmu_cyber.sh. Run from the repository root after those:
+# Cyber has no recorded rows: RMU is run for it by rmu_cyber.sh, GA/NPO/GradDiff by baselines_cyber.sh. Run from the
+# repository root after those:
 #   bash benchmarks/results/faithful/combine_topic.sh microbiology [fp32|bf16]
 set -euo pipefail
 PATH="$PWD/.venv/bin:$PATH"
@@ -27,7 +28,10 @@ case $TOPIC in
     columns="--columns geo_facts:top1 other_facts:top1 history_loss wikitext_loss sport_general mmlu arc_easy"
     columns="$columns sports_athlete fluency rephrased_facts:multiple_choice rephrased_facts:few_shot"
     columns="$columns rephrased_facts:cloze relearning:facts_recovery" ;;
-  cyber) recorded="rmu=$OUT/rmu" ;;
+  cyber) recorded="rmu=$OUT/rmu"  # baselines_cyber.sh adds each gradient baseline it finished
+    for method in ga npo grad_diff; do
+      if [ -f $OUT/$method/report.json ]; then recorded="$recorded $method=$OUT/$method"; fi
+    done ;;
   *) echo "error: unknown topic $TOPIC -- fix: harry_potter, microbiology, geography or cyber" >&2; exit 2 ;;
 esac
 # shellcheck disable=SC2086  # the row lists are meant to split
