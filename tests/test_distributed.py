@@ -253,8 +253,9 @@ def test_launches_that_would_run_copies_are_refused(workspace, tmp_path):
     assert not (tmp_path / "x").exists()
     export = launch(TORCHRUN, ["export", "--help"])
     assert export.returncode != 0
-    assert "error: `codeunlearn export` runs in one process, but it was launched as 2 -- fix: run it without" in (
-        export.stderr
+    assert (
+        "error: `codeunlearn export` runs in one process, but it was launched as 2 processes -- fix: run it without"
+        in (export.stderr)
     )
 
 

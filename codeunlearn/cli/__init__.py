@@ -81,8 +81,9 @@ def run(command: str, argv: Sequence[str]) -> int:
     if distributed.requested_world_size() == 1:
         return int(module.main(list(argv)) or 0)
     if command not in DATA_PARALLEL:
+        processes = distributed.requested_world_size()
         raise CodeunlearnError(
-            f"`codeunlearn {command}` runs in one process, but it was launched as {distributed.requested_world_size()}",
+            f"`codeunlearn {command}` runs in one process, but it was launched as {processes} processes",
             f"run it without accelerate launch / torchrun (data-parallel commands: {', '.join(DATA_PARALLEL)})",
         )
     distributed.join()
