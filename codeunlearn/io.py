@@ -1,5 +1,11 @@
 """Atomic saves and guarded loads: a crash mid-save never leaves a half-written file in place of a good one,
-and tensors are only ever read through safetensors."""
+and tensors are only ever read through safetensors.
+
+Every atomic write ends with the permissions a plain `open(path, "w")` / `mkdir` would give under the process umask
+(files 0o666 & ~umask, directories 0o777 & ~umask): `tempfile` creates its files 0o600 and directories 0o700, and
+safetensors (0.8) writes its files 0o600 too, which would make a shared export unreadable to everyone but its
+writer. The mode is set on the temporary name before the rename, so the final path never exists with the wrong mode
+or partially written."""
 
 from __future__ import annotations
 
@@ -16,6 +22,46 @@ from safetensors.torch import load_file, save_file
 
 from codeunlearn.errors import CodeunlearnError
 
+FILE_MODE = 0o666  # what open() asks for before the umask
+DIRECTORY_MODE = 0o777  # what mkdir() asks for before the umask
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the system allows.
+
+    `os.umask` can only be read by setting it, and for that moment other threads would create files with the
+    temporary mask; Linux reports it in /proc/self/status, so that is tried first."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def default_file_mode() -> int:
+    """The mode a newly created file gets under the current umask (0o644 under umask 022)."""
+    return FILE_MODE & ~current_umask()
+
+
+def default_directory_mode() -> int:
+    """The mode a newly created directory gets under the current umask (0o755 under umask 022)."""
+    return DIRECTORY_MODE & ~current_umask()
+
+
+def _open_up(root: Path) -> None:
+    """Give `root` and everything under it the modes a plain write gives under the umask (an executable file stays
+    executable); symbolic links are left alone."""
+    file_mode, directory_mode = default_file_mode(), default_directory_mode()
+    for path in [root, *root.rglob("*")]:
+        if path.is_symlink():
+            continue
+        if path.is_dir():
+            os.chmod(path, directory_mode)
+        elif path.is_file():
+            os.chmod(path, directory_mode if path.stat().st_mode & 0o111 else file_mode)
+
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write bytes to a temporary file beside `path`, fsync it, then rename over `path`."""
@@ -26,6 +72,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
+            os.fchmod(handle.fileno(), default_file_mode())  # mkstemp made it 0o600
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -49,6 +96,7 @@ def atomic_save_tensors(
     os.close(fd)
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.chmod(tmp, default_file_mode())  # mkstemp made it 0o600
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -73,7 +121,9 @@ def load_tensors(path: str | Path, what: str = "tensor file") -> dict[str, torch
 def atomic_directory(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory that replaces `path` only if the block finishes without error.
 
-    A non-empty `path` is refused unless `overwrite`; the old contents survive any failure.
+    A non-empty `path` is refused unless `overwrite`; the old contents survive any failure. The directory and
+    everything in it end with the modes a plain write gives under the umask, whatever wrote them (safetensors and
+    `tempfile` write 0o600); until the rename the directory stays private to its writer.
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
@@ -84,6 +134,7 @@ def atomic_directory(path: str | Path, overwrite: bool = False) -> Iterator[Path
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp.", dir=path.parent))
     try:
         yield tmp
+        _open_up(tmp)  # mkdtemp made it 0o700, safetensors its files 0o600
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
             os.replace(path, old / "dir")

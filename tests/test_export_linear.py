@@ -198,6 +198,10 @@ def test_cli_linear_export_end_to_end(workspace, capsys):
     card = (out / "README.md").read_text()
     assert "linear projection" in card and "different method" in card
     assert "| linear projection (layer 1, rank 2) |" in card
+    # The base model was a local directory: the card names it by its last path component, never the whole path.
+    assert str(workspace["model"]) not in card and str(workspace["root"]) not in card
+    assert "\n# model with a topic projected out (codeunlearn, linear mode)\n" in card
+    assert "**No switch.**" in card and "codeunlearn eval --suite TOPIC --model DIR --attacks" in card
 
 
 def test_cli_linear_export_from_a_directions_file(workspace, tmp_path, capsys):

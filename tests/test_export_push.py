@@ -1,6 +1,7 @@
 """`codeunlearn push` against a local HTTP server that plays the Hub (`HF_ENDPOINT`) and records every request: the
-repo is created, every file of the export is committed, the model card names the repo; a missing or refused token
-is a one-line error and the local directory stays byte for byte the same."""
+repo is created, every file of the export and the model card (naming the repo, with its license) go up in one
+commit; a missing or refused token, an unknown license or a failed commit is a one-line error, and the local
+directory stays byte for byte the same."""
 
 from __future__ import annotations
 
@@ -58,6 +59,9 @@ class FakeHub(BaseHTTPRequestHandler):
                 200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]}
             )
         elif "/commit/" in path:
+            if self.server.fail_commits:  # the Hub refuses the commit as a whole: nothing of it lands
+                self._reply(500, {"error": "Internal Error"})
+                return
             summary, files = parse_commit_body(body)
             self.server.commits.append({"path": path, "summary": summary, "files": files})
             self._reply(
@@ -74,6 +78,7 @@ class HubServer(ThreadingHTTPServer):
         self.requests: list[dict] = []
         self.created: list[dict] = []
         self.commits: list[dict] = []
+        self.fail_commits = False
 
 
 @pytest.fixture
@@ -111,10 +116,11 @@ def snapshot(directory: Path) -> dict[str, str]:
     }
 
 
-def test_push_creates_the_repo_and_uploads_every_file_with_a_card(hub, export_dir, monkeypatch, capsys):
+def test_push_creates_the_repo_and_uploads_every_file_with_a_card_in_one_commit(hub, export_dir, monkeypatch, capsys):
     monkeypatch.setenv("HF_TOKEN", VALID_TOKEN)
     before = snapshot(export_dir)
-    assert main(["push", "--export_dir", str(export_dir), "--repo-id", REPO_ID]) == 0
+    argv = ["push", "--export_dir", str(export_dir), "--repo-id", REPO_ID, "--license", "apache-2.0"]
+    assert main(argv) == 0
     assert f"{hub.endpoint}/{REPO_ID}" in capsys.readouterr().out
     assert snapshot(export_dir) == before
 
@@ -122,16 +128,50 @@ def test_push_creates_the_repo_and_uploads_every_file_with_a_card(hub, export_di
     assert (hub.created[0].get("organization"), hub.created[0]["name"]) == ("alice", "tiny-no-wizards")
     assert hub.created[0].get("visibility") != "private"
     assert all(r["auth"] == f"Bearer {VALID_TOKEN}" for r in hub.requests)
-    files, card = hub.commits[0]["files"], hub.commits[1]["files"]
-    assert all(c["path"] == f"/api/models/{REPO_ID}/commit/main" for c in hub.commits)
+    assert len(hub.commits) == 1  # weights and card together: the repo never holds one without the other
+    assert hub.commits[0]["path"] == f"/api/models/{REPO_ID}/commit/main"
+    files = hub.commits[0]["files"]
     local = {p for p in before if p != "README.md"}
-    assert set(files) == local  # every file of the export, nested codeunlearn_bottleneck/ included
+    assert set(files) == local | {"README.md"}  # every file of the export, nested codeunlearn_bottleneck/ included
+    assert "model.safetensors" in files
     assert all(hashlib.sha256(files[p]).hexdigest() == before[p] for p in local)
-    assert set(card) == {"README.md"}
-    text = card["README.md"].decode()
+    text = files["README.md"].decode()
     assert text.startswith("---\n") and "codeunlearn" in text
+    assert "license: apache-2.0" in text.split("---\n")[1]
+    assert f"\n# {REPO_ID}: " in text  # the title names the repo
     assert f'from_pretrained("{REPO_ID}", trust_remote_code=True)' in text
     assert "| 1 | wizards | substitute |" in text
+    assert str(export_dir) not in text
+
+
+def test_push_without_a_known_license_is_refused_before_anything_is_sent(hub, export_dir, monkeypatch, capsys):
+    monkeypatch.setenv("HF_TOKEN", VALID_TOKEN)
+    before = snapshot(export_dir)
+    line = run_error(["push", "--export_dir", str(export_dir), "--repo-id", REPO_ID], capsys)
+    assert "license" in line and "fix: pass --license ID" in line
+    assert hub.requests == []
+    assert snapshot(export_dir) == before
+    assert "empty --license" in run_error(
+        ["push", "--export_dir", str(export_dir), "--repo-id", REPO_ID, "--license", " "], capsys
+    )
+    assert hub.requests == []
+
+
+def test_license_flag_regenerates_the_card_with_it(hub, export_dir, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", VALID_TOKEN)
+    assert main(["push", "--export_dir", str(export_dir), "--repo-id", REPO_ID, "--license", "gemma"]) == 0
+    text = hub.commits[0]["files"]["README.md"].decode()
+    assert "license: gemma" in text.split("---\n")[1] and "`gemma` (given by the uploader)" in text
+
+
+def test_a_failed_commit_leaves_nothing_half_pushed(hub, export_dir, monkeypatch, capsys):
+    monkeypatch.setenv("HF_TOKEN", VALID_TOKEN)
+    hub.fail_commits = True
+    before = snapshot(export_dir)
+    line = run_error(["push", "--export_dir", str(export_dir), "--repo-id", REPO_ID, "--license", "mit"], capsys)
+    assert "HTTP 500" in line and "unchanged" in line
+    assert hub.commits == []  # one commit, refused whole: neither weights nor card landed
+    assert snapshot(export_dir) == before
 
 
 def test_push_with_an_eval_report_publishes_it(hub, export_dir, monkeypatch, tmp_path):
@@ -145,10 +185,12 @@ def test_push_with_an_eval_report_publishes_it(hub, export_dir, monkeypatch, tmp
     report.write_text(json.dumps({"rows": rows, "heldout_tokens": {"forget": 1000, "retain": 2000}}))
     before = snapshot(export_dir)
     argv = ["push", "--dir", str(export_dir), "--repo_id", REPO_ID, "--eval_report", str(report), "--private"]
-    assert main(argv) == 0
+    assert main([*argv, "--license", "apache-2.0"]) == 0
     assert snapshot(export_dir) == before
     assert hub.created[0]["visibility"] == "private"
-    card = hub.commits[1]["files"]
+    assert len(hub.commits) == 1
+    card = hub.commits[0]["files"]
+    assert "model.safetensors" in card
     assert json.loads(card["eval_report.json"]) == json.loads(report.read_text())
     text = card["README.md"].decode()
     assert "| bottleneck | 0 | 2.7500 | 2.1250 | +0.0000 | +0.0000 | +0.0000 |" in text
@@ -157,7 +199,8 @@ def test_push_with_an_eval_report_publishes_it(hub, export_dir, monkeypatch, tmp
 
 def test_missing_token_is_one_line_and_sends_nothing(hub, export_dir, capsys):
     before = snapshot(export_dir)
-    line = run_error(["push", "--export_dir", str(export_dir), "--repo-id", REPO_ID], capsys)
+    argv = ["push", "--export_dir", str(export_dir), "--repo-id", REPO_ID, "--license", "apache-2.0"]
+    line = run_error(argv, capsys)
     assert "no Hugging Face token" in line and "HF_TOKEN" in line
     assert hub.requests == []
     assert snapshot(export_dir) == before
@@ -166,7 +209,7 @@ def test_missing_token_is_one_line_and_sends_nothing(hub, export_dir, capsys):
 def test_refused_token_is_one_line_and_keeps_the_directory(hub, export_dir, capsys):
     before = snapshot(export_dir)
     argv = ["push", "--export_dir", str(export_dir), "--repo-id", REPO_ID, "--token", "hf_revoked"]
-    line = run_error(argv, capsys)
+    line = run_error([*argv, "--license", "apache-2.0"], capsys)
     assert "refused the token (401" in line and "unchanged" in line
     assert hub.requests and hub.commits == []
     assert snapshot(export_dir) == before
@@ -180,8 +223,8 @@ def test_unreachable_hub_and_bad_directories(monkeypatch, export_dir, tmp_path, 
         port = sock.getsockname()[1]
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    line = run_error(["push", "--export_dir", str(export_dir), "--repo-id", REPO_ID, "--token", "x"], capsys)
-    assert "cannot reach the Hub" in line
+    argv = ["push", "--export_dir", str(export_dir), "--repo-id", REPO_ID, "--token", "x", "--license", "mit"]
+    assert "cannot reach the Hub" in run_error(argv, capsys)
     assert "not found" in run_error(["push", "--export_dir", str(tmp_path / "nope"), "--repo-id", REPO_ID], capsys)
     (tmp_path / "plain").mkdir()
     (tmp_path / "plain" / "config.json").write_text('{"model_type": "llama"}')

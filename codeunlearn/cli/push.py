@@ -5,8 +5,9 @@
     codeunlearn push --bottleneck_dir outputs/run/bottleneck --repo_id NAME/smollm2-135m-codebook-l15 \\
         --fidelity_report outputs/run/eval/report.json
 
-An export goes up with `create_repo` and `upload_folder`, then a commit with the model card regenerated for the repo
-id. A bottleneck (weights, config, saved edits, cached retain statistics) goes up in one commit with a card that
+An export goes up with `create_repo` and one commit: every file of the directory and the model card regenerated for
+the repo id (with its license: --license, else the one the export recorded or the base model's; an export whose
+license is not known is refused before anything is sent). A bottleneck (weights, config, saved edits, cached retain statistics) goes up in one commit with a card that
 lists its shape, bits per token, base model, training corpora and fidelity (ΔCE per corpus and FVU from
 --fidelity_report: a `codeunlearn eval` report.json or benchmarks/fidelity_sweep.py output); every
 `--bottleneck_dir` then accepts the repo id. The token is --token, else HF_TOKEN or the one saved by
@@ -65,6 +66,14 @@ class PushArguments:
             "(.jsonl), whose ΔCE per corpus and FVU go on the card."
         },
     )
+    license: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub license id for the card's metadata, e.g. apache-2.0 or gemma (default: the license the "
+            "export recorded, else the base model's; an export with neither is refused; a bottleneck falls back to "
+            "codeunlearn's apache-2.0)."
+        },
+    )
     commit_message: str | None = field(
         default=None,
         metadata={
@@ -104,6 +113,7 @@ def main(argv: Sequence[str]) -> int:
             private=args.private,
             fidelity_report=args.fidelity_report,
             commit_message=args.commit_message or DEFAULT_BOTTLENECK_COMMIT_MESSAGE,
+            license=args.license,
         )
     else:
         source = args.export_dir
@@ -114,6 +124,7 @@ def main(argv: Sequence[str]) -> int:
             private=args.private,
             eval_report=args.eval_report,
             commit_message=args.commit_message or DEFAULT_COMMIT_MESSAGE,
+            license=args.license,
         )
     print(f"pushed {source} to {url}")
     return 0

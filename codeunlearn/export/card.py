@@ -1,9 +1,14 @@
 """The model card (README.md) of an exported directory, written with `huggingface_hub.ModelCard`.
 
-Everything on the card is read from the directory itself (config.json, `eval_report.json` if present, and for the
-linear-projection mode `codeunlearn_linear.json`), so the card of a pushed model describes exactly the files beside
-it: base model, method, layers, codebook size (SAE: architecture, width, k or measured L0), the topics removed with
-their code (feature) counts and interventions, the evaluation table, intended use, limitations and how to load it.
+Everything on the card is read from the directory itself (config.json, `eval_report.json` if present, for the
+linear-projection mode `codeunlearn_linear.json`, for a baked export `codeunlearn_bake.json`), so the card of a pushed
+model describes exactly the files beside it: base model, method, layers, codebook size (SAE: architecture, width, k or
+measured L0), the topics removed with their code (feature) counts and interventions, the evaluation table, what a
+holder of the files can undo (and the measured attacks: bypass, quantization, relearning), intended use, limitations,
+license and how to load it.
+
+No card shows a path of the uploader's disk: the title names the Hub repo id when pushing, else the public name of
+the base model (its Hub id, or the last component of a local path).
 """
 
 from __future__ import annotations
@@ -20,14 +25,25 @@ from codeunlearn.bottleneck.config import DEFAULT_KIND
 from codeunlearn.bottleneck.registry import config_class_for
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.evaluate.loss_table import TABLE_NOTE, loss_table
+from codeunlearn.io import atomic_write_text
 
 CARD_NAME = "README.md"
 EVAL_REPORT_NAME = "eval_report.json"
 LINEAR_SPEC_NAME = "codeunlearn_linear.json"
+# A baked export (`codeunlearn export --mode bake`, codeunlearn/export/bake.py): the stock architecture distilled from
+# the edited bottleneck model, with this JSON file describing the teacher, the distillation and its held-out losses.
+BAKE_SPEC_NAME = "codeunlearn_bake.json"
+SUITE_REPORT_KIND = "codeunlearn-suite-report"
+# The suite metrics (group `attack`) that measure what a holder of the files can do to get the topic back.
+ATTACK_METRICS = ("bypass", "quantization", "relearning")
 
 BOTTLENECK_METHOD = "codebook bottleneck (vector-quantized residual stream, codes removed)"
 SAE_METHOD = "sparse autoencoder (sae-lens SAE on the residual stream, error term kept, topic features edited)"
 LINEAR_METHOD = "linear projection (feature directions projected out of the residual stream, folded into the weights)"
+BAKE_METHOD = (
+    "bake: the edited bottleneck model distilled into the stock architecture; the weights carry the edit, there is "
+    "no switch"
+)
 
 # Hub ids of the models codeunlearn ships under a short name (the card's `base_model` must be a Hub id).
 KNOWN_BASE_MODELS = {
@@ -38,12 +54,17 @@ KNOWN_BASE_MODELS = {
 }
 # The short name `--model_name_or_path` takes for each of those Hub ids (what the card's load snippet uses).
 SHORT_NAMES = {"HuggingFaceTB/SmolLM2-135M-Instruct": "smollm2-135m", "google/gemma-3-270m": "gemma3-270m"}
+# Hub license ids of known base-model families, by Hub id prefix: an edited model is a derivative of its base model
+# and keeps its license (SmolLM2 is Apache-2.0; Gemma's own terms have the Hub id `gemma`).
+KNOWN_LICENSES = {"HuggingFaceTB/SmolLM2-": "apache-2.0", "google/gemma-": "gemma"}
+# codeunlearn's own license: a bottleneck repository whose base model's license is unknown is published under it.
+CODEUNLEARN_LICENSE = "apache-2.0"
 
 LIMITATIONS = """\
 - Forgetting is measured as held-out next-token loss on the topic's text versus a retain corpus (the table above,
   when present). It is not a guarantee that no information about the topic remains: paraphrases, other languages,
-  few-shot prompts or fine-tuning may recover some of it, and nothing here was tested against adversarial
-  extraction.
+  few-shot prompts or fine-tuning may recover some of it. The attacks measured (if any) are listed above; attacks
+  not listed there were not tried.
 - The same edit also changes the model's behaviour on other text (the retain column shows how much on the retain
   corpus); check the tasks you care about before relying on the model.
 - Small base models know little about most topics to begin with; the effect of an edit is clearest on text loss."""
@@ -56,8 +77,59 @@ def _base_model_id(name: str) -> str | None:
     for key, repo_id in KNOWN_BASE_MODELS.items():
         if key in name:
             return repo_id
-    if name.count("/") == 1 and not Path(name).exists() and not name.startswith((".", "/")):
+    if name.count("/") == 1 and not Path(name).exists() and not name.startswith((".", "/", "~")):
         return name
+    return None
+
+
+def public_base_name(name: str, fallback: str = "?") -> str:
+    """The base model as a card shows it: its Hub id (a shipped model's under any local file name), else the last
+    component of a local path -- never the whole path, which says nothing to a reader and shows the uploader's disk
+    layout -- else `fallback` (the model_type) when nothing was recorded."""
+    return _base_model_id(name) or Path(name.replace("\\", "/")).name or fallback
+
+
+def _title(repo_id: str | None, text: str) -> str:
+    """The card's heading: the Hub repo id first when pushing (what the page is), then what the model is."""
+    return f"# {repo_id}: {text}" if repo_id else f"# {text}"
+
+
+def _card_license(path: Path) -> str | None:
+    """The `license` in the metadata of the model card at `path`, if it is a readable card that has one."""
+    if not path.is_file():
+        return None
+    try:
+        license_id = ModelCard.load(path, ignore_metadata_errors=True).data.license
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return license_id if isinstance(license_id, str) and license_id else None
+
+
+def base_model_license(name: str) -> str | None:
+    """The Hub license id of base model `name`, or None when it is not known here (nothing is downloaded).
+
+    Known families first (SmolLM2: apache-2.0, Gemma: gemma, under the local file names codeunlearn ships them as),
+    then the metadata of the base model's own card: README.md of a local model directory (or beside a local model
+    file), or of a Hub id already in the Hugging Face cache."""
+    if not name:
+        return None
+    repo_id = _base_model_id(name)
+    if repo_id is not None:
+        for prefix, license_id in KNOWN_LICENSES.items():
+            if repo_id.startswith(prefix):
+                return license_id
+    local = Path(name).expanduser()
+    if local.exists():
+        return _card_license((local if local.is_dir() else local.parent) / CARD_NAME)
+    if repo_id is not None:
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            cached = try_to_load_from_cache(repo_id, CARD_NAME)
+        except ValueError:  # not a valid repo id after all
+            return None
+        if isinstance(cached, str):
+            return _card_license(Path(cached))
     return None
 
 
@@ -68,39 +140,139 @@ def _read_json(path: Path) -> Any:
         raise CodeunlearnError(f"cannot read {path} ({err})", "re-export the model") from None
 
 
+def is_suite_report(report: Any) -> bool:
+    """Whether `report` is a `codeunlearn eval --suite` report.json (kind `codeunlearn-suite-report`)."""
+    return (
+        isinstance(report, dict) and report.get("kind") == SUITE_REPORT_KIND and isinstance(report.get("metrics"), list)
+    )
+
+
 def read_eval_report(path: str | Path) -> dict[str, Any]:
-    """A `codeunlearn eval` report.json (a one-line error for a missing or malformed one)."""
+    """A `codeunlearn eval` report.json: the held-out loss table (`rows`), or an evaluation suite's report (kind
+    `codeunlearn-suite-report`, a `metrics` list); a one-line error for a missing or malformed one."""
     path = Path(path)
-    fix = "pass the report.json written by `codeunlearn eval`"
+    fix = "pass the report.json written by `codeunlearn eval` (or `codeunlearn eval --suite`)"
     if not path.is_file():
         raise CodeunlearnError(f"eval report not found: {path}", fix)
     try:
         report = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise CodeunlearnError(f"eval report {path} is not valid JSON ({err})", fix) from None
-    if not isinstance(report, dict) or not isinstance(report.get("rows"), list):
-        raise CodeunlearnError(f"{path} is not a `codeunlearn eval` report (no `rows`)", fix)
+    if not is_suite_report(report) and (not isinstance(report, dict) or not isinstance(report.get("rows"), list)):
+        raise CodeunlearnError(f"{path} is not a `codeunlearn eval` report (no `rows`, not a suite report)", fix)
     return report
 
 
+def _read_report(report_path: Path) -> dict[str, Any] | None:
+    return read_eval_report(report_path) if report_path.is_file() else None
+
+
+def _score(value: Any) -> str:
+    """A score as the card prints it (a suite report stores a non-finite number as null)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "-" if value is None else str(value)
+    return f"{value:,}" if isinstance(value, int) else f"{value:.4f}"
+
+
+def _suite_table(report: dict[str, Any]) -> str:
+    """The headline score of every metric of a suite report, in run order (report.md has every score)."""
+    lines = [
+        f"Evaluation suite `{report.get('config', '?')}` (topic {report.get('topic') or '?'}"
+        f"{', fast' if report.get('fast') else ''}{', with attacks' if report.get('attacks') else ''}, "
+        f"seed {report.get('seed', '?')}).",
+        "",
+        "| section | metric | score | value | items |",
+        "|---|---|---|---:|---:|",
+    ]
+    for metric in report["metrics"]:
+        if not isinstance(metric, dict):
+            continue
+        scores = metric.get("scores") or {}
+        key = metric.get("headline") if metric.get("headline") in scores else next(iter(scores), None)
+        value = _score(scores[key]) if key is not None else "-"
+        lines.append(
+            f"| {metric.get('group', '?')} | {metric.get('name', '?')} | {key or '-'} | {value} | "
+            f"{_score(metric.get('n')) if metric.get('n') else '-'} |"
+        )
+    # A failure's message stays in the report: it may name paths on the evaluator's disk.
+    lines += [f"| - | {name} | failed | - | - |" for name in report.get("failures") or {}]
+    return "\n".join(lines)
+
+
 def _eval_section(report_path: Path) -> str:
-    if not report_path.is_file():
+    report = _read_report(report_path)
+    if report is None:
         return (
             "No evaluation report was exported with this model. Measure it with `codeunlearn eval` and pass the "
             "report to `codeunlearn export --eval_report` or `codeunlearn push --eval_report`."
         )
-    report = read_eval_report(report_path)
+    if is_suite_report(report):
+        return _suite_table(report)
     tokens = {k: f"{v:,}" if isinstance(v, int) else "?" for k, v in report.get("heldout_tokens", {}).items()}
+    corpora = {
+        side: ", ".join(_public_name(str(c)) for c in report.get(f"{side}_corpora", []))
+        for side in ("forget", "retain")
+    }
     lines = [
         f"Held-out tokens: forget {tokens.get('forget', '?')}, retain {tokens.get('retain', '?')} "
-        f"(forget corpora: {', '.join(map(str, report.get('forget_corpora', []))) or '?'}; retain corpora: "
-        f"{', '.join(map(str, report.get('retain_corpora', []))) or '?'}).",
+        f"(forget corpora: {corpora['forget'] or '?'}; retain corpora: {corpora['retain'] or '?'}).",
         "",
         loss_table(report["rows"]),
         "",
         TABLE_NOTE,
     ]
     return "\n".join(lines)
+
+
+def attack_scores(report: dict[str, Any] | None) -> list[tuple[str, dict[str, Any]]]:
+    """(metric name, scores) of the attack metrics (`bypass`, `quantization`, `relearning`) a suite report holds, in
+    report order; empty for any other report or none."""
+    if report is None or not is_suite_report(report):
+        return []
+    return [
+        (metric["name"], dict(metric.get("scores") or {}))
+        for metric in report["metrics"]
+        if isinstance(metric, dict) and metric.get("name") in ATTACK_METRICS
+    ]
+
+
+def _attacks_table(report_path: Path, load_name: str) -> str:
+    """The measured attack scores, every one the report holds (nothing invented), or how to measure them."""
+    measured = attack_scores(_read_report(report_path))
+    if not measured:
+        return (
+            "Attacks on the edit (bypass, quantization, relearning) were not measured for this upload. Measure them "
+            "with `codeunlearn eval --suite TOPIC --model DIR --attacks --data_dir DATA --output_dir OUT` (DIR: this "
+            f"directory, or `{load_name}` downloaded) and pass OUT/report.json to `codeunlearn push --eval_report`."
+        )
+    lines = ["| attack | score | value |", "|---|---|---:|"]
+    for name, scores in measured:
+        lines += [f"| {name} | {key} | {_score(value)} |" for key, value in scores.items()] or [f"| {name} | - | - |"]
+    lines += [
+        "",
+        "Every score the evaluation report holds for these attack metrics, as the suite measured them (its report.md "
+        "explains each): losses in nat/token on held-out forget text, `relearning` after N steps of fine-tuning on "
+        "forget text, `quantization` after 8-bit / 4-bit weight quantization. A recovery near the edit's whole "
+        "forget-loss increase means the attack takes the topic back.",
+    ]
+    return "\n".join(lines)
+
+
+def _holder_section(report_path: Path, load_name: str) -> str:
+    """What a holder of a bottleneck export's files can undo: everything, with one loading argument."""
+    return f"""## What a holder of these weights can undo
+
+**Everything.** Every weight of the base model is inside `model.safetensors`, unchanged, under its stock name with
+the prefix `causal_lm.`; the edit lives only in the bottleneck beside it. Loading with one more argument,
+
+```python
+AutoModelForCausalLM.from_pretrained("{load_name}", trust_remote_code=True, bottleneck_enabled=False)
+```
+
+returns the base model itself (bottleneck and adapters off), so this release is reversible by one argument: it
+keeps the topic away from users who load it as published, not from anyone who holds the files.
+
+{_attacks_table(report_path, load_name)}"""
 
 
 def _edits_section(edits: list[dict[str, Any]], codes_per_layer: int) -> str:
@@ -149,8 +321,9 @@ def _bottleneck_card(config: dict[str, Any], report: Path, repo_id: str | None) 
     base = config["base_config"]
     bottleneck = config["bottleneck"]
     edits = config.get("edits", [])
-    base_name = bottleneck.get("base_model") or base.get("_name_or_path", "") or base.get("model_type", "?")
-    base_id = _base_model_id(base_name)
+    recorded = bottleneck.get("base_model") or base.get("_name_or_path", "")
+    base_id = _base_model_id(recorded)
+    base_name = public_base_name(recorded, base.get("model_type", "?"))
     heads, size, stages = bottleneck["num_heads"], bottleneck["codebook_size"], bottleneck.get("num_stages", 1)
     codes_per_layer = heads * size * stages
     bits = stages * heads * (size.bit_length() - 1)
@@ -164,7 +337,7 @@ def _bottleneck_card(config: dict[str, Any], report: Path, repo_id: str | None) 
         tags=["codeunlearn", "unlearning", "vector-quantization", "custom_code"],
     )
     body = f"""
-# {base_name} with {", ".join(topics) if topics else "no topic"} removed (codeunlearn)
+{_title(repo_id, f"{base_name} with {', '.join(topics) if topics else 'no topic'} removed (codeunlearn)")}
 
 This is `{base_name}` ({base.get("model_type")}) with a discrete bottleneck trained into its residual stream and
 the codes of {len(topics)} topic(s) removed, exported by codeunlearn {config.get("codeunlearn_version", __version__)}.
@@ -190,6 +363,8 @@ its text uses far more than other text. The base weights are stored unchanged; n
 ## Evaluation
 
 {_eval_section(report)}
+
+{_holder_section(report, load_name)}
 
 {_how_to_load(load_name)}. Evaluate with
 lm-eval: `lm_eval --model hf --model_args pretrained={load_name},trust_remote_code=True --tasks ...`.
@@ -294,19 +469,20 @@ def _sae_card(config: dict[str, Any], report: Path, repo_id: str | None) -> tupl
     bottleneck = config["bottleneck"]
     edits = config.get("edits", [])
     saes = config.get("saes") or {}
-    base_name = bottleneck.get("base_model") or base.get("_name_or_path", "") or base.get("model_type", "?")
+    recorded = bottleneck.get("base_model") or base.get("_name_or_path", "")
+    base_name = public_base_name(recorded, base.get("model_type", "?"))
     topics = [edit["topic"] for edit in edits]
     load_name = repo_id or "PATH_OR_REPO_ID"
     widths = {layer: sae.get("d_sae", "?") for layer, sae in saes.items()}
     first = saes.get(str(bottleneck["layers"][0]), {}).get("sae_lens_dir", "codeunlearn_bottleneck/layer_L")
     data = ModelCardData(
-        base_model=_base_model_id(base_name),
+        base_model=_base_model_id(recorded),
         library_name="transformers",
         pipeline_tag="text-generation",
         tags=["codeunlearn", "unlearning", "sparse-autoencoder", "sae-lens", "custom_code"],
     )
     body = f"""
-# {base_name} with {", ".join(topics) if topics else "no topic"} removed (codeunlearn, SAE)
+{_title(repo_id, f"{base_name} with {', '.join(topics) if topics else 'no topic'} removed (codeunlearn, SAE)")}
 
 This is `{base_name}` ({base.get("model_type")}) with sparse autoencoders (SAEs) on its residual stream and the
 features of {len(topics)} topic(s) edited, exported by codeunlearn {config.get("codeunlearn_version", __version__)}.
@@ -328,6 +504,8 @@ stored unchanged; no gradient step touched them.
 ## Evaluation
 
 {_eval_section(report)}
+
+{_holder_section(report, load_name)}
 
 {_how_to_load(load_name)}; a guardrail's
 window continues across decoding steps, and left padding (position id 0) does not count in it.
@@ -368,16 +546,17 @@ residual stream, always, whatever else those directions carry. Its feature ids a
 
 
 def _linear_card(spec: dict[str, Any], report: Path, repo_id: str | None) -> tuple[ModelCardData, str]:
-    base_name = spec.get("base_model") or spec.get("base_model_type", "?")
+    recorded = str(spec.get("base_model") or "")
+    base_name = public_base_name(recorded, spec.get("base_model_type", "?"))
     load_name = repo_id or "PATH_OR_REPO_ID"
     data = ModelCardData(
-        base_model=_base_model_id(base_name),
+        base_model=_base_model_id(recorded),
         library_name="transformers",
         pipeline_tag="text-generation",
         tags=["codeunlearn", "unlearning", "linear-projection"],
     )
     body = f"""
-# {base_name} with {spec.get("topic", "a topic")} projected out (codeunlearn, linear mode)
+{_title(repo_id, f"{base_name} with {spec.get('topic', 'a topic')} projected out (codeunlearn, linear mode)")}
 
 **Method:** {LINEAR_METHOD}. This is a different method from codeunlearn's bottleneck edits (codebook or SAE):
 {spec["rank"]} direction(s) of the residual stream ({spec.get("directions_method", "?")}) are projected out of
@@ -389,6 +568,16 @@ is the base architecture (`model_type` `{spec.get("base_model_type", "?")}`): no
 ## Evaluation
 
 {_eval_section(report)}
+
+## What a holder of these weights can undo
+
+**No switch.** The edit is in the weights: the components along the projected directions were removed from the
+embeddings and output projections themselves, and these files do not store them (the directions are in
+`{LINEAR_SPEC_NAME}`, not what was removed along them), so no loading argument gives the base model back. What a
+holder can still do is attack the edit -- fine-tune the model on the topic, quantize it -- or use the base model
+itself, if they have it.
+
+{_attacks_table(report, load_name)}
 
 ## How to load
 
@@ -415,10 +604,182 @@ mechanism for deployed systems.
     return data, body
 
 
-def model_card(directory: str | Path, repo_id: str | None = None, eval_report: str | Path | None = None) -> ModelCard:
-    """The card of an exported directory (bottleneck export or linear export), read from the files in it.
+def _public_bottleneck(source: str) -> str:
+    """A teacher bottleneck as the bake card shows it: a repo id as given; of a local directory only its name (with
+    its run folder's when it is the `bottleneck/` that `codeunlearn train` writes), not the uploader's disk layout."""
+    if not (source.startswith(("/", ".", "~")) or "\\" in source or Path(source).exists()):
+        return source
+    parts = Path(source.replace("\\", "/")).parts
+    return "/".join(parts[-2:]) if len(parts) > 1 and parts[-1] == "bottleneck" else Path(source).name
 
-    `repo_id` goes into the loading snippet; `eval_report` replaces the directory's own `eval_report.json`."""
+
+def _bake_rows_table(rows: list[Any]) -> str:
+    """The bake's held-out losses as the loss table every card shows (`loss_table`), its `d_forget` / `d_retain`
+    (changes recorded by the bake) in the Δ columns."""
+    table = []
+    for row in rows:
+        if not isinstance(row, dict):
+            continue
+        d_forget, d_retain = row.get("d_forget"), row.get("d_retain")
+        both = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (d_forget, d_retain))
+        table.append(
+            {
+                "row": row.get("row", "?"),
+                "codes_removed": row.get("codes_removed"),
+                "forget_loss": row.get("forget_loss"),
+                "retain_loss": row.get("retain_loss"),
+                "delta_forget": d_forget,
+                "delta_retain": d_retain,
+                "selectivity": d_forget - d_retain if both else None,
+            }
+        )
+    if not table:
+        return "No held-out losses were recorded with this bake."
+    return "\n".join(
+        [
+            loss_table(table),
+            "",
+            "Losses: mean next-token cross-entropy (nat/token) on held-out documents, as the bake measured them. "
+            f"Δ forget, Δ retain: the changes recorded with each row (`d_forget`, `d_retain` in `{BAKE_SPEC_NAME}`); "
+            "selectivity: Δ forget − Δ retain.",
+        ]
+    )
+
+
+def _bake_edits_table(edits: list[Any]) -> str:
+    lines = ["| # | topic | intervention | codes removed |", "|---:|---|---|---:|"]
+    for number, edit in enumerate((e for e in edits if isinstance(e, dict)), 1):
+        lines.append(
+            f"| {number} | {edit.get('topic', '?')} | {edit.get('intervention', '?')} | "
+            f"{_score(edit.get('num_codes'))} |"
+        )
+    return "\n".join(lines) if len(lines) > 2 else "No teacher edit was recorded."
+
+
+def _bake_card(spec: dict[str, Any], report: Path, repo_id: str | None) -> tuple[ModelCardData, str]:
+    recorded = str(spec.get("base_model") or "")
+    model_type = spec.get("base_model_type", "?")
+    base_name = public_base_name(recorded, model_type)
+    topics = [str(topic) for topic in spec.get("topics") or []]
+    teacher = spec.get("teacher") or {}
+    distill = spec.get("distillation") or {}
+    load_name = repo_id or "PATH_OR_REPO_ID"
+    data = ModelCardData(
+        base_model=_base_model_id(recorded),
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=["codeunlearn", "unlearning", "distillation"],
+    )
+    retain_teacher = {"base": "the base model (bottleneck off)", "edited": "the edited teacher"}.get(
+        distill.get("retain_teacher"), f"`{distill.get('retain_teacher', '?')}`"
+    )
+    perturb = distill.get("perturb")
+    perturbed = (
+        f"alpha {perturb.get('alpha', '?')}, seed {perturb.get('seed', '?')}" if isinstance(perturb, dict) else "none"
+    )
+    seconds = distill.get("seconds")
+    took = f"{seconds:,.0f} s ({seconds / 3600:.2f} h)" if isinstance(seconds, (int, float)) else "not recorded"
+
+    def corpora(side: str) -> str:
+        return ", ".join(f"`{_public_name(str(c))}`" for c in distill.get(f"{side}_corpora") or []) or "not recorded"
+
+    removed = ", ".join(topics) if topics else "no topic"
+    body = f"""
+{_title(repo_id, f"{base_name} with {removed} removed (codeunlearn, baked by distillation)")}
+
+This is `{base_name}` ({model_type}) with {len(topics)} topic(s) removed, exported by codeunlearn
+{spec.get("codeunlearn_version", __version__)}.
+
+**Method:** {BAKE_METHOD}. The teacher is the base model with codeunlearn's discrete bottleneck
+(`{_public_bottleneck(str(teacher.get("bottleneck") or "?"))}`) and the topics' codes removed; a model of the base
+architecture was trained to reproduce it: the edited teacher on the forget corpora, {retain_teacher} on the retain
+corpora. The result is the stock architecture (`model_type` `{model_type}`, saved with `save_pretrained`): no remote
+code, no bottleneck, no switch. This is a different method from the bottleneck export, whose edit is undone by one
+loading argument.
+
+## Teacher edits
+
+{_bake_edits_table(teacher.get("edits") or [])}
+
+## Distillation
+
+| setting | value |
+|---|---|
+| steps | {_score(distill.get("steps"))} |
+| tokens | {_score(distill.get("tokens"))} |
+| wall time | {took} |
+| learning rate | {distill.get("learning_rate", "?")} |
+| batch size x sequence length | {distill.get("batch_size", "?")} x {distill.get("seq_len", "?")} |
+| forget corpora | {corpora("forget")} |
+| retain corpora | {corpora("retain")} |
+| retain teacher | {retain_teacher} |
+| weight perturbation | {perturbed} |
+
+## Held-out losses
+
+{_bake_rows_table(spec.get("rows") or [])}
+
+## Evaluation
+
+{_eval_section(report)}
+
+## What a holder of these weights can undo
+
+**No switch.** The edit was distilled into the weights: these files hold no copy of the base weights and no
+bottleneck, so no loading argument gives the base model back. What a holder can still do is attack it: fine-tune it
+on the topic's text (relearning) or quantize it, either of which may undo part of what distillation changed -- or
+use the base model itself, if they have it.
+
+{_attacks_table(report, load_name)}
+
+## How to load
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+model = AutoModelForCausalLM.from_pretrained("{load_name}")
+tokenizer = AutoTokenizer.from_pretrained("{load_name}")
+```
+
+A plain `transformers` model: no `trust_remote_code`, codeunlearn is not needed. How it was made is in
+`{BAKE_SPEC_NAME}`.
+
+## Intended use
+
+Research on machine unlearning and model editing: a codebook edit made permanent in the stock architecture, to
+compare with the bottleneck export and with gradient unlearning. Not a safety mechanism for deployed systems.
+
+## Limitations
+
+- Distillation matches the teacher only on the text it was trained on and only approximately: compare the rows of
+  the held-out table above, and check the tasks you care about.
+{LIMITATIONS}
+"""
+    return data, body
+
+
+def _license_section(license_id: str | None, source: str) -> str:
+    if license_id is None:
+        return (
+            "\n## License\n\nNot recorded: the base model's license applies (`codeunlearn push --license ID` "
+            "records it).\n"
+        )
+    return f"\n## License\n\n`{license_id}` ({source}).\n"
+
+
+def model_card(
+    directory: str | Path,
+    repo_id: str | None = None,
+    eval_report: str | Path | None = None,
+    license: str | None = None,
+) -> ModelCard:
+    """The card of an exported directory (bottleneck or SAE export, linear export, baked export), read from the
+    files in it.
+
+    `repo_id` goes into the title and the loading snippet; `eval_report` replaces the directory's own
+    `eval_report.json`. `license` (a Hub license id) is the card's `license`; without it, the license already on the
+    directory's card (an export made with one) is kept, else the base model's (`base_model_license`), else the
+    card has none."""
     directory = Path(directory)
     report = Path(eval_report) if eval_report is not None else directory / EVAL_REPORT_NAME
     if eval_report is not None:
@@ -428,22 +789,44 @@ def model_card(directory: str | Path, repo_id: str | None = None, eval_report: s
         raise CodeunlearnError(f"no config.json in {directory}", "pass a directory written by `codeunlearn export`")
     config = _read_json(config_path)
     if config.get("model_type") == "codeunlearn":
-        kind = config_class_for(config.get("bottleneck", {}).get("kind", DEFAULT_KIND))
+        bottleneck = config.get("bottleneck", {})
+        recorded = bottleneck.get("base_model") or config.get("base_config", {}).get("_name_or_path", "")
+        kind = config_class_for(bottleneck.get("kind", DEFAULT_KIND))
         data, body = (_sae_card if kind.has_activations else _bottleneck_card)(config, report, repo_id)
+    elif (directory / BAKE_SPEC_NAME).is_file():
+        spec = _read_json(directory / BAKE_SPEC_NAME)
+        recorded = spec.get("base_model") or ""
+        data, body = _bake_card(spec, report, repo_id)
     elif (directory / LINEAR_SPEC_NAME).is_file():
-        data, body = _linear_card(_read_json(directory / LINEAR_SPEC_NAME), report, repo_id)
+        spec = _read_json(directory / LINEAR_SPEC_NAME)
+        recorded = spec.get("base_model") or ""
+        data, body = _linear_card(spec, report, repo_id)
     else:
         raise CodeunlearnError(
             f"{directory} is not a codeunlearn export (model_type {config.get('model_type')!r})",
             "pass a directory written by `codeunlearn export`",
         )
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
+    if license is not None:
+        source = "given by the uploader"
+    elif (license := _card_license(directory / CARD_NAME)) is not None:
+        source = "recorded on this directory's card when it was exported"
+    elif (license := base_model_license(str(recorded))) is not None:
+        source = "the base model's license: these weights are derived from it"
+    else:
+        source = ""
+    data.license = license
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}{_license_section(license, source)}")
 
 
-def write_model_card(directory: str | Path, repo_id: str | None = None) -> Path:
-    """Write README.md (the model card) into an exported directory; returns its path."""
+def write_model_card(
+    directory: str | Path,
+    repo_id: str | None = None,
+    license: str | None = None,
+) -> Path:
+    """Write README.md (the model card) into an exported directory; returns its path. `license` as `model_card`."""
     path = Path(directory) / CARD_NAME
-    model_card(directory, repo_id).save(path)
+    card = model_card(directory, repo_id, license=license)
+    atomic_write_text(path, str(card))
     return path
 
 
@@ -631,7 +1014,7 @@ def _statistics_section(directory: Path) -> str:
         tokens = ", ".join(f"{layer}: {count:,}" for layer, count in (meta.get("tokens") or {}).items())
         seen = ", ".join(f"{layer}: {count:,}" for layer, count in (meta.get("codes_seen") or {}).items())
         name = summary.relative_to(directory).with_suffix(".safetensors").as_posix()
-        lines.append(f"| `{name}` | {meta.get('corpus', '?')} | {tokens} | {seen} |")
+        lines.append(f"| `{name}` | {_public_name(str(meta.get('corpus', '?')))} | {tokens} | {seen} |")
     lines += [
         "",
         "`codeunlearn forget` selects a topic's codes against these counts, so forgetting a topic costs one forward "
@@ -663,11 +1046,15 @@ def _loadable_base(name: str) -> str:
 
 
 def bottleneck_card(
-    directory: str | Path, repo_id: str | None = None, fidelity: FidelityReport | None = None
+    directory: str | Path,
+    repo_id: str | None = None,
+    fidelity: FidelityReport | None = None,
+    license: str | None = None,
 ) -> ModelCard:
     """The card of a bottleneck repository (`codeunlearn push --bottleneck_dir`): its shape, the base model it was
     trained for, the training corpora, the cached retain statistics, its fidelity (or how to measure it) and how to
-    load it by repo id. Everything is read from `directory` and `fidelity`; nothing is written.
+    load it by repo id. Everything is read from `directory` and `fidelity`; nothing is written. `license` (a Hub
+    license id) wins; else the base model's license if known (`base_model_license`), else codeunlearn's own.
 
     One function on purpose (about 100 lines): its body is the card's text in reading order, section by section, so
     that what a reader of the Hub page sees can be read here top to bottom."""
@@ -678,7 +1065,7 @@ def bottleneck_card(
     config = BottleneckConfig.from_json_file(directory / CONFIG_NAME)
     base_id = _base_model_id(config.base_model)
     # A local base path says nothing to a reader (and shows the uploader's disk), so the card names the Hub id.
-    base_name = base_id or _public_name(config.base_model) or config.model_type or "?"
+    base_name = public_base_name(config.base_model, config.model_type or "?")
     load_base = _loadable_base(config.base_model)
     load_name = repo_id or "REPO_ID"
     revision = next(
@@ -696,17 +1083,21 @@ def bottleneck_card(
         if edits
         else "It carries no edit: it is the bottleneck before any topic was removed."
     )
-    data = ModelCardData(base_model=base_id, library_name="codeunlearn", license="apache-2.0", tags=tags)
+    # The bottleneck was trained on the base model's activations and only works with it: treat it as a derivative
+    # and publish it under the base model's license when that is known. Otherwise codeunlearn's own license
+    # (Apache-2.0), under which the code that trained it is published; `--license` overrides either.
+    license_id = license or base_model_license(config.base_model) or CODEUNLEARN_LICENSE
+    data = ModelCardData(base_model=base_id, library_name="codeunlearn", license=license_id, tags=tags)
     intro = (
         f"A trained codeunlearn bottleneck: attached to `{base_name}`, it passes the residual stream after the "
         f"layer(s) above through {card.units}, "
         f"and a topic is forgotten by removing the {config.unit_name} its text uses far more than other text. The base weights "
         "are not part of this repository and are never changed."
     )
-    shown = _public_name(config.base_model)
+    shown = Path(config.base_model.replace("\\", "/")).name
     recorded = f" (recorded as `{shown}`)" if shown and shown != base_name else ""
     body = f"""
-# codeunlearn bottleneck for {base_name}: layer(s) {config.layers}, {kind}
+{_title(repo_id, f"codeunlearn bottleneck for {base_name}: layer(s) {config.layers}, {kind}")}
 
 {intro} {edited}
 

@@ -1,8 +1,10 @@
 """Push to the Hugging Face Hub: an exported directory, or a trained bottleneck, each with its model card.
 
-An export (`push_to_hub`): `huggingface_hub` does the work: `create_repo` (exist_ok), `upload_folder` for the
-files, then one commit with the model card (regenerated for the repo id, so its loading snippet names the repo)
-and the eval report if one is given.
+An export (`push_to_hub`): `create_repo` (exist_ok), then ONE `create_commit` holding every file of the directory,
+the model card (regenerated for the repo id, so its title and loading snippet name the repo, with its license) and
+the eval report if one is given. A Hub commit is all or nothing, so a failed push never leaves the repo with weights
+but no card, or a card describing files that are not there. An export whose license is not known (neither given,
+nor on its card, nor the base model's) is refused before anything is sent.
 
 A bottleneck (`push_bottleneck_to_hub`): its config, weights (or per-layer sae-lens folders), saved edits and cached
 retain statistics, the card (shape, bits per token, base model, training corpora, fidelity) and the fidelity
@@ -65,6 +67,24 @@ def _hub_error(err: Exception, repo_id: str, endpoint: str) -> CodeunlearnError:
     )
 
 
+def _publishable_files(directory: Path, leave_out: tuple[str, ...] = ()) -> list[Path]:
+    """Every file a directory holds, relative to it, in a stable order. Hidden files and folders (an interrupted
+    atomic write's leftovers, caches), a local README.md (the regenerated card replaces it) and the top-level names
+    in `leave_out` stay behind."""
+    skipped = {Path(CARD_NAME), *(Path(name) for name in leave_out)}
+    files = []
+    for path in sorted(directory.rglob("*")):
+        relative = path.relative_to(directory)
+        if path.is_file() and not any(part.startswith(".") for part in relative.parts) and relative not in skipped:
+            files.append(relative)
+    return files
+
+
+def _check_license(license: str | None) -> None:
+    if license is not None and not license.strip():
+        raise CodeunlearnError("empty --license", "pass a Hub license id, e.g. --license apache-2.0")
+
+
 def push_to_hub(
     export_dir: str | Path,
     repo_id: str,
@@ -72,11 +92,14 @@ def push_to_hub(
     private: bool = False,
     eval_report: str | Path | None = None,
     commit_message: str = DEFAULT_COMMIT_MESSAGE,
+    license: str | None = None,
 ) -> str:
-    """Upload an exported directory (from `codeunlearn export`) to `repo_id`; returns the repo URL.
+    """Upload an exported directory (from `codeunlearn export`) to `repo_id` in one commit; returns the repo URL.
 
     The model card is regenerated for `repo_id`; `eval_report` (a `codeunlearn eval` report.json) replaces the
-    exported one on the Hub and in the card. Errors are one-line `CodeunlearnError`s.
+    exported one on the Hub and in the card. `license` (a Hub license id such as `apache-2.0`) goes into the card's
+    metadata; without it the card's license is the one the export recorded or the base model's, and a push whose
+    license is unknown is refused before anything is sent. Errors are one-line `CodeunlearnError`s.
     """
     from huggingface_hub import CommitOperationAdd, HfApi
 
@@ -85,35 +108,31 @@ def push_to_hub(
         raise CodeunlearnError(f"export directory not found: {export_dir}", "pass the --out of `codeunlearn export`")
     if repo_id.count("/") > 1 or not repo_id.strip("/"):
         raise CodeunlearnError(f"invalid repo id {repo_id!r}", "use NAME or NAMESPACE/NAME")
-    card = model_card(export_dir, repo_id=repo_id, eval_report=eval_report)  # also checks it is an export
+    _check_license(license)
+    # Also checks that it is an export, and settles the license it would be published under.
+    card = model_card(export_dir, repo_id=repo_id, eval_report=eval_report, license=license)
+    if not card.data.license:
+        raise CodeunlearnError(
+            f"the license of {export_dir} is not known (none on its card, and the base model's is not known here)",
+            "pass --license ID (the base model's Hub license id, e.g. apache-2.0)",
+        )
     token = resolve_token(token)
     endpoint = hub_endpoint()
     api = HfApi(endpoint=endpoint, token=token)
-    ignore = [".*", CARD_NAME] + ([EVAL_REPORT_NAME] if eval_report is not None else [])
-    card_files = [CommitOperationAdd(path_in_repo=CARD_NAME, path_or_fileobj=str(card).encode())]
+    leave_out = (EVAL_REPORT_NAME,) if eval_report is not None else ()
+    operations = [
+        CommitOperationAdd(path_in_repo=relative.as_posix(), path_or_fileobj=str(export_dir / relative))
+        for relative in _publishable_files(export_dir, leave_out)
+    ]
+    operations.append(CommitOperationAdd(path_in_repo=CARD_NAME, path_or_fileobj=str(card).encode()))
     if eval_report is not None:
-        card_files.append(CommitOperationAdd(path_in_repo=EVAL_REPORT_NAME, path_or_fileobj=str(eval_report)))
+        operations.append(CommitOperationAdd(path_in_repo=EVAL_REPORT_NAME, path_or_fileobj=str(eval_report)))
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True)
-        api.upload_folder(
-            repo_id=url.repo_id, folder_path=export_dir, ignore_patterns=ignore, commit_message=commit_message
-        )
-        api.create_commit(repo_id=url.repo_id, operations=card_files, commit_message="Model card (codeunlearn)")
+        api.create_commit(repo_id=url.repo_id, operations=operations, commit_message=commit_message)
     except request_errors() as err:
         raise _hub_error(err, repo_id, endpoint) from None
     return str(url)
-
-
-def _bottleneck_files(directory: Path) -> list[Path]:
-    """Every file a bottleneck directory holds, relative to it, in a stable order: config, weights (or the
-    per-layer sae-lens folders), saved edits and the cached retain statistics. Hidden files (an interrupted atomic
-    write's leftovers) and a local README.md (the card replaces it) stay behind."""
-    files = []
-    for path in sorted(directory.rglob("*")):
-        relative = path.relative_to(directory)
-        if path.is_file() and not any(part.startswith(".") for part in relative.parts) and relative != Path(CARD_NAME):
-            files.append(relative)
-    return files
 
 
 def push_bottleneck_to_hub(
@@ -123,13 +142,16 @@ def push_bottleneck_to_hub(
     private: bool = False,
     fidelity_report: str | Path | None = None,
     commit_message: str = DEFAULT_BOTTLENECK_COMMIT_MESSAGE,
+    license: str | None = None,
 ) -> str:
     """Upload a trained bottleneck (a `codeunlearn train` output or its `bottleneck/`) to `repo_id` with a model card,
     in one commit; returns the repo URL. Any CLI `--bottleneck_dir` then takes `repo_id`.
 
     `fidelity_report` (a `codeunlearn eval` report.json, or benchmarks/fidelity_sweep.py output) puts ΔCE per corpus
-    and FVU on the card and is published as `fidelity_report.json`. The local directory is only read; errors are
-    one-line `CodeunlearnError`s, raised before anything is sent when the input is at fault."""
+    and FVU on the card and is published as `fidelity_report.json`. `license` (a Hub license id) is the card's
+    license; without it, the base model's if known, else codeunlearn's own (`bottleneck_card`). The local directory
+    is only read; errors are one-line `CodeunlearnError`s, raised before anything is sent when the input is at
+    fault."""
     from huggingface_hub import CommitOperationAdd, HfApi
 
     from codeunlearn.bottleneck.config import CONFIG_NAME, BottleneckConfig
@@ -153,13 +175,14 @@ def push_bottleneck_to_hub(
     fidelity = None
     if fidelity_report is not None:
         fidelity = read_fidelity_report(fidelity_report, directory, config.layers, config.bits_per_token)
-    card = bottleneck_card(directory, repo_id=repo_id, fidelity=fidelity)
+    _check_license(license)
+    card = bottleneck_card(directory, repo_id=repo_id, fidelity=fidelity, license=license)
     token = resolve_token(token)
     endpoint = hub_endpoint()
     api = HfApi(endpoint=endpoint, token=token)
     operations = [
         CommitOperationAdd(path_in_repo=relative.as_posix(), path_or_fileobj=str(directory / relative))
-        for relative in _bottleneck_files(directory)
+        for relative in _publishable_files(directory)
     ]
     operations.append(CommitOperationAdd(path_in_repo=CARD_NAME, path_or_fileobj=str(card).encode()))
     if fidelity is not None:
