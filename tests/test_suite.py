@@ -9,6 +9,7 @@ base model; the CLI end to end, and its one-line errors.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
@@ -534,6 +535,99 @@ def test_attacks_run_on_an_exported_directory(workspace):
         assert result.scores["forget_loss_step_0"] != result.scores["forget_loss_step_2"]  # something was trained
     after = loaded.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_bypass_of_an_export_is_loading_it_with_bottleneck_enabled_false(workspace):
+    """Turning an exported model's `bottleneck_enabled` off in memory gives what `from_pretrained(DIR,
+    trust_remote_code=True, bottleneck_enabled=False)` loads (the eval loader's reference); it is restored after."""
+    from codeunlearn.evaluate.attacks.bypass import bypass_attack, switch_of, switched_off
+
+    tokens = make_tokens(2, 12, seed=3)
+    loaded = load_model_for_eval(str(workspace["export"]), base_model=None, progress=False)
+    model, off = loaded.model, loaded.reference  # `off`: the same directory loaded with bottleneck_enabled=False
+    assert model.config.bottleneck_enabled and not off.config.bottleneck_enabled
+    assert switch_of(model) == "config" and switch_of(off) is None
+    edited, base = logits(model, tokens), logits(off, tokens)
+    assert not torch.allclose(edited, base)
+    with switched_off(model) as flipped:
+        assert flipped and torch.equal(logits(model, tokens), base)
+    assert model.config.bottleneck_enabled and torch.equal(logits(model, tokens), edited)
+    with pytest.raises(RuntimeError), switched_off(model):
+        raise RuntimeError("restored anyway")
+    assert model.config.bottleneck_enabled
+    corpora = {"forget_corpus": str(workspace["forget"]), "retain_corpora": [str(workspace["retain"])], **SHARED}
+    result = bypass_attack(context(model, loaded.tokenizer), **corpora)
+    scores = result.scores
+    released, bypassed = (context(m, loaded.tokenizer) for m in (model, off))
+    assert scores["forget_loss"] == heldout_loss(released, corpus=str(workspace["forget"]), **SHARED).scores["loss"]
+    assert (
+        scores["forget_loss_bypassed"]
+        == heldout_loss(bypassed, corpus=str(workspace["forget"]), **SHARED).scores["loss"]
+    )
+    assert (
+        scores["retain_loss_bypassed"]
+        == heldout_loss(bypassed, corpus=str(workspace["retain"]), **SHARED).scores["loss"]
+    )
+    assert scores["has_switch"] == 1.0 and "error_term_recovery" not in scores
+    # The base-model run of an export (its reference) has no switch.
+    assert bypass_attack(bypassed, **corpora).scores["has_switch"] == 0.0
+
+
+def test_quantization_of_an_export_leaves_its_bottleneck_and_adapters(workspace):
+    from codeunlearn.evaluate.attacks.quantization import quantizable_linears, quantize_weights_
+
+    loaded = load_model_for_eval(str(workspace["export"]), base_model=None, progress=False)
+    model = loaded.model
+    assert len(quantizable_linears(model)) == 21  # 3 Llama layers x 7 linears, none of the bottleneck's
+    work = copy.deepcopy(model)
+    assert quantize_weights_(work, 4) == 21
+    for key, value in work.state_dict().items():
+        if key.startswith(("bottlenecks.", "adapters.")) or "layers" not in key or not key.endswith("proj.weight"):
+            assert torch.equal(value, model.state_dict()[key]), key
+        else:
+            assert not torch.equal(value, model.state_dict()[key]), key
+    tokens = make_tokens(2, 12, seed=3)
+    assert torch.equal(logits(model, tokens), logits(loaded.model, tokens))
+
+
+def test_suite_with_the_weight_attacks_shows_their_rows(workspace, tmp_path, capsys):
+    """`eval --attacks --with_base` on an edited bottleneck: the bypass row gives back the base model's loss, the base
+    column has no switch, and the quantization row scores both widths; both rows are in the report and the table."""
+    attacks = [
+        {"name": "bypass", "metric": "bypass_attack", "key": "forget_recovery",
+         "params": {"forget_corpus": "forget.txt", "retain_corpora": ["retain.txt"], "max_tokens": 4096}},
+        {"name": "quantization", "metric": "quantization_attack", "key": "forget_recovery_4bit",
+         "params": {"forget_corpus": "forget.txt", "retain_corpora": ["retain.txt"], "bits": [8, 4]}},
+    ]  # fmt: skip
+    fast = {"metrics": {"bypass": {"max_tokens": 64}, "quantization": {"max_tokens": 64}}}
+    config = tmp_path / "attacks.yaml"
+    config.write_text(yaml.safe_dump(tiny_config_dict(attacks=attacks, fast=fast)))
+    out = tmp_path / "out"
+    flags = [*suite_flags(workspace, config, out), "--model", str(workspace["edited"]), "--attacks", "--with_base"]
+    stdout = run_ok(flags, capsys)
+    report = json.loads((out / "report.json").read_text())
+    base = json.loads((out / "base" / "report.json").read_text())
+    rows = {m["name"]: m for m in report["metrics"]}
+    base_rows = {m["name"]: m for m in base["metrics"]}
+    assert rows["bypass"]["group"] == rows["quantization"]["group"] == "attack"
+    assert rows["bypass"]["headline"] == "forget_recovery"
+    assert rows["quantization"]["headline"] == "forget_recovery_4bit"
+    bypass, base_bypass = rows["bypass"]["scores"], base_rows["bypass"]["scores"]
+    assert bypass["has_switch"] == 1.0 and base_bypass["has_switch"] == 0.0
+    assert bypass["forget_loss"] == rows["forget_loss"]["scores"]["loss"]  # same split and scoring as heldout_loss
+    assert bypass["forget_loss_bypassed"] == pytest.approx(base_rows["forget_loss"]["scores"]["loss"], abs=1e-6)
+    assert set(rows["quantization"]["scores"]) >= {"forget_loss_8bit", "forget_loss_4bit", "retain_loss_4bit"}
+    assert "| bypass |" in stdout and "| quantization |" in stdout
+    # A fast run takes the suite's fast overrides.
+    fast_out = tmp_path / "fast"
+    run_ok(
+        [*suite_flags(workspace, config, fast_out), "--model", str(workspace["edited"]), "--attacks", "--fast"], capsys
+    )
+    fast_rows = {m["name"]: m for m in json.loads((fast_out / "report.json").read_text())["metrics"]}
+    assert fast_rows["bypass"]["params"]["max_tokens"] == 64 and fast_rows["bypass"]["scores"]["has_switch"] == 1.0
+    table = run_ok(["eval", "--combine", f"edited={out}", f"base={out / 'base'}", "--output_dir",
+                    str(tmp_path / "table")], capsys)  # fmt: skip
+    assert "bypass" in table and "quantization" in table
 
 
 def test_sae_directory_with_a_guardrail_edit(workspace, tmp_path):

@@ -221,6 +221,7 @@ class SAEBottleneck(Bottleneck):
         self.register_buffer("initialized", torch.tensor(initialized))
         self.interventions: list[FeatureIntervention] = []
         self.splice: Splice = "error_term" if config.sae_error_term else "reconstruction"
+        self.error_term_gradients_only = False  # see `error_term_gradients`
         # Guardrail windows across decoding steps (KV cache): last position and window - 1 counts per intervention.
         self._gate_history: tuple[Tensor, list[Tensor | None]] | None = None
 
@@ -361,7 +362,7 @@ class SAEBottleneck(Bottleneck):
         with torch.autocast(device_type=x.device.type, enabled=False):
             xf = x.float()
             passthrough = self.passthrough_mask(x, positions)
-            acts = self.encode(xf)
+            acts = self.encode(xf.detach() if self.error_term_gradients_only else xf)
             gated = None
             if self.splice == "zero_ablation":
                 y = torch.zeros_like(xf)
@@ -374,9 +375,30 @@ class SAEBottleneck(Bottleneck):
                 else:
                     changed = (edited != acts).any(-1, keepdim=True)
                     # decode(edited) + (x - decode(acts)); untouched tokens are returned bit for bit
-                    y = torch.where(changed, xf + (self.decode(edited) - self.decode(acts)), xf)
+                    shift = self.decode(edited) - self.decode(acts)
+                    if self.error_term_gradients_only:
+                        shift = shift.detach()
+                    y = torch.where(changed, xf + shift, xf)
             y = torch.where(passthrough.unsqueeze(-1), xf, y).to(x.dtype)
         return SAEOutput(output=y, acts=acts, passthrough=passthrough, gated=gated)
+
+    @contextlib.contextmanager
+    def error_term_gradients(self) -> Iterator[None]:
+        """Gradients reach the states before this SAE only through its error term: the encoder / decoder path is
+        detached (no gradient to the states through it, nor to the SAE's weights), so d output / d x is the identity.
+        The forward values are unchanged, edits included. The error-term attack (`codeunlearn.evaluate.attacks.bypass`)
+        fine-tunes upstream weights under it, so they learn to route information around the features an edit watches."""
+        if self.splice != "error_term":
+            raise CodeunlearnError(
+                f"the SAE at layer {self.layer} runs with splice {self.splice!r}, which has no error term",
+                "run it with its error term (splice `error_term`)",
+            )
+        previous = self.error_term_gradients_only
+        self.error_term_gradients_only = True
+        try:
+            yield
+        finally:
+            self.error_term_gradients_only = previous
 
     # ----------------------------------------------------------------------------------------------- edits
     def set_edits(self, layer: int, edits: list[Edit]) -> None:

@@ -5,7 +5,9 @@ facts would be scored partly on its own training sentences. `codeunlearn fact-to
 beside the topic's files: the same metrics, but the forget / retain fact probes are the topic's held-out facts
 (`probes_forget.jsonl`, `probes_retain.jsonl`, named `./FILE`: beside the suite file, so the folder can move) and the
 relations are the topic's, plus a relearning attack that fine-tunes on the topic's forget training sentences and
-re-scores the held-out forget facts after each step count (`facts_recovery`: top-1 accuracy regained).
+re-scores the held-out forget facts after each step count (`facts_recovery`: top-1 accuracy regained), and the
+attacks with the released weights, `bypass` (the edit switched off; for an SAE edit the error-term attack) and
+`quantization` (8- and 4-bit weights), which re-score the held-out forget facts the same way.
 """
 
 from __future__ import annotations
@@ -40,6 +42,26 @@ RELEARNING = {
 }
 FAST_RELEARNING_STEPS = [0, 5]
 
+# The weight attacks on the same short chunks: held-out sentences of the forget training file (split as the
+# relearning attack splits it) and of the shipped retain corpora, and the held-out forget facts (the headline).
+RETAIN_CORPORA = ["retain/openstax_us_history.jsonl", "retain/wikitext2_raw_test.txt"]
+BYPASS = {
+    "name": "bypass",
+    "metric": "bypass_attack",
+    "params": {"seq_len": 32, "heldout_fraction": 0.2, "split_seed": 0, "max_tokens": 4096, "error_term_steps": 20},
+    "key": "facts_recovery",
+}
+QUANTIZATION = {
+    "name": "quantization",
+    "metric": "quantization_attack",
+    "params": {"seq_len": 32, "heldout_fraction": 0.2, "split_seed": 0, "max_tokens": 4096, "bits": [8, 4]},
+    "key": "facts_recovery_4bit",
+}
+FAST_WEIGHT_ATTACKS = {
+    "bypass": {"max_tokens": 1024, "error_term_steps": 5},
+    "quantization": {"max_tokens": 1024, "bits": [4]},
+}
+
 
 def fact_suite(
     topic_dir: str | Path, forget_relations: Sequence[str], forget_train: str, probes_forget: str, probes_retain: str
@@ -72,9 +94,23 @@ def fact_suite(
             "fact_relations": list(relations),
         },
     }
-    data["attacks"] = [*data.get("attacks", []), relearning]
+    weight_attacks = [
+        {
+            **spec,
+            "params": {
+                **spec["params"],
+                "forget_corpus": here[forget_train],
+                "retain_corpora": list(RETAIN_CORPORA),
+                "facts_path": here[probes_forget],
+                "fact_relations": list(relations),
+            },
+        }
+        for spec in (BYPASS, QUANTIZATION)
+    ]
+    data["attacks"] = [*data.get("attacks", []), relearning, *weight_attacks]
     fast = data.setdefault("fast", {})
     fast.setdefault("metrics", {})["relearning"] = {"steps": FAST_RELEARNING_STEPS}
+    fast["metrics"].update({name: dict(overrides) for name, overrides in FAST_WEIGHT_ATTACKS.items()})
     parse_suite_config(data, str(folder / SUITE_FILE))  # the template's own checks, before anything is written
     return data
 

@@ -32,6 +32,9 @@ METRICS: dict[str, str] = {
     "padding_attack": "codeunlearn.evaluate.attacks.padding:padding_attack",
     "latent_probe": "codeunlearn.evaluate.attacks.latent_probe:latent_probe",
     "relearning_attack": "codeunlearn.evaluate.attacks.relearning:relearning_attack",
+    # attacks with the released weights: the edit switched off, the weights quantized
+    "bypass_attack": "codeunlearn.evaluate.attacks.bypass:bypass_attack",
+    "quantization_attack": "codeunlearn.evaluate.attacks.quantization:quantization_attack",
 }
 
 # Report sections, in the order the report shows them.
