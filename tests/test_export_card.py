@@ -275,8 +275,22 @@ def bake_spec(base_model: str) -> dict:
         },
         "rows": [
             {"row": "base", "forget_loss": 3.0, "retain_loss": 2.0},
-            {"row": "teacher", "forget_loss": 4.25, "retain_loss": 2.125, "d_forget": 1.25, "d_retain": 0.125},
-            {"row": "baked", "forget_loss": 4.0, "retain_loss": 2.0625, "d_forget": 1.0, "d_retain": 0.0625},
+            {
+                "row": "teacher",
+                "forget_loss": 4.25,
+                "retain_loss": 2.125,
+                "delta_forget": 1.25,
+                "delta_retain": 0.125,
+                "selectivity": 1.125,
+            },
+            {
+                "row": "baked",
+                "forget_loss": 4.0,
+                "retain_loss": 2.0625,
+                "delta_forget": 1.0,
+                "delta_retain": 0.0625,
+                "selectivity": 0.9375,
+            },
         ],
     }
 

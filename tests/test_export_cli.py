@@ -101,7 +101,8 @@ def test_model_card_content(workspace, cli_export):
     assert "codeunlearn" in card.data.tags and card.data.library_name == "transformers"
     assert card.data.base_model is None  # a local path is not a Hub id, so it stays out of the metadata
     text = card.text
-    assert str(workspace["model"]) in text  # the base model, named in the text
+    # The base model is named by its public name, never by the local path (which would be published).
+    assert str(workspace["model"]) not in text and "\n# model with wizards, dragons removed (codeunlearn)\n" in text
     assert "codebook bottleneck" in text  # the method
     assert "| layers | [0, 2] |" in text
     assert "4 x 16 x 1 (64 codes per layer, 16 bits per token)" in text  # codebook size

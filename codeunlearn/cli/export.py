@@ -18,10 +18,23 @@ and needs no remote code. The directions are `--rank` ones derived from the trai
 defaults to the edit's): a linear projection of their span from every token, not the edit's conditional clamp.
 With corpora given, the held-out loss table (base vs projected, the same metric and split as `codeunlearn eval`) is
 printed and stored in the export.
+
+Mode `bake`: its own method too. The edited bottleneck model (--bottleneck with --edit) is distilled into a copy of
+the base model on the train split of --forget_corpora (the edited model's next-token distributions) and
+--retain_corpora (the base model's, or the edited model's with --retain_teacher edited); the result keeps the base
+`model_type`, needs no remote code and has no switch that turns the edit off. `--mode bake --help` lists the
+distillation's settings (`codeunlearn.export.bake.BakeConfig`); the held-out table (base, edited bottleneck, baked)
+and the distillation's cost go into `codeunlearn_bake.json` and the card.
+
+    codeunlearn export --mode bake --model smollm2-135m --bottleneck outputs/faithful/bottleneck \
+        --edit outputs/faithful/forget_hp/edit.json --forget_corpora ../shared/data/demo/forget_harry_potter.txt \
+        --retain_corpora ../shared/data/retain/openstax_us_history.jsonl ../shared/data/retain/wikitext2_raw_test.txt \
+        --out outputs/faithful/bake_hp
 """
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -37,6 +50,14 @@ from codeunlearn.cli.common import check_output_dir_free
 from codeunlearn.data import Corpora, DataArguments, read_corpora
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.evaluate.loss_table import TABLE_NOTE, loss_table
+from codeunlearn.export.bake import (
+    BakeConfig,
+    bake,
+    bake_spec,
+    check_distillation_text,
+    save_baked,
+    scratch_training_arguments,
+)
 from codeunlearn.export.card import read_eval_report
 from codeunlearn.export.linear import (
     directions_from_sae_edit,
@@ -51,12 +72,22 @@ from codeunlearn.export.save import save_pretrained
 from codeunlearn.modeling import ModelArguments, load_model, load_tokenizer
 from codeunlearn.runtime import run_arguments
 
-DESCRIPTION = "Export the edited model as a transformers directory (loads with trust_remote_code, or as a stock model in linear mode)."
+DESCRIPTION = (
+    "Export the edited model as a transformers directory (loads with trust_remote_code; as a stock model in linear "
+    "and bake mode). `--mode bake --help` lists the distillation's settings."
+)
+MODES = ("bottleneck", "linear", "bake")
 
 # `--model` is short for `--model_name_or_path`, `--out` for `--output_dir` (export's own spellings).
 ExportModelArguments = with_aliases(ModelArguments, model_name_or_path=["--model"])
 ExportRunArguments = with_aliases(
     run_arguments("output_dir", "overwrite", "progress", writes="the export (must be empty unless --overwrite)"),
+    output_dir=["--out"],
+)
+BakeRunArguments = with_aliases(
+    run_arguments(
+        "output_dir", "overwrite", "progress", "bf16", writes="the baked model (must be empty unless --overwrite)"
+    ),
     output_dir=["--out"],
 )
 
@@ -65,12 +96,13 @@ ExportRunArguments = with_aliases(
 class ExportArguments:
     """What to export and where."""
 
-    mode: Literal["bottleneck", "linear"] = field(
+    mode: Literal[MODES] = field(
         default="bottleneck",
         metadata={
             "help": "`bottleneck`: the edited codebook/SAE model (remote code); `linear`: a different method, a "
             "linear projection folded into the stock weights (directions from corpora, a file, or an SAE edit's "
-            "decoder rows: removed from every token, not clamped where the features fire)."
+            "decoder rows: removed from every token, not clamped where the features fire); `bake`: the edited "
+            "model distilled into the stock weights (`--mode bake --help`)."
         },
     )
     bottleneck_dir: str | None = field(
@@ -112,6 +144,48 @@ class ExportArguments:
     verify: bool = field(
         default=True, metadata={"help": "Reload the written directory and compare logits before moving it in place."}
     )
+
+
+@dataclass
+class BakeArguments:
+    """What `--mode bake` distils, and how the result is measured and recorded."""
+
+    mode: Literal["bake"] = field(metadata={"help": "bake: distil the edited model into the stock weights."})
+    bottleneck_dir: str | None = field(
+        default=None,
+        metadata={"aliases": ["--bottleneck"], "help": "Bottleneck directory (its saved edits stay active)."},
+    )
+    edits: list[str] = field(
+        default_factory=list, metadata={"aliases": ["--edit"], "help": "Edit files to apply, in order."}
+    )
+    undo: list[str] = field(
+        default_factory=list, metadata={"help": "Topics whose most recent saved edit is removed before --edits."}
+    )
+    tokenizer: str | None = field(
+        default=None, metadata={"help": "Tokenizer directory or name, when the model's own location has none."}
+    )
+    eval_report: str | None = field(
+        default=None, metadata={"help": "report.json from `codeunlearn eval` of the baked model, stored with it."}
+    )
+    eval_max_tokens: int | None = field(
+        default=None, metadata={"help": "Cap on held-out tokens per corpus for the table (default: --max_tokens)."}
+    )
+    eval_batch_size: int = field(default=8, metadata={"help": "Chunks per forward pass when measuring."})
+    seed: int = field(default=0, metadata={"help": "Seeds the order of the distillation chunks and torch's RNG."})
+    log_every: int = field(default=10, metadata={"help": "Record the distillation losses every N steps."})
+    verify: bool = field(
+        default=True, metadata={"help": "Reload the written directory and compare logits before moving it in place."}
+    )
+
+
+def requested_mode(argv: Sequence[str]) -> str:
+    """The `--mode` of `argv` (bake parses its own settings); a one-line error for an unknown one."""
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--mode", default="bottleneck")
+    known, _ = pre.parse_known_args(list(argv))
+    if known.mode not in MODES:
+        raise CodeunlearnError(f"unknown export mode {known.mode!r}", f"use --mode {'|'.join(MODES)}")
+    return known.mode
 
 
 def export_tokenizer(model_args: ModelArguments, tokenizer: str | None) -> Any:
@@ -271,8 +345,87 @@ def export_linear(model_args: ModelArguments, data_args: DataArguments, run: Any
     return 0
 
 
+def export_bake(
+    model_args: ModelArguments, data_args: DataArguments, run: Any, args: BakeArguments, config: BakeConfig
+) -> int:
+    """Mode `bake`: distil the edited bottleneck model into a copy of the base model and save it as a stock model."""
+    if args.bottleneck_dir is None:
+        raise CodeunlearnError("no bottleneck given", "pass --bottleneck DIR (from `codeunlearn train` or `apply`)")
+    if not (data_args.forget_corpora and data_args.retain_corpora):
+        raise CodeunlearnError(
+            "bake distils on forget and retain text", "pass --forget_corpora FILE ... and --retain_corpora FILE ..."
+        )
+    bottleneck_dir = resolve_bottleneck_dir(args.bottleneck_dir)
+    edits = [Edit.load(path) for path in args.edits]
+    if args.eval_report is not None:
+        read_eval_report(args.eval_report)
+    forget = read_corpora(data_args.forget_corpora, data_args, "forget_corpora")
+    retain = read_corpora(data_args.retain_corpora, data_args, "retain_corpora")
+    tokenizer = export_tokenizer(model_args, args.tokenizer)
+    train = {"forget": forget.pack(tokenizer, "train"), "retain": retain.pack(tokenizer, "train")}
+    for name, chunks in train.items():
+        check_distillation_text(name, chunks, data_args.seq_len)
+    cap = args.eval_max_tokens
+    heldout = {"forget": forget.pack(tokenizer, "heldout", cap), "retain": retain.pack(tokenizer, "heldout", cap)}
+    teacher = attach_bottleneck(
+        load_model(model_args.model_name_or_path, model_args.gguf_file, model_args.dtype, run.progress), bottleneck_dir
+    )
+    for topic in args.undo:
+        teacher.undo_edit(topic)
+    for edit in edits:
+        teacher.apply_edit(edit)
+    print("teacher's active edits:")
+    print(describe_edits(teacher.edits))
+    student = load_model(model_args.model_name_or_path, model_args.gguf_file, model_args.dtype, run.progress)
+    scratch, train_args = scratch_training_arguments(run.output_dir, args.seed, run.bf16, run.progress, args.log_every)
+    with scratch:
+        outcome = bake(
+            teacher, student, train["forget"], train["retain"], config, train_args, heldout, args.eval_batch_size
+        )
+    spec = bake_spec(
+        outcome,
+        teacher,
+        model_args.model_name_or_path,
+        str(args.bottleneck_dir),
+        config,
+        forget.sources,
+        retain.sources,
+        data_args.seq_len,
+    )
+    spec["heldout_tokens"] = {name: chunks.numel() for name, chunks in heldout.items()}
+    spec["data"] = asdict(data_args)
+    save_baked(
+        student,
+        tokenizer,
+        run.output_dir,
+        spec,
+        outcome.metrics,
+        overwrite=run.overwrite,
+        eval_report=args.eval_report,
+        verify=args.verify,
+    )
+    print(loss_table(outcome.rows))
+    print(TABLE_NOTE.replace("unedited bottleneck", "base model"))
+    result = outcome.result
+    print(
+        f"distilled {result.steps} steps on {sum(result.tokens.values()):,} tokens in {result.train_seconds:.1f} s "
+        f"({result.trainable_parameters:,} trained parameters)"
+    )
+    print(f"wrote {run.output_dir} (model_type {student.config.model_type}; load it with plain from_pretrained)")
+    return 0
+
+
 def main(argv: Sequence[str]) -> int:
     """Run `codeunlearn export` with command-line arguments `argv` (without the subcommand name)."""
+    if requested_mode(argv) == "bake":
+        model_args, data_args, run, args, config = parse_arguments(
+            (ExportModelArguments, DataArguments, BakeRunArguments, BakeArguments, BakeConfig),
+            argv,
+            "codeunlearn export",
+            DESCRIPTION,
+        )
+        check_output_dir_free(run.output_dir, run.overwrite)  # before the slow model loads and the distillation
+        return export_bake(model_args, data_args, run, args, config)
     model_args, data_args, run, args = parse_arguments(
         (ExportModelArguments, DataArguments, ExportRunArguments, ExportArguments),
         argv,

@@ -614,34 +614,18 @@ def _public_bottleneck(source: str) -> str:
 
 
 def _bake_rows_table(rows: list[Any]) -> str:
-    """The bake's held-out losses as the loss table every card shows (`loss_table`), its `d_forget` / `d_retain`
-    (changes recorded by the bake) in the Δ columns."""
-    table = []
-    for row in rows:
-        if not isinstance(row, dict):
-            continue
-        d_forget, d_retain = row.get("d_forget"), row.get("d_retain")
-        both = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (d_forget, d_retain))
-        table.append(
-            {
-                "row": row.get("row", "?"),
-                "codes_removed": row.get("codes_removed"),
-                "forget_loss": row.get("forget_loss"),
-                "retain_loss": row.get("retain_loss"),
-                "delta_forget": d_forget,
-                "delta_retain": d_retain,
-                "selectivity": d_forget - d_retain if both else None,
-            }
-        )
+    """The bake's held-out losses (rows of `codeunlearn.evaluate.loss_table`: base, edited teacher, baked student,
+    with changes against the base model) as the loss table every card shows."""
+    keys = ("codes_removed", "forget_loss", "retain_loss", "delta_forget", "delta_retain", "selectivity")
+    table = [{k: None for k in keys} | row for row in rows if isinstance(row, dict) and "row" in row]
     if not table:
         return "No held-out losses were recorded with this bake."
     return "\n".join(
         [
             loss_table(table),
             "",
-            "Losses: mean next-token cross-entropy (nat/token) on held-out documents, as the bake measured them. "
-            f"Δ forget, Δ retain: the changes recorded with each row (`d_forget`, `d_retain` in `{BAKE_SPEC_NAME}`); "
-            "selectivity: Δ forget − Δ retain.",
+            "Losses: mean next-token cross-entropy (nat/token) on held-out documents of the corpora above, as the bake "
+            "measured them; Δ: change against the base model; selectivity: Δ forget − Δ retain.",
         ]
     )
 
@@ -709,7 +693,7 @@ loading argument.
 | tokens | {_score(distill.get("tokens"))} |
 | wall time | {took} |
 | learning rate | {distill.get("learning_rate", "?")} |
-| batch size x sequence length | {distill.get("batch_size", "?")} x {distill.get("seq_len", "?")} |
+| chunks per step (forget + retain) x tokens | {distill.get("batch_size", "?")} + {distill.get("batch_size", "?")} x {distill.get("seq_len", "?")} |
 | forget corpora | {corpora("forget")} |
 | retain corpora | {corpora("retain")} |
 | retain teacher | {retain_teacher} |

@@ -337,14 +337,14 @@ def save_linear_export(
             atomic_write_text(tmp / EVAL_REPORT_NAME, json.dumps(eval_report, indent=1) + "\n")
         write_model_card(tmp)
         if verify:
-            verify_linear_export(model, tmp)
+            verify_stock_export(model, tmp)
     return Path(output_dir)
 
 
 @torch.no_grad()
-def verify_linear_export(model: nn.Module, path: str | Path) -> float:
-    """Reload `path` with plain `AutoModelForCausalLM` (no remote code) and compare its logits with `model`'s on
-    probe tokens; returns the max |difference| or raises `CodeunlearnError`."""
+def verify_stock_export(model: nn.Module, path: str | Path, what: str = "linear export") -> float:
+    """Reload `path` (a stock-architecture export: `what`) with plain `AutoModelForCausalLM` (no remote code) and
+    compare its logits with `model`'s on probe tokens; returns the max |difference| or raises `CodeunlearnError`."""
     from transformers import AutoModelForCausalLM
 
     dtype = next(model.parameters()).dtype
@@ -360,7 +360,7 @@ def verify_linear_export(model: nn.Module, path: str | Path) -> float:
     tolerance = VERIFY_TOLERANCE if dtype == torch.float32 else 1e-2
     if not difference <= tolerance * max(float(expected.abs().max()), 1.0):
         raise CodeunlearnError(
-            f"the reloaded linear export differs from the folded model (max |logit difference| {difference:.3g})",
+            f"the reloaded {what} differs from the model in memory (max |logit difference| {difference:.3g})",
             "report this as a bug; the directory was not written",
         )
     return difference

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The open-weight study (issue 20) for one topic: the faithful bottleneck's zero-shot edit exported (remote code, a
+# switch), the same edit baked into the stock weights by distillation, and the comparison models of
+# train_comparisons.sh (RMU, NPO at their configured budgets; an SAE guardrail when one was made), each through the
+# study suite (suite_TOPIC.yaml: held-out losses, general probes, bypass, quantization, 50-step relearning) in fp32,
+# then one combined table. Run from the repository root after benchmarks/results/faithful/run.sh (the bottleneck and
+# its edits) and train_comparisons.sh:
+#   bash benchmarks/results/open_weights/run.sh harry_potter      # or microbiology
+# Each step is skipped when its output exists; logs and tables beside this script.
+set -euo pipefail
+export OMP_NUM_THREADS=2
+PATH="$PWD/.venv/bin:$PATH"
+TOPIC=$1
+HERE=benchmarks/results/open_weights
+OUT=outputs/open_weights
+D=../shared/data
+BOTTLENECK=outputs/faithful/bottleneck
+case $TOPIC in
+  harry_potter) EDIT=outputs/faithful/forget_hp/edit.json; FORGET=$D/demo/forget_harry_potter.txt ;;
+  microbiology) EDIT=outputs/faithful/forget_microbiology/edit.json
+    FORGET=$D/topics/biology/corpus_openstax_microbiology.jsonl ;;
+  *) echo "error: unknown topic $TOPIC -- fix: harry_potter or microbiology" >&2; exit 2 ;;
+esac
+RETAIN="$D/retain/openstax_us_history.jsonl $D/retain/wikitext2_raw_test.txt"
+mkdir -p $OUT
+if [ ! -d $OUT/export_$TOPIC ]; then
+  codeunlearn export --model smollm2-135m --bottleneck $BOTTLENECK --edit $EDIT --out $OUT/export_$TOPIC --no_progress
+fi
+if [ ! -d $OUT/bake_$TOPIC ]; then
+  start=$(date +%s)
+  # shellcheck disable=SC2086  # RETAIN is a list
+  codeunlearn export --mode bake --model smollm2-135m --bottleneck $BOTTLENECK --edit $EDIT --forget_corpora $FORGET \
+    --retain_corpora $RETAIN --max_tokens 65536 --eval_max_tokens 4096 --bf16 --out $OUT/bake_$TOPIC --no_progress \
+    2>&1 | grep -v "^Converting\|^Loading weights\|^Writing model" | tee $HERE/bake_$TOPIC.log
+  echo "seconds bake command: $(( $(date +%s) - start ))" | tee -a $HERE/bake_$TOPIC.log
+fi
+SUITE=$HERE/suite_$TOPIC.yaml
+EVAL=$OUT/eval_$TOPIC
+evaluate() {  # NAME MODEL: the study suite with attacks, fp32, against the base model's report
+  local name=$1 model=$2
+  [ -f $EVAL/$name/report.json ] && return 0
+  local against=()
+  [ $name != base ] && against=(--baseline_report $EVAL/base/report.json)
+  codeunlearn eval --suite $SUITE --model $model --data_dir $D --attacks --no_bf16 "${against[@]}" \
+    --output_dir $EVAL/$name --no_progress
+}
+evaluate base smollm2-135m
+evaluate codebook_export $OUT/export_$TOPIC
+evaluate codebook_baked $OUT/bake_$TOPIC
+rows="base=$EVAL/base codebook_export=$EVAL/codebook_export codebook_baked=$EVAL/codebook_baked"
+for method in rmu npo; do
+  if [ -d $OUT/${method}_$TOPIC/model ]; then
+    evaluate $method $OUT/${method}_$TOPIC/model
+    rows="$rows $method=$EVAL/$method"
+  fi
+done
+if [ -d $OUT/sae_guardrail_$TOPIC ]; then
+  evaluate sae_guardrail $OUT/sae_guardrail_$TOPIC
+  rows="$rows sae_guardrail=$EVAL/sae_guardrail"
+fi
+columns="--columns $(sed -n 's/^  - {name: \([a-z0-9_]*\),.*/\1/p' $SUITE | tr '\n' ' ')"
+columns="$columns bypass:forget_recovery quantization:forget_recovery_8bit quantization:forget_recovery_4bit"
+columns="$columns relearning:max_recovery"
+# shellcheck disable=SC2086  # the row and column lists are meant to split
+codeunlearn eval --combine $rows $columns --output_dir $EVAL/table --no_progress
+cp $EVAL/table/table.md $HERE/table_$TOPIC.md
+cp $EVAL/table/table.json $HERE/table_$TOPIC.json
+for name in $EVAL/*/report.md; do
+  row=$(basename "$(dirname "$name")"); [ "$row" = table ] || cp "$name" "$HERE/report_${TOPIC}_$row.md"
+done
