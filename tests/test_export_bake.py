@@ -146,7 +146,10 @@ def write_words(path: Path, words: list[str], seed: int, docs: int = 10) -> str:
 def test_cli_bake_writes_a_stock_model_with_its_cost(workspace, capsys):
     out = workspace["root"] / "baked"
     argv = [*workspace["common"], "--edit", *workspace["edits"], "--forget_corpora", workspace["forget"]]
-    text = run_ok([*argv, "--retain_corpora", workspace["retain"], "--batch_size", "2", "--out", str(out)], capsys)
+    text = run_ok(
+        [*argv, "--retain_corpora", workspace["retain"], "--batch_size", "2", "--license", "mit", "--out", str(out)],
+        capsys,
+    )
     assert "baked (student)" in text and "distilled 3 steps" in text
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "llama" and "auto_map" not in config
@@ -160,7 +163,7 @@ def test_cli_bake_writes_a_stock_model_with_its_cost(workspace, capsys):
     assert [row["row"] for row in spec["rows"]] == ["base", "edited bottleneck (teacher)", "baked (student)"]
     assert len((out / "bake_metrics.jsonl").read_text().splitlines()) == 1  # log_every 10: the last step only
     card = (out / "README.md").read_text()
-    assert "baked by distillation" in card and "trust_remote_code=True" not in card
+    assert "baked by distillation" in card and "trust_remote_code=True" not in card and "\nlicense: mit\n" in card
     assert "There is no switch" in card or "no switch" in card.lower()
 
 

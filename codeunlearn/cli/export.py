@@ -130,6 +130,10 @@ class ExportArguments:
     eval_report: str | None = field(
         default=None, metadata={"help": "report.json from `codeunlearn eval`, stored in the export and its card."}
     )
+    license: str | None = field(
+        default=None,
+        metadata={"help": "License id for the model card (default: the base model's, where codeunlearn knows it)."},
+    )
     layer: int | None = field(
         default=None,
         metadata={
@@ -166,6 +170,10 @@ class BakeArguments:
     )
     eval_report: str | None = field(
         default=None, metadata={"help": "report.json from `codeunlearn eval` of the baked model, stored with it."}
+    )
+    license: str | None = field(
+        default=None,
+        metadata={"help": "License id for the model card (default: the base model's, where codeunlearn knows it)."},
     )
     eval_max_tokens: int | None = field(
         default=None, metadata={"help": "Cap on held-out tokens per corpus for the table (default: --max_tokens)."}
@@ -219,7 +227,13 @@ def export_bottleneck(model_args: ModelArguments, run: Any, args: ExportArgument
     for edit in edits:
         bmodel.apply_edit(edit)
     result = save_pretrained(
-        bmodel, run.output_dir, tokenizer, overwrite=run.overwrite, eval_report=args.eval_report, verify=args.verify
+        bmodel,
+        run.output_dir,
+        tokenizer,
+        overwrite=run.overwrite,
+        eval_report=args.eval_report,
+        verify=args.verify,
+        license=args.license,
     )
     print("active edits:")
     print(describe_edits(bmodel.edits))
@@ -340,6 +354,7 @@ def export_linear(model_args: ModelArguments, data_args: DataArguments, run: Any
         provenance=provenance,
         eval_report=report,
         verify=args.verify,
+        license=args.license,
     )
     print(f"wrote {run.output_dir} (model_type {model.config.model_type}; load it with plain from_pretrained)")
     return 0
@@ -403,6 +418,7 @@ def export_bake(
         overwrite=run.overwrite,
         eval_report=args.eval_report,
         verify=args.verify,
+        license=args.license,
     )
     print(loss_table(outcome.rows))
     print(TABLE_NOTE.replace("unedited bottleneck", "base model"))

@@ -10,8 +10,10 @@ One job per module:
 - `linear`: a different method: feature directions projected out of the residual stream and folded into the stock
   weights (`fold_projection`, `mean_difference_directions`, `sae_edit_directions`, `save_linear_export`); no remote
   code needed.
+- `bake`: a third method: the edited bottleneck model distilled into the stock weights (`bake`, `BakeConfig`,
+  `save_baked`); no remote code and no switch.
 - `card`: the model card (`huggingface_hub.ModelCard`) read from an exported directory.
-- `push`: `push_to_hub(dir, repo_id)` with `huggingface_hub` (create_repo, upload_folder, the card).
+- `push`: `push_to_hub(dir, repo_id)` with `huggingface_hub` (create_repo, then one commit with the files and card).
 
 Names are imported lazily, so `import codeunlearn.export` stays cheap.
 """
@@ -31,6 +33,9 @@ _EXPORTS = {
     "sae_edit_directions": "codeunlearn.export.linear",
     "layer_states": "codeunlearn.export.linear",
     "save_linear_export": "codeunlearn.export.linear",
+    "bake": "codeunlearn.export.bake",
+    "BakeConfig": "codeunlearn.export.bake",
+    "save_baked": "codeunlearn.export.bake",
     "model_card": "codeunlearn.export.card",
     "write_model_card": "codeunlearn.export.card",
     "push_to_hub": "codeunlearn.export.push",

@@ -286,6 +286,7 @@ def save_baked(
     overwrite: bool = False,
     eval_report: str | Path | None = None,
     verify: bool = True,
+    license: str | None = None,
 ) -> Path:
     """Write the baked student as a stock transformers directory (`save_pretrained`: its base `model_type`, no
     remote code), with its tokenizer, `codeunlearn_bake.json`, the loop's metrics, the eval report if given, and a
@@ -300,7 +301,7 @@ def save_baked(
         atomic_write_text(tmp / METRICS_FILE, "".join(json.dumps(m) + "\n" for m in metrics))
         if eval_report is not None:
             atomic_write_text(tmp / EVAL_REPORT_NAME, Path(eval_report).read_text())
-        write_model_card(tmp)
+        write_model_card(tmp, license=license)
         if verify:
             verify_stock_export(student, tmp, what="baked export")
     return Path(output_dir)

@@ -308,6 +308,7 @@ def save_linear_export(
     provenance: dict[str, Any] | None = None,
     eval_report: dict[str, Any] | None = None,
     verify: bool = True,
+    license: str | None = None,
 ) -> Path:
     """Save a model whose weights `fold_projection` already changed, with its stock `model_type` (plain
     `save_pretrained`), the tokenizer, `codeunlearn_linear.json` (the directions and how they were made), the eval
@@ -335,7 +336,7 @@ def save_linear_export(
         atomic_write_text(tmp / LINEAR_SPEC_NAME, json.dumps(spec, indent=1) + "\n")
         if eval_report is not None:
             atomic_write_text(tmp / EVAL_REPORT_NAME, json.dumps(eval_report, indent=1) + "\n")
-        write_model_card(tmp)
+        write_model_card(tmp, license=license)
         if verify:
             verify_stock_export(model, tmp)
     return Path(output_dir)

@@ -268,6 +268,7 @@ def save_pretrained(
     overwrite: bool = False,
     eval_report: str | Path | None = None,
     verify: bool = True,
+    license: str | None = None,
 ) -> VerifyResult | None:
     """Write the edited model as a transformers directory that loads without codeunlearn installed:
 
@@ -296,7 +297,7 @@ def save_pretrained(
         bmodel.save_pretrained(tmp / BOTTLENECK_SUBDIR)
         if eval_report is not None:
             shutil.copyfile(eval_report, tmp / EVAL_REPORT_NAME)
-        write_model_card(tmp)
+        write_model_card(tmp, license=license)
         if verify:
             result = verify_export(bmodel, tmp)
     return result
