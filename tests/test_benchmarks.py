@@ -174,3 +174,33 @@ def test_recorded_scripts_run_from_the_repository_root_on_any_machine():
         assert not any("grep -q" in line and ".log" in line for line in lines), f"{where}: waits on a log"
         assert lines[0].startswith("#!") and lines[1].startswith("# "), f"{where}: no header saying what it measures"
         assert not any(w in path.name for w in ("session", "lane", "queue")), f"{where}: name tells history"
+
+
+def test_open_weights_table_measures_what_is_left_against_the_base_model_attacked_alike(tmp_path):
+    def report(name: str, forget: float, retain: float, bypassed: float, q8: float, q4: float, curve: list[float]):
+        scores = {
+            "hp_loss": {"loss": forget},
+            "history_loss": {"loss": retain},
+            "wikitext_loss": {"loss": retain + 0.5},
+            "bypass": {"forget_loss_bypassed": bypassed},
+            "quantization": {"forget_loss_8bit": q8, "forget_loss_4bit": q4},
+            "relearning": {f"forget_loss_step_{s}": v for s, v in zip((0, 25, 50), curve, strict=True)},
+        }
+        metrics = [{"name": n, "scores": s} for n, s in scores.items()]
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"kind": "codeunlearn-suite-report", "metrics": metrics}))
+        return f"{name}={path}"
+
+    rows = [
+        report("base", 3.0, 3.0, 3.0, 3.0, 3.5, [3.0, 2.5, 2.75]),
+        report("edit", 5.0, 3.25, 3.0, 5.0, 5.0, [5.0, 3.5, 3.75]),  # rise 2.0; a switch gives the base back
+        report("baked", 4.5, 3.0, 4.5, 4.5, 4.0, [4.5, 4.0, 3.75]),  # rise 1.5 = 75% of the edit's
+    ]
+    out = run_script("open_weights_table.py", "--baked", "baked", "--edit", "edit", *rows).stdout
+    # bypass, 8 bit, 4 bit (against the base at 3.5), 50 steps (against 2.75), best step (against 2.5)
+    assert (
+        "| edit | +2.000 | +0.250 | +0.000 (0%) | +2.000 (100%) | +1.500 (75%) | +1.000 (50%) | +1.000 (50%) |" in out
+    )
+    assert "| baked | +1.500 (75% of edit) | +0.000 | +1.500 (100%) | +1.500 (100%) | +0.500 (33%) |" in out
+    assert "75% of the edit's rise (goal >= 70%: met)" in out and "retain +0.000 (goal <= +0.05: met)" in out
+    assert "50% left after the relearning attack (goal >= 50%: met)" in out

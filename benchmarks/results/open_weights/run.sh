@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The open-weight study (issue 20) for one topic: the faithful bottleneck's zero-shot edit exported (remote code, a
-# switch), the same edit baked into the stock weights by distillation, and the comparison models of
-# train_comparisons.sh (RMU, NPO at their configured budgets; an SAE guardrail when one was made), each through the
-# study suite (suite_TOPIC.yaml: held-out losses, general probes, bypass, quantization, 50-step relearning) in fp32,
-# then one combined table. Run from the repository root after benchmarks/results/faithful/run.sh (the bottleneck and
-# its edits) and train_comparisons.sh:
+# switch), the same edit baked into the stock weights by distillation (and, with UNDO_ALPHA=A, baked again from
+# weights perturbed as UNDO does), and the comparison models of train_comparisons.sh (RMU, NPO at their configured
+# budgets; an SAE guardrail when one was made), each through the study suite (suite_TOPIC.yaml: held-out losses,
+# general probes, bypass, quantization, 50-step relearning) in fp32, then one combined table, what each method
+# keeps under each attack (benchmarks/open_weights_table.py) and the model cards the two exports would be pushed
+# with. Run from the repository root after benchmarks/results/faithful/run.sh (the bottleneck and its edits) and
+# train_comparisons.sh:
 #   bash benchmarks/results/open_weights/run.sh harry_potter      # or microbiology
-# Each step is skipped when its output exists; logs and tables beside this script.
+#   UNDO_ALPHA=0.05 bash benchmarks/results/open_weights/run.sh harry_potter
+# Each step is skipped when its output exists; logs, tables and cards beside this script.
 set -euo pipefail
 export OMP_NUM_THREADS=2
 PATH="$PWD/.venv/bin:$PATH"
@@ -26,14 +29,18 @@ mkdir -p $OUT
 if [ ! -d $OUT/export_$TOPIC ]; then
   codeunlearn export --model smollm2-135m --bottleneck $BOTTLENECK --edit $EDIT --out $OUT/export_$TOPIC --no_progress
 fi
-if [ ! -d $OUT/bake_$TOPIC ]; then
-  start=$(date +%s)
+bake() {  # NAME [EXTRA ARGS]: the edit baked with the default distillation settings (bf16), timed
+  local name=$1; shift
+  [ -d $OUT/$name ] && return 0
+  local start=$(date +%s)
   # shellcheck disable=SC2086  # RETAIN is a list
   codeunlearn export --mode bake --model smollm2-135m --bottleneck $BOTTLENECK --edit $EDIT --forget_corpora $FORGET \
-    --retain_corpora $RETAIN --max_tokens 65536 --eval_max_tokens 4096 --bf16 --out $OUT/bake_$TOPIC --no_progress \
-    2>&1 | grep -v "^Converting\|^Loading weights\|^Writing model" | tee $HERE/bake_$TOPIC.log
-  echo "seconds bake command: $(( $(date +%s) - start ))" | tee -a $HERE/bake_$TOPIC.log
-fi
+    --retain_corpora $RETAIN --max_tokens 65536 --eval_max_tokens 4096 --bf16 --out $OUT/$name --no_progress "$@" \
+    2>&1 | grep -v "de-quantizing GGUF\|Loading weights\|Writing model shards" | tee $HERE/$name.log
+  echo "seconds bake command: $(( $(date +%s) - start ))" | tee -a $HERE/$name.log
+}
+bake bake_$TOPIC
+if [ -n "${UNDO_ALPHA:-}" ]; then bake bake_undo_$TOPIC --perturb_alpha "$UNDO_ALPHA"; fi
 SUITE=$HERE/suite_$TOPIC.yaml
 EVAL=$OUT/eval_$TOPIC
 evaluate() {  # NAME MODEL: the study suite with attacks, fp32, against the base model's report
@@ -48,6 +55,10 @@ evaluate base smollm2-135m
 evaluate codebook_export $OUT/export_$TOPIC
 evaluate codebook_baked $OUT/bake_$TOPIC
 rows="base=$EVAL/base codebook_export=$EVAL/codebook_export codebook_baked=$EVAL/codebook_baked"
+if [ -d $OUT/bake_undo_$TOPIC ]; then
+  evaluate codebook_baked_undo $OUT/bake_undo_$TOPIC
+  rows="$rows codebook_baked_undo=$EVAL/codebook_baked_undo"
+fi
 for method in rmu npo; do
   if [ -d $OUT/${method}_$TOPIC/model ]; then
     evaluate $method $OUT/${method}_$TOPIC/model
@@ -65,6 +76,19 @@ columns="$columns relearning:max_recovery"
 codeunlearn eval --combine $rows $columns --output_dir $EVAL/table --no_progress
 cp $EVAL/table/table.md $HERE/table_$TOPIC.md
 cp $EVAL/table/table.json $HERE/table_$TOPIC.json
-for name in $EVAL/*/report.md; do
-  row=$(basename "$(dirname "$name")"); [ "$row" = table ] || cp "$name" "$HERE/report_${TOPIC}_$row.md"
+reports=""
+for name in $EVAL/*/report.json; do
+  row=$(basename "$(dirname "$name")")
+  cp "$name" "$HERE/report_${TOPIC}_$row.json"
+  cp "${name%.json}.md" "$HERE/report_${TOPIC}_$row.md"
+  reports="$reports $row=$HERE/report_${TOPIC}_$row.json"
+done
+baked="--baked codebook_baked"; [ -d $EVAL/codebook_baked_undo ] && baked="$baked --baked codebook_baked_undo"
+# shellcheck disable=SC2086  # the lists are meant to split
+python benchmarks/open_weights_table.py $baked $reports | tee $HERE/kept_$TOPIC.md
+# The cards `codeunlearn push --eval_report` would publish, with the measured attack rows.
+for pair in export_$TOPIC:codebook_export bake_$TOPIC:codebook_baked; do
+  python -c "import sys; from codeunlearn.export.card import model_card
+model_card(sys.argv[1], repo_id=sys.argv[2], eval_report=sys.argv[3]).save(sys.argv[4])" \
+    $OUT/${pair%%:*} you/smollm2-135m-${pair%%_*}-$TOPIC $EVAL/${pair#*:}/report.json $HERE/card_${pair%%:*}.md
 done
