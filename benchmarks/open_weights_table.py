@@ -53,24 +53,34 @@ def forget_metric(scores: dict[str, dict[str, float]]) -> str:
     return names[0]
 
 
-def measures(scores: dict[str, dict[str, float]]) -> dict[str, float]:
-    """The released and attacked forget losses and the retain loss of one model."""
+ATTACKS = ("bypass", "8bit", "4bit", "relearned", "relearned_best")
+
+
+def measures(scores: dict[str, dict[str, float]]) -> dict[str, float | tuple[float, float]]:
+    """The released forget and retain losses of one model, and for each attack the (released, attacked) forget loss
+    on the text that attack scores (its own held-out sample, which may be smaller than the forget metric's)."""
     forget = scores[forget_metric(scores)]["loss"]
     retain = sum(scores[n]["loss"] for n in ("history_loss", "wikitext_loss")) / 2
-    curve = [v for k, v in scores["relearning"].items() if k.startswith("forget_loss_step_")]
-    last = max(int(k.rsplit("_", 1)[1]) for k in scores["relearning"] if k.startswith("forget_loss_step_"))
+    steps = {int(k.rsplit("_", 1)[1]): v for k, v in scores["relearning"].items() if k.startswith("forget_loss_step_")}
+    bypass, quantized = scores["bypass"], scores["quantization"]
     return {
         "forget": forget,
         "retain": retain,
-        "bypass": scores["bypass"]["forget_loss_bypassed"],
-        "8bit": scores["quantization"]["forget_loss_8bit"],
-        "4bit": scores["quantization"]["forget_loss_4bit"],
-        "relearned": scores["relearning"][f"forget_loss_step_{last}"],
-        "relearned_best": min(curve),
+        "bypass": (bypass["forget_loss"], bypass["forget_loss_bypassed"]),
+        "8bit": (quantized["forget_loss"], quantized["forget_loss_8bit"]),
+        "4bit": (quantized["forget_loss"], quantized["forget_loss_4bit"]),
+        "relearned": (steps[0], steps[max(steps)]),
+        "relearned_best": (steps[0], min(steps.values())),
     }
 
 
-def table(rows: dict[str, dict[str, float]], reference: str, edit: str, baked: Sequence[str]) -> str:
+def kept(row: dict, base: dict, attack: str) -> tuple[float, float]:
+    """(what is left of the rise after `attack`: the row's attacked loss minus the base model's attacked alike, the
+    row's released rise on that attack's text)."""
+    return row[attack][1] - base[attack][1], row[attack][0] - base[attack][0]
+
+
+def table(rows: dict[str, dict], reference: str, edit: str, baked: Sequence[str]) -> str:
     base = rows[reference]
     rise = rows[edit]["forget"] - base["forget"]
     header = [
@@ -85,35 +95,31 @@ def table(rows: dict[str, dict[str, float]], reference: str, edit: str, baked: S
     ]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     for name, row in rows.items():
-        left = {k: row[k] - base[k] for k in ("bypass", "8bit", "4bit", "relearned", "relearned_best")}
         own = row["forget"] - base["forget"]
-
-        def cell(value: float, own: float = own) -> str:
-            return f"{value:+.3f} ({value / own:.0%})" if abs(own) > 1e-9 else f"{value:+.3f}"
-
-        cells = [
-            name,
-            f"{own:+.3f}" + (f" ({own / rise:.0%} of {edit})" if name not in (reference, edit) else ""),
-            f"{row['retain'] - base['retain']:+.3f}",
-            *(cell(left[k]) for k in ("bypass", "8bit", "4bit", "relearned", "relearned_best")),
-        ]
+        cells = [name, f"{own:+.3f}" + (f" ({own / rise:.0%} of {edit})" if name not in (reference, edit) else "")]
+        cells.append(f"{row['retain'] - base['retain']:+.3f}")
+        for attack in ATTACKS:
+            left, released = kept(row, base, attack)
+            cells.append(f"{left:+.3f}" + (f" ({left / released:.0%})" if abs(released) > 1e-9 else ""))
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(
-        f"Base model ({reference}): forget loss {base['forget']:.4f} released, {base['bypass']:.4f} switched off, "
-        f"{base['8bit']:.4f} / {base['4bit']:.4f} at 8 / 4 bit, {base['relearned']:.4f} after the last relearning "
-        f"step, {base['relearned_best']:.4f} at its best step. {edit}'s released rise: {rise:+.3f}."
+        f"Base model ({reference}): forget loss {base['forget']:.4f}; on each attack's text released -> attacked: "
+        + ", ".join(f"{a} {base[a][0]:.4f} -> {base[a][1]:.4f}" for a in ATTACKS)
+        + f". {edit}'s released rise: {rise:+.3f}. Brackets: share of the row's own rise on that attack's text."
     )
     for name in baked:
         row = rows[name]
         share = (row["forget"] - base["forget"]) / rise
         retain = row["retain"] - base["retain"]
-        relearned = (row["relearned"] - base["relearned"]) / rise
+        relearned = kept(row, base, "relearned")[0] / kept(rows[edit], base, "relearned")[1]
+        met = (
+            "met" if relearned >= RELEARNED_GOAL else f"not met, short by {RELEARNED_GOAL - relearned:.0%} of the rise"
+        )
         verdict = [
             f"{share:.0%} of the edit's rise (goal >= {SHARE_GOAL:.0%}: {'met' if share >= SHARE_GOAL else 'not met'})",
             f"retain {retain:+.3f} (goal <= +{RETAIN_GOAL}: {'met' if retain <= RETAIN_GOAL else 'not met'})",
-            f"{relearned:.0%} left after the relearning attack (goal >= {RELEARNED_GOAL:.0%}: "
-            f"{'met' if relearned >= RELEARNED_GOAL else f'not met, short by {RELEARNED_GOAL - relearned:.0%} of the rise'})",
+            f"{relearned:.0%} of the edit's rise left after the relearning attack (goal >= {RELEARNED_GOAL:.0%}: {met})",
         ]
         lines.append(f"- goals of {name}: " + "; ".join(verdict) + ".")
     return "\n".join(lines)

@@ -182,8 +182,8 @@ def test_open_weights_table_measures_what_is_left_against_the_base_model_attacke
             "hp_loss": {"loss": forget},
             "history_loss": {"loss": retain},
             "wikitext_loss": {"loss": retain + 0.5},
-            "bypass": {"forget_loss_bypassed": bypassed},
-            "quantization": {"forget_loss_8bit": q8, "forget_loss_4bit": q4},
+            "bypass": {"forget_loss": forget, "forget_loss_bypassed": bypassed},
+            "quantization": {"forget_loss": forget, "forget_loss_8bit": q8, "forget_loss_4bit": q4},
             "relearning": {f"forget_loss_step_{s}": v for s, v in zip((0, 25, 50), curve, strict=True)},
         }
         metrics = [{"name": n, "scores": s} for n, s in scores.items()]
@@ -203,4 +203,4 @@ def test_open_weights_table_measures_what_is_left_against_the_base_model_attacke
     )
     assert "| baked | +1.500 (75% of edit) | +0.000 | +1.500 (100%) | +1.500 (100%) | +0.500 (33%) |" in out
     assert "75% of the edit's rise (goal >= 70%: met)" in out and "retain +0.000 (goal <= +0.05: met)" in out
-    assert "50% left after the relearning attack (goal >= 50%: met)" in out
+    assert "50% of the edit's rise left after the relearning attack (goal >= 50%: met)" in out
