@@ -9,7 +9,9 @@
 # train_comparisons.sh:
 #   bash benchmarks/results/open_weights/run.sh harry_potter      # or microbiology
 #   UNDO_ALPHA=0.05 bash benchmarks/results/open_weights/run.sh harry_potter
-# Each step is skipped when its output exists; logs, tables and cards beside this script.
+# Each step is skipped when its output exists, and a row whose report is kept beside this script
+# (report_TOPIC_ROW.json) is not measured again: a clean clone measures only the rows it lacks (delete a kept report
+# to measure that row again). Logs, tables and cards beside this script.
 set -euo pipefail
 export OMP_NUM_THREADS=2
 PATH="$PWD/.venv/bin:$PATH"
@@ -25,10 +27,21 @@ case $TOPIC in
   *) echo "error: unknown topic $TOPIC -- fix: harry_potter or microbiology" >&2; exit 2 ;;
 esac
 RETAIN="$D/retain/openstax_us_history.jsonl $D/retain/wikitext2_raw_test.txt"
+SUITE=$HERE/suite_$TOPIC.yaml
+EVAL=$OUT/eval_$TOPIC
 mkdir -p $OUT
-if [ ! -d $OUT/export_$TOPIC ]; then
+kept() {  # ROW: true when ROW's report is measured, put in place from the copy kept beside this script if need be
+  local row=$1 copy=$HERE/report_${TOPIC}_$1
+  [ -f $EVAL/$row/report.json ] && return 0
+  [ -f $copy.json ] || return 1
+  mkdir -p $EVAL/$row
+  cp $copy.json $EVAL/$row/report.json
+  cp $copy.md $EVAL/$row/report.md
+}
+export_edit() {
+  [ -d $OUT/export_$TOPIC ] && return 0
   codeunlearn export --model smollm2-135m --bottleneck $BOTTLENECK --edit $EDIT --out $OUT/export_$TOPIC --no_progress
-fi
+}
 bake() {  # NAME [EXTRA ARGS]: the edit baked with the default distillation settings (bf16), timed
   local name=$1; shift
   [ -d $OUT/$name ] && return 0
@@ -39,10 +52,6 @@ bake() {  # NAME [EXTRA ARGS]: the edit baked with the default distillation sett
     2>&1 | grep -v "de-quantizing GGUF\|Loading weights\|Writing model shards" | tee $HERE/$name.log
   echo "seconds bake command: $(( $(date +%s) - start ))" | tee -a $HERE/$name.log
 }
-bake bake_$TOPIC
-if [ -n "${UNDO_ALPHA:-}" ]; then bake bake_undo_$TOPIC --perturb_alpha "$UNDO_ALPHA"; fi
-SUITE=$HERE/suite_$TOPIC.yaml
-EVAL=$OUT/eval_$TOPIC
 evaluate() {  # NAME MODEL: the study suite with attacks, fp32, against the base model's report
   local name=$1 model=$2
   [ -f $EVAL/$name/report.json ] && return 0
@@ -51,24 +60,23 @@ evaluate() {  # NAME MODEL: the study suite with attacks, fp32, against the base
   codeunlearn eval --suite $SUITE --model $model --data_dir $D --attacks --no_bf16 "${against[@]}" \
     --output_dir $EVAL/$name --no_progress
 }
-evaluate base smollm2-135m
-evaluate codebook_export $OUT/export_$TOPIC
-evaluate codebook_baked $OUT/bake_$TOPIC
+kept base || evaluate base smollm2-135m
+kept codebook_export || { export_edit; evaluate codebook_export $OUT/export_$TOPIC; }
+kept codebook_baked || { bake bake_$TOPIC; evaluate codebook_baked $OUT/bake_$TOPIC; }
 rows="base=$EVAL/base codebook_export=$EVAL/codebook_export codebook_baked=$EVAL/codebook_baked"
-if [ -d $OUT/bake_undo_$TOPIC ]; then
-  evaluate codebook_baked_undo $OUT/bake_undo_$TOPIC
+if kept codebook_baked_undo || [ -n "${UNDO_ALPHA:-}" ]; then
+  kept codebook_baked_undo || { bake bake_undo_$TOPIC --perturb_alpha "$UNDO_ALPHA"
+    evaluate codebook_baked_undo $OUT/bake_undo_$TOPIC; }
   rows="$rows codebook_baked_undo=$EVAL/codebook_baked_undo"
 fi
-for method in rmu npo; do
-  if [ -d $OUT/${method}_$TOPIC/model ]; then
-    evaluate $method $OUT/${method}_$TOPIC/model
-    rows="$rows $method=$EVAL/$method"
+# The comparison models of train_comparisons.sh, where they were made.
+for row in rmu:rmu_$TOPIC/model npo:npo_$TOPIC/model sae_guardrail:sae_guardrail_$TOPIC/bottleneck; do
+  name=${row%%:*} model=$OUT/${row#*:}
+  if kept $name || [ -d $model ]; then
+    kept $name || evaluate $name $model
+    rows="$rows $name=$EVAL/$name"
   fi
 done
-if [ -d $OUT/sae_guardrail_$TOPIC ]; then
-  evaluate sae_guardrail $OUT/sae_guardrail_$TOPIC
-  rows="$rows sae_guardrail=$EVAL/sae_guardrail"
-fi
 columns="--columns $(sed -n 's/^  - {name: \([a-z0-9_]*\),.*/\1/p' $SUITE | tr '\n' ' ')"
 columns="$columns bypass:forget_recovery quantization:forget_recovery_8bit quantization:forget_recovery_4bit"
 columns="$columns relearning:max_recovery"
@@ -88,6 +96,7 @@ baked="--baked codebook_baked"; [ -d $EVAL/codebook_baked_undo ] && baked="$bake
 python benchmarks/open_weights_table.py $baked $reports | tee $HERE/kept_$TOPIC.md
 # The cards `codeunlearn push --eval_report` would publish, with the measured attack rows.
 for pair in export_$TOPIC:codebook_export bake_$TOPIC:codebook_baked; do
+  [ -d $OUT/${pair%%:*} ] || continue  # a row kept from an earlier run: its card is kept too
   python -c "import sys; from codeunlearn.export.card import model_card
 model_card(sys.argv[1], repo_id=sys.argv[2], eval_report=sys.argv[3]).save(sys.argv[4])" \
     $OUT/${pair%%:*} you/smollm2-135m-${pair%%_*}-$TOPIC $EVAL/${pair#*:}/report.json $HERE/card_${pair%%:*}.md
