@@ -172,9 +172,15 @@ def test_two_processes_train_what_one_process_trains(one_and_two):
     # One writer: every step logged once; the schedule advances once per optimizer step (cosine to 0, no climb back).
     assert [m["step"] for m in second] == [m["step"] for m in first] == list(range(1, 9))
     assert [m.get("lr") for m in second] == [m.get("lr") for m in first]
+    # codebook usage over both processes' shares: what one process reading both counts (layer 1 reads the frozen
+    # model's states, so the codes are the same)
+    for usage in ("codes_used_in_batch", "dead_codes_in_window"):
+        assert [m.get(usage) for m in second] == [m.get(usage) for m in first], usage
+    assert all(m.get("codes_used_in_batch") for m in first[1:])
     assert [m["lr"] for m in first if "lr" in m][-1] == 0.0
     assert {m["effective_batch"] for m in second} == {4}
-    assert launched.stdout.count("wrote ") == 1 and "2 processes x batch_size 2 = 4 chunks per step" in launched.stdout
+    # one writer: the bottleneck and its training curves, each once
+    assert launched.stdout.count("wrote ") == 2 and "2 processes x batch_size 2 = 4 chunks per step" in launched.stdout
     a, b = weights(one), weights(two)
     assert a.keys() == b.keys()
     for name in a:
@@ -217,6 +223,8 @@ def test_a_two_process_run_resumes_in_one_process(one_and_two, workspace, tmp_pa
     )
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
     assert main(["train", *train_flags(workspace, 4, run), "--resume"]) == 0
+    usage = [[m.get(k) for k in ("codes_used_in_batch", "dead_codes_in_window")] for m in metrics(one)]
+    assert [[m.get(k) for k in ("codes_used_in_batch", "dead_codes_in_window")] for m in metrics(run)] == usage
     a, b = weights(one), weights(run)
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-4, msg=name)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from helpers import assert_fix_error, make_model, make_tokens, tiny_args, tiny_config
 
+from codeunlearn.bottleneck.codebook import flat_code_ids
 from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.evaluate.evaluation import bottleneck_fidelity, mean_loss
@@ -64,9 +65,17 @@ def test_metrics_are_logged_for_both_phases(uninterrupted):
         assert sorted(record["fvu_by_layer"]) == ["0", "2"]
         assert 0.0 <= record["fvu"] < 1.5
     for record in lines[KEY_STEPS:]:
-        assert {"loss", "kl", "fvu", "ce", "ce_base", "ppl_ratio", "lr"} <= set(record)
+        assert {"loss", "kl", "fvu", "ce", "ce_base", "ppl_ratio", "lr", "codes_used_in_batch"} <= set(record)
         assert record["kl"] >= 0.0
         assert record["loss"] == pytest.approx(record["kl"] + record["fvu"], abs=2e-4)  # kl+reconstruction, weight 1
+    # Codebook usage from step 2 on: a code is dead when no batch used it yet (the window, 200 steps, is longer than
+    # the run), so the dead codes only fall, and never more than the codes the step's batch left unused.
+    codes = 2 * 4 * 16  # stages x heads x codebook size of a layer
+    for layer in ("0", "2"):
+        used = [r["codes_used_in_batch"][layer] for r in lines[1:]]
+        dead = [r["dead_codes_in_window"][layer] for r in lines[1:]]
+        assert all(0 < u <= codes for u in used)
+        assert dead == sorted(dead, reverse=True) and all(d <= codes - u for d, u in zip(dead, used, strict=True))
     assert (out / "bottleneck" / "bottleneck.safetensors").is_file()
     assert json.loads((out / "training_args.json").read_text())["value_steps"] == VALUE_STEPS
 
@@ -77,6 +86,31 @@ def test_saved_bottleneck_equals_trained_one(uninterrupted):
     assert sorted(loaded.bottleneck_state()) == sorted(state)
     for key, tensor in loaded.bottleneck_state().items():
         assert torch.equal(tensor, state[key]), key
+
+
+def test_codes_used_and_dead_codes_count_what_the_batches_use(tmp_path):
+    """With a window of one step, the dead codes are exactly the codes the step's batches left unused; the codes
+    used are the distinct codes of the step's states (recounted here from the step's chunks)."""
+    bmodel = fresh()
+    args = run_args(tmp_path, key_steps=2, value_steps=2, dead_feature_window=1, learning_rate=0.0)
+    lines = train_bottleneck(bmodel, CHUNKS, args)[1:]
+    codes = 2 * 4 * 16
+    for record in lines:
+        for layer in (0, 2):
+            assert record["dead_codes_in_window"][layer] == codes - record["codes_used_in_batch"][layer]
+    # The last step (a value step at learning rate 0: the trained model is the one that logged it) read the third
+    # batch after the k-means tokens.
+    stream = ChunkStream(CHUNKS, args.seed)
+    stream.advance(-(-args.kmeans_init_tokens // CHUNKS.shape[1]) + 2 * args.batch_size)
+    seen: dict[int, set[int]] = {layer: set() for layer in bmodel.layers}
+
+    def observe(layer, states, result):
+        ids = flat_code_ids(result.codes, 4, 16)[~result.passthrough]
+        seen[layer] |= set(ids[ids >= 0].tolist())
+
+    with torch.no_grad():
+        bmodel.run_to_deepest(stream.take(args.batch_size), observe)
+    assert {layer: len(ids) for layer, ids in seen.items()} == lines[-1]["codes_used_in_batch"]
 
 
 def test_key_phase_fixes_keys_and_value_phase_trains_values(tmp_path):
@@ -122,6 +156,10 @@ def test_resume_is_exact(uninterrupted, uninterrupted_bf16, tmp_path, stop, chec
     args = run_args(tmp_path, checkpoint_every=checkpoint_every, resume=True, bf16=bf16)
     metrics = train_bottleneck(second, CHUNKS, args)
     assert metrics[-1]["step"] == KEY_STEPS + VALUE_STEPS
+    if not bf16:  # the checkpoint keeps when each code was last used: the usage logged is the uninterrupted run's
+        usage = ("codes_used_in_batch", "dead_codes_in_window")
+        logged = {r["step"]: [r[k] for k in usage] for r in uninterrupted["metrics"] if usage[0] in r}
+        assert [[r[k] for k in usage] for r in metrics] == [logged[r["step"]] for r in metrics]
     state = final_state(second)
     assert sorted(state) == sorted(expected)
     different = [k for k in expected if not torch.equal(state[k], expected[k])]

@@ -40,7 +40,11 @@ DESCRIPTION = (
 )
 
 EvalRunArguments = run_arguments(
-    "output_dir", "progress", "bf16", writes="report.json and report.md (with --combine: table.md)"
+    "output_dir",
+    "progress",
+    "bf16",
+    writes="report.json, report.md and token_loss_increase.json/.md/.png/.svg (with --combine: table.md, table.json "
+    "and tradeoff.png/.svg)",
 )
 
 

@@ -4,7 +4,8 @@ reference of the loss changes):
     codeunlearn eval --combine base=outputs/eval/hp_edited/base codebook=outputs/eval/hp_edited \\
         npo=outputs/eval/hp_npo --output_dir outputs/eval/hp_table [--columns hp_loss hp_trivia_hard:acc]
 
-writes OUTPUT/table.md, OUTPUT/table.json and OUTPUT/tradeoff.png (forget vs retain loss increase). A row may
+writes OUTPUT/table.md, OUTPUT/table.json and then OUTPUT/tradeoff.png and .svg (forget vs retain loss increase,
+every point labelled with its row name, the reference row at the origin, random-codes controls as crosses). A row may
 come from a table written earlier, `rmu=benchmarks/results/eval_fast/micro/table.json#rmu_configured`, when that
 model's suite settings are unchanged: it is refused unless that table's reference row has this one's losses.
 """
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from codeunlearn.errors import CodeunlearnError
-from codeunlearn.evaluate.suite.report import combine_reports
+from codeunlearn.evaluate.suite.report import TRADEOFF_NAME, combine_reports
 
 
 @dataclass
@@ -36,7 +37,8 @@ class CombineArguments:
 
 
 def run(args: CombineArguments, output_dir: str) -> int:
-    """One row per model, one column per metric: write OUTPUT/table.md, table.json and tradeoff.png, print it."""
+    """One row per model, one column per metric: write OUTPUT/table.md, table.json and tradeoff.{png,svg}, print
+    it."""
     reports: dict[str, str] = {}
     for entry in args.combine:
         row, sep, path = entry.partition("=")
@@ -52,5 +54,6 @@ def run(args: CombineArguments, output_dir: str) -> int:
         reports[row] = path
     markdown = combine_reports(reports, output_dir, columns=args.columns or None)
     print(markdown)
-    print(f"wrote {Path(output_dir) / 'table.md'}, table.json and tradeoff.png")
+    drawn = (Path(output_dir) / TRADEOFF_NAME).with_suffix(".svg").is_file()  # not after a drawing error
+    print(f"wrote {Path(output_dir) / 'table.md'}, table.json" + (" and tradeoff.png / .svg" if drawn else ""))
     return 0

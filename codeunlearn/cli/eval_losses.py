@@ -11,7 +11,10 @@ Losses are mean next-token cross-entropy in nat/token on the HELD-OUT documents 
 --heldout_fraction as `stats`), deltas are against the unedited bottleneck. Also reports the bottleneck's
 reconstruction FVU (SAE: L0, FVU, dead features and the CE loss with the bare reconstruction spliced in, and for a
 guardrail edit the share of forget and retain windows it gates). --bottleneck_dir may also be a sae-lens SAE
-directory. Writes OUTPUT/report.json and OUTPUT/report.md.
+directory. Writes OUTPUT/report.json and OUTPUT/report.md, and when an edited row is measured the held-out forget
+loss increase per token of the edited rows against the unedited bottleneck: OUTPUT/token_loss_increase.json and .md
+(the numbers) and token_loss_increase.png and .svg (the figure: by position, the first held-out forget passage word
+by word, its 15 tokens whose loss rose most).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 
 from torch import Tensor
 
-from codeunlearn import distributed
+from codeunlearn import distributed, figures
 from codeunlearn.bottleneck.edit import Edit
 from codeunlearn.bottleneck.loading import load_bottlenecked, resolve_bottleneck_dir
 from codeunlearn.bottleneck.model import BottleneckedModel
@@ -36,6 +39,8 @@ from codeunlearn.evaluate.loss_table import (
     evaluate_rows,
     loss_table,
     quality_rows,
+    token_loss_increase,
+    token_loss_markdown,
 )
 from codeunlearn.io import atomic_write_text
 from codeunlearn.modeling import ModelArguments
@@ -91,7 +96,10 @@ def run(
         )
     specs += [RowSpec(f"{edit.topic} ({Path(path).name})", [edit]) for path, edit in edit_files]
     bf16 = run_args.bf16
-    rows = evaluate_rows(bmodel, forget, retain, specs, batch_size, args.skip_positions, bf16, run_args.progress)
+    per_token: dict[str, Tensor] = {}
+    rows = evaluate_rows(
+        bmodel, forget, retain, specs, batch_size, args.skip_positions, bf16, run_args.progress, per_token
+    )
     heldout = {"forget": forget, "retain": retain}
     fidelity, quality_table = quality_rows(bmodel, heldout, batch_size, bf16, args.skip_positions)
     gates: list[dict[str, Any]] = []
@@ -137,4 +145,23 @@ def run(
     if gate_lines:
         print("\n".join(gate_lines))
     print(f"wrote {output_dir / 'report.json'} and {output_dir / 'report.md'}")
+    if distributed.is_main_process():
+        edited = [spec.name for spec in specs if spec.edits]
+        write_token_loss_increase(per_token, forget, tokenizer, edited, args.skip_positions, output_dir)
     return 0
+
+
+def write_token_loss_increase(
+    per_token: dict[str, Tensor], forget: Tensor, tokenizer: Any, edited: list[str], skip: int, output_dir: Path
+) -> None:
+    """Write OUTPUT/token_loss_increase.json and .md (which held-out forget tokens the edited rows made harder) and
+    draw them (.png, .svg); nothing without an edited row."""
+    data = token_loss_increase(per_token, forget, tokenizer.decode, edited, REFERENCE_ROW, skip)
+    if data is None:
+        return
+    stem = output_dir / figures.TOKEN_LOSS_NAME
+    atomic_write_text(stem.with_suffix(".json"), json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    atomic_write_text(stem.with_suffix(".md"), token_loss_markdown(data, stem.name) + "\n")
+    drawn = figures.draw_or_note("token loss increase", figures.token_loss_increase, data, stem)
+    names = "json, md" + (", png, svg" if drawn else "")
+    print(f"wrote {stem}.{{{names}}} (held-out forget loss increase per token against {REFERENCE_ROW!r})")

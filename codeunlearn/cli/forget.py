@@ -21,6 +21,10 @@ From statistics files instead (`codeunlearn stats`):
 Every edit comes with OUTPUT/random_control.json (as many codes per layer, drawn at random among codes that fire at
 all): evaluate both, or a loss change cannot be told from the damage of removing any codes.
 
+Either way it draws OUTPUT/firing_frequency.png and .svg: every code's firing frequency on forget vs retain text (a
+log-log scatter and the histogram of their ratio), the selected codes and the random control marked, one column per
+layer (the first four layers when the bottleneck has more).
+
 On SAE statistics the edit clamps (default) or zero-ablates the selected features when they fire:
 
     codeunlearn forget --forget_stats ... --retain_stats ... --topic micro --num_codes 64 \
@@ -36,9 +40,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from codeunlearn import distributed, figures
 from codeunlearn.bottleneck.edit import Edit
 from codeunlearn.bottleneck.loading import load_bottlenecked, resolve_bottleneck_dir
 from codeunlearn.bottleneck.model import BottleneckedModel
+from codeunlearn.bottleneck.registry import config_class_for
 from codeunlearn.cli.arguments import SelectionArguments, parse_arguments
 from codeunlearn.cli.common import check_output_dir_free, check_output_file
 from codeunlearn.data import Corpora, DataArguments, corpus_fingerprint, read_corpora
@@ -46,7 +52,7 @@ from codeunlearn.errors import CodeunlearnError
 from codeunlearn.modeling import ModelArguments
 from codeunlearn.runtime import Stopwatch, run_arguments
 from codeunlearn.unlearn.budget import choose_num_codes, describe_walk
-from codeunlearn.unlearn.selection import random_control, select_codes
+from codeunlearn.unlearn.selection import firing_frequencies, random_control, select_codes
 from codeunlearn.unlearn.statistics import CodeStatistics, collect_code_statistics
 from codeunlearn.unlearn.statistics_cache import load_retain_statistics, save_retain_statistics
 
@@ -61,7 +67,11 @@ EDITED_NAME = "edited"
 
 
 ForgetRunArguments = run_arguments(
-    "output_dir", "overwrite", "progress", "bf16", writes=f"{EDIT_NAME}, {CONTROL_NAME} and the edited bottleneck"
+    "output_dir",
+    "overwrite",
+    "progress",
+    "bf16",
+    writes=f"{EDIT_NAME}, {CONTROL_NAME}, the edited bottleneck and firing_frequency.png/.svg",
 )
 
 
@@ -151,6 +161,7 @@ def forget_from_statistics(args: ForgetArguments, selection: SelectionArguments,
     forget, retain = CodeStatistics.load(args.forget_stats), CodeStatistics.load(args.retain_stats)
     edit, control = make_edits(forget, retain, selection)
     write_edits(edit, control, *paths, forget, retain)
+    draw_firing_frequency(edit, control, forget, retain, paths[0].parent)
     return 0
 
 
@@ -219,6 +230,7 @@ def forget_on_bottleneck(
         if retain.corpus_fingerprint:  # edits are masks: the keys, and so these counts, are the edited model's too
             save_retain_statistics(retain, output_dir / EDITED_NAME)
     print(f"wrote {output_dir / EDITED_NAME} (the bottleneck with {[e.topic for e in bmodel.edits]} removed)")
+    draw_firing_frequency(edit, control, forget, retain, output_dir)
     print(
         f"forgetting took {watch.total - watch.seconds['load']:.1f} s after loading "
         f"(forget statistics on {chunks.numel():,} tokens {watch.seconds['forget statistics']:.1f} s, "
@@ -239,6 +251,24 @@ def write_edits(
     print(f"random control: {control.num_codes} codes")
     print(summarize(control, forget, retain))
     print(f"wrote {edit_path} and {control_path}")
+
+
+def draw_firing_frequency(
+    edit: Edit, control: Edit, forget: CodeStatistics, retain: CodeStatistics, output_dir: Path
+) -> None:
+    """Draw OUTPUT/firing_frequency.{png,svg} (after every result is written: a drawing error is a note)."""
+    if not distributed.is_main_process():
+        return
+    path = output_dir / figures.FIRING_FREQUENCY_NAME
+
+    def draw() -> dict[str, Any] | None:
+        layers = firing_frequencies(forget, retain, edit, control)
+        return figures.firing_frequency(layers, path, config_class_for(edit.kind).unit_name)
+
+    drawn = figures.draw_or_note("firing frequency", draw)
+    if drawn is not None:
+        shown, total = drawn["layers_drawn"], len(edit.layers)
+        print(f"wrote {path}.png and .svg (layers {shown}{f' of {total}' if len(shown) < total else ''})")
 
 
 def _retain_statistics(

@@ -15,7 +15,9 @@ An SAE instead of a codebook (`--bottleneck sae`, same as `--kind sae`), saved a
 
 Writes OUTPUT/bottleneck (the trained bottleneck), OUTPUT/metrics.jsonl, OUTPUT/checkpoints/ and
 OUTPUT/run_args.json (every argument of this run: `codeunlearn train --config OUTPUT/run_args.json --resume`
-resumes it).
+resumes it), and last OUTPUT/training_curves.png and .svg, drawn from metrics.jsonl: the loss, FVU, (SAE) L0,
+codes used in each step's batch and dead codes or features over the logged steps
+(`codeunlearn.figures.training_curves_from_file` redraws them from any metrics.jsonl).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from codeunlearn import distributed
+from codeunlearn import distributed, figures
 from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.cli.arguments import BottleneckArguments, parse_arguments, to_flat_dict
 from codeunlearn.data import DataArguments, corpus_fingerprint, read_corpora
@@ -117,4 +119,9 @@ def main(argv: Sequence[str]) -> int:
                 print(f"retain statistics on {stats_chunks.numel():,} tokens: {path}")
     else:
         print(f"stopped at step {stop} of {total}; continue with --resume")
+    metrics_path = output_dir / "metrics.jsonl"
+    if distributed.is_main_process() and metrics_path.is_file():  # after every result: a drawing error is a note
+        drawn = figures.draw_or_note("training curves", figures.training_curves_from_file, metrics_path)
+        if drawn is not None:
+            print(f"wrote {output_dir / figures.TRAINING_CURVES_NAME}.png and .svg ({', '.join(drawn['panels'])})")
     return 0

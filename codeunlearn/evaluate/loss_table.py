@@ -7,6 +7,8 @@ of an export shows it (`codeunlearn.export.card`). Losses are mean next-token cr
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -14,9 +16,16 @@ from torch import Tensor
 
 from codeunlearn.bottleneck.edit import Edit
 from codeunlearn.bottleneck.model import BottleneckedModel
-from codeunlearn.evaluate.evaluation import bottleneck_fidelity, mean_loss, sae_loss_recovered, sae_quality
+from codeunlearn.evaluate.evaluation import (
+    bottleneck_fidelity,
+    sae_loss_recovered,
+    sae_quality,
+    token_losses,
+)
 
 REFERENCE_ROW = "bottleneck"
+PASSAGE_TOKENS = 96  # tokens of the first held-out forget passage shown one by one
+TOP_TOKENS = 15  # the passage's tokens whose loss rose most
 
 
 @dataclass
@@ -36,10 +45,14 @@ def evaluate_rows(
     skip_positions: int = 0,
     bf16: bool = True,
     progress: bool = True,
+    forget_token_losses: dict[str, Tensor] | None = None,
 ) -> list[dict[str, Any]]:
     """Forget/retain loss of every row; deltas (and selectivity) against the `bottleneck` row when there is one.
 
-    The model's own edits are set aside while rows are measured and restored afterwards."""
+    The model's own edits are set aside while rows are measured and restored afterwards. A `forget_token_losses`
+    dict receives every row's per-token forget losses (`token_losses`: (chunks, seq_len - 1), no position skipped)
+    by row name: the forget loss of the table is their mean after `skip_positions`, so `token_loss_increase` reads
+    the same numbers without another pass."""
     saved = list(bmodel.edits)
     rows = []
     try:
@@ -50,11 +63,13 @@ def evaluate_rows(
             losses = {}
             for corpus, chunks in (("forget", forget), ("retain", retain)):
                 desc = f"eval {spec.name} / {corpus}" if progress else None
-                if spec.edits is None:
-                    with bmodel.disabled():
-                        losses[corpus] = mean_loss(bmodel, chunks, batch_size, skip_positions, desc, bf16)
-                else:
-                    losses[corpus] = mean_loss(bmodel, chunks, batch_size, skip_positions, desc, bf16)
+                disabled = bmodel.disabled() if spec.edits is None else contextlib.nullcontext()
+                with disabled:
+                    per_token = token_losses(bmodel, chunks, batch_size, desc, bf16)
+                # what `mean_loss` computes, from the per-token losses kept for the figure
+                losses[corpus] = float(per_token[:, skip_positions:].mean())
+                if corpus == "forget" and forget_token_losses is not None:
+                    forget_token_losses[spec.name] = per_token
             removed = None if spec.edits is None else sum(e.num_codes for e in spec.edits)
             rows.append(
                 {
@@ -180,3 +195,112 @@ def quality_rows(
         return rows, sae_quality_table(rows)
     rows = fidelity_rows(bmodel, corpora, batch_size, bf16)
     return rows, fidelity_table(rows)
+
+
+# ------------------------------------------------------------------------------------------------ per token
+
+
+def token_pieces(ids: Sequence[int], decode: Callable[[list[int]], str]) -> list[str]:
+    """The text each token adds to the decoded text of the tokens before it (so a SentencePiece token keeps its
+    leading space and a character split over byte-level tokens shows once it is whole); a token decoded alone where
+    decoding is not incremental (a tokenizer that cleans up spaces)."""
+    pieces, before = [], ""
+    for end in range(1, len(ids) + 1):
+        text = decode(list(ids[:end]))
+        pieces.append(text[len(before) :] if text.startswith(before) else decode([int(ids[end - 1])]))
+        before = text
+    return pieces
+
+
+def token_loss_increase(
+    per_token: Mapping[str, Tensor],
+    chunks: Tensor,
+    decode: Callable[[list[int]], str],
+    edited: Sequence[str],
+    reference: str = REFERENCE_ROW,
+    skip_positions: int = 0,
+    passage_tokens: int = PASSAGE_TOKENS,
+    top: int = TOP_TOKENS,
+) -> dict[str, Any] | None:
+    """Which held-out forget tokens got harder: the loss increase of each `edited` row against `reference`, per token.
+
+    `per_token` holds each row's per-token forget losses on `chunks` (what `evaluate_rows` fills
+    `forget_token_losses` with); losses are read after `skip_positions`, as the table's are, so each row's
+    `mean_increase` is its Δ forget in the table (to float rounding). Returns a JSON-ready dict, or None without a
+    reference or an edited row:
+
+    - `positions`: the predicted token's position in its chunk (loss column i predicts token i + 1);
+    - `by_position`: per edited row, the mean increase at each position, over every chunk;
+    - `passage`: chunk 0's first `passage_tokens` predicted tokens for the first edited row: each token's
+      position, id, text (`token_pieces`), reference loss, loss and increase;
+    - `top`: the `top` tokens of that passage whose loss rose most, largest first."""
+    rows = [row for row in edited if row in per_token and row != reference]
+    if reference not in per_token or not rows or chunks.shape[1] - 1 <= skip_positions:
+        return None
+    base = per_token[reference].double()
+    increase = {row: per_token[row].double()[:, skip_positions:] - base[:, skip_positions:] for row in rows}
+    row = rows[0]
+    end = min(skip_positions + passage_tokens, chunks.shape[1] - 1)
+    ids = [int(i) for i in chunks[0, : end + 1]]
+    pieces = token_pieces(ids, decode)
+    passage = [
+        {
+            "position": column + 1,
+            "token_id": ids[column + 1],
+            "token": pieces[column + 1],
+            "reference_loss": float(per_token[reference][0, column]),
+            "loss": float(per_token[row][0, column]),
+            "increase": float(per_token[row][0, column]) - float(per_token[reference][0, column]),
+        }
+        for column in range(skip_positions, end)
+    ]
+    return {
+        "reference": reference,
+        "rows": rows,
+        "skip_positions": skip_positions,
+        "chunks": int(chunks.shape[0]),
+        "positions": list(range(skip_positions + 1, chunks.shape[1])),
+        "by_position": {r: increase[r].mean(0).tolist() for r in rows},
+        "mean_increase": {r: float(increase[r].mean()) for r in rows},
+        "passage": {"row": row, "chunk": 0, "tokens": passage},
+        "top": sorted(passage, key=lambda t: -t["increase"])[:top],
+    }
+
+
+def _cell(text: str) -> str:
+    """A token's text as a Markdown table cell (quoted, so spaces and line breaks show)."""
+    return repr(text).replace("|", "\\|")
+
+
+def token_loss_markdown(data: Mapping[str, Any], figure: str) -> str:
+    """The numbers of `token_loss_increase` as Markdown (the mean by position stays in the JSON file)."""
+    reference, passage = data["reference"], data["passage"]
+    lines = [
+        "# Held-out forget loss increase per token",
+        "",
+        f"Each edited row against the `{reference}` row (the loss table's Δ reference), in nat, on "
+        f"{data['chunks']} held-out forget chunks; the first {data['skip_positions']} position(s) of every chunk are "
+        f"skipped, as in the table. Figure: `{figure}.png` / `{figure}.svg`; the mean increase at every position "
+        f"is `by_position` in `{figure}.json`.",
+        "",
+        "| row | mean increase (the table's Δ forget) |",
+        "|---|---:|",
+        *(f"| {row.replace('|', chr(92) + '|')} | {value:+.4f} |" for row, value in data["mean_increase"].items()),
+        "",
+        f"## The {len(data['top'])} tokens of the passage whose loss rose most ({passage['row']})",
+        "",
+        "| position | token | increase |",
+        "|---:|---|---:|",
+        *(f"| {t['position']} | {_cell(t['token'])} | {t['increase']:+.4f} |" for t in data["top"]),
+        "",
+        f"## The passage: chunk {passage['chunk']}, {passage['row']} against {reference}",
+        "",
+        f"| position | token | {reference} loss | loss | increase |",
+        "|---:|---|---:|---:|---:|",
+        *(
+            f"| {t['position']} | {_cell(t['token'])} | {t['reference_loss']:.4f} | {t['loss']:.4f} | "
+            f"{t['increase']:+.4f} |"
+            for t in passage["tokens"]
+        ),
+    ]
+    return "\n".join(lines)

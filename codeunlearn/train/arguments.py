@@ -62,7 +62,10 @@ class TrainingArguments(
     )
     dead_feature_window: int = field(
         default=200,
-        metadata={"help": "SAE: optimizer updates without firing after which a feature counts as dead (aux-k loss)."},
+        metadata={
+            "help": "SAE: optimizer updates without firing after which a feature counts as dead (aux-k loss); "
+            "codebook: steps without use after which metrics.jsonl counts a code dead (dead_codes_in_window)."
+        },
     )
     checkpoint_every: int = field(default=100, metadata={"help": "Save a resumable checkpoint every N steps."})
     keep_checkpoints: int = field(default=2, metadata={"help": "Older checkpoints are deleted."})

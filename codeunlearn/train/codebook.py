@@ -12,6 +12,10 @@ training by gradient.
    distribution to the bottlenecked model's) or `kl+reconstruction`. Batches are sharded across processes; DDP
    averages gradients.
 
+Every logged EMA and value step records `codes_used_in_batch` (distinct codes of the step's batches) and
+`dead_codes_in_window` (codes no batch used in the last `dead_feature_window` steps), per layer, over every process;
+key steps also record `dead_codes`, the codes whose EMA usage fell below the dead-code threshold.
+
 The default (`key_steps=1`, `value_steps=0`: k-means keys, values equal to the keys) is the faithful recipe of
 `configs/faithful_smollm2.yaml`; EMA steps, value training and downstream adapters are measured in
 benchmarks/RESULTS.md.
@@ -29,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import get_cosine_schedule_with_warmup
 
+from codeunlearn import distributed
 from codeunlearn.bottleneck.adapters import ADAPTER_PREFIX
 from codeunlearn.bottleneck.base import WEIGHTS_NAME
 from codeunlearn.bottleneck.codebook import QuantizeOutput, flat_code_ids
@@ -52,6 +57,64 @@ def _fvu(
     if reduce is not None:
         variance = reduce(variance.detach())
     return ((x - y) ** 2).sum() / variance.clamp_min(1e-12)
+
+
+USAGE_NAME = "codebook_usage.safetensors"  # the step at which each code was last used, in a checkpoint
+
+
+class _CodeUsage:
+    """Which codes the steps' batches use, for metrics.jsonl: `codes_used_in_batch` (distinct codes of the step's
+    batches, every process's) and `dead_codes_in_window` (codes no batch used in the last `dead_feature_window`
+    steps, or never since this tracking began).
+
+    Each process keeps the last step at which it saw each code (-1: never) and the processes' maxima are taken when
+    a record or a checkpoint is written, so two processes count what one process reading both shares counts; the
+    assignments are the ones the step computes anyway. A checkpoint keeps the steps, so a resumed run logs what an
+    uninterrupted one logs."""
+
+    def __init__(self, run: TrainingRun) -> None:
+        bmodel, device = run.bmodel, run.accelerator.device
+        self.window = run.args.dead_feature_window
+        self.num_heads, self.codebook_size = bmodel.config.num_heads, bmodel.config.codebook_size
+        self.last_used = {
+            layer: torch.full((bmodel.num_features(layer),), -1, dtype=torch.long, device=device)
+            for layer in bmodel.layers
+        }
+        self.in_step = {layer: torch.zeros_like(last, dtype=torch.bool) for layer, last in self.last_used.items()}
+        latest = run.latest_checkpoint() if run.resume_state is not None else None
+        if latest is not None and (latest / USAGE_NAME).is_file():  # a checkpoint of an earlier version has none
+            saved = load_tensors(latest / USAGE_NAME, "codebook usage")
+            for layer, last in self.last_used.items():
+                last.copy_(saved[str(layer)])
+
+    def observe(self, layer: int, result: QuantizeOutput) -> None:
+        """Mark the codes of a batch at `layer` (ordinary tokens only: passthrough tokens use no code)."""
+        ids = flat_code_ids(result.codes, self.num_heads, self.codebook_size)[~result.passthrough]
+        self.in_step[layer][ids[ids >= 0]] = True
+
+    def end_step(self, step: int) -> None:
+        """Close `step`: the codes its batches used were last used at it."""
+        for layer, used in self.in_step.items():
+            self.last_used[layer][used] = step
+            used.zero_()
+
+    def _everyone(self) -> dict[int, Tensor]:
+        """Every process's last steps combined (a collective: every process calls it at the same step)."""
+        return {layer: distributed.all_max_(last.clone()) for layer, last in self.last_used.items()}
+
+    def record(self, step: int) -> dict[str, dict[int, int]]:
+        """The usage fields of the metrics record of `step` (call after `end_step(step)`)."""
+        last = self._everyone()
+        return {
+            "codes_used_in_batch": {layer: int((steps == step).sum()) for layer, steps in last.items()},
+            "dead_codes_in_window": {
+                layer: int(((steps < 0) | (step - steps >= self.window)).sum()) for layer, steps in last.items()
+            },
+        }
+
+    def state(self) -> dict[str, dict[str, Tensor]]:
+        """The checkpoint's extra tensors file."""
+        return {USAGE_NAME: {str(layer): steps.cpu() for layer, steps in self._everyone().items()}}
 
 
 def _log_keys(run: TrainingRun, step: int, record: dict) -> None:
@@ -101,15 +164,16 @@ class CodebookTrainer(Trainer):
 
     def train(self, run: TrainingRun, step: int) -> int:
         means = {layer: run.bmodel.bottleneck(layer).mean for layer in run.bmodel.layers}
+        usage = _CodeUsage(run)
         if step == 0 and step < run.end:
-            step = self._fit_keys(run)
-        step = self._ema_steps(run, step, means)
+            step = self._fit_keys(run, usage)
+        step = self._ema_steps(run, step, means, usage)
         if step < run.end:
-            step = self._value_steps(run, step, means)
+            step = self._value_steps(run, step, means, usage)
         return step
 
     @staticmethod
-    def _fit_keys(run: TrainingRun) -> int:
+    def _fit_keys(run: TrainingRun, usage: _CodeUsage) -> int:
         """Step 1: k-means keys of every layer, shallowest first, on the states of the first `kmeans_init_tokens`."""
         bmodel, args = run.bmodel, run.args
         init_chunks = run.init_chunks()
@@ -124,26 +188,23 @@ class CodebookTrainer(Trainer):
         fit = {"fit_fvu": round(sum(fit_fvu.values()) / len(fit_fvu), 4), "fit_fvu_by_layer": fit_fvu}
         _log_keys(run, step, {"kmeans_tokens": init_chunks.numel(), **fit})
         if step % args.checkpoint_every == 0 or step == args.key_steps:
-            run.save_checkpoint(step)
+            run.save_checkpoint(step, extra=usage.state())
         return step
 
     @staticmethod
-    def _ema_steps(run: TrainingRun, step: int, means: dict[int, Tensor]) -> int:
+    def _ema_steps(run: TrainingRun, step: int, means: dict[int, Tensor], usage: _CodeUsage) -> int:
         """Key steps 2.. `key_steps`: EMA updates with dead-code replacement on fresh batches (no gradients)."""
         bmodel, args, accelerator = run.bmodel, run.args, run.accelerator
         fvus: dict[int, float] = {}
-        used: dict[int, int] = {}
 
         def observe(layer: int, states: Tensor, result: QuantizeOutput) -> None:
             fvus[layer] = float(_fvu(states, result, means[layer]))
-            ids = flat_code_ids(result.codes, bmodel.config.num_heads, bmodel.config.codebook_size)
-            used[layer] = int(ids[~result.passthrough].unique().numel())
+            usage.observe(layer, result)
 
         wrappers = bmodel.wrappers()
         while step < min(run.end, args.key_steps):
             batch = run.take_batch()
             fvus.clear()
-            used.clear()
             for wrapper in wrappers:
                 wrapper.fit_keys = True
             try:
@@ -153,16 +214,17 @@ class CodebookTrainer(Trainer):
                 for wrapper in wrappers:
                     wrapper.fit_keys = False
             step += 1
+            usage.end_step(step)
             run.bar.update(1)
             if step % args.log_every == 0 or step == args.key_steps:
                 fvu = {"fvu": round(sum(fvus.values()) / len(fvus), 4), "fvu_by_layer": dict(fvus)}
-                _log_keys(run, step, {**fvu, "codes_used_in_batch": dict(used)})
+                _log_keys(run, step, {**fvu, **usage.record(step)})
             if step % args.checkpoint_every == 0 or step == args.key_steps:
-                run.save_checkpoint(step)
+                run.save_checkpoint(step, extra=usage.state())
         return step
 
     @staticmethod
-    def _value_steps(run: TrainingRun, step: int, means: dict[int, Tensor]) -> int:
+    def _value_steps(run: TrainingRun, step: int, means: dict[int, Tensor], usage: _CodeUsage) -> int:
         """The value phase: output values (and adapters) by gradient on `objective`, to `run.end`."""
         bmodel, args, accelerator = run.bmodel, run.args, run.accelerator
         params = bmodel.trainable_parameters()
@@ -185,6 +247,7 @@ class CodebookTrainer(Trainer):
 
         def record(layer: int, states: Tensor, result: QuantizeOutput) -> None:
             recorded[layer] = (states, result)
+            usage.observe(layer, result)
 
         def micro_step(batch: Tensor, scale: float) -> Tensor:
             """Forward and backward of one batch (the loss scaled by `scale`); returns its detached
@@ -223,6 +286,7 @@ class CodebookTrainer(Trainer):
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            usage.end_step(step)
             run.bar.update(1)
             if step % args.log_every == 0 or step == run.total:
                 # the whole step's batches, not this process's share of them
@@ -240,10 +304,11 @@ class CodebookTrainer(Trainer):
                         "ppl_ratio": round(math.exp(ce_v - ce_base_v), 4),
                         "lr": scheduler.get_last_lr()[0],
                         "effective_batch": args.batch_size * run.world_size * accumulation,
+                        **usage.record(step),
                     }
                 )
             if step % args.checkpoint_every == 0 or step == run.total:
-                run.save_checkpoint(step, optimizer, scheduler)
+                run.save_checkpoint(step, optimizer, scheduler, usage.state())
         for p in params:
             p.requires_grad_(False)
         return step

@@ -21,6 +21,7 @@ from torch import Tensor
 from codeunlearn.bottleneck.edit import DEFAULT_MULTIPLIER, Edit, LayerCodes
 from codeunlearn.bottleneck.registry import config_class_for
 from codeunlearn.errors import CodeunlearnError
+from codeunlearn.figures import LayerFiring
 from codeunlearn.unlearn.statistics import CodeStatistics
 
 SCORES = ("frequency_ratio", "mean_activation_difference")
@@ -217,3 +218,26 @@ def truncate(edit: Edit, num_codes: int) -> Edit:
         for layer, c in edit.layers.items()
     }
     return dataclasses.replace(edit, layers=layers, rule={**edit.rule, "num_codes": num_codes})
+
+
+def firing_frequencies(
+    forget: CodeStatistics, retain: CodeStatistics, edit: Edit, control: Edit | None = None
+) -> list[LayerFiring]:
+    """Per layer of `edit`: every code's (feature's) firing frequency on the forget and the retain text, the edit's
+    codes and the control's: what `codeunlearn.figures.firing_frequency` draws."""
+    layers = []
+    for layer, chosen in sorted(edit.layers.items()):
+        _check_layer(forget, retain, layer)
+        other = control.layers.get(layer) if control is not None else None
+        layers.append(
+            LayerFiring(
+                layer=layer,
+                forget=forget.frequency(layer).numpy(),
+                retain=retain.frequency(layer).numpy(),
+                forget_tokens=forget.tokens[layer],
+                retain_tokens=retain.tokens[layer],
+                selected=list(chosen.codes),
+                control=list(other.codes) if other is not None else [],
+            )
+        )
+    return layers

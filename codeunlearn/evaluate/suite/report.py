@@ -9,11 +9,11 @@ go to `details/<metric>.jsonl` (one JSON object a line), named in the report. Ev
 `report.md` has one table per section (forget, retain, general, fluency, attack) with the columns metric, score,
 this model, base model and its difference (when a baseline is given), chance, items and seconds.
 
-`combine_reports({row: report.json, ...}, out)` writes `table.md`, `table.json` and `tradeoff.png`: one row per model
-(base, bottleneck, codebook removal, SAE, GA, NPO, ...), one column per metric (its headline score), the held-out
-forget and retain loss changes against a reference row, and the chance row. A row may also be taken from a table
-written earlier (`path/table.json#row`, a `RecordedRow`): a model whose suite settings have not changed need not be
-evaluated again, provided the earlier table's reference row agrees with this one's on every loss column.
+`combine_reports({row: report.json, ...}, out)` writes `table.md`, `table.json` and `tradeoff.{png,svg}`: one row per
+model (base, bottleneck, codebook removal, SAE, GA, NPO, ...), one column per metric (its headline score), the
+held-out forget and retain loss changes against a reference row, and the chance row. A row may also be taken from a
+table written earlier (`path/table.json#row`, a `RecordedRow`): a model whose suite settings have not changed need not
+be evaluated again, provided the earlier table's reference row agrees with this one's on every loss column.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from codeunlearn.evaluate.metrics.base import MetricResult
 from codeunlearn.evaluate.suite.plots import group_chart, tradeoff_scatter
 from codeunlearn.evaluate.suite.registry import GROUPS
 from codeunlearn.evaluate.suite.runner import SuiteReport, json_safe
+from codeunlearn.figures import draw_or_note
 from codeunlearn.io import atomic_write_text
 
 REPORT_NAME = "report.json"
@@ -38,7 +39,8 @@ DETAILS_DIR = "details"
 PLOTS_DIR = "plots"
 TABLE_NAME = "table.md"
 TABLE_JSON_NAME = "table.json"
-TRADEOFF_NAME = "tradeoff.png"
+TRADEOFF_NAME = "tradeoff.png"  # and tradeoff.svg
+RANDOM_CONTROL = "/random-control"  # the topic suffix of a random-codes control edit (`unlearn.selection`)
 LOSS_KEY = "loss"
 RECORDED_SEPARATOR = "#"
 # How far a recorded table's reference row may sit from this one's: losses must agree to the printed digit (the
@@ -282,7 +284,8 @@ def combine_reports(
     columns: Sequence[str] | None = None,
 ) -> str:
     """One table, one row per model, one column per metric's headline score; writes `table.md`, `table.json` and
-    `tradeoff.png` into `output_dir` and returns the Markdown table.
+    then the trade-off figure `tradeoff.png` / `tradeoff.svg` (a drawing error is a `note:` line: the table is
+    written) into `output_dir` and returns the Markdown table.
 
     Args:
         reports: row name -> a suite report (a report.json path, its directory, or a `SuiteReport`) or a row of an
@@ -319,7 +322,6 @@ def combine_reports(
     markdown = _combined_markdown(picked, rows, chance, reference)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tradeoff_scatter(points, reference, out / TRADEOFF_NAME, forget_axis="accuracy" if by_accuracy else "loss")
     table = {
         "reference": reference,
         "columns": [{"metric": name, "key": key, "group": group} for name, key, group in picked],
@@ -333,7 +335,19 @@ def combine_reports(
     }
     atomic_write_text(out / TABLE_JSON_NAME, json.dumps(json_safe(table), indent=1, ensure_ascii=False) + "\n")
     atomic_write_text(out / TABLE_NAME, markdown + "\n")
+    controls = {entry["row"] for entry in rows if is_random_control(entry["row"], entry.get("model"))}
+    axis = "accuracy" if by_accuracy else "loss"
+    for stale in (out / TRADEOFF_NAME, (out / TRADEOFF_NAME).with_suffix(".svg")):
+        stale.unlink(missing_ok=True)  # a figure beside the table is this table's, or there is none
+    draw_or_note("trade-off", tradeoff_scatter, points, reference, out / TRADEOFF_NAME, axis, controls)
     return markdown
+
+
+def is_random_control(row: str, model: str | None) -> bool:
+    """Whether a combined table's row is a random-codes control: its model carries the control edit `forget`
+    writes (topic `TOPIC/random-control`), or the row is named so (`random_codes`, `..._random_control`)."""
+    name = row.lower().replace("-", "_")
+    return RANDOM_CONTROL in (model or "") or name in ("random", "random_codes") or "random_control" in name
 
 
 def _load_rows(reports: Mapping[str, str | Path | SuiteReport | RecordedRow]) -> dict[str, SuiteReport | RecordedRow]:
