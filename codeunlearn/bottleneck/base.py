@@ -118,6 +118,26 @@ class Bottleneck(nn.Module):
         """What one `quantize` result adds to this layer's statistics (passthrough tokens are not counted)."""
         raise NotImplementedError
 
+    # ------------------------------------------------------------------------------------------ inspection
+    # What `firing_strength` ranks a unit's firings by, in words (`codeunlearn inspect` says it on its page).
+    strength_meaning: str = "firing strength"
+
+    def firing_strength(self, states: Tensor, result: Any, units: Tensor) -> Tensor:
+        """How strongly each unit of `units` (long, (U,)) fires at each token of one `quantize` call on `states`:
+        (..., U) float32, -inf where it does not fire and at passthrough tokens, so that a unit fires exactly where
+        `tally` counts it. Larger is stronger (`strength_meaning` says what it is)."""
+        raise NotImplementedError
+
+    def output_vectors(self, units: Tensor) -> Tensor:
+        """What each unit of `units` (long, (U,)) writes into the residual stream when it fires, (U, hidden) float32:
+        the direction a logit lens reads (the part every token shares, a codebook's mean or an SAE's decoder bias,
+        left out)."""
+        raise NotImplementedError
+
+    def unit_label(self, unit: int) -> str:
+        """A unit id as a reader knows it (a codebook adds the stage, head and entry a flat code id stands for)."""
+        return str(unit)
+
     # ------------------------------------------------------------------------------------------ export
     def inference_tensors(self) -> dict[str, Tensor]:
         """The layer's tensors in inference form (fp32 copies, with the edit masks where the kind keeps them as

@@ -332,6 +332,51 @@ class CodebookBottleneck(Bottleneck):
         ids = ids[~result.passthrough].flatten().cpu()
         return Tally(torch.bincount(ids, minlength=self.num_features), int((~result.passthrough).sum()))
 
+    # ----------------------------------------------------------------------------------------------- inspection
+    strength_meaning = (
+        "closeness of the state to the code's search key (minus their distance, in the code's head after the earlier "
+        "stages; 0 is an exact match)"
+    )
+
+    def _unit_slots(self, units: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(stage, head, entry) of flat code ids."""
+        heads, size = self.config.num_heads, self.config.codebook_size
+        return units // (heads * size), (units // size) % heads, units % size
+
+    def firing_strength(self, states: Tensor, result: QuantizeOutput, units: Tensor) -> Tensor:
+        """Minus the distance between the state and the key of each code in `units` where the search chose it
+        (-inf elsewhere): what the search itself compares, so the top firings are the code's most typical tokens.
+        The state is the one the code's stage searched, what the earlier stages' keys left over."""
+        lead, heads = states.shape[:-1], self.config.num_heads
+        with torch.autocast(device_type=states.device.type, enabled=False):
+            flat = states.reshape(-1, states.shape[-1]).float()
+            codes = result.codes.reshape(len(flat), self.config.num_stages, heads)
+            z = self._to_code_space(flat).view(len(flat), heads, -1)
+            distances = []
+            for stage in range(self.config.num_stages):
+                keys = self._lookup(self.keys(stage), codes[:, stage].clamp_min(0)).float()
+                distances.append((z - keys).norm(dim=-1))
+                z = z - keys  # as `quantize` does: the next stage searches what this stage's key left
+            distance = torch.stack(distances, dim=1)  # (N, S, H)
+            stage, head, entry = (t.to(flat.device) for t in self._unit_slots(units))
+            chosen = codes[:, stage, head] == entry  # passthrough tokens carry -1: never chosen
+            strength = torch.where(chosen, -distance[:, stage, head], float("-inf"))
+        return strength.view(*lead, len(units))
+
+    def output_vectors(self, units: Tensor) -> Tensor:
+        """Each code's output value placed in its head and rotated back to the residual stream (the centring mean,
+        which every token gets, left out): a quantized state is the mean plus the vectors of its codes."""
+        stage, head, entry = self._unit_slots(units.cpu())
+        head_dim = self.config.hidden_size // self.config.num_heads
+        pieces = torch.zeros(len(units), self.config.num_heads, head_dim, device=self.rotation.device)
+        for row, (s, h, c) in enumerate(zip(stage.tolist(), head.tolist(), entry.tolist(), strict=True)):
+            pieces[row, h] = self.values[s][h, c].detach().float()
+        return pieces.reshape(len(units), -1) @ self.rotation.T
+
+    def unit_label(self, unit: int) -> str:
+        stage, head, entry = (int(t) for t in self._unit_slots(torch.tensor(unit)))
+        return f"{unit} (stage {stage}, head {head}, entry {entry})"
+
     # ----------------------------------------------------------------------------------------------- export
     def inference_tensors(self) -> dict[str, Tensor]:
         """Mean, rotation, typical norm, keys and values stacked over stages, substitutes and the edit masks."""

@@ -417,7 +417,7 @@ class BottleneckedModel(nn.Module):
     # ------------------------------------------------------------------------------------------------ edits
     def apply_edit(self, edit: Edit) -> None:
         """Add an edit on top of the active ones (takes milliseconds: only masks change)."""
-        self._check_edit(edit)
+        self.check_edit(edit)
         self.edits.append(edit)
         try:
             self._refresh_masks()
@@ -450,7 +450,9 @@ class BottleneckedModel(nn.Module):
             self.edits.remove(edit)
             self._refresh_masks()
 
-    def _check_edit(self, edit: Edit) -> None:
+    def check_edit(self, edit: Edit) -> None:
+        """Refuse (one-line `CodeunlearnError`) an edit made for another bottleneck: another kind, another
+        fingerprint, a layer without a bottleneck or a unit id out of range. Changes nothing."""
         if edit.kind != self.config.kind:
             raise CodeunlearnError(
                 f"edit is for a {edit.kind!r} bottleneck, this one is {self.config.kind!r}", "use a matching edit"

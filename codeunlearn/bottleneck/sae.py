@@ -415,6 +415,18 @@ class SAEBottleneck(Bottleneck):
             activation_max=acts.max(0).values.cpu() if len(acts) else None,
         )
 
+    strength_meaning = "activation"
+
+    def firing_strength(self, states: Tensor, result: SAEOutput, units: Tensor) -> Tensor:
+        """Each feature's activation where it fires (positive, not a passthrough token), -inf elsewhere."""
+        acts = result.acts[..., units.to(result.acts.device)].float()
+        fires = (acts > 0) & ~result.passthrough.unsqueeze(-1)
+        return torch.where(fires, acts, float("-inf"))
+
+    def output_vectors(self, units: Tensor) -> Tensor:
+        """The features' decoder rows, in the units of the raw states (the decoder bias left out)."""
+        return self.sae.W_dec[units.to(self.sae.W_dec.device)].detach().float() / self.input_scale
+
     def set_interventions(self, interventions: list[FeatureIntervention]) -> None:
         """Install the compiled edits of this layer (in order); [] restores the unedited SAE."""
         for intervention in interventions:

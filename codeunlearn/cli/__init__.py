@@ -4,6 +4,7 @@
     codeunlearn stats   count which codes fire on a corpus
     codeunlearn forget  select a topic's codes -> edit.json (+ a random-codes control)
     codeunlearn apply   write an edited bottleneck directory
+    codeunlearn inspect what an edit's codes/features fire on: top contexts, frequencies, logit lens (HTML page)
     codeunlearn eval    held-out forget/retain loss table of base, bottleneck and edits
     codeunlearn calibrate  turn an SAE edit into a guardrail calibrated on retain text
     codeunlearn export  write the edited model as a directory plain transformers loads
@@ -34,6 +35,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "stats": ("codeunlearn.cli.stats", "count which codes fire on a corpus (train split by default)"),
     "forget": ("codeunlearn.cli.forget", "select a topic's codes -> edit.json and a random-codes control"),
     "apply": ("codeunlearn.cli.apply", "apply/undo edits and write an edited bottleneck directory"),
+    "inspect": (
+        "codeunlearn.cli.inspect",
+        "what an edit's codes/features fire on: top contexts, frequencies, logit lens -> inspect.html",
+    ),
     "eval": ("codeunlearn.cli.eval", "held-out forget/retain loss of base, bottleneck and edits, plus FVU"),
     "calibrate": ("codeunlearn.cli.calibrate", "turn an SAE edit into a guardrail calibrated on retain text"),
     "export": ("codeunlearn.cli.export", "write the edited model as a directory plain transformers loads"),

@@ -164,7 +164,7 @@ def sae_edit_directions(bmodel: BottleneckedModel, edit: Edit, layer: int | None
             "linear mode takes directions from an SAE edit (the decoder rows of its features)",
             "pass an SAE bottleneck and an edit selected from it, or --directions / corpora",
         )
-    bmodel._check_edit(edit)  # made for this SAE: fingerprint, layers and feature ids
+    bmodel.check_edit(edit)  # made for this SAE: fingerprint, layers and feature ids
     layers = sorted(layer for layer, codes in edit.layers.items() if codes.codes)
     if layer is None and len(layers) != 1:
         raise CodeunlearnError(f"edit {edit.topic!r} has features at layers {layers}", "pass --layer L to pick one")

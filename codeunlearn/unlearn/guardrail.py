@@ -60,7 +60,7 @@ def unedited(bmodel: BottleneckedModel) -> Iterator[None]:
 def check_sae_edit(bmodel: BottleneckedModel, edit: Edit) -> None:
     if "guardrail" not in bmodel.config.interventions or "guardrail" not in config_class_for(edit.kind).interventions:
         raise CodeunlearnError("a guardrail gates SAE features", "use an SAE bottleneck and an edit selected from it")
-    bmodel._check_edit(edit)
+    bmodel.check_edit(edit)
 
 
 @torch.no_grad()
