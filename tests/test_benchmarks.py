@@ -204,3 +204,31 @@ def test_open_weights_table_measures_what_is_left_against_the_base_model_attacke
     assert "| baked | +1.500 (75% of edit) | +0.000 | +1.500 (100%) | +1.500 (100%) | +0.500 (33%) |" in out
     assert "75% of the edit's rise (goal >= 70%: met)" in out and "retain +0.000 (goal <= +0.05: met)" in out
     assert "50% of the edit's rise left after the relearning attack (goal >= 50%: met)" in out
+
+
+def test_inspect_topic_words_counts_firings_inside_listed_words(tmp_path):
+    """A firing token counts when the whole word around it is listed ("warts" of " Hogwarts", " Harry's"), not when
+    it only looks alike (" Harrys", " the")."""
+    from benchmarks.inspect_topic_words import whole_word
+
+    window = [" Harry", "'s", " owl", " flew", " to", " Hog", "warts", "."]
+    assert whole_word(window, 6) == "hogwarts" and whole_word(window, 5) == "hogwarts"
+    assert whole_word(window, 0) == "harry" and whole_word(window, 1) == "harry"
+    assert whole_word(window, 7) == ""
+
+    def unit(group: str, score: float | None, firings: list[tuple[list[str], int]]) -> dict:
+        contexts = [{"tokens": tokens, "firing": i} for tokens, i in firings]
+        return {"group": group, "score": score, "forget": {"contexts": contexts}}
+
+    units = [
+        unit("edit", 2.0, [(window, 6), (window, 0)]),  # both in listed words
+        unit("edit", 1.0, [([" the", " Harrys"], 1)]),  # not a listed word
+        unit("control", None, [(window, 3), (window, 4)]),
+    ]
+    path = tmp_path / "inspect.json"
+    path.write_text(json.dumps({"units": units}))
+    printed = run_script("inspect_topic_words.py", str(path), "--top", "1").stdout
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ")[1:5] for line in printed.splitlines() if "|" in line}
+    assert rows["edit, top 1 by score"] == ["2", "2", "100%", "1 of 1"]
+    assert rows["edit, all 2"] == ["3", "2", "67%", "1 of 2"]
+    assert rows["control, all 1"] == ["2", "0", "0%", "0 of 1"]
