@@ -7,10 +7,12 @@ Of a page you have:
 
 Or of a real inspect run on the tiny fixture (`--tiny`: the random 4-layer Llama and synthetic corpora of
 `benchmarks/tiny.py`, a 256-feature TopK SAE trained at layer 2, `codeunlearn forget` of the `micro` topic with
-mean-activation-difference scores, then `codeunlearn inspect` of that edit and its random control), which is how
-`docs/images/inspect_page.png` was made:
+mean-activation-difference scores, then `codeunlearn inspect` of that edit and its random control):
 
-    python benchmarks/inspect_screenshot.py --tiny --output docs/images/inspect_page.png
+    python benchmarks/inspect_screenshot.py --tiny --output outputs/tiny_inspect_page.png
+
+`docs/images/inspect_page.png` is the page of the demo's Harry Potter edit, made by
+`bash benchmarks/results/inspect_demo/run.sh`.
 """
 
 from __future__ import annotations

@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         (f"control, all {len(control)}", control),
     ):
         s = summarize(group, names)
-        common = ", ".join(f"{w or '(space)'} {n}" for w, n in s["common_words"][:10])
+        common = ", ".join(f"{w or '(no word)'} {n}" for w, n in s["common_words"][:10])
         print(
             f"| {label} | {s['contexts']} | {s['in_list']} | {s['share']:.0%} | "
             f"{s['units_with_a_listed_word']} of {s['units']} | {common} |"
