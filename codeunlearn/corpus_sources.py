@@ -11,11 +11,16 @@ A corpus argument (`--corpora`, `--forget_corpora`, `--retain_corpora`) is one o
   `datasets.load_dataset(NAME, CONFIG, split=SPLIT)` (from the local cache when offline).
 
 An existing local path always wins over a Hub name, as in `datasets.load_dataset`. Every failure is one
-`CodeunlearnError` line that says what to change. `codeunlearn.data` splits and packs what is read here.
+`CodeunlearnError` line that names the real cause and says what to change: an empty file, the offset and line of
+the first byte that is not UTF-8, an unsupported suffix, the first malformed JSON line, a missing text field, or a
+Hub dataset that is not cached while offline or while the Hub does not answer (at once, not after retries). `codeunlearn.data` splits and packs what is read here.
 """
 
 from __future__ import annotations
 
+import codecs
+import contextlib
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -25,6 +30,8 @@ from typing import TYPE_CHECKING
 from codeunlearn.errors import CodeunlearnError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     import datasets
 
 FILE_SUFFIXES = (".txt", ".json", ".jsonl", ".parquet")
@@ -144,26 +151,155 @@ def _texts(table: datasets.Dataset, text_field: str, source: str) -> list[str]:
     return [d for d in table[text_field] if d and d.strip()]
 
 
-def _read_file(path: Path, text_field: str, doc_start_regex: str | None, source: str) -> list[str]:
+def _read_file(
+    path: Path, text_field: str, doc_start_regex: str | None, source: str, skip_empty: bool = False
+) -> list[str]:
+    """The documents of one corpus file. An empty (or all-blank) file is an error naming it, unless `skip_empty`
+    (a file in a folder: the folder as a whole is checked by the caller)."""
     import datasets
 
     if path.suffix not in FILE_SUFFIXES:
+        kind = f"file type {path.suffix!r}" if path.suffix else "file type (no suffix)"
         raise CodeunlearnError(
-            f"corpus file {source} has an unsupported suffix {path.suffix!r}",
-            f"use one of {', '.join(FILE_SUFFIXES)} (or a folder of them)",
+            f"corpus file {source}: unsupported {kind}",
+            f"use a file ending in one of {', '.join(FILE_SUFFIXES)} (rename it if it holds text in one of these "
+            "forms), or a folder of them",
         )
+    if path.stat().st_size == 0:  # datasets fails on an empty file with a bare DatasetGenerationError/StopIteration
+        if skip_empty:
+            return []
+        raise _empty_error(path, source)
+    verbosity = datasets.logging.get_verbosity()
+    # datasets logs its own ERROR line for a malformed JSON file before raising; the CodeunlearnError line below
+    # names the cause, so that log line would only be a second, less exact, message.
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
     try:
         if path.suffix == ".txt":
             lines = datasets.load_dataset("text", data_files=str(path), split="train")["text"]
-            return _group_lines(lines, doc_start_regex)
-        builder = "parquet" if path.suffix == ".parquet" else "json"
-        return _texts(datasets.load_dataset(builder, data_files=str(path), split="train"), text_field, source)
+            docs = _group_lines(lines, doc_start_regex)
+        else:
+            builder = "parquet" if path.suffix == ".parquet" else "json"
+            table = datasets.load_dataset(builder, data_files=str(path), split="train")
+            docs = _texts(table, text_field, source)
     except CodeunlearnError:
         raise
     except Exception as err:  # datasets and pyarrow raise many types; the user needs the one line
+        # Their messages hide the cause ("An error occurred while generating the dataset"), so the file is read
+        # again to name it; this costs nothing for files that load.
+        cause = _diagnose_text_file(path, source, text_field, skip_empty)
+        if cause is not None:
+            if cause is _SKIP:
+                return []
+            raise cause from None
         raise CodeunlearnError(
             f"cannot read corpus file {source} ({_one_line(err)})", f"check that it is a valid {path.suffix} file"
         ) from None
+    finally:
+        datasets.logging.set_verbosity(verbosity)
+    if not docs and not skip_empty:
+        raise _empty_error(path, source, text_field if path.suffix != ".txt" else None)
+    return docs
+
+
+# Returned by `_diagnose_text_file` for an all-blank file in a folder: no error, no documents.
+_SKIP = CodeunlearnError("", "")
+_CHUNK = 1 << 20
+
+
+def _empty_error(path: Path, source: str, text_field: str | None = None) -> CodeunlearnError:
+    """`corpus X is empty`: no bytes, only whitespace, or (for a table) no non-blank value in the text field."""
+    if path.stat().st_size == 0:
+        what = "0 bytes"
+    elif text_field is None:
+        what = "only blank lines"
+    else:
+        what = f"no non-blank {text_field!r} value"
+    form = (
+        "one document per line"
+        if path.suffix == ".txt"
+        else f"one row per document with a {text_field or 'text'!r} field"
+    )
+    return CodeunlearnError(
+        f"corpus {source} is empty ({what})", f"put at least one document in it ({form}), or pass another corpus"
+    )
+
+
+def _diagnose_text_file(path: Path, source: str, text_field: str, skip_empty: bool) -> CodeunlearnError | None:
+    """The real cause of a .txt/.json/.jsonl file that `datasets` failed to read: bytes that are not UTF-8 (with
+    their offset and line), no text at all, or (JSON) the first line that does not parse. None when none is found."""
+    if path.suffix not in (".txt", ".json", ".jsonl"):
+        return None
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    offset = newlines = 0
+    blank = True
+    with path.open("rb") as file:
+        while chunk := file.read(_CHUNK):
+            try:
+                text = decoder.decode(chunk)
+            except UnicodeDecodeError as err:
+                return _not_utf8_error(path, source, chunk, offset, newlines, err)
+            blank = blank and not text.strip()
+            offset += len(chunk)
+            newlines += chunk.count(b"\n")
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError as err:  # the file ends inside a multi-byte character
+            return _not_utf8_error(path, source, b"", offset, newlines, err)
+    if blank:
+        return _SKIP if skip_empty else _empty_error(path, source, None if path.suffix == ".txt" else text_field)
+    return _json_error(path, source) if path.suffix != ".txt" else None
+
+
+def _not_utf8_error(
+    path: Path, source: str, chunk: bytes, offset: int, newlines: int, err: UnicodeDecodeError
+) -> CodeunlearnError:
+    """Name the first byte that is not UTF-8 by file offset and line, and how to re-encode the file. `chunk` is the
+    block being decoded, read at `offset` after `newlines` line breaks."""
+    # The decoder's error object is its pending bytes (an unfinished character from the previous block, which holds
+    # no line break) followed by `chunk`, so err.start counts from `offset - pending`.
+    pending = len(err.object) - len(chunk)
+    position = offset - pending + err.start
+    line = newlines + err.object[: err.start].count(b"\n") + 1
+    bad = err.object[err.start : err.start + 1].hex()
+    kind = "looks like a binary file" if b"\0" in err.object else "is not UTF-8 text"
+    target = f"{path.with_suffix('')}.utf8{path.suffix}"
+    return CodeunlearnError(
+        f"corpus file {source} {kind}: byte 0x{bad} at offset {position} (line {line}) is not valid UTF-8",
+        f"pass a UTF-8 text file; to re-encode a Latin-1 file run `iconv -f latin1 -t utf-8 {path} > {target}` "
+        f"(or in Python: open(OUT, 'w', encoding='utf-8').write(open(IN, encoding='latin-1').read())) "
+        f"and pass {target}",
+    )
+
+
+def _json_error(path: Path, source: str) -> CodeunlearnError | None:
+    """The first line of a JSON Lines file that is not a JSON object (or where a .json array fails to parse)."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json" and not text.lstrip().startswith("{"):  # a JSON array (or a scalar): parse it whole
+        try:
+            json.loads(text)
+        except json.JSONDecodeError as err:
+            return CodeunlearnError(
+                f"corpus file {source} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}",
+                "fix that line (a .json file holds one array of objects, a .jsonl file one object per line)",
+            )
+        return None
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            return CodeunlearnError(
+                f"corpus file {source}: line {number} is not valid JSON ({err.msg} at column {err.colno}): "
+                f"{line.strip()[:60]!r}",
+                'fix or remove that line (JSON Lines: one JSON object per line, e.g. {"text": "..."})',
+            )
+        if not isinstance(row, dict):
+            return CodeunlearnError(
+                f"corpus file {source}: line {number} is a JSON {type(row).__name__}, not an object",
+                'write one object per line, e.g. {"text": "..."}',
+            )
+    return None
 
 
 def _read_folder(path: Path, text_field: str, doc_start_regex: str | None, split: str, source: str) -> list[str]:
@@ -175,7 +311,13 @@ def _read_folder(path: Path, text_field: str, doc_start_regex: str | None, split
             f"corpus folder {source} holds no {'/'.join(FILE_SUFFIXES)} files and is not a save_to_disk dataset",
             "put the corpus files at its top level, or pass a file",
         )
-    return [doc for file in files for doc in _read_file(file, text_field, doc_start_regex, str(file))]
+    docs = [doc for file in files for doc in _read_file(file, text_field, doc_start_regex, str(file), True)]
+    if not docs:
+        raise CodeunlearnError(
+            f"corpus folder {source} is empty (its files hold no non-blank document)",
+            "put at least one document in its files, or pass another corpus",
+        )
+    return docs
 
 
 def _read_saved(path: Path, text_field: str, split: str, source: str) -> list[str]:
@@ -207,25 +349,77 @@ def _offline() -> bool:
     return bool(datasets.config.HF_HUB_OFFLINE) or any(v.upper() in _TRUE for v in values)
 
 
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+def _hub_unreachable() -> str | None:
+    """Why the Hub endpoint cannot be reached (one short request), or None when it answers at all. Without this,
+    `datasets` retries an unreachable Hub five times with back-off (about 23 s) before it fails."""
+    import urllib.error
+    import urllib.request
+
+    from huggingface_hub import constants
+
+    try:
+        request = urllib.request.Request(constants.ENDPOINT, method="HEAD")
+        with urllib.request.urlopen(request, timeout=HUB_PROBE_TIMEOUT_S):
+            pass
+    except urllib.error.HTTPError:  # any HTTP answer means the Hub is reachable
+        return None
+    except (OSError, ValueError) as err:  # URLError, timeouts, refused connections, a malformed HF_ENDPOINT
+        reason = getattr(err, "reason", err)
+        return f"no answer from {constants.ENDPOINT} ({reason if isinstance(reason, str) else _one_line(reason, 120)})"
+    return None
+
+
+@contextlib.contextmanager
+def _forced_offline(active: bool) -> Iterator[None]:
+    """Offline mode for `datasets` and `huggingface_hub` while the block runs, when `active`: a cached dataset
+    still loads, an uncached one fails at once instead of after retries. Both libraries read the environment
+    into constants at import, so the constants are what is set."""
+    import datasets
+    from huggingface_hub import constants
+
+    if not active:
+        yield
+        return
+    saved = (datasets.config.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE, constants.HF_HUB_OFFLINE)
+    datasets.config.HF_HUB_OFFLINE = datasets.config.HF_DATASETS_OFFLINE = constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE, constants.HF_HUB_OFFLINE = saved
+
+
 def _read_hub(hub: HubDataset, text_field: str, source: str) -> list[str]:
     import datasets
     from datasets.exceptions import DatasetNotFoundError
 
     subject = f"corpus {source!r} is not a local file or folder, and the Hub dataset {hub.name!r}"
     local_fix = "or pass a local file or folder (e.g. one written by save_to_disk)"
+    offline = _offline()
+    unreachable = None if offline else _hub_unreachable()
     try:
-        table = datasets.load_dataset(hub.name, hub.config, split=hub.split)
-    except ConnectionError as err:  # datasets' own ConnectionError when offline or the Hub is unreachable
-        reason = "offline mode is set (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE)" if _offline() else _one_line(err)
+        with _forced_offline(offline or unreachable is not None):
+            table = datasets.load_dataset(hub.name, hub.config, split=hub.split)
+    except (ConnectionError, DatasetNotFoundError) as err:
+        # datasets raises ConnectionError (or, offline, DatasetNotFoundError) for a dataset it has no cached copy of
+        if not (offline or unreachable or isinstance(err, ConnectionError)):
+            raise CodeunlearnError(
+                f"{subject} was not found ({_one_line(err)})",
+                f"check the path or the Hub name NAME[:CONFIG[:SPLIT]], {local_fix}",
+            ) from None
+        if offline:
+            reason = "offline mode is set (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE)"
+        else:
+            reason = unreachable or _one_line(err)
+        config = f", {hub.config!r}" if hub.config else ""
         raise CodeunlearnError(
-            f"{subject} is not in the local cache ({datasets.config.HF_DATASETS_CACHE}) and the Hub cannot be "
-            f"reached: {reason}",
-            f"load it once with network access (unset HF_HUB_OFFLINE / HF_DATASETS_OFFLINE), {local_fix}",
-        ) from None
-    except DatasetNotFoundError as err:
-        raise CodeunlearnError(
-            f"{subject} was not found ({_one_line(err)})",
-            f"check the path or the Hub name NAME[:CONFIG[:SPLIT]], {local_fix}",
+            f"{subject} is not in the local cache ({datasets.config.HF_DATASETS_CACHE}) and the "
+            f"Hub cannot be reached: {reason}",
+            "load it once with network access (unset HF_HUB_OFFLINE / HF_DATASETS_OFFLINE), or on a connected "
+            f"machine run datasets.load_dataset({hub.name!r}{config}, split={hub.split!r}).save_to_disk(DIR) and "
+            "pass DIR, or set HF_HOME to the cache that holds it",
         ) from None
     except Exception as err:  # unknown config or split, and whatever else datasets raises
         raise CodeunlearnError(
@@ -237,7 +431,7 @@ def _read_hub(hub: HubDataset, text_field: str, source: str) -> list[str]:
     return _texts(table, text_field, source)
 
 
-def _one_line(err: BaseException, limit: int = 300) -> str:
+def _one_line(err: object, limit: int = 300) -> str:
     """`Type: message` on one line, cut to `limit` characters (datasets' messages span lines and list files)."""
     text = " ".join(f"{type(err).__name__}: {err}".split())
     return text if len(text) <= limit else text[: limit - 3] + "..."

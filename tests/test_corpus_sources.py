@@ -8,11 +8,12 @@ form is checked offline only: parsing, and that an uncached dataset is the one c
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import datasets
 import pytest
-from helpers import assert_fix_error, run_error
+from helpers import assert_fix_error, make_cli_workspace, run_error
 
 from codeunlearn.corpus_sources import HubDataset, corpus_name
 from codeunlearn.data import DataArguments, load_documents, read_corpora
@@ -194,7 +195,7 @@ def bad_inputs(root: Path) -> dict[str, tuple[str, dict, str]]:
         "missing relative folder": ("data/missing_folder/", {}, "corpus file not found"),
         "empty folder": (str(root / "empty_folder"), {}, "holds no .txt/.json/.jsonl/.parquet files"),
         "folder of other files": (str(root / "other_files"), {}, "holds no .txt/.json/.jsonl/.parquet files"),
-        "unsupported suffix": (str(root / "table.csv"), {}, "unsupported suffix '.csv'"),
+        "unsupported suffix": (str(root / "table.csv"), {}, "unsupported file type '.csv'"),
         "missing text field (save_to_disk)": (str(root / "saved"), {"text_field": "body"}, "has no field 'body'"),
         "missing text field (parquet)": (str(root / "p.parquet"), {"text_field": "body"}, "has no field 'body'"),
         "field that is not text": (str(root / "saved"), {"text_field": "n"}, "holds int64, not text"),
@@ -258,3 +259,185 @@ def test_cli_uncached_hub_dataset_offline_exits_2(offline_empty_cache, tmp_path,
     line = run_error(stats_argv(tmp_path, "wikitext:wikitext-103-raw-v1:train"), capsys)
     assert line.startswith("error: corpus 'wikitext:wikitext-103-raw-v1:train' is not a local file or folder")
     assert "not in the local cache" in line and "offline mode is set" in line
+
+
+# ------------------------------------------------------------------------------------------------ real causes
+# Issue 22: an empty file, bytes that are not UTF-8, an unsupported suffix, a malformed JSON line or a missing text
+# field are each named, instead of datasets' "An error occurred while generating the dataset".
+LATIN1_TXT = "first line\nsecond caf\u00e9 line\n".encode("latin-1")  # 0xe9 at offset 21, on line 2
+
+
+def cause_files(root: Path) -> dict[str, tuple[str, dict, list[str]]]:
+    """name -> (source, load_documents keywords, phrases the message must hold), built under `root`."""
+    (root / "empty.txt").write_bytes(b"")
+    (root / "blank.txt").write_text("  \n\n\t\n")
+    (root / "empty.jsonl").write_bytes(b"")
+    (root / "blank.jsonl").write_text("\n  \n")
+    (root / "blank_values.jsonl").write_text('{"text": " "}\n{"text": ""}\n')
+    (root / "latin1.txt").write_bytes(LATIN1_TXT)
+    (root / "latin1.jsonl").write_bytes('{"text": "ok"}\n{"text": "na\u00efve"}\n'.encode("latin-1"))
+    (root / "binary.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    (root / "data.bin").write_bytes(b"\x00\x01")
+    (root / "README").write_text("text\n")
+    (root / "bad_line.jsonl").write_text('{"text": "a"}\n\n{"text": "b"}\n{"text": b}\n{"text": "c"}\n')
+    (root / "list_line.jsonl").write_text('{"text": "a"}\n["b"]\n')
+    (root / "bad_array.json").write_text('[{"text": "a"},\n {"text": }]\n')
+    (root / "other_keys.jsonl").write_text('{"body": "a", "title": "t"}\n')
+    (root / "blank_folder").mkdir()
+    (root / "blank_folder" / "a.txt").write_bytes(b"")
+    (root / "blank_folder" / "b.jsonl").write_text("\n")
+    return {
+        "empty txt": ("empty.txt", {}, ["corpus empty.txt is empty (0 bytes)", "put at least one document"]),
+        "blank txt": ("blank.txt", {}, ["corpus blank.txt is empty (only blank lines)"]),
+        "empty jsonl": ("empty.jsonl", {}, ["corpus empty.jsonl is empty (0 bytes)", "'text' field"]),
+        "blank jsonl": ("blank.jsonl", {"text_field": "body"}, ["corpus blank.jsonl is empty", "'body' field"]),
+        "blank values": ("blank_values.jsonl", {}, ["corpus blank_values.jsonl is empty (no non-blank 'text'"]),
+        "latin-1 txt": (
+            "latin1.txt",
+            {},
+            ["latin1.txt is not UTF-8 text: byte 0xe9 at offset 21 (line 2)", "iconv -f latin1 -t utf-8 latin1.txt"],
+        ),
+        "latin-1 jsonl": ("latin1.jsonl", {}, ["byte 0xef at offset 27 (line 2)", "> latin1.utf8.jsonl"]),
+        "binary": ("binary.txt", {}, ["binary.txt looks like a binary file: byte 0x89 at offset 0 (line 1)"]),
+        "unsupported suffix": ("data.bin", {}, ["data.bin: unsupported file type '.bin'", ".txt, .json, .jsonl"]),
+        "no suffix": ("README", {}, ["README: unsupported file type (no suffix)"]),
+        "malformed jsonl line": ("bad_line.jsonl", {}, ["bad_line.jsonl: line 4 is not valid JSON", '{"text": b']),
+        "jsonl line not an object": ("list_line.jsonl", {}, ["list_line.jsonl: line 2 is a JSON list"]),
+        "malformed json array": ("bad_array.json", {}, ["bad_array.json is not valid JSON", "line 2, column"]),
+        "missing text field": ("other_keys.jsonl", {}, ["has no field 'text'", "['body', 'title']"]),
+        "folder of blank files": ("blank_folder", {}, ["corpus folder blank_folder is empty"]),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "empty txt",
+        "blank txt",
+        "empty jsonl",
+        "blank jsonl",
+        "blank values",
+        "latin-1 txt",
+        "latin-1 jsonl",
+        "binary",
+        "unsupported suffix",
+        "no suffix",
+        "malformed jsonl line",
+        "jsonl line not an object",
+        "malformed json array",
+        "missing text field",
+        "folder of blank files",
+    ],
+)
+def test_bad_file_names_the_cause(tmp_path, monkeypatch, case):
+    monkeypatch.chdir(tmp_path)
+    source, keywords, phrases = cause_files(tmp_path)[case]
+    with pytest.raises(CodeunlearnError) as excinfo:
+        load_documents(source, **keywords)
+    assert_fix_error(excinfo)
+    message = str(excinfo.value)
+    assert "DatasetGenerationError" not in message and "An error occurred" not in message
+    for phrase in phrases:
+        assert phrase in message, message
+
+
+def test_not_utf8_offset_across_read_blocks(tmp_path, monkeypatch):
+    """The offset and line count across blocks, also when a valid multi-byte character spans two blocks."""
+    import codeunlearn.corpus_sources as sources
+
+    monkeypatch.setattr(sources, "_CHUNK", 4)
+    text = "ab\n\u00e9\u20ac\nxyz\n".encode() + b"q\xffz\n"  # bytes 0-13 valid (é and € cross block edges)
+    (tmp_path / "late.txt").write_bytes(text)
+    with pytest.raises(CodeunlearnError, match=r"byte 0xff at offset 14 \(line 4\)"):
+        load_documents(str(tmp_path / "late.txt"))
+    (tmp_path / "cut.txt").write_bytes(b"abc\n\xe2\x82")  # ends inside a character
+    with pytest.raises(CodeunlearnError, match=r"byte 0xe2 at offset 4 \(line 2\)"):
+        load_documents(str(tmp_path / "cut.txt"))
+
+
+def test_blank_file_in_a_folder_is_skipped(tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "a.txt").write_bytes(b"")
+    (folder / "b.jsonl").write_text("\n")
+    (folder / "c.txt").write_text("one\ntwo\n")
+    assert load_documents(str(folder)) == ["one", "two"]
+
+
+def test_malformed_json_logs_nothing_else(tmp_path, capsys):
+    """datasets logs its own ERROR line for a malformed JSON file; the one CodeunlearnError line replaces it."""
+    (tmp_path / "bad.jsonl").write_text('{"text": b}\n')
+    with pytest.raises(CodeunlearnError, match="line 1 is not valid JSON"):
+        load_documents(str(tmp_path / "bad.jsonl"))
+    assert capsys.readouterr().err == ""
+
+
+def test_uncached_hub_dataset_offline_fails_at_once(offline_empty_cache):
+    start = time.monotonic()
+    with pytest.raises(CodeunlearnError) as excinfo:
+        load_documents("someone/no-such-corpus:cfg:test")
+    elapsed = time.monotonic() - start
+    assert elapsed < 5, f"{elapsed:.1f} s: datasets retried"
+    assert_fix_error(excinfo)
+    assert "not in the local cache" in excinfo.value.problem
+    assert "datasets.load_dataset('someone/no-such-corpus', 'cfg', split='test').save_to_disk(DIR)" in str(
+        excinfo.value.fix
+    )
+    assert "HF_HOME" in excinfo.value.fix
+
+
+def test_unreachable_hub_fails_at_once_without_retries(offline_empty_cache, monkeypatch):
+    """Not offline, but the Hub does not answer: offline mode is forced for the load (no five retries), then restored."""
+    from huggingface_hub import constants
+
+    import codeunlearn.corpus_sources as sources
+
+    for name in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(name)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # the discard port: connection refused
+    assert sources._hub_unreachable().startswith("no answer from http://127.0.0.1:9")
+    start = time.monotonic()
+    with pytest.raises(CodeunlearnError) as excinfo:
+        load_documents("someone/no-such-corpus")
+    assert time.monotonic() - start < 5
+    assert_fix_error(excinfo)
+    assert "the Hub cannot be reached: no answer from http://127.0.0.1:9" in str(excinfo.value)
+    assert constants.HF_HUB_OFFLINE is False and datasets.config.HF_HUB_OFFLINE is False
+
+
+def test_cli_bad_files_exit_2_and_write_nothing(tmp_path, capsys):
+    files = cause_files(tmp_path)
+    for case, phrase in [
+        ("empty txt", "is empty (0 bytes)"),
+        ("latin-1 txt", "byte 0xe9 at offset 21 (line 2)"),
+        ("unsupported suffix", "unsupported file type '.bin'"),
+        ("malformed jsonl line", "line 4 is not valid JSON"),
+        ("missing text field", "has no field 'text'"),
+    ]:
+        before = sorted(p.name for p in tmp_path.iterdir())
+        line = run_error(stats_argv(tmp_path, str(tmp_path / files[case][0])), capsys)
+        assert phrase in line, line
+        assert sorted(p.name for p in tmp_path.iterdir()) == before  # no stats file, no bottleneck folder
+
+
+def test_cli_uncached_hub_dataset_offline_is_fast(offline_empty_cache, tmp_path, capsys):
+    start = time.monotonic()
+    line = run_error(stats_argv(tmp_path, "someone/no-such-corpus"), capsys)
+    assert time.monotonic() - start < 5
+    assert "not in the local cache" in line and "save_to_disk(DIR)" in line
+
+
+def test_cli_train_bad_corpus_exit_2_and_writes_nothing(tmp_path, capsys):
+    """`train` on a tiny model: a corpus that is not UTF-8, or a malformed JSONL line, stops it before any output."""
+    (tmp_path / "ws").mkdir()
+    ws = make_cli_workspace(tmp_path / "ws")
+    files = cause_files(tmp_path)
+    for case, phrase in [("latin-1 txt", "is not UTF-8 text"), ("malformed jsonl line", "line 4 is not valid JSON")]:
+        output = tmp_path / f"run_{case.replace(' ', '_')}"
+        argv = ["train", "--model_name_or_path", str(ws["model"]), "--seq_len", "16", "--layers", "1"]
+        argv += ["--retain_corpora", str(tmp_path / files[case][0]), "--output_dir", str(output)]
+        assert phrase in run_error(argv, capsys)
+        assert not output.exists()
