@@ -33,7 +33,16 @@ from codeunlearn.evaluate.suite.runner import plan_suite, run_suite
 from codeunlearn.modeling import ModelArguments
 
 # The suite options that, given without --suite, are refused rather than ignored.
-SUITE_ONLY = ("model", "data_dir", "baseline_report", "max_items", "attacks", "fast", "with_base")
+SUITE_ONLY = (
+    "model",
+    "data_dir",
+    "baseline_report",
+    "max_items",
+    "attacks",
+    "fast",
+    "with_base",
+    "trust_remote_code",
+)
 
 
 @dataclass
@@ -67,6 +76,13 @@ class SuiteArguments:
     )
     baseline_report: str | None = field(
         default=None, metadata={"help": "Suite: a base-model report.json from an earlier run, as the base column."}
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={
+            "help": "Suite: allow a --model directory (or Hub model) that ships its own Python code (auto_map) to "
+            "run it while loading; only for code you trust. codeunlearn's exports need no flag."
+        },
     )
 
 
@@ -102,7 +118,12 @@ def run(
     baseline = load_report(args.baseline_report) if args.baseline_report else None
     target = args.model or bottleneck_dir or model_args.model_name_or_path
     loaded = load_model_for_eval(
-        target, model_args.model_name_or_path, model_args.gguf_file, model_args.dtype, run_args.progress
+        target,
+        model_args.model_name_or_path,
+        model_args.gguf_file,
+        model_args.dtype,
+        run_args.progress,
+        trust_remote_code=args.trust_remote_code,
     )
     ctx = EvalContext(
         loaded.model,
