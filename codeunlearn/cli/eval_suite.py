@@ -8,12 +8,12 @@ model under test: a bottleneck directory (attached to --model_name_or_path, its 
 directory, any transformers model directory (a baseline's OUTPUT/model) or `smollm2-135m` (default: the base model
 --model_name_or_path itself; --bottleneck_dir works as --model too). A --model that ships Python code of its own
 (`auto_map`) is refused unless --trust_remote_code is given; codeunlearn's exports need no flag. Data paths of the
-suite are inside --data_dir; --heldout_fraction, --split_seed, --seq_len, --text_field (and --max_tokens when
-given) reach every metric that splits or packs a corpus, so pass the values `stats` used. --with_base evaluates the base model too (for a
-bottleneck: the same model with the bottleneck off; for an export: its `bottleneck_enabled=False` load) and writes
-it to OUTPUT/base/; --baseline_report reuses an earlier base-model report instead. Writes OUTPUT/report.json,
-OUTPUT/report.md, OUTPUT/details/<metric>.jsonl and OUTPUT/plots/<section>.png. (`--config FILE` stays the argument
-file of every subcommand; a suite config is passed with --suite.)
+suite are inside --data_dir; --heldout_fraction, --split_seed, --seq_len, --text_field (and --max_tokens when given)
+reach every metric that splits or packs a corpus, so pass the values `stats` used. --with_base evaluates the base
+model too (for a bottleneck: the same model with the bottleneck off; for an export: its `bottleneck_enabled=False`
+load) and writes it to OUTPUT/base/; --baseline_report reuses an earlier base-model report instead. Writes
+OUTPUT/report.json, OUTPUT/report.md, OUTPUT/details/<metric>.jsonl and OUTPUT/plots/<section>.png.
+(`--config FILE` stays the argument file of every subcommand; a suite config is passed with --suite.)
 """
 
 from __future__ import annotations
