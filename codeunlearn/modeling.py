@@ -169,15 +169,22 @@ def resolve_model(name_or_path: str, gguf_file: str | None = None) -> tuple[str,
 
 
 def load_model(
-    name_or_path: str, gguf_file: str | None = None, dtype: str = "float32", progress: bool = False
+    name_or_path: str,
+    gguf_file: str | None = None,
+    dtype: str = "float32",
+    progress: bool = False,
+    trust_remote_code: bool = False,
 ) -> PreTrainedModel:
     """Load a causal LM in eval mode with gradients off (a ticking bar with `progress`: a GGUF takes tens of
-    seconds)."""
+    seconds). `trust_remote_code` runs the Python code a model directory ships; False (never None, which would
+    make transformers prompt on a terminal) refuses it."""
     from transformers import AutoModelForCausalLM
 
     directory, gguf = resolve_model(name_or_path, gguf_file)
     with ticker(f"load {name_or_path}", enabled=progress), _loading(name_or_path):
-        model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf, dtype=getattr(torch, dtype))
+        model = AutoModelForCausalLM.from_pretrained(
+            directory, gguf_file=gguf, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
+        )
     if getattr(model, "hf_quantizer", None) is not None and gguf:
         # GGUF weights are already de-quantized to plain float tensors; dropping the marker allows save_pretrained.
         model.hf_quantizer.remove_quantization_config(model)
@@ -186,21 +193,27 @@ def load_model(
     return model
 
 
-def load_tokenizer(name_or_path: str, gguf_file: str | None = None) -> PreTrainedTokenizerBase:
+def load_tokenizer(
+    name_or_path: str, gguf_file: str | None = None, trust_remote_code: bool = False
+) -> PreTrainedTokenizerBase:
     """The tokenizer stored with a model, as stored (an export saves it unchanged: no pad token is added)."""
     from transformers import AutoTokenizer
 
     directory, gguf = resolve_model(name_or_path, gguf_file)
-    return AutoTokenizer.from_pretrained(directory, gguf_file=gguf)
+    return AutoTokenizer.from_pretrained(directory, gguf_file=gguf, trust_remote_code=trust_remote_code)
 
 
 def load_model_and_tokenizer(
-    name_or_path: str, gguf_file: str | None = None, dtype: str = "float32", progress: bool = False
+    name_or_path: str,
+    gguf_file: str | None = None,
+    dtype: str = "float32",
+    progress: bool = False,
+    trust_remote_code: bool = False,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM (`load_model`) and its tokenizer, with a pad token (EOS where the tokenizer has none)."""
     with _loading(name_or_path):
-        tokenizer = load_tokenizer(name_or_path, gguf_file)
-    model = load_model(name_or_path, gguf_file, dtype, progress)
+        tokenizer = load_tokenizer(name_or_path, gguf_file, trust_remote_code)
+    model = load_model(name_or_path, gguf_file, dtype, progress, trust_remote_code)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer

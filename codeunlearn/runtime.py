@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import threading
 import time
 import typing
@@ -64,10 +65,64 @@ def autocast(device: torch.device | str, enabled: bool = True) -> contextlib.Abs
     return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
 
 
+_bars_off = False  # set by `progress_bars(False)`: codeunlearn's own bars stay hidden whatever a caller passes
+
+
+def bars_enabled(requested: bool = True) -> bool:
+    """Whether to draw a bar the caller asks for (`requested`): not inside `progress_bars(False)`."""
+    return requested and not _bars_off
+
+
+@contextlib.contextmanager
+def progress_bars(enabled: bool) -> Iterator[None]:
+    """With `enabled` False, silence every progress bar for the duration: codeunlearn's (`ticker`, `batches`) and
+    those its libraries draw on their own (transformers' "Loading weights" and GGUF de-quantizing bars, datasets'
+    map/load bars, huggingface_hub's downloads), which no `progress` argument reaches. What was switched off is
+    switched back on afterwards, so one quiet command (or test) leaves the next as it found it."""
+    global _bars_off
+    if enabled:
+        yield
+        return
+    restore = []
+    with contextlib.suppress(ImportError):
+        from transformers.utils import logging as transformers_logging
+
+        if transformers_logging.is_progress_bar_enabled():
+            transformers_logging.disable_progress_bar()
+            restore.append(transformers_logging.enable_progress_bar)
+    with contextlib.suppress(ImportError):
+        # The GGUF de-quantizing bar is a plain `tqdm.auto.tqdm` that disable_progress_bar does not reach: the module's
+        # name for it is swapped for a disabled one while bars are off.
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+        original = gguf_utils.tqdm
+        gguf_utils.tqdm = functools.partial(original, disable=True)
+        restore.append(functools.partial(setattr, gguf_utils, "tqdm", original))
+    with contextlib.suppress(ImportError):
+        import datasets
+
+        if not datasets.are_progress_bars_disabled():
+            datasets.disable_progress_bars()
+            restore.append(datasets.enable_progress_bars)
+    with contextlib.suppress(ImportError):
+        from huggingface_hub import utils as hub_utils
+
+        if not hub_utils.are_progress_bars_disabled():
+            hub_utils.disable_progress_bars()
+            restore.append(hub_utils.enable_progress_bars)
+    previous, _bars_off = _bars_off, True
+    try:
+        yield
+    finally:
+        _bars_off = previous
+        for switch_on in restore:
+            switch_on()
+
+
 def batches(chunks: Tensor, batch_size: int, desc: str | None = None, progress: bool = True) -> Iterator[Tensor]:
     """Yield consecutive batches of packed chunks, with a progress bar when `desc` is given."""
     starts = range(0, len(chunks), batch_size)
-    bar = tqdm(starts, desc=desc, unit="batch", disable=not progress or desc is None, leave=False)
+    bar = tqdm(starts, desc=desc, unit="batch", disable=not bars_enabled(progress) or desc is None, leave=False)
     for start in bar:
         yield chunks[start : start + batch_size]
 
@@ -90,7 +145,7 @@ def bf16_is_fast() -> bool:
 @contextlib.contextmanager
 def ticker(desc: str, enabled: bool = True) -> Iterator[None]:
     """A tqdm bar that shows elapsed time for a step that reports no progress of its own (e.g. loading a model)."""
-    bar = tqdm(desc=desc, bar_format="{desc}: {elapsed}", disable=not enabled, leave=False)
+    bar = tqdm(desc=desc, bar_format="{desc}: {elapsed}", disable=not bars_enabled(enabled), leave=False)
     stop = threading.Event()
 
     def tick() -> None:

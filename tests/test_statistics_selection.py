@@ -220,3 +220,59 @@ def test_truncate_keeps_top_codes_in_order():
     assert short.rule["num_codes"] == 2 and edit.rule["num_codes"] == 4
     assert short.num_codes == 3
     assert edit.layers[3].codes == [9, 4, 7, 1]  # the original is untouched
+
+
+# ------------------------------------------------------------------------------------------------ no signal
+def sae_statistics(corpus: str, noise: float = 0.0, seed: int = 0) -> CodeStatistics:
+    """SAE statistics of one text; `noise` mimics summing the same activations in another order."""
+    generator = torch.Generator().manual_seed(seed)
+    counts = torch.tensor([40, 0, 12, 7, 3, 90])
+    sums = counts.double() * 1.5 + noise * torch.randn(6, generator=generator, dtype=torch.float64)
+    return CodeStatistics(
+        {3: counts},
+        {3: 100},
+        corpus,
+        "fp",
+        activation_sums={3: sums},
+        activation_max={3: torch.full((6,), 4.0)},
+        kind="sae",
+    )
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [SelectionRule(num_codes=128, min_forget_count=0), SelectionRule(num_codes=128, min_score=-5.0)],
+    ids=["default-min-score", "negative-min-score"],
+)
+def test_identical_statistics_are_refused(rule):
+    forget, _ = synthetic()
+    retain = CodeStatistics({7: forget.counts[7].clone()}, {7: 20}, "r", "abc")
+    with pytest.raises(CodeunlearnError, match="no code fires more on the forget text than on the retain text") as e:
+        select_codes(forget, retain, rule, "topic", intervention="exclude")
+    assert_fix_error(e)
+
+
+def test_identical_sae_statistics_up_to_float_noise_are_refused():
+    forget, retain = sae_statistics("f", noise=1e-9, seed=1), sae_statistics("r", noise=1e-9, seed=2)
+    rule = SelectionRule(num_codes=128, min_forget_count=0, score="mean_activation_difference")
+    with pytest.raises(CodeunlearnError, match="no code fires more on the forget text"):
+        select_codes(forget, retain, rule, "topic")
+
+
+def test_a_rule_that_excludes_every_signal_keeps_its_own_hint():
+    forget, retain = synthetic()
+    with pytest.raises(CodeunlearnError, match="lower --min_forget_count"):
+        select_codes(forget, retain, SelectionRule(min_forget_count=1000), "topic", intervention="exclude")
+
+
+def test_forget_cli_with_identical_statistics_writes_nothing(tmp_path, capsys):
+    from helpers import run_error
+
+    forget, _ = synthetic()
+    forget.save(tmp_path / "same.safetensors")
+    out = tmp_path / "edits"
+    argv = ["forget", "--forget_stats", str(tmp_path / "same.safetensors"), "--retain_stats"]
+    argv += [str(tmp_path / "same.safetensors"), "--topic", "t", "--output_dir", str(out)]
+    line = run_error(argv, capsys)
+    assert "no code fires more on the forget text than on the retain text" in line
+    assert not out.exists()

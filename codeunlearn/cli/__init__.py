@@ -20,11 +20,17 @@ Every subcommand reads `transformers.HfArgumentParser` dataclasses: flags, a sin
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib
 import os
 import sys
+import typing
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
 
 from codeunlearn import __version__, distributed
 from codeunlearn.errors import CodeunlearnError
@@ -83,6 +89,13 @@ def run(command: str, argv: Sequence[str]) -> int:
     if command not in COMMANDS:
         raise CodeunlearnError(f"unknown command {command!r}", f"use one of {', '.join(COMMANDS)} (codeunlearn --help)")
     module = importlib.import_module(COMMANDS[command][0])
+    from codeunlearn.runtime import progress_bars  # imports torch: not before a command runs (`--help` is instant)
+
+    with progress_bars(progress_wanted(argv)):
+        return _run_module(module, command, argv)
+
+
+def _run_module(module: Any, command: str, argv: Sequence[str]) -> int:
     if distributed.requested_world_size() == 1:
         return int(module.main(list(argv)) or 0)
     if command not in DATA_PARALLEL:
@@ -96,6 +109,52 @@ def run(command: str, argv: Sequence[str]) -> int:
         return int(module.main(list(argv)) or 0)
     with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):  # the main process prints the summary
         return int(module.main(list(argv)) or 0)
+
+
+class _QuietParser(argparse.ArgumentParser):
+    """A pre-parser whose mistakes are left to the command's own parser (argparse would print usage and exit)."""
+
+    def error(self, message: str) -> typing.NoReturn:  # argparse API
+        raise ValueError(message)
+
+
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")  # as `codeunlearn.cli.arguments` (which imports transformers)
+
+
+def _as_bool(value: Any) -> bool | None:
+    """A flag or config value as HfArgumentParser reads a bool; None where it is not one (its parser says so)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).lower()
+    return True if text in ("yes", "true", "t", "y", "1") else False if text in ("no", "false", "f", "n", "0") else None
+
+
+def progress_wanted(argv: Sequence[str]) -> bool:
+    """Whether the command's progress bars are on (`--no_progress`, `--progress false`, or `progress: false` in its
+    config file turn them off), read before the command runs so that `progress_bars` can also silence the bars of
+    libraries that no `progress` argument reaches. Unparseable input counts as on: the command's own parser reports
+    it."""
+    argv = list(argv)
+    if argv and argv[0].endswith(CONFIG_SUFFIXES) and not argv[0].startswith("-"):
+        argv = ["--config", *argv]
+    pre = _QuietParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--progress", dest="progress", nargs="?", const="true", default=None)
+    pre.add_argument("--no_progress", dest="progress", action="store_const", const="false")
+    pre.add_argument("--config", default=None)
+    try:
+        known, _ = pre.parse_known_args(argv)
+    except ValueError:
+        return True
+    if known.progress is not None:  # the command line overrides the config file
+        return _as_bool(known.progress) is not False
+    if known.config:
+        try:
+            values = yaml.safe_load(Path(known.config).read_text())  # YAML reads JSON too
+        except (OSError, yaml.YAMLError):
+            return True
+        if isinstance(values, dict) and "progress" in values:
+            return _as_bool(values["progress"]) is not False
+    return True
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,13 +6,14 @@
 --suite is a shipped suite (microbiology, harry_potter, cyber, geography) or a suite .yaml file; --model is the
 model under test: a bottleneck directory (attached to --model_name_or_path, its saved edits active), an exported
 directory, any transformers model directory (a baseline's OUTPUT/model) or `smollm2-135m` (default: the base model
---model_name_or_path itself; --bottleneck_dir works as --model too). Data paths of the suite are inside --data_dir;
---heldout_fraction, --split_seed, --seq_len, --text_field (and --max_tokens when given) reach every metric that
-splits or packs a corpus, so pass the values `stats` used. --with_base evaluates the base model too (for a
-bottleneck: the same model with the bottleneck off; for an export: its `bottleneck_enabled=False` load) and writes
-it to OUTPUT/base/; --baseline_report reuses an earlier base-model report instead. Writes OUTPUT/report.json,
-OUTPUT/report.md, OUTPUT/details/<metric>.jsonl and OUTPUT/plots/<section>.png. (`--config FILE` stays the argument
-file of every subcommand; a suite config is passed with --suite.)
+--model_name_or_path itself; --bottleneck_dir works as --model too). A --model that ships Python code of its own
+(`auto_map`) is refused unless --trust_remote_code is given; codeunlearn's exports need no flag. Data paths of the
+suite are inside --data_dir; --heldout_fraction, --split_seed, --seq_len, --text_field (and --max_tokens when given)
+reach every metric that splits or packs a corpus, so pass the values `stats` used. --with_base evaluates the base
+model too (for a bottleneck: the same model with the bottleneck off; for an export: its `bottleneck_enabled=False`
+load) and writes it to OUTPUT/base/; --baseline_report reuses an earlier base-model report instead. Writes
+OUTPUT/report.json, OUTPUT/report.md, OUTPUT/details/<metric>.jsonl and OUTPUT/plots/<section>.png.
+(`--config FILE` stays the argument file of every subcommand; a suite config is passed with --suite.)
 """
 
 from __future__ import annotations
@@ -33,7 +34,16 @@ from codeunlearn.evaluate.suite.runner import plan_suite, run_suite
 from codeunlearn.modeling import ModelArguments
 
 # The suite options that, given without --suite, are refused rather than ignored.
-SUITE_ONLY = ("model", "data_dir", "baseline_report", "max_items", "attacks", "fast", "with_base")
+SUITE_ONLY = (
+    "model",
+    "data_dir",
+    "baseline_report",
+    "max_items",
+    "attacks",
+    "fast",
+    "with_base",
+    "trust_remote_code",
+)
 
 
 @dataclass
@@ -67,6 +77,13 @@ class SuiteArguments:
     )
     baseline_report: str | None = field(
         default=None, metadata={"help": "Suite: a base-model report.json from an earlier run, as the base column."}
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={
+            "help": "Suite: allow a --model directory (or Hub model) that ships its own Python code (auto_map) to "
+            "run it while loading; only for code you trust. codeunlearn's exports need no flag."
+        },
     )
 
 
@@ -102,7 +119,12 @@ def run(
     baseline = load_report(args.baseline_report) if args.baseline_report else None
     target = args.model or bottleneck_dir or model_args.model_name_or_path
     loaded = load_model_for_eval(
-        target, model_args.model_name_or_path, model_args.gguf_file, model_args.dtype, run_args.progress
+        target,
+        model_args.model_name_or_path,
+        model_args.gguf_file,
+        model_args.dtype,
+        run_args.progress,
+        trust_remote_code=args.trust_remote_code,
     )
     ctx = EvalContext(
         loaded.model,

@@ -26,6 +26,13 @@ from codeunlearn.unlearn.statistics import CodeStatistics
 
 SCORES = ("frequency_ratio", "mean_activation_difference")
 SCALES = ("mean", "max")
+# Scores are stored rounded to 4 decimals: a score within half that step of the threshold is indistinguishable from
+# it (the float noise of summing the same activations in another order gives +-1e-9 "scores" on identical text).
+SCORE_RESOLUTION = 5e-5
+NO_SIGNAL = (
+    "no code fires more on the forget text than on the retain text (the statistics do not tell the topic apart)",
+    "use the topic's own text for --forget_corpora/--forget_stats and general text for the retain side",
+)
 
 
 @dataclass
@@ -91,12 +98,13 @@ def feature_scores(forget: CodeStatistics, retain: CodeStatistics, layer: int, r
 def _eligible(
     scores: Tensor, forget: CodeStatistics, retain: CodeStatistics, layer: int, rule: SelectionRule
 ) -> Tensor:
-    """`scores` with -inf where the rule's noise floor, retain-frequency cap or minimum score excludes a code."""
+    """`scores` with -inf where the rule's noise floor, retain-frequency cap or minimum score excludes a code (a score
+    must exceed the minimum by more than `SCORE_RESOLUTION`)."""
     f_retain = retain.frequency(layer)
     eligible = (
         (forget.counts[layer] >= rule.min_forget_count)
         & (f_retain <= rule.max_retain_frequency)
-        & (scores > rule.min_score)
+        & (scores > rule.min_score + SCORE_RESOLUTION)
     )
     return scores.masked_fill(~eligible, -math.inf)
 
@@ -136,7 +144,11 @@ def select_codes(
 
     `intervention` defaults to the statistics' kind's (`substitute` for a codebook, `clamp` for an SAE). Edits of a
     kind whose units have activations (an SAE's) carry every feature's `scale` (see `feature_scales`); `clamp` sets
-    a firing feature to `multiplier * scale` (default multiplier `DEFAULT_MULTIPLIER`)."""
+    a firing feature to `multiplier * scale` (default multiplier `DEFAULT_MULTIPLIER`).
+
+    Statistics in which no code scores above 0 (forget and retain text the same, or the topic's text no more
+    specific than the retain text) are refused (`NO_SIGNAL`) rather than turned into an edit of arbitrary codes
+    scoring 0.00, whatever the rule's --min_score."""
     _check_same_bottleneck(forget, retain)
     kind = config_class_for(forget.kind)
     intervention = intervention or kind.default_intervention
@@ -148,14 +160,19 @@ def select_codes(
     if kind.has_activations and intervention == "clamp" and multiplier is None:
         multiplier = DEFAULT_MULTIPLIER
     layers = {}
+    signal = False  # does any code at any layer score above 0, rule aside?
     for layer in sorted(forget.counts):
         scores = feature_scores(forget, retain, layer, rule)
+        raw = feature_scores(forget, retain, layer, SelectionRule(min_forget_count=0, score=rule.score))
+        signal = signal or bool(torch.isfinite(raw).any())
         k = min(rule.num_codes, int(torch.isfinite(scores).sum()))
         top = torch.topk(scores, k)
         codes = top.indices.tolist()
         scales = feature_scales(forget, retain, layer, codes, scale) if kind.has_activations else []
         layers[layer] = LayerCodes(codes=codes, scores=[round(s, 4) for s in top.values.tolist()], scales=scales)
-    if not any(c.codes for c in layers.values()):
+    if not signal:
+        raise CodeunlearnError(*NO_SIGNAL)
+    if not any(s > 0 for c in layers.values() for s in c.scores):  # the rule excludes every code that scores > 0
         raise CodeunlearnError(
             "no code passes the selection rule", "lower --min_forget_count / --min_score or use more forget text"
         )

@@ -13,6 +13,11 @@
   (`BaseModelView`), so no second copy is loaded;
 - any other `transformers` model directory or name (e.g. a gradient baseline's `OUTPUT/model`): loaded with
   `from_pretrained`; its reference is `base_model`, loaded separately (None when it is the base model itself).
+
+Remote code: only an export (model_type `codeunlearn`, whose modeling file is codeunlearn's own) is loaded with
+`trust_remote_code=True` unasked. Any other directory whose config.json or tokenizer_config.json names code of its
+own (`auto_map`) is refused unless the caller passes `trust_remote_code=True` (`eval --suite --trust_remote_code`):
+loading it would run that directory's Python.
 """
 
 from __future__ import annotations
@@ -26,13 +31,15 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from codeunlearn.bottleneck.architectures import EXPORTED_MODEL_TYPE
 from codeunlearn.bottleneck.config import CONFIG_NAME, DEFAULT_KIND
 from codeunlearn.bottleneck.loading import is_bottleneck_source, load_bottlenecked, resolve_bottleneck_dir
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.modeling import SHIPPED_MODEL, SHIPPED_MODELS, ModelArguments, load_model_and_tokenizer
 from codeunlearn.runtime import ticker
 
-EXPORT_MODEL_TYPE = "codeunlearn"
+EXPORT_MODEL_TYPE = EXPORTED_MODEL_TYPE  # `codeunlearn export`'s model_type: its remote code is ours
+TRUST_FLAG = "--trust_remote_code"
 
 
 class EvalModel(NamedTuple):
@@ -125,6 +132,7 @@ def load_model_for_eval(
     gguf_file: str | None = None,
     dtype: str = "float32",
     progress: bool = True,
+    trust_remote_code: bool = False,
 ) -> EvalModel:
     """Load `path_or_name` for evaluation (see the module docstring for what it may be).
 
@@ -135,13 +143,25 @@ def load_model_for_eval(
         gguf_file: GGUF file name inside `base_model`, if it holds one.
         dtype: weight dtype.
         progress: show a ticking bar while models load.
+        trust_remote_code: run the Python code a plain model directory or Hub model ships (`auto_map`); without it
+            such a model is refused. Exports need no flag: their code is codeunlearn's.
     """
     kind = model_kind(path_or_name)
     if kind == "bottleneck":
         return _load_bottlenecked(path_or_name, base_model, gguf_file, dtype, progress)
     if kind == "export":
         return _load_export(path_or_name, dtype, progress)
-    model, tokenizer = load_model_and_tokenizer(path_or_name, None, dtype, progress)
+    if kind == "model" and not trust_remote_code:
+        _refuse_remote_code(Path(path_or_name))
+    try:
+        model, tokenizer = load_model_and_tokenizer(path_or_name, None, dtype, progress, trust_remote_code)
+    except ValueError as err:  # a Hub model with code of its own: transformers refuses it when trust is False
+        if "trust_remote_code" not in str(err):
+            raise
+        raise CodeunlearnError(
+            f"model {path_or_name} ships its own Python code, which would run on loading",
+            f"pass {TRUST_FLAG} if you trust it",
+        ) from None
     if kind == "base" or base_model is None or _same_model(path_or_name, base_model):
         return EvalModel(model, tokenizer, f"base model {path_or_name}", None)
     reference, _ = load_model_and_tokenizer(base_model, gguf_file, dtype, progress)
@@ -186,6 +206,23 @@ def _load_export(path: str, dtype: str, progress: bool) -> EvalModel:
     kind = config.bottleneck.get("kind", DEFAULT_KIND)
     description = f"export {path} ({kind} bottleneck on {config.base_model_type}, edits: {topics})"
     return EvalModel(model, tokenizer, description, reference)
+
+
+def _refuse_remote_code(path: Path) -> None:
+    """Refuse a local model directory whose config names Python code of its own (`auto_map` in config.json or
+    tokenizer_config.json): `trust_remote_code=True` would run it."""
+    if not path.is_dir():
+        return
+    for name in ("config.json", "tokenizer_config.json"):
+        try:
+            config = json.loads((path / name).read_text())
+        except (OSError, json.JSONDecodeError):
+            continue  # missing or unreadable: from_pretrained reports it
+        if isinstance(config, dict) and config.get("auto_map"):
+            raise CodeunlearnError(
+                f"{path} ships its own Python code ({name} auto_map), which would run on loading",
+                f"pass {TRUST_FLAG} if you trust that directory (codeunlearn's own exports need no flag)",
+            )
 
 
 def _read_config(path: Path) -> dict[str, Any]:
