@@ -18,6 +18,9 @@ OUTPUT/run_args.json (every argument of this run: `codeunlearn train --config OU
 resumes it), and last OUTPUT/training_curves.png and .svg, drawn from metrics.jsonl: the loss, FVU, (SAE) L0,
 codes used in each step's batch and dead codes or features over the logged steps
 (`codeunlearn.figures.training_curves_from_file` redraws them from any metrics.jsonl).
+
+A non-empty OUTPUT is refused unless `--overwrite` (which removes an earlier train's outputs first) or `--resume`;
+run_args.json holds absolute paths, so `--config OUTPUT/run_args.json --resume` works from any working directory.
 """
 
 from __future__ import annotations
