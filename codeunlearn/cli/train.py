@@ -98,6 +98,7 @@ def main(argv: Sequence[str]) -> int:
     if distributed.world_size() > 1:
         world, size = distributed.world_size(), training_args.batch_size
         print(f"data-parallel: {world} processes x batch_size {size} = {world * size} chunks per step")
+    distributed.barrier()  # every process has checked the output directory before the main one writes into it
     if training_args.overwrite and not training_args.resume:
         # Only now, once everything that can refuse the run has: a refused run leaves the earlier one intact.
         if distributed.is_main_process():
