@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from codeunlearn.corpus_sources import corpus_name, read_source
-from codeunlearn.errors import CodeunlearnError
+from codeunlearn.errors import CodeunlearnError, check_range
 
 WIKITEXT_ARTICLE_START = r"^ = [^=].* = $"
 
@@ -154,6 +154,14 @@ class DataArguments:
         default=0, metadata={"help": "Seed of the train/held-out document split; use the same one in every command."}
     )
     max_tokens: int | None = field(default=None, metadata={"help": "Cap on tokens taken from each corpus (per split)."})
+
+    def __post_init__(self) -> None:
+        # Checked here, before any corpus is read: 0 or a negative cap used to read as "no cap"/one chunk silently,
+        # a 1-token chunk has no next token to predict, and a held-out fraction of 1 leaves nothing to train on.
+        check_range("seq_len", self.seq_len, self.seq_len >= 2, ">= 2 (tokens per chunk)")
+        check_range("heldout_fraction", self.heldout_fraction, 0 <= self.heldout_fraction < 1, "in [0, 1) (e.g. 0.2)")
+        if self.max_tokens is not None:
+            check_range("max_tokens", self.max_tokens, self.max_tokens >= 1, ">= 1, or leave it out for no cap")
 
     def all_corpora(self) -> list[str]:
         """Every corpus given, in order, without repeats."""

@@ -213,3 +213,60 @@ def test_ill_typed_bottleneck_config_is_one_line_error(data, message):
     with pytest.raises(CodeunlearnError, match=message) as excinfo:
         BottleneckConfig.from_dict(data)
     assert_fix_error(excinfo)
+
+
+# ------------------------------------------------------------------------------------------------ numeric ranges
+# Every numeric argument of the shared dataclasses is refused out of its range when the flags are parsed: one
+# `error: ... -- fix: ...` line naming the flag, exit code 2, before any file is read or written.
+TRAIN_REQUIRED = ["--layers", "1", "--corpora", "missing.txt"]
+FORGET_REQUIRED = ["--forget_stats", "f.safetensors", "--retain_stats", "r.safetensors"]
+STATS_REQUIRED = ["--corpora", "missing.txt", "--bottleneck_dir", "missing", "--name", "x"]
+RANGE_CASES = [
+    ("train", "max_tokens", "0"),
+    ("train", "max_tokens", "-5"),
+    ("train", "seq_len", "1"),
+    ("train", "heldout_fraction", "1"),
+    ("train", "heldout_fraction", "-0.1"),
+    ("train", "key_steps", "0"),
+    ("train", "value_steps", "-1"),
+    ("train", "batch_size", "0"),
+    ("train", "gradient_accumulation_steps", "0"),
+    ("train", "kmeans_init_tokens", "0"),
+    ("train", "learning_rate", "-0.01"),
+    ("train", "adapter_learning_rate", "0"),
+    ("train", "sae_learning_rate", "-1"),
+    ("train", "warmup_steps", "-1"),
+    ("train", "reconstruction_weight", "-1"),
+    ("train", "sae_steps", "0"),
+    ("train", "sae_updates_per_batch", "0"),
+    ("train", "dead_feature_window", "0"),
+    ("train", "checkpoint_every", "0"),
+    ("train", "keep_checkpoints", "0"),
+    ("train", "log_every", "0"),
+    ("train", "stop_after_steps", "0"),
+    ("train", "retain_statistics_tokens", "-1"),
+    ("train", "ema_decay", "1.5"),
+    ("train", "kmeans_iters", "-1"),
+    ("train", "dead_code_threshold", "-0.5"),
+    ("train", "massive_norm_factor", "-1"),
+    ("stats", "max_tokens", "0"),
+    ("stats", "seq_len", "0"),
+    ("forget", "num_codes", "0"),
+    ("forget", "min_forget_count", "-1"),
+    ("forget", "max_retain_frequency", "1.5"),
+    ("forget", "max_retain_cost", "-0.1"),
+    ("forget", "validation_tokens", "0"),
+    ("forget", "validation_skip_tokens", "-1"),
+]
+
+
+@pytest.mark.parametrize(("command", "name", "value"), RANGE_CASES, ids=[f"{c}-{n}={v}" for c, n, v in RANGE_CASES])
+def test_out_of_range_arguments_are_one_line_errors(command, name, value, tmp_path, capsys):
+    from helpers import run_error
+
+    required = {"train": TRAIN_REQUIRED, "forget": FORGET_REQUIRED, "stats": STATS_REQUIRED}[command]
+    out = tmp_path / "out"
+    target = ["--output_file", str(out / "s.safetensors")] if command == "stats" else ["--output_dir", str(out)]
+    error = run_error([command, *required, *target, f"--{name}", value], capsys)
+    assert (f"--{name} {value}" in error and "out of range" in error) or f"{name} must be" in error
+    assert not out.exists()  # refused before anything was written

@@ -180,6 +180,9 @@ def test_resume_without_checkpoint_is_refused(tmp_path):
     with pytest.raises(CodeunlearnError) as excinfo:
         train_bottleneck(fresh(), CHUNKS, run_args(tmp_path, resume=True))
     assert_fix_error(excinfo)
+    # it says where it looked and never suggests starting fresh (that would abandon the run it was meant to continue)
+    assert str((tmp_path / "checkpoints").resolve()) in str(excinfo.value)
+    assert "drop --resume" not in str(excinfo.value) and "--output_dir" in str(excinfo.value)
 
 
 def test_resume_with_another_bottleneck_config_is_refused(tmp_path):

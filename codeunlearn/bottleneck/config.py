@@ -107,6 +107,10 @@ class BottleneckConfig:
             raise CodeunlearnError(
                 f"adapter_rank must be >= 0, got {self.adapter_rank}", "use 0 (no adapters) or a small rank such as 8"
             )
+        if self.massive_norm_factor < 0:  # 0 is allowed: no token is passed through for its norm
+            raise CodeunlearnError(
+                f"massive_norm_factor must be >= 0, got {self.massive_norm_factor}", "use e.g. 20 (the default)"
+            )
         self._check()
 
     def _check(self) -> None:
@@ -224,6 +228,15 @@ class CodebookConfig(BottleneckConfig):
         for name in ("num_heads", "codebook_size", "num_stages"):
             if getattr(self, name) < 1:
                 raise CodeunlearnError(f"{name} must be >= 1, got {getattr(self, name)}", f"set {name} to 1 or more")
+        # Out of these ranges the EMA key steps diverge or never replace a dead code, with no error until much later.
+        if not 0 <= self.ema_decay <= 1:
+            raise CodeunlearnError(f"ema_decay must be in [0, 1], got {self.ema_decay}", "use e.g. 0.99 (the default)")
+        if self.kmeans_iters < 0:
+            raise CodeunlearnError(f"kmeans_iters must be >= 0, got {self.kmeans_iters}", "use e.g. 2 (the default)")
+        if self.dead_code_threshold < 0:
+            raise CodeunlearnError(
+                f"dead_code_threshold must be >= 0, got {self.dead_code_threshold}", "use e.g. 0.02 (the default)"
+            )
         if self.hidden_size and self.hidden_size % self.num_heads:
             raise CodeunlearnError(
                 f"hidden size {self.hidden_size} is not divisible by num_heads={self.num_heads}",

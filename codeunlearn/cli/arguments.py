@@ -31,7 +31,7 @@ from transformers.hf_argparser import string_to_bool
 from codeunlearn.bottleneck import INTERVENTIONS, KINDS
 from codeunlearn.bottleneck.config import DEFAULT_KIND, FLAT_LAYOUT, BottleneckConfig, CodebookConfig, SAEConfig
 from codeunlearn.bottleneck.edit import DEFAULT_MULTIPLIER
-from codeunlearn.errors import CodeunlearnError
+from codeunlearn.errors import CodeunlearnError, check_range
 from codeunlearn.unlearn.selection import SCALES, SelectionRule
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
@@ -180,6 +180,17 @@ class SelectionArguments(library_arguments(SelectionRule)):
         default="mean",
         metadata={"help": "SAE clamp scale per feature: its `mean` or `max` activation on the forget text."},
     )
+
+    def __post_init__(self) -> None:
+        # Ranges checked when the flags are parsed, before statistics are read or counted (the library rule checks
+        # only what it must, and this file mirrors it without its own __post_init__).
+        check_range("num_codes", self.num_codes, self.num_codes >= 1, ">= 1 (codes removed per layer)")
+        check_range("min_forget_count", self.min_forget_count, self.min_forget_count >= 0, ">= 0 (e.g. 5)")
+        check_range("max_retain_frequency", self.max_retain_frequency, 0 <= self.max_retain_frequency <= 1, "in [0, 1]")
+        if self.max_retain_cost is not None:
+            check_range("max_retain_cost", self.max_retain_cost, self.max_retain_cost >= 0, ">= 0 (nat/token)")
+        check_range("validation_tokens", self.validation_tokens, self.validation_tokens >= 1, ">= 1")
+        check_range("validation_skip_tokens", self.validation_skip_tokens, self.validation_skip_tokens >= 0, ">= 0")
 
     def rule(self) -> SelectionRule:
         """The library selection rule these arguments describe."""

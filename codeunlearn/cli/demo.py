@@ -53,7 +53,7 @@ from codeunlearn.evaluate.loss_table import (
 )
 from codeunlearn.io import atomic_write_text
 from codeunlearn.modeling import ModelArguments
-from codeunlearn.runtime import Stopwatch, run_arguments
+from codeunlearn.runtime import Stopwatch
 from codeunlearn.train import TrainingArguments, train_bottleneck
 from codeunlearn.unlearn.budget import choose_num_codes, describe_walk
 from codeunlearn.unlearn.selection import random_control
@@ -158,12 +158,11 @@ def parse(argv: Sequence[str]) -> tuple[Any, ...]:
         TrainingArguments,
         SelectionArguments,
         DemoArguments,
-        run_arguments("overwrite"),
-    )
+    )  # --overwrite comes with TrainingArguments (one flag, declared once in RunArguments)
     parsed = parse_arguments(
         dataclass_types, argv, "codeunlearn demo", DESCRIPTION, defaults=DEFAULTS, default_config=default_config()
     )
-    _, data_args, bottleneck_args, _, selection, demo, _ = parsed
+    _, data_args, bottleneck_args, _, selection, demo = parsed
     data_dir = Path(demo.data_dir)
     if not data_dir.is_dir():
         raise CodeunlearnError(
@@ -301,13 +300,13 @@ def main(argv: Sequence[str]) -> int:
     The pipeline reads top to bottom, one timed stage after another (the module docstring lists them); what a stage
     does at length lives in the functions above."""
     parsed = parse(argv)
-    model_args, data_args, bottleneck_args, training_args, selection, demo, run = parsed
+    model_args, data_args, bottleneck_args, training_args, selection, demo = parsed
     output_dir, watch = Path(training_args.output_dir), Stopwatch()
     batch, bf16, progress = training_args.batch_size, training_args.bf16, training_args.progress
     with watch.stage("load"):
         forget_corpora = read_corpora(data_args.forget_corpora, data_args, "forget_corpora")
         retain_corpora = read_corpora(data_args.retain_corpora, data_args, "retain_corpora")
-        prepare_output_dir(output_dir, run.overwrite)
+        prepare_output_dir(output_dir, training_args.overwrite)
         atomic_write_text(output_dir / "demo_args.json", json.dumps(to_flat_dict(*parsed), indent=1) + "\n")
         model, tokenizer = model_args.load(progress)
         text = cut_text(tokenizer, forget_corpora, retain_corpora, data_args, selection, demo)

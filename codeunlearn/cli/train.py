@@ -18,11 +18,15 @@ OUTPUT/run_args.json (every argument of this run: `codeunlearn train --config OU
 resumes it), and last OUTPUT/training_curves.png and .svg, drawn from metrics.jsonl: the loss, FVU, (SAE) L0,
 codes used in each step's batch and dead codes or features over the logged steps
 (`codeunlearn.figures.training_curves_from_file` redraws them from any metrics.jsonl).
+
+A non-empty OUTPUT is refused unless `--overwrite` (which removes an earlier train's outputs first) or `--resume`;
+run_args.json holds absolute paths, so `--config OUTPUT/run_args.json --resume` works from any working directory.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,11 +34,13 @@ from pathlib import Path
 from codeunlearn import distributed, figures
 from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.cli.arguments import BottleneckArguments, parse_arguments, to_flat_dict
+from codeunlearn.cli.common import check_output_dir_free
 from codeunlearn.data import DataArguments, corpus_fingerprint, read_corpora
-from codeunlearn.errors import CodeunlearnError
+from codeunlearn.errors import CodeunlearnError, check_range
 from codeunlearn.io import atomic_write_text
 from codeunlearn.modeling import ModelArguments
 from codeunlearn.train import TrainingArguments, check_enough_tokens, train_bottleneck, trainer_for
+from codeunlearn.train.checkpoints import latest_checkpoint
 from codeunlearn.unlearn.statistics import collect_code_statistics
 from codeunlearn.unlearn.statistics_cache import save_retain_statistics
 
@@ -56,6 +62,14 @@ class RetainStatisticsArguments:
         },
     )
 
+    def __post_init__(self) -> None:
+        check_range(
+            "retain_statistics_tokens",
+            self.retain_statistics_tokens,
+            self.retain_statistics_tokens >= 0,
+            ">= 0 (0: none, else a token count)",
+        )
+
 
 DATACLASSES = (ModelArguments, DataArguments, BottleneckArguments, TrainingArguments, RetainStatisticsArguments)
 
@@ -65,16 +79,16 @@ def main(argv: Sequence[str]) -> int:
     model_args, data_args, bottleneck_args, training_args, retain_args = parse_arguments(
         DATACLASSES, argv, "codeunlearn train", DESCRIPTION
     )
-    if retain_args.retain_statistics_tokens < 0:
-        raise CodeunlearnError(
-            f"retain_statistics_tokens={retain_args.retain_statistics_tokens}", "use 0 (none) or a token count"
-        )
     config = bottleneck_args.to_config()  # validates the shape before anything slow
     if data_args.forget_corpora:
         raise CodeunlearnError(
             "train fits the bottleneck on general text only, but --forget_corpora was given",
             "pass general text with --corpora (or --retain_corpora); the topic is read later by stats/forget",
         )
+    output_dir = check_train_output(training_args)
+    # A local model's path is made absolute before loading: the bottleneck config records it (base_model) and a
+    # checkpoint is resumed only onto the same config, from whatever working directory `--resume` runs in.
+    model_args.model_name_or_path = absolute_path(model_args.model_name_or_path)
     corpora = read_corpora(list(dict.fromkeys([*data_args.corpora, *data_args.retain_corpora])), data_args)
     model, tokenizer = model_args.load(training_args.progress)
     chunks = corpora.pack(tokenizer, "train")
@@ -84,12 +98,17 @@ def main(argv: Sequence[str]) -> int:
     if distributed.world_size() > 1:
         world, size = distributed.world_size(), training_args.batch_size
         print(f"data-parallel: {world} processes x batch_size {size} = {world * size} chunks per step")
-    output_dir = Path(training_args.output_dir)
+    distributed.barrier()  # every process has checked the output directory before the main one writes into it
+    if training_args.overwrite and not training_args.resume:
+        # Only now, once everything that can refuse the run has: a refused run leaves the earlier one intact.
+        if distributed.is_main_process():
+            remove_train_outputs(output_dir)
+        distributed.barrier()  # no process may see the old checkpoints (refused without --resume)
     output_dir.mkdir(parents=True, exist_ok=True)
     if distributed.is_main_process() and not training_args.resume:  # written first: what `--resume` reads back
         atomic_write_text(
             output_dir / "run_args.json",
-            json.dumps(to_flat_dict(model_args, data_args, bottleneck_args, training_args, retain_args), indent=1)
+            json.dumps(resumable_args(model_args, data_args, bottleneck_args, training_args, retain_args), indent=1)
             + "\n",
         )
     metrics = train_bottleneck(bmodel, chunks, training_args)
@@ -125,3 +144,71 @@ def main(argv: Sequence[str]) -> int:
         if drawn is not None:
             print(f"wrote {output_dir / figures.TRAINING_CURVES_NAME}.png and .svg ({', '.join(drawn['panels'])})")
     return 0
+
+
+# What a `train` run writes into its output directory (and `--overwrite` removes before it starts again).
+TRAIN_OUTPUTS = (
+    "bottleneck",
+    "checkpoints",
+    "metrics.jsonl",
+    "run_args.json",
+    "training_args.json",
+    f"{figures.TRAINING_CURVES_NAME}.png",
+    f"{figures.TRAINING_CURVES_NAME}.svg",
+)
+# Saved per invocation, never in run_args.json: `--config run_args.json` must not replace or resume by itself.
+NOT_RESUMED = ("overwrite", "resume")
+
+
+def check_train_output(args: TrainingArguments) -> Path:
+    """The absolute output directory, checked before anything slow or written: a new run refuses a non-empty one
+    (an earlier run's bottleneck, metrics or checkpoints would be lost) unless `--overwrite`; `--resume` needs the
+    run's checkpoints there. `args.output_dir` becomes absolute, so checkpoints and run_args.json name one folder
+    whatever the working directory of a later `--resume`."""
+    output_dir = Path(args.output_dir).resolve()
+    args.output_dir = str(output_dir)
+    if args.resume:
+        if latest_checkpoint(output_dir) is None:
+            # Never suggest dropping --resume: a fresh start in the wrong folder silently abandons the real run.
+            raise CodeunlearnError(
+                f"--resume given but {output_dir / 'checkpoints'} holds no checkpoint",
+                "point --output_dir at the folder of the run to continue (the one holding checkpoints/ and "
+                "run_args.json); --config RUN/run_args.json names it",
+            )
+        return output_dir
+    return check_output_dir_free(output_dir, args.overwrite)
+
+
+def remove_train_outputs(output_dir: Path) -> None:
+    """Remove what an earlier `train` run wrote into `output_dir` (its other files stay), so the new run's
+    checkpoints, metrics and curves never mix with the old ones."""
+    for name in TRAIN_OUTPUTS:
+        path = output_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+
+
+def absolute_path(value: str) -> str:
+    """`value` made absolute when it names a local file or folder (also `FOLDER:SPLIT`); a Hub dataset name or a
+    model id stays as it is."""
+    if Path(value).exists():
+        return str(Path(value).resolve())
+    folder, separator, split = value.rpartition(":")
+    if separator and folder and Path(folder).is_dir():
+        return f"{Path(folder).resolve()}:{split}"
+    return value
+
+
+def resumable_args(*objects: object) -> dict:
+    """Every argument of this run for run_args.json, local paths absolute (resolved now, against this working
+    directory), so `codeunlearn train --config OUT/run_args.json --resume` reads the same corpora and model and
+    continues the same folder from any other working directory."""
+    values = {k: v for k, v in to_flat_dict(*objects).items() if k not in NOT_RESUMED}
+    for key in ("corpora", "forget_corpora", "retain_corpora"):
+        values[key] = [absolute_path(value) for value in values[key]]
+    for key in ("model_name_or_path", "init_from"):
+        if values.get(key) is not None:
+            values[key] = absolute_path(values[key])
+    return values

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from codeunlearn.bottleneck.base import WEIGHTS_NAME
-from codeunlearn.errors import CodeunlearnError
+from codeunlearn.errors import CodeunlearnError, check_range
 from codeunlearn.runtime import run_arguments
 
 OBJECTIVES = ("reconstruction", "kl", "kl+reconstruction")
@@ -16,7 +16,9 @@ OBJECTIVES = ("reconstruction", "kl", "kl+reconstruction")
 
 @dataclass
 class TrainingArguments(
-    run_arguments("output_dir", "progress", "bf16", writes="checkpoints, metrics.jsonl and the final bottleneck")
+    run_arguments(
+        "output_dir", "overwrite", "progress", "bf16", writes="checkpoints, metrics.jsonl and the final bottleneck"
+    )
 ):
     """How to train a bottleneck (the bottleneck's shape is `BottleneckConfig`); bf16 is off unless asked."""
 
@@ -86,22 +88,35 @@ class TrainingArguments(
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise CodeunlearnError(f"unknown objective {self.objective!r}", f"use one of {OBJECTIVES}")
-        if self.key_steps < 1:
-            raise CodeunlearnError("key_steps must be >= 1", "the keys need at least the k-means initialisation step")
-        if self.batch_size < 1 or self.value_steps < 0 or self.gradient_accumulation_steps < 1:
-            raise CodeunlearnError(
-                "batch_size and gradient_accumulation_steps must be >= 1 and value_steps >= 0",
-                "fix the training arguments",
-            )
+        # Every numeric argument in its range before anything slow: a 0 or negative value used to run and fail late
+        # (a division by zero at the first log) or silently do nothing (no checkpoint, no metrics).
+        at_least = {
+            "key_steps": 1,  # the keys need at least the k-means initialisation step
+            "value_steps": 0,
+            "batch_size": 1,
+            "gradient_accumulation_steps": 1,
+            "kmeans_init_tokens": 1,
+            "warmup_steps": 0,
+            "sae_steps": 1,
+            "sae_updates_per_batch": 1,
+            "dead_feature_window": 1,
+            "checkpoint_every": 1,
+            "keep_checkpoints": 1,  # 0 would delete the checkpoint a later --resume needs
+            "log_every": 1,
+        }
+        for name, low in at_least.items():
+            check_range(name, getattr(self, name), getattr(self, name) >= low, f">= {low}")
+        # learning_rate 0 is allowed: a value phase that keeps the k-means values fixed (the tests log with it).
+        check_range("learning_rate", self.learning_rate, self.learning_rate >= 0, ">= 0 (e.g. 1e-2)")
+        for name in ("adapter_learning_rate", "sae_learning_rate"):
+            check_range(name, getattr(self, name), getattr(self, name) > 0, "> 0 (e.g. 1e-3)")
+        check_range("reconstruction_weight", self.reconstruction_weight, self.reconstruction_weight >= 0, ">= 0")
+        if self.stop_after_steps is not None:
+            check_range("stop_after_steps", self.stop_after_steps, self.stop_after_steps >= 1, ">= 1, or leave it out")
         if self.init_from is not None and not Path(self.init_from, WEIGHTS_NAME).is_file():
             raise CodeunlearnError(
                 f"init_from {self.init_from} holds no {WEIGHTS_NAME}",
                 "pass the `bottleneck` directory a finished `codeunlearn train` run wrote",
-            )
-        if min(self.sae_steps, self.dead_feature_window, self.sae_updates_per_batch) < 1:
-            raise CodeunlearnError(
-                "sae_steps, sae_updates_per_batch and dead_feature_window must be >= 1",
-                "fix the training arguments (e.g. --sae_steps 1000)",
             )
 
     @property

@@ -88,8 +88,10 @@ def train_bottleneck(
     if args.resume:
         latest = latest_checkpoint(output_dir)
         if latest is None:
+            # The fix never says "drop --resume": starting fresh in the wrong folder would abandon the real run.
             raise CodeunlearnError(
-                f"--resume given but {output_dir}/checkpoints holds no checkpoint", "drop --resume to start fresh"
+                f"--resume given but {(output_dir / 'checkpoints').resolve()} holds no checkpoint",
+                "point --output_dir at the folder of the run to continue (the one holding checkpoints/)",
             )
         resume_state = load_checkpoint(latest, bmodel)
         check_effective_batch(resume_state, args, accelerator.num_processes, latest)
