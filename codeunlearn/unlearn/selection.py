@@ -26,9 +26,10 @@ from codeunlearn.unlearn.statistics import CodeStatistics
 
 SCORES = ("frequency_ratio", "mean_activation_difference")
 SCALES = ("mean", "max")
-# Scores are stored rounded to 4 decimals: a score within half that step of the threshold is indistinguishable from
-# it (the float noise of summing the same activations in another order gives +-1e-9 "scores" on identical text).
-SCORE_RESOLUTION = 5e-5
+# Summing the same activations in another order gives +-1e-9-relative "scores" on identical text: a score must clear
+# the threshold by more than float noise, measured against the size of what is subtracted (an SAE's activations can
+# be of any scale, so no absolute step would do).
+RELATIVE_NOISE = 1e-6
 NO_SIGNAL = (
     "no code fires more on the forget text than on the retain text (the statistics do not tell the topic apart)",
     "use the topic's own text for --forget_corpora/--forget_stats and general text for the retain side",
@@ -76,7 +77,7 @@ def enrichment_scores(forget: CodeStatistics, retain: CodeStatistics, layer: int
     pseudo = 1.0 / max(retain.tokens[layer], 1)
     f_forget, f_retain = forget.frequency(layer), retain.frequency(layer)
     scores = torch.log((f_forget + pseudo) / (f_retain + pseudo))
-    return _eligible(scores, forget, retain, layer, rule)
+    return _eligible(scores, forget, retain, layer, rule, noise=torch.full_like(scores, RELATIVE_NOISE))
 
 
 def mean_activation_difference_scores(
@@ -84,8 +85,11 @@ def mean_activation_difference_scores(
 ) -> Tensor:
     """Mean activation on forget tokens minus on retain tokens for every SAE feature; ineligible ones get -inf."""
     _check_layer(forget, retain, layer)
-    scores = forget.mean_activation(layer) - retain.mean_activation(layer)
-    return _eligible(scores, forget, retain, layer, rule)
+    forget_mean, retain_mean = forget.mean_activation(layer), retain.mean_activation(layer)
+    scores = forget_mean - retain_mean
+    # against the layer's largest mean activation: a feature that never fires has no scale of its own
+    noise = RELATIVE_NOISE * torch.maximum(forget_mean.abs(), retain_mean.abs()).max()
+    return _eligible(scores, forget, retain, layer, rule, noise=noise)
 
 
 def feature_scores(forget: CodeStatistics, retain: CodeStatistics, layer: int, rule: SelectionRule) -> Tensor:
@@ -96,15 +100,15 @@ def feature_scores(forget: CodeStatistics, retain: CodeStatistics, layer: int, r
 
 
 def _eligible(
-    scores: Tensor, forget: CodeStatistics, retain: CodeStatistics, layer: int, rule: SelectionRule
+    scores: Tensor, forget: CodeStatistics, retain: CodeStatistics, layer: int, rule: SelectionRule, noise: Tensor
 ) -> Tensor:
     """`scores` with -inf where the rule's noise floor, retain-frequency cap or minimum score excludes a code (a score
-    must exceed the minimum by more than `SCORE_RESOLUTION`)."""
+    must exceed the minimum by more than its float `noise`)."""
     f_retain = retain.frequency(layer)
     eligible = (
         (forget.counts[layer] >= rule.min_forget_count)
         & (f_retain <= rule.max_retain_frequency)
-        & (scores > rule.min_score + SCORE_RESOLUTION)
+        & (scores > rule.min_score + noise)
     )
     return scores.masked_fill(~eligible, -math.inf)
 
@@ -161,6 +165,7 @@ def select_codes(
         multiplier = DEFAULT_MULTIPLIER
     layers = {}
     signal = False  # does any code at any layer score above 0, rule aside?
+    passed = False  # does a code the rule keeps score above 0?
     for layer in sorted(forget.counts):
         scores = feature_scores(forget, retain, layer, rule)
         raw = feature_scores(forget, retain, layer, SelectionRule(min_forget_count=0, score=rule.score))
@@ -168,11 +173,12 @@ def select_codes(
         k = min(rule.num_codes, int(torch.isfinite(scores).sum()))
         top = torch.topk(scores, k)
         codes = top.indices.tolist()
+        passed = passed or bool((top.values > 0).any())
         scales = feature_scales(forget, retain, layer, codes, scale) if kind.has_activations else []
         layers[layer] = LayerCodes(codes=codes, scores=[round(s, 4) for s in top.values.tolist()], scales=scales)
     if not signal:
         raise CodeunlearnError(*NO_SIGNAL)
-    if not any(s > 0 for c in layers.values() for s in c.scores):  # the rule excludes every code that scores > 0
+    if not passed:  # the rule excludes every code that scores > 0
         raise CodeunlearnError(
             "no code passes the selection rule", "lower --min_forget_count / --min_score or use more forget text"
         )
