@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -174,6 +175,23 @@ def test_new_run_over_checkpoints_is_refused(tmp_path):
         train_bottleneck(fresh(), CHUNKS, run_args(tmp_path))
     assert_fix_error(excinfo)
     assert "resume" in str(excinfo.value)
+
+
+def test_new_run_over_a_finished_bottleneck_is_refused_without_overwrite(uninterrupted, tmp_path):
+    """A finished run whose checkpoints were removed still holds its bottleneck; a new run from Python would replace
+    it at its final save, so it is refused unless `overwrite`."""
+    shutil.copytree(uninterrupted["dir"] / "bottleneck", tmp_path / "bottleneck")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "bottleneck").iterdir()}
+    with pytest.raises(CodeunlearnError) as excinfo:
+        train_bottleneck(fresh(), CHUNKS, run_args(tmp_path, seed=1))
+    assert_fix_error(excinfo)
+    assert "overwrite" in str(excinfo.value)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "bottleneck").iterdir()} == before
+    bmodel = fresh()
+    train_bottleneck(bmodel, CHUNKS, run_args(tmp_path, seed=1, overwrite=True))
+    saved = BottleneckedModel.from_pretrained(make_model("llama"), tmp_path / "bottleneck").bottleneck_state()
+    assert all(torch.equal(saved[k], v) for k, v in final_state(bmodel).items())
+    assert any(not torch.equal(saved[k], v) for k, v in uninterrupted["state"].items())  # another seed: replaced
 
 
 def test_resume_without_checkpoint_is_refused(tmp_path):

@@ -47,6 +47,7 @@ def main() -> None:
     bmodel = BottleneckedModel.attach(model, CodebookConfig(layers=[15], num_heads=8, codebook_size=64))
     train_args = TrainingArguments(
         output_dir=str(args.out / "train"),
+        overwrite=True,  # a re-run rebuilds every file under --out, as the export below does
         key_steps=3,
         value_steps=0,
         batch_size=4,

@@ -101,6 +101,12 @@ def train_bottleneck(
         raise CodeunlearnError(
             f"{output_dir} already holds checkpoints", "pass --resume to continue, or choose a new output_dir"
         )
+    elif not args.overwrite and any((output_dir / "bottleneck").glob("*")):
+        # A finished run keeps no checkpoint but its bottleneck: a new run would replace it at its final save.
+        raise CodeunlearnError(
+            f"{output_dir / 'bottleneck'} already holds a trained bottleneck",
+            "choose a new output_dir, or pass overwrite=True (--overwrite) to replace it",
+        )
     elif args.init_from is not None:
         step = trainer.init_from(bmodel, Path(args.init_from), args)
 
