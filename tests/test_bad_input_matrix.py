@@ -411,19 +411,6 @@ CASES: dict[str, Case] = {
 }
 
 
-@pytest.fixture
-def offline_empty_cache(tmp_path_factory, monkeypatch) -> None:
-    """Offline with an empty datasets cache (as tests/test_corpus_sources.py's fixture of the same name)."""
-    import datasets
-    from huggingface_hub import constants
-
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path_factory.mktemp("empty_hf_cache"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-
-
 @pytest.fixture(scope="module")
 def before(workspace) -> dict[str, str]:
     """The checksums of every pre-existing file, taken once before the first case."""
@@ -434,7 +421,7 @@ def before(workspace) -> dict[str, str]:
 def test_bad_input(name, workspace, before, tmp_path, monkeypatch, request, capsys):
     case = CASES[name]
     if case.offline:
-        request.getfixturevalue("offline_empty_cache")
+        request.getfixturevalue("offline_empty_cache")  # tests/conftest.py
     fresh = tmp_path / "cwd"
     fresh.mkdir()
     monkeypatch.chdir(fresh)  # a stray file written into the working directory shows up here
