@@ -7,8 +7,12 @@ in a few minutes on two CPU cores. Models are rebuilt from a seed instead of sha
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
+import shutil
+import struct
 from pathlib import Path
 
 import torch
@@ -191,3 +195,36 @@ def make_cli_workspace(root: Path) -> dict[str, Path]:
     hf_tokenizer = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", eos_token="</s>")
     model_dir = save_tiny_llama(root / "model", hf_tokenizer)
     return {"root": root, "model": model_dir, "forget": forget, "retain": retain}
+
+
+def hashes(directory: Path) -> dict[str, str]:
+    """sha256 of every file under `directory`, by relative path (a refused command must leave these unchanged)."""
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+def data_offset(path: Path) -> int:
+    """Where a safetensors file's tensor data starts: after the 8-byte header length and the JSON header."""
+    (header_len,) = struct.unpack("<Q", path.read_bytes()[:8])
+    return 8 + header_len
+
+
+def flip_tensor_byte(path: Path, position: int = 3) -> None:
+    """Corrupt one byte of a safetensors file's tensor data, header intact (safetensors alone would load it)."""
+    data = bytearray(path.read_bytes())
+    data[data_offset(path) + position] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def with_remote_code(model_dir: Path, target: Path, code: str) -> Path:
+    """A copy of a saved model directory whose config maps AutoModelForCausalLM to `RemoteLlama` in its own
+    `modeling_remote.py` (`code`): a directory that ships Python code and is not a codeunlearn export."""
+    shutil.copytree(model_dir, target)
+    config = json.loads((target / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "modeling_remote.RemoteLlama"}
+    (target / "config.json").write_text(json.dumps(config))
+    (target / "modeling_remote.py").write_text(code)
+    return target

@@ -216,11 +216,26 @@ def test_ill_typed_bottleneck_config_is_one_line_error(data, message):
 
 
 # ------------------------------------------------------------------------------------------------ numeric ranges
-# Every numeric argument of the shared dataclasses is refused out of its range when the flags are parsed: one
-# `error: ... -- fix: ...` line naming the flag, exit code 2, before any file is read or written.
-TRAIN_REQUIRED = ["--layers", "1", "--corpora", "missing.txt"]
-FORGET_REQUIRED = ["--forget_stats", "f.safetensors", "--retain_stats", "r.safetensors"]
-STATS_REQUIRED = ["--corpora", "missing.txt", "--bottleneck_dir", "missing", "--name", "x"]
+# Every numeric argument a command line or config file sets is refused out of its range when the flags are parsed:
+# one `error: ... -- fix: ...` line naming the flag, exit code 2, before any file is read or written. The paths
+# below need not exist: the range check comes first. A command `name:variant` adds the variant's flags (a baseline
+# method, the bake export mode, an SAE bottleneck).
+REQUIRED = {
+    "train": ["--layers", "1", "--corpora", "missing.txt"],
+    "train:sae": ["--layers", "1", "--corpora", "missing.txt", "--bottleneck", "sae"],
+    "forget": ["--forget_stats", "f.safetensors", "--retain_stats", "r.safetensors"],
+    "stats": ["--corpora", "missing.txt", "--bottleneck_dir", "missing", "--name", "x"],
+    "eval": ["--bottleneck_dir", "missing", "--forget_corpora", "f.txt", "--retain_corpora", "r.txt"],
+    "eval:suite": ["--suite", "harry_potter", "--model", "missing"],
+    "calibrate": ["--bottleneck_dir", "missing", "--edit", "e.json", "--retain_corpora", "r.txt"],
+    "export": ["--model", "missing", "--bottleneck", "missing"],
+    "export:bake": ["--mode", "bake", "--model", "missing", "--bottleneck", "missing", "--edit", "e.json"],
+    "relearn": ["--forget_corpora", "f.txt"],
+    "inspect": ["--bottleneck_dir", "missing", "--edit", "e.json", "--forget_corpora", "f.txt"],
+    "fact-topic": ["--known_facts", "missing.jsonl"],
+    "demo": ["--data_dir", "missing"],
+    **{f"baseline:{m}": ["--method", m, "--forget_corpora", "f.txt"] for m in ("ga", "grad_diff", "npo", "rmu")},
+}
 RANGE_CASES = [
     ("train", "max_tokens", "0"),
     ("train", "max_tokens", "-5"),
@@ -246,9 +261,24 @@ RANGE_CASES = [
     ("train", "stop_after_steps", "0"),
     ("train", "retain_statistics_tokens", "-1"),
     ("train", "ema_decay", "1.5"),
+    ("train", "ema_decay", "nan"),
     ("train", "kmeans_iters", "-1"),
     ("train", "dead_code_threshold", "-0.5"),
+    ("train", "dead_code_threshold", "nan"),
+    ("train", "dead_code_threshold", "inf"),
     ("train", "massive_norm_factor", "-1"),
+    ("train", "massive_norm_factor", "nan"),
+    ("train", "massive_norm_factor", "inf"),
+    ("train", "num_heads", "0"),
+    ("train", "codebook_size", "0"),
+    ("train", "num_stages", "0"),
+    ("train", "adapter_rank", "-1"),
+    ("train:sae", "sae_width", "-1"),
+    ("train:sae", "sae_expansion_factor", "0"),
+    ("train:sae", "sae_k", "0"),
+    ("train:sae", "sae_l1_coefficient", "-1"),
+    ("train:sae", "sae_l1_coefficient", "nan"),
+    ("train:sae", "sae_l1_coefficient", "inf"),
     ("stats", "max_tokens", "0"),
     ("stats", "seq_len", "0"),
     ("forget", "num_codes", "0"),
@@ -257,6 +287,84 @@ RANGE_CASES = [
     ("forget", "max_retain_cost", "-0.1"),
     ("forget", "validation_tokens", "0"),
     ("forget", "validation_skip_tokens", "-1"),
+    ("forget", "min_score", "nan"),
+    ("forget", "min_score", "-inf"),
+    ("forget", "multiplier", "0"),
+    ("forget", "multiplier", "3"),
+    ("forget", "multiplier", "-inf"),
+    ("forget", "batch_size", "0"),
+    ("eval", "batch_size", "0"),
+    ("eval", "skip_positions", "-1"),
+    ("eval:suite", "max_items", "0"),
+    ("eval:suite", "max_length", "1"),
+    ("calibrate", "window", "0"),
+    ("calibrate", "target_fpr", "0"),
+    ("calibrate", "target_fpr", "1"),
+    ("calibrate", "multiplier", "0"),
+    ("calibrate", "multiplier", "nan"),
+    ("calibrate", "batch_size", "0"),
+    ("export", "layer", "-1"),
+    ("export", "rank", "0"),
+    ("export", "batch_size", "0"),
+    ("export:bake", "eval_max_tokens", "0"),
+    ("export:bake", "eval_batch_size", "0"),
+    ("export:bake", "log_every", "0"),
+    ("export:bake", "learning_rate", "0"),
+    ("export:bake", "learning_rate", "inf"),
+    ("export:bake", "weight_decay", "-1"),
+    ("export:bake", "warmup_ratio", "1"),
+    ("export:bake", "max_grad_norm", "-1"),
+    ("export:bake", "max_steps", "0"),
+    ("export:bake", "batch_size", "0"),
+    ("export:bake", "retain_weight", "-1"),
+    ("export:bake", "perturb_alpha", "-0.1"),
+    ("export:bake", "perturb_alpha", "1.5"),
+    ("relearn", "steps", "0"),
+    ("relearn", "learning_rate", "0"),
+    ("relearn", "lora_learning_rate", "-1"),
+    ("relearn", "lora_rank", "0"),
+    ("relearn", "lora_alpha", "0"),
+    ("relearn", "batch_size", "0"),
+    ("relearn", "eval_batch_size", "0"),
+    ("relearn", "max_grad_norm", "-1"),
+    ("relearn", "skip_positions", "-1"),
+    ("relearn", "relearn_tokens", "0"),
+    ("inspect", "contexts", "-1"),
+    ("inspect", "left", "-1"),
+    ("inspect", "right", "-1"),
+    ("inspect", "top_tokens", "-1"),
+    ("inspect", "top", "-1"),
+    ("inspect", "batch_size", "0"),
+    ("fact-topic", "heldout_fraction", "0"),
+    ("fact-topic", "heldout_fraction", "1"),
+    ("demo", "eval_max_tokens", "0"),
+    ("demo", "skip_positions", "-1"),
+    ("demo", "retain_statistics_tokens", "0"),
+    ("baseline:ga", "learning_rate", "0"),
+    ("baseline:ga", "learning_rate", "inf"),
+    ("baseline:ga", "weight_decay", "-1"),
+    ("baseline:ga", "warmup_ratio", "1"),
+    ("baseline:ga", "max_grad_norm", "nan"),
+    ("baseline:ga", "max_steps", "0"),
+    ("baseline:ga", "batch_size", "0"),
+    ("baseline:ga", "gradient_accumulation_steps", "0"),
+    ("baseline:ga", "log_every", "0"),
+    ("baseline:ga", "checkpoint_every", "-1"),
+    ("baseline:ga", "keep_checkpoints", "0"),
+    ("baseline:ga", "stop_after_steps", "0"),
+    ("baseline:ga", "eval_max_tokens", "0"),
+    ("baseline:ga", "eval_batch_size", "0"),
+    ("baseline:ga", "skip_positions", "-1"),
+    ("baseline:grad_diff", "forget_weight", "-1"),
+    ("baseline:grad_diff", "retain_weight", "inf"),
+    ("baseline:npo", "beta", "0"),
+    ("baseline:npo", "beta", "nan"),
+    ("baseline:npo", "retain_weight", "-1"),
+    ("baseline:rmu", "layer", "-1"),
+    ("baseline:rmu", "steering_coeff", "0"),
+    ("baseline:rmu", "steering_norm_ratio", "0"),
+    ("baseline:rmu", "alpha", "-1"),
+    ("baseline:rmu", "alpha", "inf"),
 ]
 
 
@@ -264,9 +372,12 @@ RANGE_CASES = [
 def test_out_of_range_arguments_are_one_line_errors(command, name, value, tmp_path, capsys):
     from helpers import run_error
 
-    required = {"train": TRAIN_REQUIRED, "forget": FORGET_REQUIRED, "stats": STATS_REQUIRED}[command]
     out = tmp_path / "out"
-    target = ["--output_file", str(out / "s.safetensors")] if command == "stats" else ["--output_dir", str(out)]
-    error = run_error([command, *required, *target, f"--{name}", value], capsys)
-    assert (f"--{name} {value}" in error and "out of range" in error) or f"{name} must be" in error
+    if command in ("stats", "calibrate"):
+        target = ["--output_file", str(out / "o.json" if command == "calibrate" else out / "s.safetensors")]
+    else:
+        target = ["--output_dir", str(out)]
+    # `--name=value`: argparse would read a separate `-inf` as a flag
+    error = run_error([command.split(":")[0], *REQUIRED[command], *target, f"--{name}={value}"], capsys)
+    assert (f"--{name} {value}" in error and "out of range" in error) or f"{name} must be" in error, error
     assert not out.exists()  # refused before anything was written

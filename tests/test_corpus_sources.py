@@ -32,21 +32,6 @@ def quiet_datasets() -> None:
     datasets.disable_progress_bars()
 
 
-@pytest.fixture
-def offline_empty_cache(tmp_path, monkeypatch) -> Path:
-    """Offline mode with an empty datasets cache, as a process started with HF_HUB_OFFLINE=1 and a fresh HF_HOME
-    sees it: both libraries read these settings into constants at import, so the constants are patched too."""
-    from huggingface_hub import constants
-
-    cache = tmp_path / "hf_datasets_cache"
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    return cache
-
-
 # ------------------------------------------------------------------------------------------------ save_to_disk
 def test_save_to_disk_dataset_folder(tmp_path, monkeypatch):
     table(["first doc", "", "  ", "second\ndoc"], label=[0, 1, 2, 3]).save_to_disk(tmp_path / "saved")

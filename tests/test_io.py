@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 
 import pytest
 import torch
-from helpers import assert_fix_error, make_model, tiny_config
+from helpers import assert_fix_error, data_offset, make_model, tiny_config
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -31,12 +30,6 @@ def tensors() -> dict[str, torch.Tensor]:
         "flag": torch.tensor(True),
         "index": torch.arange(7),
     }
-
-
-def data_offset(path) -> int:
-    """Where the data section starts: after the 8-byte header length and the JSON header."""
-    (header_len,) = struct.unpack("<Q", path.read_bytes()[:8])
-    return 8 + header_len
 
 
 def test_saved_file_carries_a_checksum_and_loads(tmp_path):

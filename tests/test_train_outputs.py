@@ -4,7 +4,6 @@ and a `--resume` that finds no checkpoint says where it looked without writing a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import make_cli_workspace, run_error, run_ok
+from helpers import hashes, make_cli_workspace, run_error, run_ok
 
 from codeunlearn.io import load_tensors
 
@@ -25,15 +24,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 SHAPE = ["--layers", "1", "--num_heads", "4", "--codebook_size", "16", "--num_stages", "1"]
 STEPS = ["--key_steps", "2", "--value_steps", "2", "--batch_size", "4", "--kmeans_init_tokens", "64"]
 RUN = [*SHAPE, *STEPS, "--seq_len", "16", "--checkpoint_every", "1", "--log_every", "1", "--no_progress"]
-
-
-def hashes(directory: Path) -> dict[str, str]:
-    """sha256 of every file under `directory`, by relative path."""
-    return {
-        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(directory.rglob("*"))
-        if p.is_file()
-    }
 
 
 @pytest.fixture(scope="module")

@@ -3,14 +3,12 @@
 
 from __future__ import annotations
 
-import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers import make_cli_workspace, run_error, run_ok
+from helpers import make_cli_workspace, run_error, run_ok, with_remote_code
 
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.evaluate.suite.models import load_model_for_eval
@@ -35,13 +33,7 @@ class RemoteLlama(LlamaForCausalLM):
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> dict[str, Path]:
     ws = make_cli_workspace(tmp_path_factory.mktemp("trust"))
-    remote = ws["root"] / "remote"
-    shutil.copytree(ws["model"], remote)
-    config = json.loads((remote / "config.json").read_text())
-    config["auto_map"] = {"AutoModelForCausalLM": "modeling_remote.RemoteLlama"}
-    (remote / "config.json").write_text(json.dumps(config))
-    (remote / "modeling_remote.py").write_text(REMOTE_CODE)
-    ws["remote"] = remote
+    ws["remote"] = with_remote_code(ws["model"], ws["root"] / "remote", REMOTE_CODE)
     suite = ws["root"] / "tiny.yaml"
     suite.write_text(
         yaml.safe_dump(

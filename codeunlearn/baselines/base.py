@@ -11,6 +11,7 @@ muP rule for Adam on hidden matrices, lr ∝ 1/width: a factor 4096 / 576 ≈ 7.
 from __future__ import annotations
 
 import dataclasses
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -18,7 +19,7 @@ from typing import Any, ClassVar, Literal
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from codeunlearn.errors import CodeunlearnError
+from codeunlearn.errors import CodeunlearnError, check_range
 
 SCHEDULERS = ("linear", "cosine", "constant")
 PAPER_HIDDEN_SIZE = 4096  # Llama-2-7B (TOFU, NPO) and Zephyr-7B / Mistral-7B (RMU)
@@ -50,22 +51,25 @@ class MethodConfig:
     )
 
     def __post_init__(self) -> None:
-        checks = [
-            (self.learning_rate > 0, f"learning_rate={self.learning_rate}", "use a positive learning rate"),
-            (self.weight_decay >= 0, f"weight_decay={self.weight_decay}", "use a weight decay >= 0"),
-            (0 <= self.warmup_ratio < 1, f"warmup_ratio={self.warmup_ratio}", "use a value in [0, 1)"),
-            (
-                self.lr_scheduler in SCHEDULERS,
-                f"unknown lr_scheduler {self.lr_scheduler!r}",
-                f"use one of {SCHEDULERS}",
-            ),
-            (self.max_grad_norm >= 0, f"max_grad_norm={self.max_grad_norm}", "use a value >= 0 (0 = no clipping)"),
-            (self.max_steps >= 1, f"max_steps={self.max_steps}", "use at least one step"),
-            (self.batch_size >= 1, f"batch_size={self.batch_size}", "use at least one chunk per batch"),
-        ]
-        for ok, problem, fix in checks:
-            if not ok:
-                raise CodeunlearnError(problem, fix)
+        # nan fails every comparison below; inf passes `> 0`, so the rates and weights also ask for finite values
+        # (an infinite learning rate or decay turns the first step into nan weights).
+        check_range(
+            "learning_rate", self.learning_rate, math.isfinite(self.learning_rate) and self.learning_rate > 0, "> 0"
+        )
+        check_range(
+            "weight_decay", self.weight_decay, math.isfinite(self.weight_decay) and self.weight_decay >= 0, ">= 0"
+        )
+        check_range("warmup_ratio", self.warmup_ratio, 0 <= self.warmup_ratio < 1, "in [0, 1)")
+        if self.lr_scheduler not in SCHEDULERS:
+            raise CodeunlearnError(f"unknown lr_scheduler {self.lr_scheduler!r}", f"use one of {SCHEDULERS}")
+        check_range(
+            "max_grad_norm",
+            self.max_grad_norm,
+            math.isfinite(self.max_grad_norm) and self.max_grad_norm >= 0,
+            ">= 0 (0 = no clipping)",
+        )
+        check_range("max_steps", self.max_steps, self.max_steps >= 1, ">= 1")
+        check_range("batch_size", self.batch_size, self.batch_size >= 1, ">= 1")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

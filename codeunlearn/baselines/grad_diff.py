@@ -13,12 +13,13 @@ Hyperparameters: TOFU's recipe (see `codeunlearn.baselines.ga` and `MethodConfig
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
 from codeunlearn.baselines.base import MethodConfig, UnlearningMethod
-from codeunlearn.errors import CodeunlearnError
+from codeunlearn.errors import CodeunlearnError, check_range
 from codeunlearn.evaluate.evaluation import next_token_nll
 
 
@@ -31,10 +32,9 @@ class GradDiffConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.forget_weight < 0 or self.retain_weight < 0:
-            raise CodeunlearnError(
-                f"forget_weight={self.forget_weight}, retain_weight={self.retain_weight}", "use weights >= 0"
-            )
+        for name in ("forget_weight", "retain_weight"):
+            value = getattr(self, name)
+            check_range(name, value, math.isfinite(value) and value >= 0, ">= 0")
         if self.forget_weight == 0 and self.retain_weight == 0:
             raise CodeunlearnError("forget_weight and retain_weight are both 0", "make at least one weight positive")
 

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from codeunlearn.baselines.base import MethodConfig, UnlearningMethod, sequence_logprob
-from codeunlearn.errors import CodeunlearnError
+from codeunlearn.errors import CodeunlearnError, check_range
 from codeunlearn.evaluate.evaluation import next_token_nll
 
 
@@ -45,10 +45,10 @@ class NPOConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.beta > 0:
-            raise CodeunlearnError(f"beta={self.beta}", "use a positive beta (the paper uses 0.1)")
-        if self.retain_weight < 0:
-            raise CodeunlearnError(f"retain_weight={self.retain_weight}", "use a weight >= 0")
+        check_range("beta", self.beta, math.isfinite(self.beta) and self.beta > 0, "> 0 (the paper uses 0.1)")
+        check_range(
+            "retain_weight", self.retain_weight, math.isfinite(self.retain_weight) and self.retain_weight >= 0, ">= 0"
+        )
 
 
 def npo_loss(logp: Tensor, ref_logp: Tensor, beta: float) -> Tensor:

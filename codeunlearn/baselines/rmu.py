@@ -38,6 +38,7 @@ Scaled to SmolLM2-135M (30 layers, hidden 576), and why:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -49,7 +50,7 @@ from transformers.pytorch_utils import Conv1D
 
 from codeunlearn.baselines.base import MethodConfig, UnlearningMethod
 from codeunlearn.bottleneck.architectures import decoder_layers, hidden_size, model_type_of
-from codeunlearn.errors import CodeunlearnError
+from codeunlearn.errors import CodeunlearnError, check_range
 from codeunlearn.runtime import batches
 
 PAPER_LAYER, PAPER_NUM_LAYERS = 7, 32
@@ -90,12 +91,23 @@ class RMUConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.steering_coeff is not None and not self.steering_coeff > 0:
-            raise CodeunlearnError(f"steering_coeff={self.steering_coeff}", "use a positive c, or leave it unset")
-        if not self.steering_norm_ratio > 0:
-            raise CodeunlearnError(f"steering_norm_ratio={self.steering_norm_ratio}", "use a positive ratio")
-        if self.alpha < 0:
-            raise CodeunlearnError(f"alpha={self.alpha}", "use a retain weight >= 0")
+        # `layer` is checked against the model's depth when it is known (`RMU.resolve_layer`); here only its sign.
+        if self.layer is not None:
+            check_range("layer", self.layer, self.layer >= 0, ">= 0 (a decoder layer index), or leave it out")
+        if self.steering_coeff is not None:
+            check_range(
+                "steering_coeff",
+                self.steering_coeff,
+                math.isfinite(self.steering_coeff) and self.steering_coeff > 0,
+                "> 0, or leave it out",
+            )
+        check_range(
+            "steering_norm_ratio",
+            self.steering_norm_ratio,
+            math.isfinite(self.steering_norm_ratio) and self.steering_norm_ratio > 0,
+            "> 0",
+        )
+        check_range("alpha", self.alpha, math.isfinite(self.alpha) and self.alpha >= 0, ">= 0 (the paper uses 1200)")
         if self.mlp_params not in MLP_PARAMS:
             raise CodeunlearnError(f"unknown mlp_params {self.mlp_params!r}", f"use one of {MLP_PARAMS}")
 

@@ -36,7 +36,7 @@ from transformers import (
 
 from codeunlearn import distributed
 from codeunlearn.baselines.base import UnlearningMethod
-from codeunlearn.errors import CodeunlearnError
+from codeunlearn.errors import CodeunlearnError, check_range
 from codeunlearn.io import atomic_directory, atomic_save_tensors, atomic_write_text, load_tensors
 from codeunlearn.runtime import autocast, run_arguments
 from codeunlearn.train.stream import ChunkStream
@@ -77,15 +77,11 @@ class BaselineTrainingArguments(
     save_model: bool = field(default=True, metadata={"help": "Write the trained model to OUTPUT/model at the end."})
 
     def __post_init__(self) -> None:
-        if self.gradient_accumulation_steps < 1 or self.log_every < 1:
-            raise CodeunlearnError(
-                f"gradient_accumulation_steps={self.gradient_accumulation_steps}, log_every={self.log_every}",
-                "use values >= 1",
-            )
-        if self.checkpoint_every < 0 or self.keep_checkpoints < 1:
-            raise CodeunlearnError("checkpoint_every must be >= 0 and keep_checkpoints >= 1", "fix the arguments")
-        if self.stop_after_steps is not None and self.stop_after_steps < 1:
-            raise CodeunlearnError(f"stop_after_steps={self.stop_after_steps}", "use a step >= 1 or leave it unset")
+        for name in ("gradient_accumulation_steps", "log_every", "keep_checkpoints"):
+            check_range(name, getattr(self, name), getattr(self, name) >= 1, ">= 1")
+        check_range("checkpoint_every", self.checkpoint_every, self.checkpoint_every >= 0, ">= 0 (0 = never)")
+        if self.stop_after_steps is not None:
+            check_range("stop_after_steps", self.stop_after_steps, self.stop_after_steps >= 1, ">= 1, or leave it out")
 
 
 @dataclass

@@ -107,9 +107,12 @@ class BottleneckConfig:
             raise CodeunlearnError(
                 f"adapter_rank must be >= 0, got {self.adapter_rank}", "use 0 (no adapters) or a small rank such as 8"
             )
-        if self.massive_norm_factor < 0:  # 0 is allowed: no token is passed through for its norm
+        # 0 is allowed: no token is passed through for its norm. nan passes a `< 0` test and inf would silently
+        # mean 0, so both are refused (a config file can hold them: JSON NaN, YAML .inf).
+        if not (math.isfinite(self.massive_norm_factor) and self.massive_norm_factor >= 0):
             raise CodeunlearnError(
-                f"massive_norm_factor must be >= 0, got {self.massive_norm_factor}", "use e.g. 20 (the default)"
+                f"massive_norm_factor must be a finite number >= 0, got {self.massive_norm_factor}",
+                "use e.g. 20 (the default), or 0 to pass no token through",
             )
         self._check()
 
@@ -233,9 +236,10 @@ class CodebookConfig(BottleneckConfig):
             raise CodeunlearnError(f"ema_decay must be in [0, 1], got {self.ema_decay}", "use e.g. 0.99 (the default)")
         if self.kmeans_iters < 0:
             raise CodeunlearnError(f"kmeans_iters must be >= 0, got {self.kmeans_iters}", "use e.g. 2 (the default)")
-        if self.dead_code_threshold < 0:
+        if not (math.isfinite(self.dead_code_threshold) and self.dead_code_threshold >= 0):
             raise CodeunlearnError(
-                f"dead_code_threshold must be >= 0, got {self.dead_code_threshold}", "use e.g. 0.02 (the default)"
+                f"dead_code_threshold must be a finite number >= 0, got {self.dead_code_threshold}",
+                "use e.g. 0.02 (the default)",
             )
         if self.hidden_size and self.hidden_size % self.num_heads:
             raise CodeunlearnError(
@@ -322,11 +326,17 @@ class SAEConfig(BottleneckConfig):
             raise CodeunlearnError(
                 "downstream adapters are for codebooks; an SAE keeps its error term instead", "set adapter_rank 0"
             )
-        for name in ("sae_width", "sae_expansion_factor", "sae_k"):
-            if getattr(self, name) < (0 if name == "sae_width" else 1):
-                raise CodeunlearnError(f"{name} must be positive, got {getattr(self, name)}", f"fix {name}")
-        if self.sae_l1_coefficient < 0:
-            raise CodeunlearnError(f"sae_l1_coefficient must be >= 0, got {self.sae_l1_coefficient}", "use e.g. 5.0")
+        if self.sae_width < 0:  # 0 is allowed: sae_expansion_factor x the hidden size
+            raise CodeunlearnError(
+                f"sae_width must be >= 0, got {self.sae_width}", "use 0 (sae_expansion_factor x hidden size) or a width"
+            )
+        for name in ("sae_expansion_factor", "sae_k"):
+            if getattr(self, name) < 1:
+                raise CodeunlearnError(f"{name} must be >= 1, got {getattr(self, name)}", f"set {name} to 1 or more")
+        if not (math.isfinite(self.sae_l1_coefficient) and self.sae_l1_coefficient >= 0):
+            raise CodeunlearnError(
+                f"sae_l1_coefficient must be a finite number >= 0, got {self.sae_l1_coefficient}", "use e.g. 5.0"
+            )
         width = self.codes_per_layer
         if self.sae_architecture == "topk" and width and self.sae_k > width:
             raise CodeunlearnError(

@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import inspect
 import json
+import math
 import re
 import types
 import typing
@@ -187,10 +188,20 @@ class SelectionArguments(library_arguments(SelectionRule)):
         check_range("num_codes", self.num_codes, self.num_codes >= 1, ">= 1 (codes removed per layer)")
         check_range("min_forget_count", self.min_forget_count, self.min_forget_count >= 0, ">= 0 (e.g. 5)")
         check_range("max_retain_frequency", self.max_retain_frequency, 0 <= self.max_retain_frequency <= 1, "in [0, 1]")
+        # any real threshold is a rule (scores are log ratios or differences, either sign); nan selects nothing and
+        # -inf would admit codes that fire less on the forget text than on the retain text
+        check_range("min_score", self.min_score, math.isfinite(self.min_score), "a finite number (e.g. 0)")
         if self.max_retain_cost is not None:
             check_range("max_retain_cost", self.max_retain_cost, self.max_retain_cost >= 0, ">= 0 (nat/token)")
         check_range("validation_tokens", self.validation_tokens, self.validation_tokens >= 1, ">= 1")
         check_range("validation_skip_tokens", self.validation_skip_tokens, self.validation_skip_tokens >= 0, ">= 0")
+        if self.multiplier is not None:  # as `codeunlearn.bottleneck.edit.check_multiplier` (0 is `zero`'s job)
+            check_range(
+                "multiplier",
+                self.multiplier,
+                math.isfinite(self.multiplier) and self.multiplier < 0,
+                "< 0 (negative, e.g. -10; for zero-ablation use --intervention zero)",
+            )
 
     def rule(self) -> SelectionRule:
         """The library selection rule these arguments describe."""

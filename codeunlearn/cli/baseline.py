@@ -31,8 +31,9 @@ from codeunlearn.cli.arguments import (
     read_config_file,
     to_flat_dict,
 )
+from codeunlearn.cli.common import check_skip_positions
 from codeunlearn.data import Corpora, DataArguments, read_corpora
-from codeunlearn.errors import CodeunlearnError
+from codeunlearn.errors import CodeunlearnError, check_range
 from codeunlearn.evaluate.evaluation import mean_loss
 from codeunlearn.evaluate.loss_table import add_deltas, loss_table
 from codeunlearn.io import atomic_write_text
@@ -59,6 +60,12 @@ class BaselineRunArguments:
     )
     eval_batch_size: int = field(default=8, metadata={"help": "Chunks per forward pass when measuring."})
     skip_positions: int = field(default=0, metadata={"help": "Ignore the first N targets of every chunk."})
+
+    def __post_init__(self) -> None:
+        if self.eval_max_tokens is not None:
+            check_range("eval_max_tokens", self.eval_max_tokens, self.eval_max_tokens >= 1, ">= 1, or leave it out")
+        check_range("eval_batch_size", self.eval_batch_size, self.eval_batch_size >= 1, ">= 1")
+        check_range("skip_positions", self.skip_positions, self.skip_positions >= 0, ">= 0")
 
 
 def requested_method(argv: Sequence[str]) -> str | None:
@@ -175,6 +182,7 @@ def write_report(
 def main(argv: Sequence[str]) -> int:
     """Run `codeunlearn baseline` with command-line arguments `argv` (without the subcommand name)."""
     model_args, data_args, run_args, train_args, config = parse(argv)
+    check_skip_positions(run_args.skip_positions, data_args.seq_len)
     method = method_class(run_args.method)(config)
     forget_corpora = read_corpora(data_args.forget_corpora, data_args, "forget_corpora")
     retain_corpora = (

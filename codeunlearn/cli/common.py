@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from codeunlearn.errors import CodeunlearnError
+from codeunlearn.errors import CodeunlearnError, check_range
 
 
 def check_output_file(path: str | Path, overwrite: bool) -> Path:
@@ -25,3 +25,14 @@ def check_output_dir_free(path: str | Path, overwrite: bool) -> Path:
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         raise CodeunlearnError(f"output directory {path} is not empty", "pass --overwrite or choose a new directory")
     return path
+
+
+def check_skip_positions(skip_positions: int, seq_len: int) -> None:
+    """Refuse a `--skip_positions` that leaves no target in a chunk (a chunk of `seq_len` tokens has `seq_len - 1`
+    targets): the mean loss over nothing is nan, which a report would print as if it were a measurement."""
+    check_range(
+        "skip_positions",
+        skip_positions,
+        0 <= skip_positions < seq_len - 1,
+        f"in [0, {seq_len - 2}] (--seq_len {seq_len})",
+    )

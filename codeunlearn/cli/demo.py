@@ -40,9 +40,10 @@ from codeunlearn.cli.arguments import (
     parse_arguments,
     to_flat_dict,
 )
+from codeunlearn.cli.common import check_skip_positions
 from codeunlearn.cli.forget import CONTROL_NAME, EDIT_NAME, make_edits, summarize
 from codeunlearn.data import Corpora, DataArguments, corpus_fingerprint, read_corpora
-from codeunlearn.errors import CodeunlearnError
+from codeunlearn.errors import CodeunlearnError, check_range
 from codeunlearn.evaluate.loss_table import (
     TABLE_NOTE,
     RowSpec,
@@ -89,6 +90,14 @@ class DemoArguments:
     retain_statistics_tokens: int = field(
         default=32768, metadata={"help": "Retain train-split tokens per corpus counted for the retain statistics."}
     )
+
+    def __post_init__(self) -> None:
+        if self.eval_max_tokens is not None:
+            check_range("eval_max_tokens", self.eval_max_tokens, self.eval_max_tokens >= 1, ">= 1, or leave it out")
+        check_range("skip_positions", self.skip_positions, self.skip_positions >= 0, ">= 0")
+        check_range(  # unlike `train`'s, 0 is no option: the demo's edit is selected against these statistics
+            "retain_statistics_tokens", self.retain_statistics_tokens, self.retain_statistics_tokens >= 1, ">= 1"
+        )
 
 
 def default_config() -> Path | None:
@@ -178,10 +187,7 @@ def parse(argv: Sequence[str]) -> tuple[Any, ...]:
             "the N rule's validation text would overlap the text the bottleneck trains on",
             "set --max_tokens and a --validation_skip_tokens at least as large",
         )
-    if demo.retain_statistics_tokens < 1:
-        raise CodeunlearnError(
-            f"retain_statistics_tokens={demo.retain_statistics_tokens}", "count at least one chunk, e.g. 32768"
-        )
+    check_skip_positions(demo.skip_positions, data_args.seq_len)
     if data_args.corpora:
         raise CodeunlearnError(
             "the demo trains its bottleneck on --retain_corpora", "name the general text with --retain_corpora"

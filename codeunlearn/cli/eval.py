@@ -30,7 +30,7 @@ from codeunlearn import distributed
 from codeunlearn.cli import eval_combine, eval_losses, eval_suite
 from codeunlearn.cli.arguments import parse_arguments
 from codeunlearn.data import DataArguments
-from codeunlearn.errors import CodeunlearnError
+from codeunlearn.errors import CodeunlearnError, check_range
 from codeunlearn.modeling import ModelArguments
 from codeunlearn.runtime import bf16_is_fast, run_arguments
 
@@ -59,6 +59,9 @@ class EvalArguments:
         },
     )
     batch_size: int = field(default=8, metadata={"help": "Chunks per forward pass."})
+
+    def __post_init__(self) -> None:
+        check_range("batch_size", self.batch_size, self.batch_size >= 1, ">= 1")
 
 
 def main(argv: Sequence[str]) -> int:

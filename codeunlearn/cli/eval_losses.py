@@ -30,8 +30,9 @@ from codeunlearn import distributed, figures
 from codeunlearn.bottleneck.edit import Edit
 from codeunlearn.bottleneck.loading import load_bottlenecked, resolve_bottleneck_dir
 from codeunlearn.bottleneck.model import BottleneckedModel
+from codeunlearn.cli.common import check_skip_positions
 from codeunlearn.data import DataArguments, read_corpora
-from codeunlearn.errors import CodeunlearnError
+from codeunlearn.errors import CodeunlearnError, check_range
 from codeunlearn.evaluate.loss_table import (
     REFERENCE_ROW,
     TABLE_NOTE,
@@ -57,6 +58,10 @@ class LossTableArguments:
     skip_positions: int = field(
         default=0, metadata={"help": "Ignore the first N targets of every chunk (they have little context)."}
     )
+
+    def __post_init__(self) -> None:
+        # the upper end depends on --seq_len: `run` checks it (`check_skip_positions`)
+        check_range("skip_positions", self.skip_positions, self.skip_positions >= 0, ">= 0")
 
 
 def guardrail_rows(
@@ -84,6 +89,7 @@ def run(
         raise CodeunlearnError(
             "no --bottleneck_dir given", "pass --bottleneck_dir DIR for the loss table, or --suite NAME --model DIR"
         )
+    check_skip_positions(args.skip_positions, data_args.seq_len)
     forget_corpora = read_corpora(data_args.forget_corpora, data_args, "forget_corpora")
     retain_corpora = read_corpora(data_args.retain_corpora, data_args, "retain_corpora")
     edit_files = [(path, Edit.load(path)) for path in args.edits]

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from codeunlearn.data import DataArguments
-from codeunlearn.errors import CodeunlearnError
+from codeunlearn.errors import CodeunlearnError, check_range
 from codeunlearn.evaluate.metrics.base import EvalContext
 from codeunlearn.evaluate.suite.config import load_suite_config, named_configs
 from codeunlearn.evaluate.suite.models import base_model_run, load_model_for_eval
@@ -86,6 +86,12 @@ class SuiteArguments:
         },
     )
 
+    def __post_init__(self) -> None:
+        if self.max_items is not None:
+            check_range("max_items", self.max_items, self.max_items >= 1, ">= 1, or leave it out (the config's caps)")
+        # 0 would not cut at all (`ids[-0:]` is every token); a scored continuation needs a token of context
+        check_range("max_length", self.max_length, self.max_length >= 2, ">= 2 (tokens)")
+
 
 def run(
     args: SuiteArguments,
@@ -105,8 +111,6 @@ def run(
         raise CodeunlearnError(
             f"data directory not found: {args.data_dir}", "pass --data_dir pointing at the shared data folder"
         )
-    if args.max_items is not None and args.max_items < 1:
-        raise CodeunlearnError(f"--max_items {args.max_items}", "use a positive number of items")
     shared = {
         "heldout_fraction": data_args.heldout_fraction,
         "split_seed": data_args.split_seed,

@@ -48,7 +48,7 @@ from codeunlearn.cli.apply import describe_edits
 from codeunlearn.cli.arguments import parse_arguments, with_aliases
 from codeunlearn.cli.common import check_output_dir_free
 from codeunlearn.data import Corpora, DataArguments, read_corpora
-from codeunlearn.errors import CodeunlearnError
+from codeunlearn.errors import CodeunlearnError, check_range
 from codeunlearn.evaluate.loss_table import TABLE_NOTE, loss_table
 from codeunlearn.export.bake import (
     BakeConfig,
@@ -149,6 +149,13 @@ class ExportArguments:
         default=True, metadata={"help": "Reload the written directory and compare logits before moving it in place."}
     )
 
+    def __post_init__(self) -> None:
+        # the layer's upper end is the model's depth, checked once the model is loaded
+        if self.layer is not None:
+            check_range("layer", self.layer, self.layer >= 0, ">= 0 (a decoder layer index), or leave it out")
+        check_range("rank", self.rank, self.rank >= 1, ">= 1 (directions)")
+        check_range("batch_size", self.batch_size, self.batch_size >= 1, ">= 1")
+
 
 @dataclass
 class BakeArguments:
@@ -184,6 +191,12 @@ class BakeArguments:
     verify: bool = field(
         default=True, metadata={"help": "Reload the written directory and compare logits before moving it in place."}
     )
+
+    def __post_init__(self) -> None:
+        if self.eval_max_tokens is not None:
+            check_range("eval_max_tokens", self.eval_max_tokens, self.eval_max_tokens >= 1, ">= 1, or leave it out")
+        check_range("eval_batch_size", self.eval_batch_size, self.eval_batch_size >= 1, ">= 1")
+        check_range("log_every", self.log_every, self.log_every >= 1, ">= 1")
 
 
 def requested_mode(argv: Sequence[str]) -> str:

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from codeunlearn.cli.arguments import parse_arguments
+from codeunlearn.errors import check_range
 from codeunlearn.evaluate.metrics.facts import CORPUS_FILES, GEOGRAPHY_RELATIONS, PROBE_FILES, write_fact_topic
 from codeunlearn.evaluate.suite.fact_suite import write_fact_suite
 from codeunlearn.runtime import run_arguments
@@ -37,6 +38,10 @@ class FactTopicArguments:
         default=0.5, metadata={"help": "Share of each side's facts held out as probes (split by subject)."}
     )
     seed: int = field(default=0, metadata={"help": "Seed of the train/held-out split."})
+
+    def __post_init__(self) -> None:
+        # open at both ends: either side of the split would be empty (`write_fact_topic` says so too, later)
+        check_range("heldout_fraction", self.heldout_fraction, 0 < self.heldout_fraction < 1, "in (0, 1) (e.g. 0.5)")
 
 
 def main(argv: Sequence[str]) -> int:

@@ -48,7 +48,7 @@ from codeunlearn.bottleneck.registry import config_class_for
 from codeunlearn.cli.arguments import SelectionArguments, parse_arguments
 from codeunlearn.cli.common import check_output_dir_free, check_output_file
 from codeunlearn.data import Corpora, DataArguments, corpus_fingerprint, read_corpora
-from codeunlearn.errors import CodeunlearnError
+from codeunlearn.errors import CodeunlearnError, check_range
 from codeunlearn.modeling import ModelArguments
 from codeunlearn.runtime import Stopwatch, run_arguments
 from codeunlearn.unlearn.budget import choose_num_codes, describe_walk
@@ -94,6 +94,9 @@ class ForgetArguments:
         metadata={"help": "Statistics of the retain corpus, same bottleneck (default: the bottleneck's cached ones)."},
     )
     batch_size: int = field(default=8, metadata={"help": "Chunks per forward pass (with --bottleneck_dir)."})
+
+    def __post_init__(self) -> None:
+        check_range("batch_size", self.batch_size, self.batch_size >= 1, ">= 1")
 
 
 def usage_per_token(stats: CodeStatistics, edit: Edit, layer: int) -> float:

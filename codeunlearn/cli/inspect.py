@@ -28,7 +28,7 @@ from codeunlearn.cli.arguments import parse_arguments
 from codeunlearn.cli.common import check_output_dir_free
 from codeunlearn.cli.forget import CONTROL_NAME
 from codeunlearn.data import DataArguments, read_corpora
-from codeunlearn.errors import CodeunlearnError
+from codeunlearn.errors import CodeunlearnError, check_range
 from codeunlearn.inspection import InspectOptions, inspect_edit
 from codeunlearn.inspection.logit_lens import check_logit_lens
 from codeunlearn.inspection.page import render_html, render_markdown, render_terminal
@@ -65,13 +65,14 @@ class InspectArguments:
     top: int = field(default=20, metadata={"help": "Edit units printed in the terminal table (by selection score)."})
     batch_size: int = field(default=8, metadata={"help": "Chunks per forward pass."})
 
-    def options(self, progress: bool, bf16: bool) -> InspectOptions:
-        """The library's options, checked."""
+    def __post_init__(self) -> None:
+        # 0 is allowed for the counts: no contexts, no tokens beside a firing one, no logit lens, no terminal table.
         for name in ("contexts", "left", "right", "top_tokens", "top"):
-            if getattr(self, name) < 0:
-                raise CodeunlearnError(f"--{name} is {getattr(self, name)}", f"pass --{name} 0 or more")
-        if self.batch_size < 1:
-            raise CodeunlearnError(f"--batch_size is {self.batch_size}", "pass --batch_size 1 or more")
+            check_range(name, getattr(self, name), getattr(self, name) >= 0, ">= 0")
+        check_range("batch_size", self.batch_size, self.batch_size >= 1, ">= 1")
+
+    def options(self, progress: bool, bf16: bool) -> InspectOptions:
+        """The library's options (checked when the arguments were parsed)."""
         return InspectOptions(self.contexts, self.left, self.right, self.top_tokens, self.batch_size, bf16, progress)
 
 

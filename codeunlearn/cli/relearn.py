@@ -24,8 +24,9 @@ from pathlib import Path
 
 from codeunlearn.bottleneck.loading import load_bottlenecked
 from codeunlearn.cli.arguments import parse_arguments
-from codeunlearn.cli.common import check_output_file
+from codeunlearn.cli.common import check_output_file, check_skip_positions
 from codeunlearn.data import DataArguments, read_corpora
+from codeunlearn.errors import check_range
 from codeunlearn.evaluate.attacks.relearn import RelearnConfig, relearn
 from codeunlearn.io import atomic_write_text
 from codeunlearn.modeling import ModelArguments
@@ -56,6 +57,10 @@ class RelearnRunArguments:
         },
     )
 
+    def __post_init__(self) -> None:
+        if self.relearn_tokens is not None:  # fewer than one chunk's worth still gives one chunk
+            check_range("relearn_tokens", self.relearn_tokens, self.relearn_tokens >= 1, ">= 1, or leave it out")
+
 
 def main(argv: Sequence[str]) -> int:
     """Run `codeunlearn relearn` with command-line arguments `argv` (without the subcommand name)."""
@@ -65,6 +70,7 @@ def main(argv: Sequence[str]) -> int:
         "codeunlearn relearn",
         DESCRIPTION,
     )
+    check_skip_positions(config.skip_positions, data_args.seq_len)
     output_dir = Path(outputs.output_dir)
     check_output_file(output_dir / RESULT_NAME, outputs.overwrite)
     forget_corpora = read_corpora(data_args.forget_corpora, data_args, "forget_corpora")

@@ -24,6 +24,7 @@ decay, clipping, bf16 autocast, several processes through `accelerate`).
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,7 @@ from codeunlearn.baselines.base import MethodConfig, UnlearningMethod
 from codeunlearn.baselines.trainer import BaselineResult, BaselineTrainingArguments, train_baseline
 from codeunlearn.bottleneck.architectures import decoder_layers, model_type_of
 from codeunlearn.bottleneck.model import BottleneckedModel
-from codeunlearn.errors import CodeunlearnError
+from codeunlearn.errors import CodeunlearnError, check_range
 from codeunlearn.evaluate.evaluation import mean_loss
 from codeunlearn.evaluate.loss_table import add_deltas
 from codeunlearn.export.card import BAKE_SPEC_NAME, EVAL_REPORT_NAME, write_model_card
@@ -84,10 +85,10 @@ class BakeConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0.0 <= self.perturb_alpha <= 1.0:
-            raise CodeunlearnError(f"perturb_alpha={self.perturb_alpha}", "use a value in [0, 1]")
-        if self.retain_weight < 0:
-            raise CodeunlearnError(f"retain_weight={self.retain_weight}", "use a weight >= 0")
+        check_range("perturb_alpha", self.perturb_alpha, 0.0 <= self.perturb_alpha <= 1.0, "in [0, 1] (0 = none)")
+        check_range(
+            "retain_weight", self.retain_weight, math.isfinite(self.retain_weight) and self.retain_weight >= 0, ">= 0"
+        )
         if self.retain_teacher not in ("base", "edited"):
             raise CodeunlearnError(f"retain_teacher={self.retain_teacher!r}", "use `base` or `edited`")
 

@@ -246,6 +246,7 @@ def projection_hooks(model: nn.Module, directions: Tensor, layer: int) -> Iterat
     the model `fold_projection` builds, computed without touching a weight (to check a fold against)."""
     embeddings, writers = _check_foldable(model)
     layers = decoder_layers(model)
+    check_layer_indices([layer], len(layers))  # before indexing: a layer past the end is one line, not IndexError
     basis = check_directions(directions, hidden_size(model))
 
     def project(module: nn.Module, args: tuple, output: Tensor) -> Tensor:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import time
 import warnings
 from collections.abc import Callable
@@ -37,7 +38,7 @@ from transformers.pytorch_utils import Conv1D
 
 from codeunlearn.bottleneck.architectures import decoder_layers, decoder_layers_path
 from codeunlearn.bottleneck.model import BottleneckedModel
-from codeunlearn.errors import CodeunlearnError
+from codeunlearn.errors import CodeunlearnError, check_range
 from codeunlearn.evaluate.evaluation import mean_loss, next_token_nll
 from codeunlearn.runtime import autocast, run_arguments
 from codeunlearn.train.stream import ChunkStream
@@ -67,18 +68,23 @@ class RelearnConfig(run_arguments("progress", "bf16")):
     skip_positions: int = field(default=0, metadata={"help": "Ignore the first N targets of every chunk."})
 
     def __post_init__(self) -> None:
-        checks = [
-            (self.steps >= 1, f"steps={self.steps}", "use at least one step"),
-            (self.mode in MODES, f"unknown relearning mode {self.mode!r}", f"use one of {MODES}"),
-            (self.learning_rate > 0 and self.lora_learning_rate > 0, "learning rates must be positive", "fix them"),
-            (self.lora_rank >= 1 and self.lora_alpha > 0, "lora_rank must be >= 1 and lora_alpha > 0", "fix them"),
-            (self.batch_size >= 1 and self.eval_batch_size >= 1, "batch sizes must be >= 1", "fix them"),
-            (self.max_grad_norm >= 0, f"max_grad_norm={self.max_grad_norm}", "use a value >= 0"),
-            (bool(self.eval_steps), "no eval_steps given", "pass --eval_steps 0 10 ..."),
-        ]
-        for ok, problem, fix in checks:
-            if not ok:
-                raise CodeunlearnError(problem, fix)
+        if self.mode not in MODES:
+            raise CodeunlearnError(f"unknown relearning mode {self.mode!r}", f"use one of {MODES}")
+        for name in ("steps", "lora_rank", "batch_size", "eval_batch_size"):
+            check_range(name, getattr(self, name), getattr(self, name) >= 1, ">= 1")
+        # inf passes `> 0` but turns the first step into nan weights: rates and scales must be finite too
+        for name in ("learning_rate", "lora_learning_rate", "lora_alpha"):
+            value = getattr(self, name)
+            check_range(name, value, math.isfinite(value) and value > 0, "> 0")
+        check_range(
+            "max_grad_norm",
+            self.max_grad_norm,
+            math.isfinite(self.max_grad_norm) and self.max_grad_norm >= 0,
+            ">= 0 (0 = no clipping)",
+        )
+        check_range("skip_positions", self.skip_positions, self.skip_positions >= 0, ">= 0")
+        if not self.eval_steps:
+            raise CodeunlearnError("no eval_steps given", "pass --eval_steps 0 10 ...")
         bad = [s for s in self.eval_steps if not 0 <= s <= self.steps]
         if bad:
             raise CodeunlearnError(
