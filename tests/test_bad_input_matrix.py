@@ -309,6 +309,7 @@ CASES: dict[str, Case] = {
         lambda p: baseline(p, "ga", output=p.out("baseline")), "already holds"
     ),
     "overwrite/inspect-into-non-empty-dir": Case(lambda p: inspect(p, output=p.out("edits")), "is not empty"),
+    "overwrite/eval-over-an-earlier-report": Case(lambda p: evaluate(p, output=p.out("eval")), "already exists"),
     # ---- model, architecture, layers
     "model/wrong-layer-index": Case(lambda p: train(p, "--layers", "7"), "layer index [7] out of range"),
     "model/unknown-architecture": Case(lambda p: train(p, "--model_name_or_path", p.bad("bloom_model")), "bloom"),
@@ -363,7 +364,7 @@ CASES: dict[str, Case] = {
     "range/forget-batch_size=0": Case(lambda p: forget(p, "--batch_size", "0"), "--batch_size 0"),
     "range/eval-batch_size=0": Case(lambda p: evaluate(p, "--batch_size", "0"), "--batch_size 0"),
     "range/eval-skip_positions=seq_len-1": Case(
-        lambda p: evaluate(p, "--skip_positions", "15", output=p.out("eval")), "--skip_positions 15"
+        lambda p: evaluate(p, "--skip_positions", "15"), "--skip_positions 15"
     ),
     "range/eval-suite-max_length=0": Case(lambda p: suite(p, "--max_length", "0"), "--max_length 0"),
     "range/eval-suite-max_items=0": Case(lambda p: suite(p, "--max_items", "0"), "--max_items 0"),

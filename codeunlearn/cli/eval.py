@@ -25,10 +25,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from codeunlearn import distributed
 from codeunlearn.cli import eval_combine, eval_losses, eval_suite
 from codeunlearn.cli.arguments import parse_arguments
+from codeunlearn.cli.common import check_output_file
 from codeunlearn.data import DataArguments
 from codeunlearn.errors import CodeunlearnError, check_range
 from codeunlearn.modeling import ModelArguments
@@ -41,6 +43,7 @@ DESCRIPTION = (
 
 EvalRunArguments = run_arguments(
     "output_dir",
+    "overwrite",
     "progress",
     "bf16",
     writes="report.json, report.md and token_loss_increase.json/.md/.png/.svg (with --combine: table.md, table.json "
@@ -86,6 +89,9 @@ def main(argv: Sequence[str]) -> int:
             "`eval --suite` and `eval --combine` run in one process (the loss table is the data-parallel eval)",
             "run them without accelerate launch / torchrun",
         )
+    # Refused before any slow step: an earlier report in --output_dir would be replaced without a word.
+    for name in ("table.json", "table.md") if combine.combine else ("report.json", "report.md"):
+        check_output_file(Path(run.output_dir) / name, run.overwrite)
     if combine.combine:
         return eval_combine.run(combine, run.output_dir)
     if suite.suite is not None:

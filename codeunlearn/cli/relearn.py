@@ -72,7 +72,8 @@ def main(argv: Sequence[str]) -> int:
     )
     check_skip_positions(config.skip_positions, data_args.seq_len)
     output_dir = Path(outputs.output_dir)
-    check_output_file(output_dir / RESULT_NAME, outputs.overwrite)
+    for name in (RESULT_NAME, "relearn.md"):
+        check_output_file(output_dir / name, outputs.overwrite)
     forget_corpora = read_corpora(data_args.forget_corpora, data_args, "forget_corpora")
     retain_corpora = (
         read_corpora(data_args.retain_corpora, data_args, "retain_corpora") if data_args.retain_corpora else None

@@ -35,7 +35,7 @@ case $TOPIC in
   *) echo "error: unknown topic $TOPIC -- fix: harry_potter, microbiology, geography or cyber" >&2; exit 2 ;;
 esac
 # shellcheck disable=SC2086  # the row lists are meant to split
-codeunlearn eval --combine $ours $recorded ${columns:-} --output_dir $OUT/table --no_progress
+codeunlearn eval --combine $ours $recorded ${columns:-} --output_dir $OUT/table --overwrite --no_progress
 cp $OUT/table/table.md $HERE/table_$TAG.md
 cp $OUT/table/table.json $HERE/table_$TAG.json
 cp $OUT/table/tradeoff.png $HERE/tradeoff_$TAG.png

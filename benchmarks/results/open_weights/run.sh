@@ -81,7 +81,7 @@ columns="--columns $(sed -n 's/^  - {name: \([a-z0-9_]*\),.*/\1/p' $SUITE | tr '
 columns="$columns bypass:forget_recovery quantization:forget_recovery_8bit quantization:forget_recovery_4bit"
 columns="$columns relearning:max_recovery"
 # shellcheck disable=SC2086  # the row and column lists are meant to split
-codeunlearn eval --combine $rows $columns --output_dir $EVAL/table --no_progress
+codeunlearn eval --combine $rows $columns --output_dir $EVAL/table --overwrite --no_progress
 cp $EVAL/table/table.md $HERE/table_$TOPIC.md
 cp $EVAL/table/table.json $HERE/table_$TOPIC.json
 reports=""
