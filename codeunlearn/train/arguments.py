@@ -3,6 +3,7 @@ kind, each kind's trainer reading its own fields (`sae_*` for an SAE)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -107,10 +108,13 @@ class TrainingArguments(
         for name, low in at_least.items():
             check_range(name, getattr(self, name), getattr(self, name) >= low, f">= {low}")
         # learning_rate 0 is allowed: a value phase that keeps the k-means values fixed (the tests log with it).
-        check_range("learning_rate", self.learning_rate, self.learning_rate >= 0, ">= 0 (e.g. 1e-2)")
+        # Finite too: inf passes `>= 0` and turns the first step's weights into nan.
+        rate = self.learning_rate
+        check_range("learning_rate", rate, 0 <= rate < math.inf, ">= 0 and finite (e.g. 1e-2)")
         for name in ("adapter_learning_rate", "sae_learning_rate"):
-            check_range(name, getattr(self, name), getattr(self, name) > 0, "> 0 (e.g. 1e-3)")
-        check_range("reconstruction_weight", self.reconstruction_weight, self.reconstruction_weight >= 0, ">= 0")
+            check_range(name, getattr(self, name), 0 < getattr(self, name) < math.inf, "> 0 and finite (e.g. 1e-3)")
+        weight = self.reconstruction_weight
+        check_range("reconstruction_weight", weight, 0 <= weight < math.inf, ">= 0 and finite")
         if self.stop_after_steps is not None:
             check_range("stop_after_steps", self.stop_after_steps, self.stop_after_steps >= 1, ">= 1, or leave it out")
         if self.init_from is not None and not Path(self.init_from, WEIGHTS_NAME).is_file():
