@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from codeunlearn.bottleneck.registry import config_class_for
+from codeunlearn.bottleneck.registry import config_class_for, kind_names
 from codeunlearn.errors import CodeunlearnError
 
 CONFIG_NAME = "bottleneck_config.json"
@@ -164,6 +164,8 @@ class BottleneckConfig:
             raise CodeunlearnError("bottleneck config is not a JSON object", "re-save the bottleneck")
         data = dict(data)
         kind = data.pop("kind", DEFAULT_KIND)
+        if not isinstance(kind, str):  # the registry looks kinds up by hashing: a list would be a TypeError
+            raise CodeunlearnError(f"bottleneck kind must be a string, got {kind!r}", f"use one of {kind_names()}")
         target = config_class_for(kind)
         if cls is not BottleneckConfig and not issubclass(target, cls):
             raise CodeunlearnError(f"bottleneck config is of kind {kind!r}, not {cls.kind!r}", f"load it as {kind}")
@@ -174,6 +176,16 @@ class BottleneckConfig:
             raise CodeunlearnError(
                 f"bottleneck config has unknown keys {unknown}", "write it with this codeunlearn version"
             )
+        layers = data.get("layers")
+        # checked before construction: a missing or non-iterable `layers` fails inside the dataclass with a TypeError
+        if not isinstance(layers, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in layers):
+            raise CodeunlearnError(f"layers must be a list of integers, got {layers!r}", "pass e.g. layers=[15]")
+        for key, value in data.items():
+            # Python's json reads NaN and Infinity; NaN passes every `x < 0` range check, so it is refused here
+            if isinstance(value, float) and not math.isfinite(value):
+                raise CodeunlearnError(f"{key} must be a finite number, got {value!r}", f"fix {key} in the config")
+        if not isinstance(data.get("extra", {}), dict):
+            raise CodeunlearnError(f"extra must be an object, got {data['extra']!r}", "fix extra in the config")
         values = {k: v for k, v in data.items() if k in own}
         return target(**values, inactive_fields={k: v for k, v in data.items() if k in inactive})
 
@@ -183,9 +195,11 @@ class BottleneckConfig:
         if not path.is_file():
             raise CodeunlearnError(f"no bottleneck config at {path}", f"point to a directory holding {CONFIG_NAME}")
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
             raise CodeunlearnError(f"{path} is not valid JSON ({err.msg})", "re-save the bottleneck") from None
+        except UnicodeDecodeError:
+            raise CodeunlearnError(f"{path} is not UTF-8 text (a damaged file?)", "re-save the bottleneck") from None
         return cls.from_dict(data)
 
 

@@ -29,7 +29,7 @@ GUARDRAIL_ACTIONS = ("zero", "clamp")
 
 def check_multiplier(multiplier: Any, what: str = "clamp") -> float:
     """A clamp multiplier must be a finite negative number (0 is zero-ablation: use `zero`)."""
-    if isinstance(multiplier, bool) or not isinstance(multiplier, (int, float)) or not math.isfinite(multiplier):
+    if isinstance(multiplier, bool) or not isinstance(multiplier, (int, float)) or not _finite(multiplier):
         raise CodeunlearnError(
             f"{what} needs a numeric multiplier, got {multiplier!r}", "pass a negative --multiplier such as -10"
         )
@@ -39,6 +39,63 @@ def check_multiplier(multiplier: Any, what: str = "clamp") -> float:
             "pass a negative --multiplier such as -10 (for zero-ablation use --intervention zero)",
         )
     return float(multiplier)
+
+
+def _finite(value: float) -> bool:
+    """`math.isfinite` that says False for an integer past float range (a JSON file may hold one) instead of
+    raising OverflowError."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _json_type_problem(data: dict[str, Any]) -> str | None:
+    """What is ill-typed in an edit's JSON object, or None. The constructors convert leniently (`int("12")`,
+    `list("12")`, `int(1.7)`), which suits code that builds edits from tensors but would turn a hand-damaged file
+    into other codes without a word; a file must hold exactly the JSON types `Edit.to_dict` writes."""
+    # unknown keys are named here, by repr: the constructors' TypeError would print a key holding a newline raw
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(Edit)})
+    if unknown:
+        return f"unknown keys {unknown}"
+    for name in ("topic", "kind", "intervention", "bottleneck_fingerprint"):
+        if name in data and not isinstance(data[name], str):
+            return f"{name} must be a string, got {data[name]!r}"
+    if "rule" in data and not isinstance(data["rule"], dict):
+        return f"rule must be an object, got {data['rule']!r}"
+    if data.get("multiplier") is not None and not _is_number(data["multiplier"]):
+        return f"multiplier must be a number, got {data['multiplier']!r}"
+    if not isinstance(data.get("layers"), dict):
+        return f"layers must map layer indices to codes, got {data.get('layers')!r}"
+    for layer, codes in data["layers"].items():
+        if not isinstance(codes, dict):
+            return f"layer {layer!r} must hold an object with codes, got {codes!r}"
+        unknown = sorted(set(codes) - {f.name for f in dataclasses.fields(LayerCodes)})
+        if unknown:
+            return f"layer {layer!r} has unknown keys {unknown}"
+        if not isinstance(codes.get("codes"), list) or not all(
+            isinstance(c, int) and not isinstance(c, bool) for c in codes["codes"]
+        ):
+            return f"layer {layer!r}: codes must be a list of integers, got {codes.get('codes')!r}"
+        for name in ("scores", "scales"):
+            if name in codes and (not isinstance(codes[name], list) or not all(map(_is_number, codes[name]))):
+                return f"layer {layer!r}: {name} must be a list of numbers, got {codes[name]!r}"
+    guardrail = data.get("guardrail")
+    if guardrail is None:
+        return None
+    if not isinstance(guardrail, dict):
+        return f"guardrail must be an object, got {guardrail!r}"
+    unknown = sorted(set(guardrail) - {f.name for f in dataclasses.fields(Guardrail)})
+    if unknown:
+        return f"guardrail has unknown keys {unknown}"
+    thresholds = guardrail.get("thresholds")
+    if not isinstance(thresholds, dict) or not all(map(_is_number, thresholds.values())):
+        return f"guardrail thresholds must map layers to numbers, got {thresholds!r}"
+    return None
 
 
 @dataclass
@@ -197,10 +254,16 @@ class Edit:
             )
         data = dict(data)
         data.pop("num_codes", None)
+        problem = _json_type_problem(data)
+        if problem is not None:
+            raise CodeunlearnError(f"not an edit file ({problem})", "pass a JSON written by `codeunlearn forget`")
         try:
             return cls(**data)
-        except (TypeError, ValueError, AttributeError) as err:
-            raise CodeunlearnError(f"not an edit file ({err})", "pass a JSON written by `codeunlearn forget`") from None
+        except (TypeError, ValueError, AttributeError, OverflowError) as err:
+            reason = " ".join(str(err).split())  # one line, whatever the file's strings hold
+            raise CodeunlearnError(
+                f"not an edit file ({reason})", "pass a JSON written by `codeunlearn forget`"
+            ) from None
 
     def save(self, path: str | Path) -> None:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
@@ -211,7 +274,11 @@ class Edit:
         if not path.is_file():
             raise CodeunlearnError(f"edit file not found: {path}", "pass the JSON written by `codeunlearn forget`")
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
             raise CodeunlearnError(f"edit file {path} is not valid JSON ({err.msg})", "re-create the edit") from None
+        except UnicodeDecodeError:
+            raise CodeunlearnError(
+                f"edit file {path} is not UTF-8 text (a damaged file?)", "re-create the edit"
+            ) from None
         return cls.from_dict(data)

@@ -73,9 +73,11 @@ def _read_saved_edits(path: Path) -> list[Edit]:
         return []
     fix = "re-save the bottleneck, or delete the file to load it without edits"
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise CodeunlearnError(f"{path} is not valid JSON ({err.msg})", fix) from None
+    except UnicodeDecodeError:
+        raise CodeunlearnError(f"{path} is not UTF-8 text (a damaged file?)", fix) from None
     if not isinstance(data, list):
         raise CodeunlearnError(f"{path} must hold a list of edits, not a JSON {type(data).__name__}", fix)
     return [Edit.from_dict(item) for item in data]
@@ -220,6 +222,9 @@ class BottleneckedModel(nn.Module):
         path = Path(path)
         config = BottleneckConfig.from_json_file(path / CONFIG_NAME)
         layers = decoder_layers(model)
+        # an edited config with no, repeated or out-of-range layers: refused as `attach` refuses them (the order is
+        # the file's, which the fingerprint hashes)
+        check_layer_indices(config.layers, len(layers))
         mismatches = []
         if config.hidden_size != hidden_size(model):
             mismatches.append(f"hidden size {config.hidden_size} vs model {hidden_size(model)}")

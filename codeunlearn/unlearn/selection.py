@@ -171,11 +171,14 @@ def select_codes(
         raw = feature_scores(forget, retain, layer, SelectionRule(min_forget_count=0, score=rule.score))
         signal = signal or bool(torch.isfinite(raw).any())
         k = min(rule.num_codes, int(torch.isfinite(scores).sum()))
-        top = torch.topk(scores, k)
-        codes = top.indices.tolist()
-        passed = passed or bool((top.values > 0).any())
+        # A stable sort, not topk: topk breaks ties differently for different k, so the top N codes were not the
+        # first N of the top N + 1 (integer counts tie often); here equal scores keep the lower code id first.
+        order = torch.sort(scores, descending=True, stable=True).indices[:k]
+        values = scores[order]
+        codes = order.tolist()
+        passed = passed or bool((values > 0).any())
         scales = feature_scales(forget, retain, layer, codes, scale) if kind.has_activations else []
-        layers[layer] = LayerCodes(codes=codes, scores=[round(s, 4) for s in top.values.tolist()], scales=scales)
+        layers[layer] = LayerCodes(codes=codes, scores=[round(s, 4) for s in values.tolist()], scales=scales)
     if not signal:
         raise CodeunlearnError(*NO_SIGNAL)
     if not passed:  # the rule excludes every code that scores > 0
