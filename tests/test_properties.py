@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import VOCAB, make_model, make_tokens, tiny_config
+from helpers import VOCAB, assert_fix_error, make_model, make_tokens, tiny_config
 from hypothesis import HealthCheck, assume, event, example, given, settings
 from hypothesis import strategies as st
 
@@ -319,7 +319,6 @@ def test_train_config_file_parses_or_refuses(data: dict[str, Any], suffix: str) 
             assert is_one_line_error(err), str(err)
 
 
-@pytest.mark.xfail(strict=True, reason="codeunlearn/cli/arguments.py: read_config_file does not catch decode errors")
 def test_train_config_file_not_utf8_is_one_line(tmp_path) -> None:
     path = tmp_path / "train.yaml"
     path.write_bytes(b"layers: [1]\ncorpora: [\xff]\n")
@@ -327,12 +326,20 @@ def test_train_config_file_not_utf8_is_one_line(tmp_path) -> None:
         parse_train_config(path)
 
 
-@pytest.mark.xfail(strict=True, reason="codeunlearn/cli/arguments.py: sorting unknown keys of mixed types")
 def test_train_config_file_with_a_number_key_is_one_line(tmp_path) -> None:
     path = tmp_path / "train.yaml"
     path.write_text("1: 2\noops: 3\n")
-    with pytest.raises(CodeunlearnError):
+    with pytest.raises(CodeunlearnError) as excinfo:
         parse_train_config(path)
+    assert_fix_error(excinfo)
+
+
+def test_train_config_file_null_corpus_is_refused(tmp_path) -> None:
+    path = tmp_path / "train.yaml"
+    path.write_text("layers: [1]\ncorpora: [null]\n")
+    with pytest.raises(CodeunlearnError) as excinfo:
+        parse_train_config(path)
+    assert "corpora" in str(excinfo.value)
 
 
 # ------------------------------------------------------------------------------------------------ statistics

@@ -257,7 +257,7 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
                 raise bad()
             return float(value)
         if hint is str:
-            if isinstance(value, (list, dict)):
+            if value is None or isinstance(value, (list, dict)):  # `null` is no path or name ("None" would be one)
                 raise bad()
             return str(value)
     except (TypeError, ValueError, argparse.ArgumentTypeError):
@@ -277,6 +277,10 @@ def read_config_file(path: str | Path, dataclass_types: Sequence[type]) -> dict[
     try:
         text = path.read_text(encoding="utf-8")
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except UnicodeDecodeError as err:
+        raise CodeunlearnError(
+            f"config file {path} is not UTF-8 text (byte {err.start})", "save it as UTF-8 (e.g. iconv -t UTF-8)"
+        ) from None
     except (json.JSONDecodeError, yaml.YAMLError) as err:
         first = str(err).replace("\n", " ")
         raise CodeunlearnError(f"config file {path} does not parse ({first})", "fix its syntax") from None
@@ -290,7 +294,7 @@ def read_config_file(path: str | Path, dataclass_types: Sequence[type]) -> dict[
     for dtype in dataclass_types:
         type_hints = typing.get_type_hints(dtype)
         hints.update({f.name: type_hints[f.name] for f in dataclasses.fields(dtype) if f.init})
-    unknown = sorted(set(data) - set(hints))
+    unknown = sorted(map(str, set(data) - set(hints)))  # YAML keys may be numbers
     if unknown:
         raise CodeunlearnError(f"config file {path} has unknown keys {unknown}", "use the flag names listed by --help")
     return {key: _coerce(value, hints[key], key, str(path)) for key, value in data.items()}
