@@ -122,6 +122,9 @@ def test_weights_that_do_not_match_their_config(trained_dir, tmp_path):
     config["codebook_size"], config["layers"] = 16, [1, 3]  # layer 3 has no weights
     (copy / CONFIG_NAME).write_text(json.dumps(config))
     raises_fix(BottleneckedModel.from_pretrained, make_model("llama", num_layers=4), copy)
+    config["layers"] = [1]  # layer 2's weights would be dropped without a word
+    (copy / CONFIG_NAME).write_text(json.dumps(config))
+    assert "[1]" in raises_fix(BottleneckedModel.from_pretrained, make_model("llama", num_layers=4), copy)
 
 
 def test_corrupt_statistics_and_tensor_files(tmp_path):

@@ -24,6 +24,7 @@ from vector_quantize_pytorch import VectorQuantize
 from vector_quantize_pytorch.vector_quantize_pytorch import sample_vectors_distributed
 
 from codeunlearn import __version__, distributed
+from codeunlearn.bottleneck.adapters import ADAPTER_PREFIX
 from codeunlearn.bottleneck.base import WEIGHTS_NAME, Bottleneck, Tally, layer_state
 from codeunlearn.bottleneck.config import CodebookConfig
 from codeunlearn.bottleneck.edit import Edit
@@ -135,6 +136,16 @@ class CodebookBottleneck(Bottleneck):
                     f"bottleneck weights at {path} do not match its config ({first})", "re-save the bottleneck"
                 ) from None
             bottlenecks[layer] = bottleneck
+        # Weights of a layer the config does not list mean the two files disagree (e.g. a hand-edited config):
+        # loading would silently drop that layer's bottleneck.
+        others = sorted(
+            {k.split(".")[0] for k in tensors if not k.startswith(ADAPTER_PREFIX)} - set(map(str, config.layers))
+        )
+        if others:
+            raise CodeunlearnError(
+                f"bottleneck weights at {path} hold layers {others} that its config's layers {config.layers} do not list",
+                "re-save the bottleneck (its config and weights must come from the same run)",
+            )
         return bottlenecks
 
     @classmethod

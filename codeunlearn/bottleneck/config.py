@@ -95,7 +95,7 @@ class BottleneckConfig:
             value = getattr(self, f.name)
             expected = _TYPES.get(str(f.type))
             if expected is not None and (
-                not isinstance(value, expected) or (expected is int and isinstance(value, bool))
+                not isinstance(value, expected) or (expected is not bool and isinstance(value, bool))
             ):
                 raise CodeunlearnError(
                     f"{f.name} must be {f.type}, got {value!r}", f"fix {f.name} in the bottleneck config"
