@@ -84,6 +84,17 @@ def synthetic() -> tuple[CodeStatistics, CodeStatistics]:
     return forget, retain
 
 
+def test_scores_of_small_activations_are_kept_to_six_significant_digits():
+    """An SAE whose activations are all ~1e-5 still records its edit's scores (not 0.0 after rounding)."""
+    forget, retain = synthetic()
+    for stats in (forget, retain):
+        stats.activation_sums[4] = stats.activation_sums[4] * 1e-5
+    rule = SelectionRule(num_codes=3, min_forget_count=1, score="mean_activation_difference")
+    edit = select_codes(forget, retain, rule, "topic", intervention="zero")
+    assert edit.layers[4].codes == [5, 0, 1]
+    assert edit.layers[4].scores == pytest.approx([0.49e-5, 0.24e-5, 0.20e-5], rel=1e-5)
+
+
 def test_mean_activation_difference_known_answers():
     forget, retain = synthetic()
     rule = SelectionRule(num_codes=6, min_forget_count=0, min_score=-100.0, score="mean_activation_difference")

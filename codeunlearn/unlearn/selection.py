@@ -178,7 +178,8 @@ def select_codes(
         codes = order.tolist()
         passed = passed or bool((values > 0).any())
         scales = feature_scales(forget, retain, layer, codes, scale) if kind.has_activations else []
-        layers[layer] = LayerCodes(codes=codes, scores=[round(s, 4) for s in values.tolist()], scales=scales)
+        # Six significant digits, not decimals: an SAE's activation-difference scores can all sit below 1e-4.
+        layers[layer] = LayerCodes(codes=codes, scores=[float(f"{s:.6g}") for s in values.tolist()], scales=scales)
     if not signal:
         raise CodeunlearnError(*NO_SIGNAL)
     if not passed:  # the rule excludes every code that scores > 0
