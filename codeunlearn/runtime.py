@@ -38,6 +38,10 @@ class RunArguments:
     overwrite: bool = field(default=False, metadata={"help": "Replace what an earlier run wrote there."})
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
     bf16: bool = field(default=False, metadata={"help": BF16_HELP})
+    resume: bool = field(
+        default=False,
+        metadata={"help": "Continue an interrupted run from the state it saved (refused if it saved none)."},
+    )
 
 
 def run_arguments(*names: str, writes: str | None = None) -> type:
