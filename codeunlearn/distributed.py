@@ -76,6 +76,18 @@ def barrier() -> None:
         dist.barrier()
 
 
+def leave(wait: bool) -> None:
+    """Tear down the process group, if one was joined, before the interpreter exits. With `wait` (a command that
+    ended normally) every process first waits for the others: a process that finished its share early and exited
+    while the others still held the group open has been seen to abort at exit (gloo, "terminate called without an
+    active exception") after writing correct results. A failed command does not wait, since another process may
+    never get there."""
+    if dist.is_available() and dist.is_initialized():
+        if wait:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
 def share(items: Tensor) -> Tensor:
     """This process's contiguous share of `items` (along dim 0): rank r of W reads `tensor_split(W)[r]`, so the
     shares concatenated in rank order are `items` (the first `len % W` shares hold one item more)."""

@@ -166,10 +166,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] == "--version":
         print(f"codeunlearn {__version__}")
         return 0
+    finished = False
     try:
         if not argv:
             raise CodeunlearnError("no command given", f"use one of {', '.join(COMMANDS)} (codeunlearn --help)")
-        return run(argv[0], argv[1:])
+        code = run(argv[0], argv[1:])
+        finished = True
+        return code
     except CodeunlearnError as err:
         print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
@@ -181,3 +184,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    finally:
+        distributed.leave(wait=finished)
