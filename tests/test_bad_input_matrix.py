@@ -363,9 +363,7 @@ CASES: dict[str, Case] = {
     "range/forget-min_score=-inf": Case(lambda p: forget(p, "--min_score=-inf"), "--min_score -inf"),
     "range/forget-batch_size=0": Case(lambda p: forget(p, "--batch_size", "0"), "--batch_size 0"),
     "range/eval-batch_size=0": Case(lambda p: evaluate(p, "--batch_size", "0"), "--batch_size 0"),
-    "range/eval-skip_positions=seq_len-1": Case(
-        lambda p: evaluate(p, "--skip_positions", "15"), "--skip_positions 15"
-    ),
+    "range/eval-skip_positions=seq_len-1": Case(lambda p: evaluate(p, "--skip_positions", "15"), "--skip_positions 15"),
     "range/eval-suite-max_length=0": Case(lambda p: suite(p, "--max_length", "0"), "--max_length 0"),
     "range/eval-suite-max_items=0": Case(lambda p: suite(p, "--max_items", "0"), "--max_items 0"),
     "range/calibrate-target_fpr=1": Case(lambda p: calibrate(p, "--target_fpr", "1"), "--target_fpr 1"),
@@ -419,7 +417,7 @@ def before(workspace) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_bad_input(name, workspace, before, tmp_path, monkeypatch, request, capsys):
+def test_bad_input(name, workspace, before, tmp_path, monkeypatch, request, capsys, record_property):
     case = CASES[name]
     if case.offline:
         request.getfixturevalue("offline_empty_cache")  # tests/conftest.py
@@ -431,6 +429,7 @@ def test_bad_input(name, workspace, before, tmp_path, monkeypatch, request, caps
     assert case.absent is None or case.absent not in line, line
     assert list(fresh.iterdir()) == []  # no fresh output, no run_args.json in the wrong place
     assert hashes(workspace) == before  # every pre-existing file unchanged, none added
+    record_property("files_checked", len(before))  # read by benchmarks/reliability_record.py
 
 
 def test_the_outputs_are_real(workspace, before, tmp_path, capsys):

@@ -283,7 +283,7 @@ def reference_run(workspace) -> Path:
     return out
 
 
-def test_training_killed_at_random_steps_resumes_exactly(workspace, reference_run, tmp_path):
+def test_training_killed_at_random_steps_resumes_exactly(workspace, reference_run, tmp_path, record_property):
     """SIGKILLed from outside at a random key step, resumed, SIGKILLed at a random value step, resumed: the
     weights, the retain statistics and the metrics equal the uninterrupted run's."""
     rng = random.Random(f"{SEED}-train-steps")
@@ -314,12 +314,14 @@ def test_training_killed_at_random_steps_resumes_exactly(workspace, reference_ru
     assert not (out / "bottleneck").exists(), WHERE
     run_finished([*argv, "--resume"])
     message = f"killed at steps {key} and {value} {WHERE}"
+    record_property("fault", f"train: SIGKILL at key step {key}")  # read by benchmarks/reliability_record.py
+    record_property("fault", f"train: SIGKILL at value step {value}")
     assert_same_tree(out / "bottleneck", reference_run / "bottleneck")
     assert without_time(metrics) == without_time(reference_run / "metrics.jsonl"), message
     assert temporaries(out) == [], message
 
 
-def test_training_killed_during_saves_resumes_exactly(workspace, reference_run, tmp_path):
+def test_training_killed_during_saves_resumes_exactly(workspace, reference_run, tmp_path, record_property):
     """SIGKILLed halfway through writing a random file of a random checkpoint, resumed, SIGKILLed halfway through
     the final bottleneck save, resumed: the checkpoints saved before each kill are intact, the temporaries are
     cleaned, and the weights equal the uninterrupted run's."""
@@ -331,6 +333,7 @@ def test_training_killed_during_saves_resumes_exactly(workspace, reference_run, 
     nth = rng.randint(1, 3)  # a checkpoint writes 3 tensor files: bottleneck, codebook usage, RNG state
     run_killed_in_save(argv, workspace["injector"], rf"/checkpoints/\.step-{step:07d}\.tmp\.", nth)
     message = f"killed in file {nth} of checkpoint {step} {WHERE}"
+    record_property("fault", f"train: SIGKILL halfway through file {nth} of 3 of checkpoint {step}")
     assert len(list(checkpoints.glob(f".step-{step:07d}.tmp.*"))) == 1, message  # the kill left it mid-save
     kept = sorted(p.name for p in checkpoints.glob("step-*"))
     assert kept == [f"step-{s:07d}" for s in range(max(1, step - 2), step)], message  # the 2 newest, intact:
@@ -342,6 +345,7 @@ def test_training_killed_during_saves_resumes_exactly(workspace, reference_run, 
     final_save = re.escape(str(out)) + r"/\.bottleneck\.tmp\.[a-z0-9_]{8}/"
     run_killed_in_save([*argv, "--resume"], workspace["injector"], final_save, 1)
     message = f"{message}, then in the final save"
+    record_property("fault", "train: SIGKILL halfway through the final bottleneck save")
     leftover = list(out.glob(".bottleneck.tmp.*"))  # the checkpoint's went when its step was saved again
     assert len(leftover) == 1, message
     assert all(p == leftover[0] or leftover[0] in p.parents for p in temporaries(out)), message
@@ -418,7 +422,7 @@ def copy_of(interrupted: Path, tmp_path: Path) -> Path:
 
 
 def test_statistics_killed_at_a_random_batch_and_in_a_save_resume_exactly(
-    workspace, reference_run, stats_reference, interrupted_stats, tmp_path
+    workspace, reference_run, stats_reference, interrupted_stats, tmp_path, record_property
 ):
     """Killed from outside at a random batch, resumed and killed halfway through writing a random partial state,
     resumed: the statistics and their summary equal the uninterrupted pass's, and the partial state is gone."""
@@ -431,13 +435,15 @@ def test_statistics_killed_at_a_random_batch_and_in_a_save_resume_exactly(
     nth = rng.randint(1, total - done - 1)  # the resumed pass saves after each of its batches but the last
     run_killed_in_save([*argv, "--resume"], workspace["injector"], r"/\.rank-0\.safetensors\.[a-z0-9_]{8}$", nth)
     message = f"killed after batch {done}, then in partial save {nth} {WHERE}"
+    record_property("fault", f"stats (sharded codebook): SIGKILL after batch {done} of {total}")
+    record_property("fault", f"stats (sharded codebook): SIGKILL halfway through partial save {nth} after resuming")
     assert len(temporaries(partial)) == 1 and not output.exists(), message
     assert batches_done(partial) == (done + nth - 1, total), message  # the state saved before the kill is intact
     run_finished([*argv, "--resume"])
     assert_same_statistics(output, stats_reference, message)
 
 
-def test_sae_statistics_killed_at_a_random_batch_resume_exactly(workspace, tmp_path):
+def test_sae_statistics_killed_at_a_random_batch_resume_exactly(workspace, tmp_path, record_property):
     """An SAE's float64 activation sums (where the order of additions matters) resume bit for bit."""
     rng = random.Random(f"{SEED}-sae")
     run = tmp_path / "sae"
@@ -450,12 +456,13 @@ def test_sae_statistics_killed_at_a_random_batch_resume_exactly(workspace, tmp_p
     assert load_tensors(reference)["1.activation_sum"].dtype == torch.float64
     argv = stats_argv(workspace, run / "bottleneck", output)
     batch = kill_stats_at_random_batch(workspace, argv, output, rng)
+    record_property("fault", f"stats (SAE): SIGKILL at batch {batch}")
     run_finished([*argv, "--resume"])
     assert_same_statistics(output, reference, f"killed at batch {batch} {WHERE}")
 
 
 def test_two_process_statistics_killed_in_a_save_resume_exactly(
-    workspace, reference_run, stats_reference, tmp_path, capsys
+    workspace, reference_run, stats_reference, tmp_path, capsys, record_property
 ):
     """Data-parallel (torchrun, 2 processes): one process SIGKILLed halfway through writing its partial state takes
     the launch down; each process kept its own state, a resume on 1 process is refused without touching them, and a
@@ -470,6 +477,7 @@ def test_two_process_statistics_killed_in_a_save_resume_exactly(
         [*torchrun, str(workspace["injector"]), *argv], env=faults, capture_output=True, text=True, timeout=TIMEOUT
     )
     message = f"process 1 killed in partial save {nth} {WHERE}"
+    record_property("fault", f"stats (2 processes): SIGKILL of process 1 halfway through its partial save {nth}")
     assert killed.returncode != 0 and "exitcode  : -9" in killed.stderr, f"{message}\n{killed.stderr[-3000:]}"
     partial = partial_statistics_path(output)
     assert sorted(p.name for p in partial.iterdir() if not p.name.startswith(".")) == [

@@ -32,6 +32,7 @@ from transformers.hf_argparser import string_to_bool
 from codeunlearn.bottleneck import INTERVENTIONS, KINDS
 from codeunlearn.bottleneck.config import DEFAULT_KIND, FLAT_LAYOUT, BottleneckConfig, CodebookConfig, SAEConfig
 from codeunlearn.bottleneck.edit import DEFAULT_MULTIPLIER
+from codeunlearn.cli.common import check_multiplier
 from codeunlearn.errors import CodeunlearnError, check_range
 from codeunlearn.unlearn.selection import SCALES, SelectionRule
 
@@ -195,13 +196,7 @@ class SelectionArguments(library_arguments(SelectionRule)):
             check_range("max_retain_cost", self.max_retain_cost, self.max_retain_cost >= 0, ">= 0 (nat/token)")
         check_range("validation_tokens", self.validation_tokens, self.validation_tokens >= 1, ">= 1")
         check_range("validation_skip_tokens", self.validation_skip_tokens, self.validation_skip_tokens >= 0, ">= 0")
-        if self.multiplier is not None:  # as `codeunlearn.bottleneck.edit.check_multiplier` (0 is `zero`'s job)
-            check_range(
-                "multiplier",
-                self.multiplier,
-                math.isfinite(self.multiplier) and self.multiplier < 0,
-                "< 0 (negative, e.g. -10; for zero-ablation use --intervention zero)",
-            )
+        check_multiplier(self.multiplier, "--intervention zero")
 
     def rule(self) -> SelectionRule:
         """The library selection rule these arguments describe."""

@@ -14,7 +14,6 @@ are printed and recorded in the edit. Apply or evaluate the result like any edit
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -23,7 +22,7 @@ from codeunlearn.bottleneck.edit import GUARDRAIL_ACTIONS, Edit
 from codeunlearn.bottleneck.loading import load_bottlenecked
 from codeunlearn.bottleneck.registry import config_class_for
 from codeunlearn.cli.arguments import parse_arguments
-from codeunlearn.cli.common import check_output_file
+from codeunlearn.cli.common import check_multiplier, check_output_file
 from codeunlearn.data import DataArguments, read_corpora
 from codeunlearn.errors import CodeunlearnError, check_range
 from codeunlearn.modeling import ModelArguments
@@ -56,13 +55,7 @@ class CalibrateArguments:
         # The library checks these too, but only once the corpora are read and the model is loaded.
         check_range("window", self.window, self.window >= 1, ">= 1 (tokens, e.g. 32)")
         check_range("target_fpr", self.target_fpr, 0 < self.target_fpr < 1, "in (0, 1) (e.g. 0.02)")
-        if self.multiplier is not None:  # as `codeunlearn.bottleneck.edit.check_multiplier` (0 is `zero`'s job)
-            check_range(
-                "multiplier",
-                self.multiplier,
-                math.isfinite(self.multiplier) and self.multiplier < 0,
-                "< 0 (negative, e.g. -10; for zero-ablation use --action zero)",
-            )
+        check_multiplier(self.multiplier, "--action zero")
         check_range("batch_size", self.batch_size, self.batch_size >= 1, ">= 1")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from codeunlearn.errors import CodeunlearnError, check_range
@@ -36,3 +37,15 @@ def check_skip_positions(skip_positions: int, seq_len: int) -> None:
         0 <= skip_positions < seq_len - 1,
         f"in [0, {seq_len - 2}] (--seq_len {seq_len})",
     )
+
+
+def check_multiplier(multiplier: float | None, zero_flag: str) -> None:
+    """A clamp multiplier, when given, is finite and negative, as `codeunlearn.bottleneck.edit.check_multiplier`
+    requires (0 is zero-ablation's job: `zero_flag` names the flag that asks for it)."""
+    if multiplier is not None:
+        check_range(
+            "multiplier",
+            multiplier,
+            math.isfinite(multiplier) and multiplier < 0,
+            f"< 0 (negative, e.g. -10; for zero-ablation use {zero_flag})",
+        )
