@@ -118,8 +118,8 @@ def main() -> int:
     resumed = sum(case["outcome"] == "passed" for case, _ in faults)
     print(f"\nfaults injected: {len(faults)}; resumed bit for bit: {resumed}\n")
 
-    print("## Bad inputs (each: one `error: ... -- fix: ...` line, exit code 2)\n")
-    print("| test file | cases |")
+    print("## Bad inputs (a refusal: one `error: ... -- fix: ...` line, exit code 2)\n")
+    print("| test file (its refusals and the accepted inputs beside them) | cases |")
     print("|---|---|")
     for name in BAD_INPUTS:
         print(f"| {name} | {outcome_counts(by_file[name])} |")

@@ -232,3 +232,40 @@ def test_inspect_topic_words_counts_firings_inside_listed_words(tmp_path):
     assert rows["edit, top 1 by score"] == ["2", "2", "100%", "1 of 1"]
     assert rows["edit, all 2"] == ["3", "2", "67%", "1 of 2"]
     assert rows["control, all 1"] == ["2", "0", "0%", "0 of 1"]
+
+
+def test_reliability_record_reads_the_faults_cases_and_examples_the_tests_report(tmp_path):
+    """The record's counts come from the JUnit report (outcomes, recorded properties) and Hypothesis's statistics."""
+    from benchmarks.reliability_record import hypothesis_examples, read_cases
+
+    report = tmp_path / "junit.xml"
+    report.write_text(
+        """<testsuites><testsuite>
+        <testcase classname="tests.test_kill_resume" name="test_a">
+          <properties><property name="fault" value="train: SIGKILL at key step 3"/>
+          <property name="fault" value="train: SIGKILL at value step 6"/></properties></testcase>
+        <testcase classname="tests.test_bad_input_matrix" name="test_bad_input[found/x]">
+          <properties><property name="files_checked" value="99"/></properties><failure message="changed"/></testcase>
+        <testcase classname="tests.test_properties" name="test_p"><skipped/></testcase>
+        </testsuite></testsuites>"""
+    )
+    cases = read_cases(report)
+    assert [(c["file"], c["name"], c["outcome"]) for c in cases] == [
+        ("tests/test_kill_resume.py", "test_a", "passed"),
+        ("tests/test_bad_input_matrix.py", "test_bad_input[found/x]", "failed"),
+        ("tests/test_properties.py", "test_p", "skipped"),
+    ]
+    assert cases[0]["properties"] == [
+        ("fault", "train: SIGKILL at key step 3"),
+        ("fault", "train: SIGKILL at value step 6"),
+    ]
+    output = """tests/test_properties.py::test_p:
+
+  - during reuse phase (0.01 seconds):
+    - 2 passing, 0 failing, and 0 invalid test cases
+  - during generate phase (0.98 seconds):
+    - 400 passing, 1 failing, and 64 invalid test cases
+tests/test_properties.py::test_q:
+    - 7 passing, 0 failing, and 3 invalid test cases
+"""
+    assert hypothesis_examples(output) == {"test_p": (402, 1, 64), "test_q": (7, 0, 3)}
