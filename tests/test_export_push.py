@@ -7,78 +7,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from export_helpers import make_tokenizer, topic_edits, trained_bmodel
-from helpers import parse_commit_body, run_error
+from fake_hub import VALID_TOKEN, running_hub
+from helpers import run_error
 
 from codeunlearn.cli import main
 from codeunlearn.export.save import save_pretrained
 
-VALID_TOKEN = "hf_valid_test_token"
 REPO_ID = "alice/tiny-no-wizards"
-
-
-class FakeHub(BaseHTTPRequestHandler):
-    """The few Hub endpoints `create_repo` and `upload_folder` use; files are always `regular` (sent inline)."""
-
-    server: HubServer
-
-    def log_message(self, *args):  # keep pytest output clean
-        pass
-
-    def _reply(self, status: int, payload: dict) -> None:
-        body = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_POST(self):  # the name http.server dispatches to
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        auth = self.headers.get("Authorization", "")
-        self.server.requests.append({"method": "POST", "path": self.path, "auth": auth})
-        if auth != f"Bearer {VALID_TOKEN}":
-            self._reply(401, {"error": "Invalid credentials in Authorization header"})
-            return
-        path = self.path.split("?")[0]
-        if path == "/api/repos/create":
-            data = json.loads(body)
-            self.server.created.append(data)
-            name = f"{data['organization']}/{data['name']}" if data.get("organization") else data["name"]
-            self._reply(200, {"url": f"{self.server.endpoint}/{name}"})
-        elif path == "/api/validate-yaml":
-            self._reply(200, {"errors": [], "warnings": []})
-        elif "/preupload/" in path:
-            files = json.loads(body)["files"]
-            self._reply(
-                200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]}
-            )
-        elif "/commit/" in path:
-            if self.server.fail_commits:  # the Hub refuses the commit as a whole: nothing of it lands
-                self._reply(500, {"error": "Internal Error"})
-                return
-            summary, files = parse_commit_body(body)
-            self.server.commits.append({"path": path, "summary": summary, "files": files})
-            self._reply(
-                200, {"commitUrl": f"{self.server.endpoint}/{REPO_ID}/commit/{'0' * 40}", "commitOid": "0" * 40}
-            )
-        else:
-            self._reply(404, {"error": f"unknown endpoint {path}"})
-
-
-class HubServer(ThreadingHTTPServer):
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), FakeHub)
-        self.endpoint = f"http://127.0.0.1:{self.server_address[1]}"
-        self.requests: list[dict] = []
-        self.created: list[dict] = []
-        self.commits: list[dict] = []
-        self.fail_commits = False
 
 
 @pytest.fixture
@@ -86,17 +25,11 @@ def hub(monkeypatch, tmp_path):
     """A recording Hub on localhost; HF_ENDPOINT points at it and no stored token can leak in."""
     from huggingface_hub import constants
 
-    server = HubServer()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
     monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "no-stored-tokens"))
-    yield server
-    server.shutdown()
-    server.server_close()
+    with running_hub(monkeypatch) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
