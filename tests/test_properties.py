@@ -239,6 +239,14 @@ def check_edit_keeps_the_file(edit: Edit, data: dict[str, Any]) -> None:
 
 @profile(400)
 @given(data=edit_data())
+@example(  # found by this test: " 2" and "2" both read as layer 2, one replacing the other
+    data={
+        "topic": "t",
+        "kind": "vq",
+        "intervention": "substitute",
+        "layers": {"2": {"codes": [7]}, " 2": {"codes": [3]}},
+    }
+)
 def test_edit_from_dict_loads_or_refuses(data: Any) -> None:
     try:
         edit = Edit.from_dict(data)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -72,6 +73,8 @@ def _json_type_problem(data: dict[str, Any]) -> str | None:
     if not isinstance(data.get("layers"), dict):
         return f"layers must map layer indices to codes, got {data.get('layers')!r}"
     for layer, codes in data["layers"].items():
+        if not _is_layer_key(layer):  # " 2" and "02" would both become layer 2 and one would replace the other
+            return f'layer {layer!r} is not a layer index (a non-negative integer written plainly, e.g. "15")'
         if not isinstance(codes, dict):
             return f"layer {layer!r} must hold an object with codes, got {codes!r}"
         unknown = sorted(set(codes) - {f.name for f in dataclasses.fields(LayerCodes)})
@@ -95,7 +98,16 @@ def _json_type_problem(data: dict[str, Any]) -> str | None:
     thresholds = guardrail.get("thresholds")
     if not isinstance(thresholds, dict) or not all(map(_is_number, thresholds.values())):
         return f"guardrail thresholds must map layers to numbers, got {thresholds!r}"
+    if not all(map(_is_layer_key, thresholds)):
+        return f"guardrail thresholds must map layer indices to numbers, got {thresholds!r}"
     return None
+
+
+def _is_layer_key(key: object) -> bool:
+    """A layer index as `Edit.to_dict` writes it ("15"), or an int from Python."""
+    if isinstance(key, str):
+        return re.fullmatch(r"0|[1-9][0-9]*", key) is not None
+    return isinstance(key, int) and not isinstance(key, bool) and key >= 0
 
 
 @dataclass
