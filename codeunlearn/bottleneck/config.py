@@ -33,11 +33,12 @@ _TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool}
 
 @dataclass
 class CardText:
-    """A kind's lines on a bottleneck repository's card: its name, the rows of the shape table (markdown), the Hub
-    tags beyond codeunlearn's own, and what the residual stream passes through (`through {units}`)."""
+    """A kind's lines on a bottleneck repository's card: its name, the rows of the shape table ((setting, value)
+    pairs, laid out by the card), the Hub tags beyond codeunlearn's own, and what the residual stream passes through
+    (`through {units}`)."""
 
     kind: str
-    shape_rows: list[str]
+    shape_rows: list[tuple[str, str]]
     tags: list[str]
     units: str
 
@@ -281,10 +282,13 @@ class CodebookConfig(BottleneckConfig):
         return CardText(
             kind="codebook (multi-head residual vector quantization)",
             shape_rows=[
-                f"| heads x codes x stages | {self.num_heads} x {self.codebook_size} x {self.num_stages} "
-                f"({self.codes_per_layer:,} codes per layer) |",
-                f"| bits per token | {self.bits_per_token:g} |",
-                f"| downstream LoRA adapters | {adapters} |",
+                (
+                    "heads x codes x stages",
+                    f"{self.num_heads} x {self.codebook_size} x {self.num_stages} ({self.codes_per_layer:,} codes per "
+                    "layer)",
+                ),
+                ("bits per token", f"{self.bits_per_token:g}"),
+                ("downstream LoRA adapters", adapters),
             ],
             tags=["vector-quantization"],
             units="a small set of discrete codes",
@@ -369,9 +373,9 @@ class SAEConfig(BottleneckConfig):
         return CardText(
             kind=f"sparse autoencoder ({self.sae_architecture})",
             shape_rows=[
-                f"| features per layer | {self.codes_per_layer:,}{top_k} |",
-                f"| error term | {'kept' if self.sae_error_term else 'dropped'} |",
-                "| bits per token | - (continuous feature activations) |",
+                ("features per layer", f"{self.codes_per_layer:,}{top_k}"),
+                ("error term", "kept" if self.sae_error_term else "dropped"),
+                ("bits per token", "- (continuous feature activations)"),
             ],
             tags=["sparse-autoencoder", "sae-lens"],
             units="sparse features",

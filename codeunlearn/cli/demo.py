@@ -55,6 +55,7 @@ from codeunlearn.evaluate.loss_table import (
 from codeunlearn.io import atomic_write_text
 from codeunlearn.modeling import ModelArguments
 from codeunlearn.runtime import Stopwatch
+from codeunlearn.tables import markdown_table
 from codeunlearn.train import TrainingArguments, train_bottleneck
 from codeunlearn.unlearn.budget import choose_num_codes, describe_walk
 from codeunlearn.unlearn.selection import random_control
@@ -389,13 +390,10 @@ def write_report(
     watch: Stopwatch,
 ) -> None:
     """Print the stage timings; write OUTPUT/report.json and report.md."""
-    timing = "\n".join(
-        [
-            "| stage | seconds |",
-            "|---|---:|",
-            *(f"| {s} | {watch.seconds.get(s, 0.0):.1f} |" for s in STAGES),
-            f"| total | {watch.total:.1f} |",
-        ]
+    timing = markdown_table(
+        ["stage", "seconds"],
+        [*([s, f"{watch.seconds.get(s, 0.0):.1f}"] for s in STAGES), ["total", f"{watch.total:.1f}"]],
+        align="lr",
     )
     print("\nstage timings:")
     print(timing)

@@ -22,6 +22,7 @@ from codeunlearn.evaluate.evaluation import (
     sae_quality,
     token_losses,
 )
+from codeunlearn.tables import escape_pipes, markdown_table
 
 REFERENCE_ROW = "bottleneck"
 PASSAGE_TOKENS = 96  # tokens of the first held-out forget passage shown one by one
@@ -131,17 +132,34 @@ def sae_quality_rows(
 
 def sae_quality_table(rows: list[dict[str, Any]]) -> str:
     """Markdown table of SAE quality (CE columns cover all SAE layers spliced together)."""
-    lines = [
-        "| layer | corpus | L0 | FVU | dead features | CE base | CE spliced (no error term) | Δ CE | CE recovered |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['layer']} | {r['corpus']} | {r['l0']:.1f} | {r['fvu']:.4f} | {r['dead_features']} of "
-            f"{r['num_features']} | {r['ce_base']:.4f} | {r['ce_spliced']:.4f} | {r['ce_delta_spliced']:+.4f} | "
-            f"{r['ce_recovered']:.2%} |"
-        )
-    return "\n".join(lines)
+    return markdown_table(
+        [
+            "layer",
+            "corpus",
+            "L0",
+            "FVU",
+            "dead features",
+            "CE base",
+            "CE spliced (no error term)",
+            "Δ CE",
+            "CE recovered",
+        ],
+        (
+            [
+                r["layer"],
+                r["corpus"],
+                f"{r['l0']:.1f}",
+                f"{r['fvu']:.4f}",
+                f"{r['dead_features']} of {r['num_features']}",
+                f"{r['ce_base']:.4f}",
+                f"{r['ce_spliced']:.4f}",
+                f"{r['ce_delta_spliced']:+.4f}",
+                f"{r['ce_recovered']:.2%}",
+            ]
+            for r in rows
+        ),
+        align="rlrrrrrrr",
+    )
 
 
 def _fmt(value: Any, signed: bool = False) -> str:
@@ -154,29 +172,41 @@ def _fmt(value: Any, signed: bool = False) -> str:
 
 def loss_table(rows: list[dict[str, Any]]) -> str:
     """Markdown table of losses and deltas (nat/token)."""
-    lines = [
-        "| row | codes removed | forget loss | retain loss | Δ forget | Δ retain | selectivity |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['row']} | {_fmt(r['codes_removed'])} | {_fmt(r['forget_loss'])} | {_fmt(r['retain_loss'])} | "
-            f"{_fmt(r['delta_forget'], True)} | {_fmt(r['delta_retain'], True)} | {_fmt(r['selectivity'], True)} |"
-        )
-    return "\n".join(lines)
+    return markdown_table(
+        ["row", "codes removed", "forget loss", "retain loss", "Δ forget", "Δ retain", "selectivity"],
+        (
+            [
+                r["row"],
+                _fmt(r["codes_removed"]),
+                _fmt(r["forget_loss"]),
+                _fmt(r["retain_loss"]),
+                _fmt(r["delta_forget"], True),
+                _fmt(r["delta_retain"], True),
+                _fmt(r["selectivity"], True),
+            ]
+            for r in rows
+        ),
+        align="lrrrrrr",
+    )
 
 
 def fidelity_table(rows: list[dict[str, Any]]) -> str:
     """Markdown table of the bottleneck's reconstruction quality."""
-    lines = [
-        "| layer | corpus | FVU (quantized tokens) | FVU (all tokens) | passthrough tokens | codes used |",
-        "|---:|---|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['layer']} | {r['corpus']} | {r['fvu_ordinary']:.4f} | {r['fvu_all']:.4f} | {r['passthrough_fraction']:.2%} | {r['codes_used']} |"
-        )
-    return "\n".join(lines)
+    return markdown_table(
+        ["layer", "corpus", "FVU (quantized tokens)", "FVU (all tokens)", "passthrough tokens", "codes used"],
+        (
+            [
+                r["layer"],
+                r["corpus"],
+                f"{r['fvu_ordinary']:.4f}",
+                f"{r['fvu_all']:.4f}",
+                f"{r['passthrough_fraction']:.2%}",
+                r["codes_used"],
+            ]
+            for r in rows
+        ),
+        align="rlrrrr",
+    )
 
 
 TABLE_NOTE = (
@@ -269,7 +299,7 @@ def token_loss_increase(
 
 def _cell(text: str) -> str:
     """A token's text as a Markdown table cell (quoted, so spaces and line breaks show)."""
-    return repr(text).replace("|", "\\|")
+    return escape_pipes(repr(text))
 
 
 def token_loss_markdown(data: Mapping[str, Any], figure: str) -> str:
@@ -283,24 +313,35 @@ def token_loss_markdown(data: Mapping[str, Any], figure: str) -> str:
         f"skipped, as in the table. Figure: `{figure}.png` / `{figure}.svg`; the mean increase at every position "
         f"is `by_position` in `{figure}.json`.",
         "",
-        "| row | mean increase (the table's Δ forget) |",
-        "|---|---:|",
-        *(f"| {row.replace('|', chr(92) + '|')} | {value:+.4f} |" for row, value in data["mean_increase"].items()),
+        markdown_table(
+            ["row", "mean increase (the table's Δ forget)"],
+            ([escape_pipes(row), f"{value:+.4f}"] for row, value in data["mean_increase"].items()),
+            align="lr",
+        ),
         "",
         f"## The {len(data['top'])} tokens of the passage whose loss rose most ({passage['row']})",
         "",
-        "| position | token | increase |",
-        "|---:|---|---:|",
-        *(f"| {t['position']} | {_cell(t['token'])} | {t['increase']:+.4f} |" for t in data["top"]),
+        markdown_table(
+            ["position", "token", "increase"],
+            ([t["position"], _cell(t["token"]), f"{t['increase']:+.4f}"] for t in data["top"]),
+            align="rlr",
+        ),
         "",
         f"## The passage: chunk {passage['chunk']}, {passage['row']} against {reference}",
         "",
-        f"| position | token | {reference} loss | loss | increase |",
-        "|---:|---|---:|---:|---:|",
-        *(
-            f"| {t['position']} | {_cell(t['token'])} | {t['reference_loss']:.4f} | {t['loss']:.4f} | "
-            f"{t['increase']:+.4f} |"
-            for t in passage["tokens"]
+        markdown_table(
+            ["position", "token", f"{reference} loss", "loss", "increase"],
+            (
+                [
+                    t["position"],
+                    _cell(t["token"]),
+                    f"{t['reference_loss']:.4f}",
+                    f"{t['loss']:.4f}",
+                    f"{t['increase']:+.4f}",
+                ]
+                for t in passage["tokens"]
+            ),
+            align="rlrrr",
         ),
     ]
     return "\n".join(lines)

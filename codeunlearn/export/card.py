@@ -21,11 +21,12 @@ from typing import Any
 from huggingface_hub import ModelCard, ModelCardData
 
 from codeunlearn import __version__
-from codeunlearn.bottleneck.config import DEFAULT_KIND
+from codeunlearn.bottleneck.config import DEFAULT_KIND, BottleneckConfig, CardText
 from codeunlearn.bottleneck.registry import config_class_for
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.evaluate.loss_table import TABLE_NOTE, loss_table
 from codeunlearn.io import atomic_write_text
+from codeunlearn.tables import markdown_table
 
 CARD_NAME = "README.md"
 EVAL_REPORT_NAME = "eval_report.json"
@@ -181,21 +182,19 @@ def _suite_table(report: dict[str, Any]) -> str:
         f"{', fast' if report.get('fast') else ''}{', with attacks' if report.get('attacks') else ''}, "
         f"seed {report.get('seed', '?')}).",
         "",
-        "| section | metric | score | value | items |",
-        "|---|---|---|---:|---:|",
     ]
+    rows = []
     for metric in report["metrics"]:
         if not isinstance(metric, dict):
             continue
         scores = metric.get("scores") or {}
         key = metric.get("headline") if metric.get("headline") in scores else next(iter(scores), None)
         value = _score(scores[key]) if key is not None else "-"
-        lines.append(
-            f"| {metric.get('group', '?')} | {metric.get('name', '?')} | {key or '-'} | {value} | "
-            f"{_score(metric.get('n')) if metric.get('n') else '-'} |"
-        )
+        n = _score(metric.get("n")) if metric.get("n") else "-"
+        rows.append([metric.get("group", "?"), metric.get("name", "?"), key or "-", value, n])
     # A failure's message stays in the report: it may name paths on the evaluator's disk.
-    lines += [f"| - | {name} | failed | - | - |" for name in report.get("failures") or {}]
+    rows += [["-", name, "failed", "-", "-"] for name in report.get("failures") or {}]
+    lines.append(markdown_table(["section", "metric", "score", "value", "items"], rows, align="lllrr"))
     return "\n".join(lines)
 
 
@@ -245,10 +244,11 @@ def _attacks_table(report_path: Path, load_name: str) -> str:
             "with `codeunlearn eval --suite TOPIC --model DIR --attacks --data_dir DATA --output_dir OUT` (DIR: this "
             f"directory, or `{load_name}` downloaded) and pass OUT/report.json to `codeunlearn push --eval_report`."
         )
-    lines = ["| attack | score | value |", "|---|---|---:|"]
+    rows = []
     for name, scores in measured:
-        lines += [f"| {name} | {key} | {_score(value)} |" for key, value in scores.items()] or [f"| {name} | - | - |"]
-    lines += [
+        rows += [[name, key, _score(value)] for key, value in scores.items()] or [[name, "-", "-"]]
+    lines = [
+        markdown_table(["attack", "score", "value"], rows, align="llr"),
         "",
         "Every score the evaluation report holds for these attack metrics, as the suite measured them (its report.md "
         "explains each): losses in nat/token on held-out forget text, `relearning` after N steps of fine-tuning on "
@@ -278,17 +278,15 @@ keeps the topic away from users who load it as published, not from anyone who ho
 def _edits_section(edits: list[dict[str, Any]], codes_per_layer: int) -> str:
     if not edits:
         return "No edit is active: this is the bottlenecked model before any topic was removed."
-    lines = [
-        "| # | topic | intervention | codes removed | per layer |",
-        "|---:|---|---|---:|---|",
-    ]
+    rows = []
     for number, edit in enumerate(edits, 1):
         per_layer = ", ".join(
             f"layer {layer}: {len(codes['codes'])}/{codes_per_layer}" for layer, codes in edit["layers"].items()
         )
         total = sum(len(codes["codes"]) for codes in edit["layers"].values())
-        lines.append(f"| {number} | {edit['topic']} | {edit['intervention']} | {total} | {per_layer} |")
-    lines += [
+        rows.append([number, edit["topic"], edit["intervention"], total, per_layer])
+    lines = [
+        markdown_table(["#", "topic", "intervention", "codes removed", "per layer"], rows, align="rllrl"),
         "",
         "`substitute`: a removed code is replaced by the data mean for its head; `exclude`: it is dropped from the "
         "nearest-code search. The removed code ids are listed under `edits` in `config.json`.",
@@ -352,13 +350,7 @@ its text uses far more than other text. The base weights are stored unchanged; n
 
 ## Bottleneck
 
-| setting | value |
-|---|---|
-| layers | {bottleneck["layers"]} |
-| site | {bottleneck.get("site", "residual")} |
-| heads x codebook size x stages | {heads} x {size} x {stages} ({codes_per_layer} codes per layer, {bits} bits per token) |
-| passthrough | position 0: {bottleneck.get("passthrough_first_position", True)}; norm above {bottleneck.get("massive_norm_factor")} x typical |
-| downstream LoRA adapters | {f"rank {adapters['rank']} on {len(adapters['targets'])} modules" if adapters else "none"} |
+{_codebook_table(bottleneck, adapters, codes_per_layer, bits)}
 
 ## Evaluation
 
@@ -386,6 +378,29 @@ comparing it with other unlearning methods. Not a safety mechanism for deployed 
     return data, body
 
 
+def _settings_table(rows: dict[str, Any]) -> str:
+    """A card's two-column table of settings: each key and its value."""
+    return markdown_table(["setting", "value"], rows.items())
+
+
+def _codebook_table(bottleneck: dict[str, Any], adapters: dict[str, Any], codes_per_layer: int, bits: int) -> str:
+    heads, size, stages = bottleneck["num_heads"], bottleneck["codebook_size"], bottleneck.get("num_stages", 1)
+    passthrough = bottleneck.get("passthrough_first_position", True)
+    return _settings_table(
+        {
+            "layers": bottleneck["layers"],
+            "site": bottleneck.get("site", "residual"),
+            "heads x codebook size x stages": (
+                f"{heads} x {size} x {stages} ({codes_per_layer} codes per layer, {bits} bits per token)"
+            ),
+            "passthrough": f"position 0: {passthrough}; norm above {bottleneck.get('massive_norm_factor')} x typical",
+            "downstream LoRA adapters": (
+                f"rank {adapters['rank']} on {len(adapters['targets'])} modules" if adapters else "none"
+            ),
+        }
+    )
+
+
 def _intervention(edit: dict[str, Any]) -> str:
     """What an SAE edit does to its features, in words, with its multiplier and guardrail (window, thresholds)."""
     guardrail = edit.get("guardrail") if edit["intervention"] == "guardrail" else None
@@ -403,18 +418,16 @@ def _intervention(edit: dict[str, Any]) -> str:
 def _sae_edits_section(edits: list[dict[str, Any]], widths: dict[str, int]) -> str:
     if not edits:
         return "No edit is active: this is the base model with its SAEs attached (their error term makes it exact)."
-    lines = [
-        "| # | topic | intervention | features edited | per layer |",
-        "|---:|---|---|---:|---|",
-    ]
+    rows = []
     for number, edit in enumerate(edits, 1):
         per_layer = ", ".join(
             f"layer {layer}: {len(codes['codes'])}/{widths.get(str(layer), '?')}"
             for layer, codes in edit["layers"].items()
         )
         total = sum(len(codes["codes"]) for codes in edit["layers"].values())
-        lines.append(f"| {number} | {edit['topic']} | {_intervention(edit)} | {total} | {per_layer} |")
-    lines += [
+        rows.append([number, edit["topic"], _intervention(edit), total, per_layer])
+    lines = [
+        markdown_table(["#", "topic", "intervention", "features edited", "per layer"], rows, align="rllrl"),
         "",
         "Edits act on a feature only where it fires (activation > 0). `zero` sets it to 0; `clamp` sets it to the "
         "multiplier times its scale (its mean, or largest, activation on the forget text); a `guardrail` does either "
@@ -439,19 +452,23 @@ def _measured_l0(report_path: Path) -> dict[str, str]:
 def _sae_table(config: dict[str, Any], report: Path) -> str:
     bottleneck, saes = config["bottleneck"], config.get("saes") or {}
     measured = _measured_l0(report)
-    lines = [
-        "| layer | architecture | width (features) | active features per token | sae-lens directory |",
-        "|---:|---|---:|---|---|",
-    ]
+    rows = []
     for layer in bottleneck["layers"]:
         sae = saes.get(str(layer), {})
         active = [f"k = {sae['k']} (TopK)"] if "k" in sae else []
         if str(layer) in measured:
             active.append(f"measured L0 {measured[str(layer)]}")
-        lines.append(
-            f"| {layer} | {sae.get('architecture', '?')} | {sae.get('d_sae', '?')} | "
-            f"{'; '.join(active) or 'L0 not measured (`codeunlearn eval`)'} | `{sae.get('sae_lens_dir', '?')}` |"
+        rows.append(
+            [
+                layer,
+                sae.get("architecture", "?"),
+                sae.get("d_sae", "?"),
+                "; ".join(active) or "L0 not measured (`codeunlearn eval`)",
+                f"`{sae.get('sae_lens_dir', '?')}`",
+            ]
         )
+    header = ["layer", "architecture", "width (features)", "active features per token", "sae-lens directory"]
+    lines = [markdown_table(header, rows, align="rlrll")]
     if bottleneck.get("sae_error_term", True):
         error_term = "kept (output = decode(edited features) + (h - decode(features)))"
     else:
@@ -631,13 +648,40 @@ def _bake_rows_table(rows: list[Any]) -> str:
 
 
 def _bake_edits_table(edits: list[Any]) -> str:
-    lines = ["| # | topic | intervention | codes removed |", "|---:|---|---|---:|"]
-    for number, edit in enumerate((e for e in edits if isinstance(e, dict)), 1):
-        lines.append(
-            f"| {number} | {edit.get('topic', '?')} | {edit.get('intervention', '?')} | "
-            f"{_score(edit.get('num_codes'))} |"
-        )
-    return "\n".join(lines) if len(lines) > 2 else "No teacher edit was recorded."
+    rows = [
+        [number, edit.get("topic", "?"), edit.get("intervention", "?"), _score(edit.get("num_codes"))]
+        for number, edit in enumerate((e for e in edits if isinstance(e, dict)), 1)
+    ]
+    if not rows:
+        return "No teacher edit was recorded."
+    return markdown_table(["#", "topic", "intervention", "codes removed"], rows, align="rllr")
+
+
+def _distillation_table(distill: dict[str, Any], retain_teacher: str) -> str:
+    perturb = distill.get("perturb")
+    perturbed = (
+        f"alpha {perturb.get('alpha', '?')}, seed {perturb.get('seed', '?')}" if isinstance(perturb, dict) else "none"
+    )
+    seconds = distill.get("seconds")
+    took = f"{seconds:,.0f} s ({seconds / 3600:.2f} h)" if isinstance(seconds, (int, float)) else "not recorded"
+
+    def corpora(side: str) -> str:
+        return ", ".join(f"`{_public_name(str(c))}`" for c in distill.get(f"{side}_corpora") or []) or "not recorded"
+
+    batch = distill.get("batch_size", "?")
+    return _settings_table(
+        {
+            "steps": _score(distill.get("steps")),
+            "tokens": _score(distill.get("tokens")),
+            "wall time": took,
+            "learning rate": distill.get("learning_rate", "?"),
+            "chunks per step (forget + retain) x tokens": f"{batch} + {batch} x {distill.get('seq_len', '?')}",
+            "forget corpora": corpora("forget"),
+            "retain corpora": corpora("retain"),
+            "retain teacher": retain_teacher,
+            "weight perturbation": perturbed,
+        }
+    )
 
 
 def _bake_card(spec: dict[str, Any], report: Path, repo_id: str | None) -> tuple[ModelCardData, str]:
@@ -657,16 +701,6 @@ def _bake_card(spec: dict[str, Any], report: Path, repo_id: str | None) -> tuple
     retain_teacher = {"base": "the base model (bottleneck off)", "edited": "the edited teacher"}.get(
         distill.get("retain_teacher"), f"`{distill.get('retain_teacher', '?')}`"
     )
-    perturb = distill.get("perturb")
-    perturbed = (
-        f"alpha {perturb.get('alpha', '?')}, seed {perturb.get('seed', '?')}" if isinstance(perturb, dict) else "none"
-    )
-    seconds = distill.get("seconds")
-    took = f"{seconds:,.0f} s ({seconds / 3600:.2f} h)" if isinstance(seconds, (int, float)) else "not recorded"
-
-    def corpora(side: str) -> str:
-        return ", ".join(f"`{_public_name(str(c))}`" for c in distill.get(f"{side}_corpora") or []) or "not recorded"
-
     removed = ", ".join(topics) if topics else "no topic"
     body = f"""
 {_title(repo_id, f"{base_name} with {removed} removed (codeunlearn, baked by distillation)")}
@@ -687,17 +721,7 @@ loading argument.
 
 ## Distillation
 
-| setting | value |
-|---|---|
-| steps | {_score(distill.get("steps"))} |
-| tokens | {_score(distill.get("tokens"))} |
-| wall time | {took} |
-| learning rate | {distill.get("learning_rate", "?")} |
-| chunks per step (forget + retain) x tokens | {distill.get("batch_size", "?")} + {distill.get("batch_size", "?")} x {distill.get("seq_len", "?")} |
-| forget corpora | {corpora("forget")} |
-| retain corpora | {corpora("retain")} |
-| retain teacher | {retain_teacher} |
-| weight perturbation | {perturbed} |
+{_distillation_table(distill, retain_teacher)}
 
 ## Held-out losses
 
@@ -959,15 +983,20 @@ def _fidelity_section(fidelity: FidelityReport | None) -> str:
     lines = [
         f"Measured with {fidelity.source} on held-out text (documents the bottleneck was not trained on).",
         "",
-        "| corpus | ΔCE (nat/token) | ΔCE (%) |",
-        "|---|---:|---:|",
+        markdown_table(
+            ["corpus", "ΔCE (nat/token)", "ΔCE (%)"],
+            (
+                [corpus, f"{delta:+.4f}", f"{100 * relative:+.2f}%" if isinstance(relative, (int, float)) else "-"]
+                for corpus, delta, relative in fidelity.delta_ce
+            ),
+            align="lrr",
+        ),
     ]
-    for corpus, delta, relative in fidelity.delta_ce:
-        percent = f"{100 * relative:+.2f}%" if isinstance(relative, (int, float)) else "-"
-        lines.append(f"| {corpus} | {delta:+.4f} | {percent} |")
     if fidelity.fvu:
-        lines += ["", "| FVU | value |", "|---|---:|"]
-        lines += [f"| {label} | {value:.4f} |" for label, value in fidelity.fvu]
+        lines += [
+            "",
+            markdown_table(["FVU", "value"], ([label, f"{value:.4f}"] for label, value in fidelity.fvu), align="lr"),
+        ]
     if fidelity.heldout_tokens:
         tokens = ", ".join(
             f"{name} {count:,}" if isinstance(count, int) else f"{name} {count}"
@@ -992,14 +1021,15 @@ def _statistics_section(directory: Path) -> str:
             "None are kept: the first `codeunlearn forget` needs `--retain_corpora` (they are counted once and kept "
             "in the bottleneck directory)."
         )
-    lines = ["| file | corpus | tokens per layer | codes seen per layer |", "|---|---|---|---|"]
+    rows = []
     for summary in summaries:
         meta = _read_json(summary)
         tokens = ", ".join(f"{layer}: {count:,}" for layer, count in (meta.get("tokens") or {}).items())
         seen = ", ".join(f"{layer}: {count:,}" for layer, count in (meta.get("codes_seen") or {}).items())
         name = summary.relative_to(directory).with_suffix(".safetensors").as_posix()
-        lines.append(f"| `{name}` | {_public_name(str(meta.get('corpus', '?')))} | {tokens} | {seen} |")
-    lines += [
+        rows.append([f"`{name}`", _public_name(str(meta.get("corpus", "?"))), tokens, seen])
+    lines = [
+        markdown_table(["file", "corpus", "tokens per layer", "codes seen per layer"], rows),
         "",
         "`codeunlearn forget` selects a topic's codes against these counts, so forgetting a topic costs one forward "
         "pass over the topic's text.",
@@ -1029,6 +1059,31 @@ def _loadable_base(name: str) -> str:
     return name if _base_model_id(name) == name else "BASE_MODEL"
 
 
+def _shape_table(config: BottleneckConfig, card: CardText) -> str:
+    passthrough = f"position 0: {config.passthrough_first_position}; norm above {config.massive_norm_factor} x typical"
+    rows = [
+        ("kind", f"{config.kind}: {card.kind}"),
+        ("layers", config.layers),
+        ("site", config.site),
+        *card.shape_rows,  # the kind's own rows
+        ("passthrough", passthrough),
+    ]
+    return markdown_table(["setting", "value"], rows)
+
+
+def _base_model_table(config: BottleneckConfig, base_name: str, revision: str | None) -> str:
+    """The base model a bottleneck was trained for (a table without column names: its header row is empty)."""
+    shown = Path(config.base_model.replace("\\", "/")).name
+    recorded = f" (recorded as `{shown}`)" if shown and shown != base_name else ""
+    rows = {
+        "base model": f"`{base_name}`{recorded}",
+        "model_type": config.model_type or "?",
+        "hidden size, decoder layers": f"{config.hidden_size}, {config.num_hidden_layers}",
+        "revision": revision or "not recorded",
+    }
+    return markdown_table(None, rows.items(), align="ll")
+
+
 def bottleneck_card(
     directory: str | Path,
     repo_id: str | None = None,
@@ -1042,7 +1097,7 @@ def bottleneck_card(
 
     One function on purpose (about 100 lines): its body is the card's text in reading order, section by section, so
     that what a reader of the Hub page sees can be read here top to bottom."""
-    from codeunlearn.bottleneck.config import CONFIG_NAME, BottleneckConfig
+    from codeunlearn.bottleneck.config import CONFIG_NAME
     from codeunlearn.bottleneck.model import EDITS_NAME
 
     directory = Path(directory)
@@ -1058,7 +1113,7 @@ def bottleneck_card(
     )
     edits = _read_json(directory / EDITS_NAME) if (directory / EDITS_NAME).is_file() else []
     card = config.card_text()
-    kind, shape_rows = card.kind, card.shape_rows
+    kind = card.kind
     tags = ["codeunlearn", "unlearning", "bottleneck", *card.tags]
     corpora = _training_corpora(directory, fidelity)
     edited = (
@@ -1078,8 +1133,6 @@ def bottleneck_card(
         f"and a topic is forgotten by removing the {config.unit_name} its text uses far more than other text. The base weights "
         "are not part of this repository and are never changed."
     )
-    shown = Path(config.base_model.replace("\\", "/")).name
-    recorded = f" (recorded as `{shown}`)" if shown and shown != base_name else ""
     body = f"""
 {_title(repo_id, f"codeunlearn bottleneck for {base_name}: layer(s) {config.layers}, {kind}")}
 
@@ -1087,22 +1140,11 @@ def bottleneck_card(
 
 ## Shape
 
-| setting | value |
-|---|---|
-| kind | {config.kind}: {kind} |
-| layers | {config.layers} |
-| site | {config.site} |
-{chr(10).join(shape_rows)}
-| passthrough | position 0: {config.passthrough_first_position}; norm above {config.massive_norm_factor} x typical |
+{_shape_table(config, card)}
 
 ## Base model
 
-| | |
-|---|---|
-| base model | `{base_name}`{recorded} |
-| model_type | {config.model_type or "?"} |
-| hidden size, decoder layers | {config.hidden_size}, {config.num_hidden_layers} |
-| revision | {revision or "not recorded"} |
+{_base_model_table(config, base_name, revision)}
 
 Loading checks the hidden size, the number of layers and the `model_type` against the model it is attached to.
 

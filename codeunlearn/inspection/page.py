@@ -15,6 +15,7 @@ from codeunlearn.inspection.contexts import Context
 from codeunlearn.inspection.histogram import Histogram, aligned
 from codeunlearn.inspection.logit_lens import TokenEffect
 from codeunlearn.inspection.report import GROUPS, CorpusFiring, InspectionReport, UnitReport
+from codeunlearn.tables import markdown_table
 
 MARKERS = {"\n": "↵", "\t": "⇥", "\r": "␍"}
 SPACE_MARKER = "␣"
@@ -395,15 +396,24 @@ def render_markdown(report: InspectionReport) -> str:
         f"{options.right} right, ranked by {markdown_text(report.strength_meaning)}; the firing token is <b>⟦bold⟧</b>",
         f"- {report.logit_lens_label}: final norm and LM head applied to the {singular}'s output vector",
         "",
-        f"| set | layer | {singular} | score | forget freq | retain freq | forget/retain | logit lens top tokens |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        markdown_table(
+            ["set", "layer", singular, "score", "forget freq", "retain freq", "forget/retain", "logit lens top tokens"],
+            (
+                [
+                    unit.group,
+                    unit.layer,
+                    unit.unit,
+                    _number(unit.score, 4),
+                    _percent(unit.forget.frequency),
+                    _percent(unit.retain.frequency),
+                    _number(unit.ratio),
+                    _lens_markdown(unit.logits.promoted[:LENS_TOKENS_IN_TABLE]),
+                ]
+                for unit in report.units
+            ),
+            align="lrrrrrrl",
+        ),
     ]
-    for unit in report.units:
-        lens = _lens_markdown(unit.logits.promoted[:LENS_TOKENS_IN_TABLE])
-        lines.append(
-            f"| {unit.group} | {unit.layer} | {unit.unit} | {_number(unit.score, 4)} | "
-            f"{_percent(unit.forget.frequency)} | {_percent(unit.retain.frequency)} | {_number(unit.ratio)} | {lens} |"
-        )
     for unit in report.units:
         lines += [
             "",

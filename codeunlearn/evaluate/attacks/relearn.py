@@ -41,6 +41,7 @@ from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.errors import CodeunlearnError, check_range
 from codeunlearn.evaluate.evaluation import mean_loss, next_token_nll
 from codeunlearn.runtime import autocast, run_arguments
+from codeunlearn.tables import markdown_table
 from codeunlearn.train.stream import ChunkStream
 
 RELEARN_ADAPTER = "relearn"
@@ -118,11 +119,15 @@ class RelearnCurve:
         return {**dataclasses.asdict(self), "recovery": self.recovery}
 
     def markdown(self) -> str:
-        lines = ["| step | forget loss | recovered | retain loss |", "|---:|---:|---:|---:|"]
-        for i, step in enumerate(self.steps):
-            retain = "-" if self.retain_loss is None else f"{self.retain_loss[i]:.4f}"
-            lines.append(f"| {step} | {self.forget_loss[i]:.4f} | {self.recovery[i]:+.4f} | {retain} |")
-        return "\n".join(lines)
+        retain = ["-"] * len(self.steps) if self.retain_loss is None else [f"{loss:.4f}" for loss in self.retain_loss]
+        return markdown_table(
+            ["step", "forget loss", "recovered", "retain loss"],
+            (
+                [step, f"{self.forget_loss[i]:.4f}", f"{self.recovery[i]:+.4f}", retain[i]]
+                for i, step in enumerate(self.steps)
+            ),
+            align="rrrr",
+        )
 
 
 def check_disjoint(train: Tensor, heldout: Tensor) -> None:

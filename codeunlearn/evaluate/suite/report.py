@@ -32,6 +32,7 @@ from codeunlearn.evaluate.suite.registry import GROUPS
 from codeunlearn.evaluate.suite.runner import SuiteReport, json_safe
 from codeunlearn.figures import draw_or_note
 from codeunlearn.io import atomic_write_text
+from codeunlearn.tables import escape_pipes, markdown_table
 
 REPORT_NAME = "report.json"
 MARKDOWN_NAME = "report.md"
@@ -154,7 +155,7 @@ def _group_table(report: SuiteReport, members: list[MetricResult], base: dict[st
     if base is not None:
         head += ["base model", "Δ vs base"]
     head += ["chance", "n", "seconds"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---", "---"] + ["---:"] * (len(head) - 2)) + "|"]
+    rows = []
     for result in members:
         for i, (key, value) in enumerate(result.scores.items()):
             cells = [result.name if i == 0 else "", key, _fmt(value)]
@@ -168,8 +169,8 @@ def _group_table(report: SuiteReport, members: list[MetricResult], base: dict[st
                 str(result.n) if i == 0 else "",
                 f"{seconds:.1f}" if i == 0 and seconds is not None else "",
             ]
-            lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+            rows.append(cells)
+    return markdown_table(head, rows, align="ll" + "r" * (len(head) - 2))
 
 
 def _baseline_record(baseline: SuiteReport, source: str | None) -> dict[str, Any]:
@@ -453,26 +454,23 @@ def _combined_markdown(
     if with_losses:
         head += [f"Δ forget loss vs {reference}", f"Δ retain loss vs {reference}"]
         groups += ["forget", "retain"]
-    lines = [
-        "| " + " | ".join(head) + " |",
-        "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|",
-        "| " + " | ".join(f"*{g}*" if g else "*section*" for g in groups) + " |",
-    ]
+    body = [[f"*{g}*" if g else "*section*" for g in groups]]  # a second header row: each column's section
     flagged = False
     for row in rows:
         name = row["row"] + (" (recorded)" if row.get("recorded") else "")
         differs = set(row.get("reference_differs", ()))
         flagged |= bool(differs)
         cells = [
-            name.replace("|", "\\|"),
+            escape_pipes(name),
             *(_fmt(row["values"][f"{n}:{k}"]) + ("†" if f"{n}:{k}" in differs else "") for n, k, _ in picked),
         ]
         if with_losses:
             cells += [_fmt(row["delta_forget_loss"], signed=True), _fmt(row["delta_retain_loss"], signed=True)]
-        lines.append("| " + " | ".join(cells) + " |")
+        body.append(cells)
     if any(v is not None for v in chance.values()):
         cells = ["chance", *(_fmt(chance[f"{n}:{k}"]) for n, k, _ in picked)]
-        lines.append("| " + " | ".join(cells + ([""] * 2 if with_losses else [])) + " |")
+        body.append(cells + ([""] * 2 if with_losses else []))
+    lines = [markdown_table(head, body, align="l" + "r" * (len(head) - 1))]
     if flagged:
         lines += [
             "",
