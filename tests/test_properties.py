@@ -20,6 +20,8 @@ import json
 import math
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +152,25 @@ def is_bare(model: torch.nn.Module) -> bool:
     return not any(isinstance(layer, BottleneckLayer) for layer in decoder_layers(model))
 
 
+@contextmanager
+def load_with_file(
+    trained_dir: Path, model: torch.nn.Module, name: str, content: Any
+) -> Iterator[BottleneckedModel | None]:
+    """A copy of the trained bottleneck directory with its file `name` replaced by `content` (as JSON), loaded onto
+    `model`; None when the load is refused, which must be one line and leave `model` without a bottleneck."""
+    with tempfile.TemporaryDirectory() as tmp:
+        copy_dir = Path(tmp) / "bottleneck"
+        shutil.copytree(trained_dir, copy_dir)
+        (copy_dir / name).write_text(dumps(content))
+        try:
+            bmodel = BottleneckedModel.from_pretrained(model, copy_dir)
+        except CodeunlearnError as err:
+            assert is_one_line_error(err), str(err)
+            assert is_bare(model)
+            bmodel = None
+        yield bmodel
+
+
 @profile(60)
 @given(data=st.data())
 def test_edited_config_in_a_bottleneck_directory_loads_or_refuses(trained_dir, spare_model, data) -> None:
@@ -157,15 +178,8 @@ def test_edited_config_in_a_bottleneck_directory_loads_or_refuses(trained_dir, s
     config = data.draw(mutated(base, values=NUMBERS | JSON))
     if data.draw(st.booleans()):  # the field an edit of the file most likely touches
         config["layers"] = data.draw(LAYER_LISTS)
-    with tempfile.TemporaryDirectory() as tmp:
-        copy_dir = Path(tmp) / "bottleneck"
-        shutil.copytree(trained_dir, copy_dir)
-        (copy_dir / CONFIG_NAME).write_text(dumps(config))
-        try:
-            bmodel = BottleneckedModel.from_pretrained(spare_model, copy_dir)
-        except CodeunlearnError as err:
-            assert is_one_line_error(err), str(err)
-            assert is_bare(spare_model)
+    with load_with_file(trained_dir, spare_model, CONFIG_NAME, config) as bmodel:
+        if bmodel is None:
             return
         try:  # what loads is a working bottleneck at every layer its config names
             assert bmodel.layers and len(set(bmodel.layers)) == len(bmodel.layers)
@@ -278,15 +292,8 @@ def test_edit_file_loads_or_refuses(data: Any, raw: bytes | None) -> None:
 def test_saved_edits_load_or_leave_the_model_untouched(trained_dir, spare_model, edits: Any) -> None:
     """`edits.json` beside a trained codebook: the bottleneck loads with exactly those edits, or the load is refused
     with one line and the model keeps no bottleneck."""
-    with tempfile.TemporaryDirectory() as tmp:
-        copy_dir = Path(tmp) / "bottleneck"
-        shutil.copytree(trained_dir, copy_dir)
-        (copy_dir / EDITS_NAME).write_text(dumps(edits))
-        try:
-            bmodel = BottleneckedModel.from_pretrained(spare_model, copy_dir)
-        except CodeunlearnError as err:
-            assert is_one_line_error(err), str(err)
-            assert is_bare(spare_model)
+    with load_with_file(trained_dir, spare_model, EDITS_NAME, edits) as bmodel:
+        if bmodel is None:
             return
         try:
             assert [dumps(e.to_dict()) for e in bmodel.edits] == [dumps(Edit.from_dict(e).to_dict()) for e in edits]
