@@ -27,6 +27,7 @@ import contextlib
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -121,6 +122,23 @@ def _log_keys(run: TrainingRun, step: int, record: dict) -> None:
     """Log a key step's `record`, with every layer's dead codes."""
     dead = {layer: int(run.bmodel.bottleneck(layer).dead_codes().sum()) for layer in run.bmodel.layers}
     run.log({"step": step, "phase": "keys", **record, "dead_codes": dead})
+
+
+def _value_record(step: int, measured: Tensor, lr: float, effective_batch: int) -> dict[str, Any]:
+    """A value step's metrics record from its (loss, kl, fvu, ce, ce_base), averaged over the step's batches."""
+    loss, kl, fvu, ce, ce_base = measured.tolist()
+    return {
+        "step": step,
+        "phase": "values",
+        "loss": round(loss, 4),
+        "kl": round(kl, 4),
+        "fvu": round(fvu, 4),
+        "ce": round(ce, 4),
+        "ce_base": round(ce_base, 4),
+        "ppl_ratio": round(math.exp(ce - ce_base), 4),
+        "lr": lr,
+        "effective_batch": effective_batch,
+    }
 
 
 class CodebookTrainer(Trainer):
@@ -291,22 +309,8 @@ class CodebookTrainer(Trainer):
             if step % args.log_every == 0 or step == run.total:
                 # the whole step's batches, not this process's share of them
                 measured = accelerator.reduce(measured / accumulation, "mean")
-                loss_v, kl_v, fvu_v, ce_v, ce_base_v = measured.tolist()
-                run.log(
-                    {
-                        "step": step,
-                        "phase": "values",
-                        "loss": round(loss_v, 4),
-                        "kl": round(kl_v, 4),
-                        "fvu": round(fvu_v, 4),
-                        "ce": round(ce_v, 4),
-                        "ce_base": round(ce_base_v, 4),
-                        "ppl_ratio": round(math.exp(ce_v - ce_base_v), 4),
-                        "lr": scheduler.get_last_lr()[0],
-                        "effective_batch": args.batch_size * run.world_size * accumulation,
-                        **usage.record(step),
-                    }
-                )
+                batch = args.batch_size * run.world_size * accumulation
+                run.log(_value_record(step, measured, scheduler.get_last_lr()[0], batch) | usage.record(step))
             if step % args.checkpoint_every == 0 or step == run.total:
                 run.save_checkpoint(step, optimizer, scheduler, usage.state())
         for p in params:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -38,7 +39,7 @@ from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.bottleneck.sae import SAEBottleneck
 from codeunlearn.data import load_split
 from codeunlearn.errors import CodeunlearnError
-from codeunlearn.evaluate.attacks.heldout import FORGET, facts_top1, load_heldout_text
+from codeunlearn.evaluate.attacks.heldout import FORGET, HeldoutText, facts_top1, load_heldout_text
 from codeunlearn.evaluate.attacks.relearn import RelearnConfig, check_disjoint, trainable_for_relearning
 from codeunlearn.evaluate.evaluation import next_token_nll
 from codeunlearn.evaluate.metrics.base import EvalContext, MetricResult
@@ -192,19 +193,10 @@ def bypass_attack(
         ctx, forget_corpus, retain_corpora, heldout_fraction, split_seed, seq_len, max_tokens, skip_positions,
         text_field, name,
     )  # fmt: skip
+    attack = ErrorTermAttack(error_term_steps, error_term_mode, error_term_learning_rate, error_term_batch_size)
     train_chunks = None
     if attacked_model is not None:  # check its settings and read the attacker's text before any long work
-        RelearnConfig(
-            steps=error_term_steps,
-            eval_steps=[error_term_steps],
-            mode=error_term_mode,
-            batch_size=error_term_batch_size,
-        )
-        train_tokens = error_term_steps * error_term_batch_size * seq_len
-        train_chunks, _ = load_split(
-            forget_corpus, ctx.tokenizer, seq_len, heldout_fraction, split_seed, text_field, train_tokens
-        )
-        check_disjoint(train_chunks, text.forget)
+        train_chunks = attack.train_text(ctx, forget_corpus, heldout_fraction, split_seed, text_field, seq_len, text)
 
     def measure(model: nn.Module) -> dict[str, float]:
         values = text.losses(ctx, model)
@@ -216,52 +208,94 @@ def bypass_attack(
     with switched_off(ctx.model) as has_switch:
         # Without a switch there is nothing else to measure: the bypassed model is the released one.
         bypassed = measure(ctx.model) if has_switch else dict(released)
-    scores = {
-        "forget_loss": released[FORGET],
-        "forget_loss_bypassed": bypassed[FORGET],
-        "forget_recovery": released[FORGET] - bypassed[FORGET],
-    }
-    if retain_corpora:
-        scores["retain_loss"] = text.retain_mean(released)
-        scores["retain_loss_bypassed"] = text.retain_mean(bypassed)
-    scores["has_switch"] = float(has_switch)
-    if facts_path is not None:
-        scores["facts_top1"] = released["facts_top1"]
-        scores["facts_top1_bypassed"] = bypassed["facts_top1"]
-        scores["facts_recovery"] = bypassed["facts_top1"] - released["facts_top1"]
+    scores = switch_scores(released, bypassed, has_switch, text if retain_corpora else None)
     details: list[dict[str, Any]] = [
         {"model": "released", **released},
         {"model": "bypassed", "switch": switch_of(ctx.model) or "none", **bypassed},
     ]
     if attacked_model is not None and train_chunks is not None:
-        attacked, trained = error_term_finetune(
-            attacked_model,
-            train_chunks,
-            error_term_steps,
-            error_term_mode,
-            error_term_learning_rate,
-            error_term_batch_size,
-            ctx.seed,
-            ctx.bf16,
-        )
-        after = text.loss(ctx, attacked, text.forget)
-        scores["forget_loss_error_term"] = after
-        scores["error_term_recovery"] = released[FORGET] - after
-        facts = {}
+        after, row = attack.run(ctx, attacked_model, train_chunks, text, facts_path, fact_relations)
+        scores["forget_loss_error_term"] = after[FORGET]
+        scores["error_term_recovery"] = released[FORGET] - after[FORGET]
         if facts_path is not None:
-            facts["facts_top1"] = scores["facts_top1_error_term"] = facts_top1(
-                ctx, attacked, facts_path, fact_relations
-            )
-        del attacked
-        details.append(
-            {
-                "model": "error_term",
-                FORGET: after,
-                **facts,
-                "steps": error_term_steps,
-                "mode": error_term_mode,
-                "trainable_parameters": trained,
-                "layers_trained": f"0..{max(attacked_model.layers)}",
-            }
-        )
+            scores["facts_top1_error_term"] = after["facts_top1"]
+        details.append(row)
     return MetricResult(name=name, scores=scores, n=text.tokens, details=details, group=group)
+
+
+@dataclass
+class ErrorTermAttack:
+    """Fine-tuning the layers before an SAE through its error term with the clamp on (`error_term_finetune`)."""
+
+    steps: int
+    mode: Literal["full", "lora"]
+    learning_rate: float | None
+    batch_size: int
+
+    def train_text(
+        self,
+        ctx: EvalContext,
+        forget_corpus: str,
+        heldout_fraction: float,
+        split_seed: int,
+        text_field: str,
+        seq_len: int,
+        text: HeldoutText,
+    ) -> Tensor:
+        """The attacker's text: `steps` x `batch_size` chunks of the forget corpus's train split (never a held-out
+        document), after checking the fine-tuning settings."""
+        RelearnConfig(steps=self.steps, eval_steps=[self.steps], mode=self.mode, batch_size=self.batch_size)
+        train_tokens = self.steps * self.batch_size * seq_len
+        chunks, _ = load_split(
+            forget_corpus, ctx.tokenizer, seq_len, heldout_fraction, split_seed, text_field, train_tokens
+        )
+        check_disjoint(chunks, text.forget)
+        return chunks
+
+    def run(
+        self,
+        ctx: EvalContext,
+        model: BottleneckedModel,
+        train_chunks: Tensor,
+        text: HeldoutText,
+        facts_path: str | None,
+        fact_relations: Sequence[str] | None,
+    ) -> tuple[dict[str, float], dict[str, Any]]:
+        """The attacked copy's held-out forget loss (and facts' top-1 accuracy) and the report's details row."""
+        attacked, trained = error_term_finetune(
+            model, train_chunks, self.steps, self.mode, self.learning_rate, self.batch_size, ctx.seed, ctx.bf16
+        )
+        after = {FORGET: text.loss(ctx, attacked, text.forget)}
+        if facts_path is not None:
+            after["facts_top1"] = facts_top1(ctx, attacked, facts_path, fact_relations)
+        del attacked
+        row = {
+            "model": "error_term",
+            **after,
+            "steps": self.steps,
+            "mode": self.mode,
+            "trainable_parameters": trained,
+            "layers_trained": f"0..{max(model.layers)}",
+        }
+        return after, row
+
+
+def switch_scores(
+    released: dict[str, float], bypassed: dict[str, float], has_switch: bool, retain: HeldoutText | None
+) -> dict[str, float]:
+    """The scores of the switch itself: forget (and, with `retain` text, retain) losses as released and switched
+    off, and the facts' top-1 accuracy where measured."""
+    scores = {
+        "forget_loss": released[FORGET],
+        "forget_loss_bypassed": bypassed[FORGET],
+        "forget_recovery": released[FORGET] - bypassed[FORGET],
+    }
+    if retain is not None:
+        scores["retain_loss"] = retain.retain_mean(released)
+        scores["retain_loss_bypassed"] = retain.retain_mean(bypassed)
+    scores["has_switch"] = float(has_switch)
+    if "facts_top1" in released:
+        scores["facts_top1"] = released["facts_top1"]
+        scores["facts_top1_bypassed"] = bypassed["facts_top1"]
+        scores["facts_recovery"] = bypassed["facts_top1"] - released["facts_top1"]
+    return scores

@@ -43,7 +43,7 @@ from transformers.pytorch_utils import Conv1D
 from codeunlearn.bottleneck.architectures import decoder_layers
 from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.errors import CodeunlearnError
-from codeunlearn.evaluate.attacks.heldout import FORGET, facts_top1, load_heldout_text
+from codeunlearn.evaluate.attacks.heldout import FORGET, HeldoutText, facts_top1, load_heldout_text
 from codeunlearn.evaluate.metrics.base import EvalContext, MetricResult
 
 MIN_BITS, MAX_BITS = 2, 8
@@ -213,6 +213,19 @@ def quantization_attack(
         quantize_weights_(work, width, group_size)
         measured[f"{width}bit"] = measure(work)
         del work
+    scores = quantization_scores(measured, widths, text)
+    details = [
+        {"weights": weights, "matrices": 0 if weights == "none" else matrices, "group_size": group_size, **values}
+        for weights, values in measured.items()
+    ]
+    return MetricResult(name=name, scores=scores, n=text.tokens, details=details, group=group)
+
+
+def quantization_scores(
+    measured: dict[str, dict[str, float]], widths: Sequence[int], text: HeldoutText
+) -> dict[str, float]:
+    """The scores of `quantization_attack` from the losses (and facts' top-1 accuracy, where measured) of the released
+    weights (`measured["none"]`) and of each width (`measured["{b}bit"]`)."""
     scores = {"forget_loss": measured["none"][FORGET]}
     retain = text.retain_mean(measured["none"])
     if retain is not None:
@@ -223,13 +236,9 @@ def quantization_attack(
         if retain is not None:
             scores[f"retain_loss_{width}bit"] = text.retain_mean(at)
         scores[f"forget_recovery_{width}bit"] = scores["forget_loss"] - at[FORGET]
-    if facts_path is not None:
+    if "facts_top1" in measured["none"]:
         scores["facts_top1"] = measured["none"]["facts_top1"]
         for width in widths:
             scores[f"facts_top1_{width}bit"] = measured[f"{width}bit"]["facts_top1"]
             scores[f"facts_recovery_{width}bit"] = scores[f"facts_top1_{width}bit"] - scores["facts_top1"]
-    details = [
-        {"weights": weights, "matrices": 0 if weights == "none" else matrices, "group_size": group_size, **values}
-        for weights, values in measured.items()
-    ]
-    return MetricResult(name=name, scores=scores, n=text.tokens, details=details, group=group)
+    return scores
