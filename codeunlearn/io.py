@@ -9,8 +9,10 @@ or partially written.
 
 Integrity: every tensor file written here carries `codeunlearn_sha256` in its safetensors metadata, a SHA-256 over the
 tensors' names and raw bytes in name order, and `load_tensors` checks it: safetensors validates the header but not
-the data, so a flipped bit in the weights would otherwise load silently. Files without the field (older versions,
-other writers such as sae-lens) still load.
+the data, so a flipped bit in the weights would otherwise load silently. A model directory that `transformers`'
+`save_pretrained` wrote for us (an export, a baked export, a baseline's model) gets the same field afterwards
+(`stamp_checksums`), and the package's model loader checks it (`verify_checksums`). Files without the field (older
+versions, other writers such as sae-lens) still load.
 
 Leftovers: a killed save leaves its hidden temporary (`.NAME.XXXXXXXX`, or `.NAME.tmp.XXXXXXXX` / `.NAME.old.XXXXXXXX`
 for a directory) beside the target; the next save into the same place removes those.
@@ -134,10 +136,58 @@ def tensor_checksum(tensors: dict[str, torch.Tensor]) -> str:
     reader after loading."""
     digest = hashlib.sha256()
     for name in sorted(tensors):
-        tensor = tensors[name].detach().contiguous().cpu()
-        digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
-        digest.update(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+        _add_tensor(digest, name, tensors[name])
     return digest.hexdigest()
+
+
+def _add_tensor(digest: hashlib._Hash, name: str, tensor: torch.Tensor) -> None:
+    tensor = tensor.detach().contiguous().cpu()
+    digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+    digest.update(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+
+
+def file_checksum(path: str | Path) -> tuple[str, str | None]:
+    """(`tensor_checksum` of a safetensors file's tensors, the checksum its metadata records or None), reading one
+    tensor at a time (a model's weights are never held twice)."""
+    digest = hashlib.sha256()
+    with safe_open(str(path), framework="pt") as handle:
+        recorded = (handle.metadata() or {}).get(CHECKSUM_KEY)
+        for name in sorted(handle.keys()):
+            _add_tensor(digest, name, handle.get_tensor(name))
+    return digest.hexdigest(), recorded
+
+
+def stamp_checksums(directory: str | Path) -> list[Path]:
+    """Add `CHECKSUM_KEY` to every safetensors file directly in `directory` that lacks it (files another writer,
+    e.g. `transformers`' `save_pretrained`, put there), rewriting each atomically with its other metadata kept.
+    Returns the files stamped."""
+    stamped = []
+    for path in sorted(Path(directory).glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            if CHECKSUM_KEY in metadata:
+                continue
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 (not a dict)
+        atomic_save_tensors(tensors, path, metadata)
+        stamped.append(path)
+    return stamped
+
+
+def verify_checksums(directory: str | Path, what: str = "model weights") -> None:
+    """Check every safetensors file directly in `directory` that records `CHECKSUM_KEY` against its tensors (one
+    tensor at a time); a mismatch or an unreadable file is a one-line error."""
+    for path in sorted(Path(directory).glob("*.safetensors")):
+        try:
+            actual, recorded = file_checksum(path)
+        except (SafetensorError, OSError, ValueError) as err:
+            raise CodeunlearnError(
+                f"{what} at {path} is corrupt or not safetensors ({err})", "re-create it from its source run"
+            ) from None
+        if recorded is not None and actual != recorded:
+            raise CodeunlearnError(
+                f"{what} at {path}: tensor data does not match its checksum: the file is corrupted",
+                "re-create it from its source run or download it again",
+            )
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 
 from codeunlearn.errors import CodeunlearnError
+from codeunlearn.io import verify_checksums
 from codeunlearn.runtime import ticker
 
 if TYPE_CHECKING:
@@ -181,6 +182,8 @@ def load_model(
     from transformers import AutoModelForCausalLM
 
     directory, gguf = resolve_model(name_or_path, gguf_file)
+    if gguf is None and Path(directory).is_dir():
+        verify_checksums(directory)  # weights an export or a baseline wrote carry one (transformers checks none)
     with ticker(f"load {name_or_path}", enabled=progress), _loading(name_or_path):
         model = AutoModelForCausalLM.from_pretrained(
             directory, gguf_file=gguf, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code

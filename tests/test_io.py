@@ -129,3 +129,45 @@ def test_tensor_saves_are_fsynced(tmp_path, monkeypatch):
     atomic_save_tensors(tensors(), tmp_path / "w.safetensors")
     kinds = {"dir" if (mode & 0o170000) == 0o040000 else "file" for mode in synced}
     assert kinds == {"file", "dir"}
+
+
+def test_model_directories_written_by_transformers_are_stamped_and_checked(tmp_path):
+    """A `save_pretrained` directory gets our checksum afterwards (other metadata kept); the package's model loader
+    checks it, so one flipped byte of the weights is a one-line error, not a quietly different model."""
+    from helpers import flip_tensor_byte
+
+    from codeunlearn.io import stamp_checksums, verify_checksums
+    from codeunlearn.modeling import load_model
+
+    model = make_model("llama")
+    plain, stamped = tmp_path / "plain", tmp_path / "stamped"
+    model.save_pretrained(plain)
+    model.save_pretrained(stamped)
+    assert stamp_checksums(stamped) == [stamped / "model.safetensors"]
+    assert stamp_checksums(stamped) == []  # already stamped: not rewritten
+    with safe_open(str(stamped / "model.safetensors"), framework="pt") as handle:
+        metadata = handle.metadata()
+    assert metadata["format"] == "pt" and CHECKSUM_KEY in metadata
+    loaded = load_model(str(stamped))
+    reference = model.state_dict()
+    assert all(torch.equal(t, reference[name]) for name, t in loaded.state_dict().items())
+    flip_tensor_byte(stamped / "model.safetensors")
+    flip_tensor_byte(plain / "model.safetensors")
+    with pytest.raises(CodeunlearnError) as excinfo:
+        load_model(str(stamped))
+    assert_fix_error(excinfo)
+    assert "does not match its checksum" in str(excinfo.value)
+    verify_checksums(plain)  # no checksum recorded: nothing to check, as for any other writer's files
+    load_model(str(plain))
+
+
+def test_exports_carry_the_checksum_in_every_weight_file(tmp_path):
+    from export_helpers import make_tokenizer, trained_bmodel
+
+    from codeunlearn.export.save import save_pretrained
+
+    bmodel = trained_bmodel("llama", tmp_path / "run")
+    save_pretrained(bmodel, tmp_path / "export", make_tokenizer())
+    for path in sorted((tmp_path / "export").rglob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as handle:
+            assert CHECKSUM_KEY in handle.metadata(), path

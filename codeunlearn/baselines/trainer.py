@@ -37,7 +37,7 @@ from transformers import (
 from codeunlearn import distributed
 from codeunlearn.baselines.base import UnlearningMethod
 from codeunlearn.errors import CodeunlearnError, check_range
-from codeunlearn.io import atomic_directory, atomic_save_tensors, atomic_write_text, load_tensors
+from codeunlearn.io import atomic_directory, atomic_save_tensors, atomic_write_text, load_tensors, stamp_checksums
 from codeunlearn.runtime import autocast, run_arguments
 from codeunlearn.train.stream import ChunkStream
 
@@ -368,6 +368,7 @@ def _save_model(model: nn.Module, tokenizer: Any, directory: Path) -> str:
     """Save the unlearned model (and its tokenizer) atomically; returns the directory."""
     with atomic_directory(directory, overwrite=True) as tmp:
         model.save_pretrained(tmp)
+        stamp_checksums(tmp)  # transformers writes no checksum; our loaders check this one
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
     return str(directory)

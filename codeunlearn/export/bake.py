@@ -44,7 +44,7 @@ from codeunlearn.evaluate.evaluation import mean_loss
 from codeunlearn.evaluate.loss_table import add_deltas
 from codeunlearn.export.card import BAKE_SPEC_NAME, EVAL_REPORT_NAME, write_model_card
 from codeunlearn.export.linear import verify_stock_export
-from codeunlearn.io import atomic_directory, atomic_write_text
+from codeunlearn.io import atomic_directory, atomic_write_text, stamp_checksums
 
 BAKE_METHOD = "bake"
 METRICS_FILE = "bake_metrics.jsonl"
@@ -297,6 +297,7 @@ def save_baked(
         raise CodeunlearnError("no tokenizer to export", "pass the base model's tokenizer (--tokenizer NAME_OR_DIR)")
     with atomic_directory(output_dir, overwrite=overwrite) as tmp:
         student.save_pretrained(tmp)
+        stamp_checksums(tmp)  # transformers writes no checksum; our loaders check this one
         tokenizer.save_pretrained(tmp)
         atomic_write_text(tmp / BAKE_SPEC_NAME, json.dumps(spec, indent=1) + "\n")
         atomic_write_text(tmp / METRICS_FILE, "".join(json.dumps(m) + "\n" for m in metrics))

@@ -42,7 +42,7 @@ from codeunlearn.evaluate.evaluation import mean_loss
 from codeunlearn.evaluate.loss_table import add_deltas
 from codeunlearn.export.card import EVAL_REPORT_NAME, LINEAR_METHOD, LINEAR_SPEC_NAME, write_model_card
 from codeunlearn.export.save import VERIFY_TOLERANCE, probe_tokens
-from codeunlearn.io import atomic_directory, atomic_write_text, load_tensors
+from codeunlearn.io import atomic_directory, atomic_write_text, load_tensors, stamp_checksums
 from codeunlearn.runtime import batches, model_device
 
 # model_type -> (embedding modules from the *ForCausalLM root, modules of each decoder layer that write the stream)
@@ -333,6 +333,7 @@ def save_linear_export(
     }
     with atomic_directory(output_dir, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp)
+        stamp_checksums(tmp)  # transformers writes no checksum; our loaders check this one
         tokenizer.save_pretrained(tmp)
         atomic_write_text(tmp / LINEAR_SPEC_NAME, json.dumps(spec, indent=1) + "\n")
         if eval_report is not None:

@@ -35,7 +35,7 @@ from codeunlearn.errors import CodeunlearnError
 from codeunlearn.export.card import EVAL_REPORT_NAME, read_eval_report, write_model_card
 from codeunlearn.export.remote_code import modeling_codeunlearn as remote_module
 from codeunlearn.export.remote_code.modeling_codeunlearn import CodeunlearnConfig, CodeunlearnForCausalLM
-from codeunlearn.io import atomic_directory
+from codeunlearn.io import atomic_directory, stamp_checksums
 
 BOTTLENECK_SUBDIR = "codeunlearn_bottleneck"
 REMOTE_MODULE = "modeling_codeunlearn"
@@ -293,6 +293,7 @@ def save_pretrained(
         CodeunlearnConfig.register_for_auto_class()
         CodeunlearnForCausalLM.register_for_auto_class("AutoModelForCausalLM")
         model.save_pretrained(tmp)
+        stamp_checksums(tmp)  # transformers writes no checksum; our loaders check this one
         tokenizer.save_pretrained(tmp)
         bmodel.save_pretrained(tmp / BOTTLENECK_SUBDIR)
         if eval_report is not None:
