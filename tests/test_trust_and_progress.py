@@ -141,3 +141,32 @@ def test_progress_wanted(tmp_path, argv, config, wanted):
     if config is not None:
         path.write_text(config)
     assert progress_wanted([str(path) if a == "CONFIG" else a for a in argv]) is wanted
+
+
+def test_an_export_runs_unasked_only_with_this_packages_own_code(tmp_path, monkeypatch):
+    """model_type `codeunlearn` alone is no reason to trust a directory: its modeling file must be this package's,
+    byte for byte. An altered copy is refused without the flag (nothing of it runs) and loads with it."""
+    import shutil
+
+    from export_helpers import make_tokenizer, trained_bmodel
+
+    from codeunlearn.export.save import save_pretrained
+
+    export = tmp_path / "export"
+    save_pretrained(trained_bmodel("llama", tmp_path / "run"), export, make_tokenizer())
+    assert type(load_model_for_eval(str(export), progress=False).model).__name__ == "CodeunlearnForCausalLM"
+
+    altered = tmp_path / "altered"
+    shutil.copytree(export, altered)
+    marker = tmp_path / "ran"
+    monkeypatch.setenv("CODEUNLEARN_TEST_MARKER", str(marker))
+    code = altered / "modeling_codeunlearn.py"
+    code.write_text(
+        code.read_text()
+        + '\nimport os\nfrom pathlib import Path\nPath(os.environ["CODEUNLEARN_TEST_MARKER"]).write_text("ran")\n'
+    )
+    with pytest.raises(CodeunlearnError, match="not this codeunlearn's own") as excinfo:
+        load_model_for_eval(str(altered), progress=False)
+    assert "--trust_remote_code" in str(excinfo.value) and not marker.exists()
+    load_model_for_eval(str(altered), progress=False, trust_remote_code=True)
+    assert marker.read_text() == "ran"

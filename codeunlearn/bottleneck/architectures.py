@@ -7,6 +7,9 @@ that was never bottlenecked.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from torch import nn
 
 from codeunlearn.errors import CodeunlearnError
@@ -53,6 +56,36 @@ def model_type_of(model: nn.Module) -> str:
 
 
 EXPORTED_MODEL_TYPE = "codeunlearn"  # `codeunlearn export` output: the stock model sits under `causal_lm`
+# What an export's config.json maps to its copy of the modeling file (`codeunlearn/export/remote_code/`).
+REMOTE_MODULE = "modeling_codeunlearn"
+EXPORT_AUTO_MAP = {
+    "AutoConfig": f"{REMOTE_MODULE}.CodeunlearnConfig",
+    "AutoModelForCausalLM": f"{REMOTE_MODULE}.CodeunlearnForCausalLM",
+}
+# Read as a file, not imported: the export package sits above this module.
+REMOTE_CODE_FILE = Path(__file__).resolve().parents[1] / "export" / "remote_code" / f"{REMOTE_MODULE}.py"
+
+
+def ships_this_code(path: str | Path) -> bool:
+    """Whether the model directory `path` is an export whose remote code is exactly this package's: model_type
+    `codeunlearn`, an `auto_map` naming only `modeling_codeunlearn`, that file byte for byte this package's copy,
+    and no code named by its tokenizer config. Only then may it be loaded with `trust_remote_code=True` unasked:
+    the model_type alone says nothing about what the directory's Python file does."""
+    path = Path(path)
+    try:
+        config = json.loads((path / "config.json").read_text())
+        tokenizer_config = path / "tokenizer_config.json"
+        tokenizer = json.loads(tokenizer_config.read_text()) if tokenizer_config.is_file() else {}
+        copied = (path / f"{REMOTE_MODULE}.py").read_bytes()
+    except (OSError, ValueError):
+        return False
+    return (
+        isinstance(config, dict)
+        and config.get("model_type") == EXPORTED_MODEL_TYPE
+        and config.get("auto_map") == EXPORT_AUTO_MAP
+        and not (isinstance(tokenizer, dict) and tokenizer.get("auto_map"))
+        and copied == REMOTE_CODE_FILE.read_bytes()
+    )
 
 
 def decoder_layers_path(model: nn.Module) -> str:

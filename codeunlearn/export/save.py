@@ -18,7 +18,6 @@ model's (`verify=True`): an export that is not exactly the edited model is never
 from __future__ import annotations
 
 import copy
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,13 @@ import torch
 from torch import Tensor, nn
 
 from codeunlearn import __version__
-from codeunlearn.bottleneck.architectures import DECODER_LAYER_PATHS, decoder_layers, model_type_of
+from codeunlearn.bottleneck.architectures import (
+    DECODER_LAYER_PATHS,
+    REMOTE_MODULE,
+    decoder_layers,
+    model_type_of,
+    ships_this_code,
+)
 from codeunlearn.bottleneck.model import BottleneckedModel, BottleneckLayer
 from codeunlearn.bottleneck.sae import LAYER_DIR, SAEBottleneck
 from codeunlearn.errors import CodeunlearnError
@@ -38,7 +43,6 @@ from codeunlearn.export.remote_code.modeling_codeunlearn import CodeunlearnConfi
 from codeunlearn.io import atomic_directory, stamp_checksums
 
 BOTTLENECK_SUBDIR = "codeunlearn_bottleneck"
-REMOTE_MODULE = "modeling_codeunlearn"
 VERIFY_TOLERANCE = 1e-4  # relative to the largest logit; fp32 reloads agree to ~1e-6
 
 
@@ -218,20 +222,9 @@ def verify_export(bmodel: BottleneckedModel, path: str | Path, tokens: Tensor | 
     for every temporary directory (the tests load exports through the Auto classes).
     """
     path = Path(path)
-    config = json.loads((path / "config.json").read_text())
-    expected_map = {
-        "AutoConfig": f"{REMOTE_MODULE}.CodeunlearnConfig",
-        "AutoModelForCausalLM": f"{REMOTE_MODULE}.CodeunlearnForCausalLM",
-    }
-    copied = path / f"{REMOTE_MODULE}.py"
-    if (
-        config.get("model_type") != CodeunlearnConfig.model_type
-        or config.get("auto_map") != expected_map
-        or not copied.is_file()
-        or copied.read_bytes() != Path(remote_module.__file__).read_bytes()
-    ):
+    if not ships_this_code(path):
         raise CodeunlearnError(
-            f"{path} does not load as the edited model (model_type, auto_map or {copied.name} is wrong)",
+            f"{path} does not load as the edited model (model_type, auto_map or {REMOTE_MODULE}.py is wrong)",
             "report this as a bug; the directory was not written",
         )
     reference = bmodel.model

@@ -14,9 +14,11 @@
 - any other `transformers` model directory or name (e.g. a gradient baseline's `OUTPUT/model`): loaded with
   `from_pretrained`; its reference is `base_model`, loaded separately (None when it is the base model itself).
 
-Remote code: only an export (model_type `codeunlearn`, whose modeling file is codeunlearn's own) is loaded with
-`trust_remote_code=True` unasked. Any other directory whose config.json or tokenizer_config.json names code of its
-own (`auto_map`) is refused unless the caller passes `trust_remote_code=True` (`eval --suite --trust_remote_code`):
+Remote code: only an export whose modeling file is byte for byte this package's own (model_type `codeunlearn`,
+`bottleneck.architectures.ships_this_code`) is loaded with `trust_remote_code=True` unasked; an export of another
+version, or one whose file was altered, needs the flag. Any other directory whose config.json or
+tokenizer_config.json names code of its own (`auto_map`) is refused unless the caller passes
+`trust_remote_code=True` (`eval --suite --trust_remote_code`):
 loading it would run that directory's Python.
 """
 
@@ -31,7 +33,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from codeunlearn.bottleneck.architectures import EXPORTED_MODEL_TYPE
+from codeunlearn.bottleneck.architectures import EXPORTED_MODEL_TYPE, ships_this_code
 from codeunlearn.bottleneck.config import CONFIG_NAME, DEFAULT_KIND
 from codeunlearn.bottleneck.loading import is_bottleneck_source, load_bottlenecked, resolve_bottleneck_dir
 from codeunlearn.errors import CodeunlearnError
@@ -144,12 +146,18 @@ def load_model_for_eval(
         dtype: weight dtype.
         progress: show a ticking bar while models load.
         trust_remote_code: run the Python code a plain model directory or Hub model ships (`auto_map`); without it
-            such a model is refused. Exports need no flag: their code is codeunlearn's.
+            such a model is refused. An export of this version needs no flag: its code is this package's.
     """
     kind = model_kind(path_or_name)
     if kind == "bottleneck":
         return _load_bottlenecked(path_or_name, base_model, gguf_file, dtype, progress)
     if kind == "export":
+        if not trust_remote_code and not ships_this_code(path_or_name):
+            raise CodeunlearnError(
+                f"export {path_or_name} ships Python code that is not this codeunlearn's own (another version's, or "
+                "altered), which would run on loading",
+                f"re-export it with this version, or pass {TRUST_FLAG} if you trust its code",
+            )
         return _load_export(path_or_name, dtype, progress)
     if kind == "model" and not trust_remote_code:
         _refuse_remote_code(Path(path_or_name))
