@@ -37,6 +37,7 @@ from codeunlearn.baselines import (
 )
 from codeunlearn.bottleneck.loading import attach_bottleneck
 from codeunlearn.data import shuffled_chunks
+from codeunlearn.tables import markdown_table
 
 if __package__:
     from . import common, tiny
@@ -97,25 +98,36 @@ def method_overrides(name: str, args) -> tuple[str, dict]:
     return method, overrides
 
 
+TABLE_HEADER = [
+    "method",
+    "steps",
+    "tokens seen",
+    "trained params",
+    "wall s",
+    "Δforget",
+    "Δhistory",
+    "Δwiki",
+    "Δretain",
+    "forget",
+    "retain",
+    "relearn Δforget",
+]
+
+
 def table(rows: list[dict]) -> list[str]:
-    lines = [
-        "| method | steps | tokens seen | trained params | wall s | Δforget | Δhistory | Δwiki | Δretain | forget | "
-        "retain | relearn Δforget |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        d, loss = r["delta"], r["loss"]
-        relearned = r.get("relearn")
-        recovered = "–" if not relearned else f"{-relearned['recovery'][-1]:+.4f} @{relearned['steps'][-1]}"
-        tokens = "–" if r.get("tokens") is None else f"{sum(r['tokens'].values()):,}"
-        params = "–" if r.get("trainable_parameters") is None else f"{r['trainable_parameters']:,}"
-        seconds = "–" if r.get("seconds") is None else f"{r['seconds']:.1f}"
-        lines.append(
-            f"| {r['method']} | {r.get('steps', '–')} | {tokens} | {params} | {seconds} | "
-            + " | ".join(common.fmt(d[k], True) for k in ("forget", "history", "wiki", "retain"))
-            + f" | {common.fmt(loss['forget'])} | {common.fmt(loss['retain'])} | {recovered} |"
-        )
-    return lines
+    return markdown_table(TABLE_HEADER, [table_row(r) for r in rows], align="l" + "r" * 11).split("\n")
+
+
+def table_row(r: dict) -> list[str]:
+    d, loss = r["delta"], r["loss"]
+    relearned = r.get("relearn")
+    recovered = "–" if not relearned else f"{-relearned['recovery'][-1]:+.4f} @{relearned['steps'][-1]}"
+    tokens = "–" if r.get("tokens") is None else f"{sum(r['tokens'].values()):,}"
+    params = "–" if r.get("trainable_parameters") is None else f"{r['trainable_parameters']:,}"
+    seconds = "–" if r.get("seconds") is None else f"{r['seconds']:.1f}"
+    deltas = [common.fmt(d[k], True) for k in ("forget", "history", "wiki", "retain")]
+    losses = [common.fmt(loss["forget"]), common.fmt(loss["retain"])]
+    return [r["method"], r.get("steps", "–"), tokens, params, seconds, *deltas, *losses, recovered]
 
 
 def run_ours(model, train, heldout, base, args, timer) -> list[dict]:

@@ -29,6 +29,7 @@ import torch
 
 from codeunlearn.evaluate.evaluation import mean_loss
 from codeunlearn.runtime import Stopwatch, bf16_is_fast
+from codeunlearn.tables import markdown_table
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"  # the checkout's sibling shared/data
 TOPICS = {  # forget corpora, relative to the data folder
@@ -152,9 +153,8 @@ class Timer(Stopwatch):
 
     def markdown(self) -> list[str]:
         """The "Seconds per stage" section of a result file."""
-        return ["## Seconds per stage", "", "| stage | seconds |", "|---|---|"] + [
-            f"| {k} | {v:.1f} |" for k, v in self.seconds.items()
-        ]
+        table = markdown_table(["stage", "seconds"], [[k, f"{v:.1f}"] for k, v in self.seconds.items()])
+        return ["## Seconds per stage", "", *table.split("\n")]
 
     def summary(self) -> str:
         return "seconds per stage: " + ", ".join(f"{k} {v:.1f}" for k, v in self.seconds.items())

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 from codeunlearn.bottleneck.edit import Edit
+from codeunlearn.tables import escape_pipes, markdown_table
 
 
 def shared_codes(edit: Edit, reference: Edit) -> int:
@@ -29,12 +30,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("edits", nargs="+", help="edit.json files")
     args = parser.parse_args(argv)
     reference = Edit.load(args.reference)
-    print("| edit | codes | shared with the reference | share of the reference's codes |")
-    print("|---|---:|---:|---:|")
-    for path in args.edits:
-        edit = Edit.load(path)
-        shared = shared_codes(edit, reference)
-        print(f"| {path} | {edit.num_codes:,} | {shared:,} | {shared / max(reference.num_codes, 1):.3f} |")
+    header = ["edit", "codes", "shared with the reference", "share of the reference's codes"]
+    print(markdown_table(header, [overlap_row(path, reference) for path in args.edits], align="lrrr"))
+
+
+def overlap_row(path: str, reference: Edit) -> list[str]:
+    """The table's row of one edit file: its codes, and those it shares with the reference."""
+    edit = Edit.load(path)
+    shared = shared_codes(edit, reference)
+    return [escape_pipes(path), f"{edit.num_codes:,}", f"{shared:,}", f"{shared / max(reference.num_codes, 1):.3f}"]
 
 
 if __name__ == "__main__":

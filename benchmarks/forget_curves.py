@@ -34,6 +34,7 @@ from codeunlearn.bottleneck.loading import attach_bottleneck
 from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.data import shuffled_chunks
 from codeunlearn.errors import CodeunlearnError
+from codeunlearn.tables import markdown_table
 from codeunlearn.unlearn.selection import SelectionRule, random_control, select_codes, truncate
 from codeunlearn.unlearn.statistics import CodeStatistics, collect_code_statistics
 
@@ -124,20 +125,20 @@ def table_markdown(rows: list[dict]) -> list[str]:
     coverage_keys = [k for k in COVERAGE_COLUMNS if any(k in r for r in rows)]
     header = ["N/layer", "method", "codes removed", *(f"Δ{m}" for m in METRICS), *METRICS]
     header += [COVERAGE_COLUMNS[k] for k in coverage_keys]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in rows:
-        n = "–" if r["num_codes_per_layer"] is None else str(r["num_codes_per_layer"])
-        if "skipped" in r:
-            lines.append(
-                f"| {n} | {r['method']} | {r['codes_removed']} | skipped: {common.markdown_safe(r['skipped'])} |"
-                + " |" * (len(header) - 4)
-            )
-            continue
-        cover = [f"{100 * r[k]:.2f}%" if k in r else "–" for k in coverage_keys]
-        deltas = [common.fmt(r["delta"][k], signed=True) for k in METRICS]
-        losses = [common.fmt(r["loss"][k]) for k in METRICS]
-        lines.append(f"| {n} | {r['method']} | {r['codes_removed']} | " + " | ".join(deltas + losses + cover) + " |")
-    return lines
+    return markdown_table(header, [table_row(r, coverage_keys, len(header)) for r in rows]).split("\n")
+
+
+def table_row(r: dict, coverage_keys: list[str], columns: int) -> list[object]:
+    """A row's cells; a skipped point says why in its fourth cell and leaves the others empty."""
+    n = "–" if r["num_codes_per_layer"] is None else str(r["num_codes_per_layer"])
+    if "skipped" in r:
+        return [n, r["method"], r["codes_removed"], f"skipped: {common.markdown_safe(r['skipped'])}"] + [""] * (
+            columns - 4
+        )
+    cover = [f"{100 * r[k]:.2f}%" if k in r else "–" for k in coverage_keys]
+    deltas = [common.fmt(r["delta"][k], signed=True) for k in METRICS]
+    losses = [common.fmt(r["loss"][k]) for k in METRICS]
+    return [n, r["method"], r["codes_removed"], *deltas, *losses, *cover]
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:

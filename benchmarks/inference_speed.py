@@ -28,6 +28,7 @@ from codeunlearn.bottleneck.loading import attach_bottleneck
 from codeunlearn.data import load_documents, pack_documents
 from codeunlearn.modeling import load_model_and_tokenizer
 from codeunlearn.runtime import autocast
+from codeunlearn.tables import markdown_table
 
 if __package__:
     from . import common
@@ -117,17 +118,30 @@ def main() -> None:
     }
     result["prefill_ratio"] = median["prefill base"] / median["prefill edited"]
     result["decode_ratio"] = median["decode base"] / median["decode edited"]
-    print(
-        f"| model | prefill tok/s ({args.batch_size} x {args.seq_len}) | decode tok/s ({args.batch_size} x "
-        f"{args.new_tokens - 1} cached steps) |\n|---|---|---|\n"
-        f"| base | {result['prefill_tokens_per_s']['base']:,.0f} | {result['decode_tokens_per_s']['base']:,.1f} |\n"
-        f"| edited ({codes:,} codes removed) | {result['prefill_tokens_per_s']['edited']:,.0f} | "
-        f"{result['decode_tokens_per_s']['edited']:,.1f} |\n"
-        f"| edited / base | {result['prefill_ratio']:.2f}x | {result['decode_ratio']:.2f}x |"
-    )
+    print(speed_table(result, args))
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(result, indent=1) + "\n")
+
+
+def speed_table(result: dict, args) -> str:
+    """Tokens per second of prefill and decoding, base and edited model, and their ratios."""
+    prefill, decode = result["prefill_tokens_per_s"], result["decode_tokens_per_s"]
+    header = [
+        "model",
+        f"prefill tok/s ({args.batch_size} x {args.seq_len})",
+        f"decode tok/s ({args.batch_size} x {args.new_tokens - 1} cached steps)",
+    ]
+    rows = [
+        ["base", f"{prefill['base']:,.0f}", f"{decode['base']:,.1f}"],
+        [
+            f"edited ({result['codes_removed']:,} codes removed)",
+            f"{prefill['edited']:,.0f}",
+            f"{decode['edited']:,.1f}",
+        ],
+        ["edited / base", f"{result['prefill_ratio']:.2f}x", f"{result['decode_ratio']:.2f}x"],
+    ]
+    return markdown_table(header, rows)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from codeunlearn.tables import escape_pipes, markdown_table
+
 HARRY_POTTER_NAMES_AND_PLACES = """
 harry potter hermione granger ron weasley weasleys ginny dumbledore albus voldemort riddle snape severus hagrid
 draco malfoy malfoys lucius narcissa sirius lupin remus neville longbottom luna lovegood cedric diggory dobby
@@ -86,23 +88,23 @@ def main(argv: list[str] | None = None) -> int:
     edit = sorted((u for u in units if u["group"] == "edit"), key=lambda u: -(u["score"] or 0.0))
     control = [u for u in units if u["group"] == "control"]
     print(f"{args.inspect_json}: {len(edit)} edit units, {len(control)} control units; {len(names)} listed words")
-    print(
-        "| units | contexts (top forget-text firings) | in a listed word | share | units with one | words fired on most |"
-    )
-    print("|---|---:|---:|---:|---:|---|")
-    for label, group in (
+    groups = (
         (f"edit, top {args.top} by score", edit[: args.top]),
         (f"control, first {args.top}", control[: args.top]),
         (f"edit, all {len(edit)}", edit),
         (f"control, all {len(control)}", control),
-    ):
-        s = summarize(group, names)
-        common = ", ".join(f"{w or '(no word)'} {n}" for w, n in s["common_words"][:10])
-        print(
-            f"| {label} | {s['contexts']} | {s['in_list']} | {s['share']:.0%} | "
-            f"{s['units_with_a_listed_word']} of {s['units']} | {common} |"
-        )
+    )
+    header = ["units", "contexts (top forget-text firings)", "in a listed word", "share", "units with one"]
+    rows = [summary_row(label, summarize(group, names)) for label, group in groups]
+    print(markdown_table([*header, "words fired on most"], rows, align="lrrrrl"))
     return 0
+
+
+def summary_row(label: str, s: dict[str, Any]) -> list[str]:
+    """A group's row: its contexts, those in a listed word, and the words its units fire on most (a `|` escaped)."""
+    common = ", ".join(f"{w or '(no word)'} {n}" for w, n in s["common_words"][:10])
+    counts = [str(s["contexts"]), str(s["in_list"]), f"{s['share']:.0%}"]
+    return [label, *counts, f"{s['units_with_a_listed_word']} of {s['units']}", escape_pipes(common)]
 
 
 if __name__ == "__main__":

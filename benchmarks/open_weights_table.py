@@ -32,6 +32,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from codeunlearn.tables import escape_pipes, markdown_table
+
 SHARE_GOAL, RETAIN_GOAL, RELEARNED_GOAL = 0.70, 0.05, 0.50
 
 
@@ -93,16 +95,8 @@ def table(rows: dict[str, dict], reference: str, edit: str, baked: Sequence[str]
         "kept after 50 relearning steps",
         "kept at the attacker's best step",
     ]
-    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
-    for name, row in rows.items():
-        own = row["forget"] - base["forget"]
-        cells = [name, f"{own:+.3f}" + (f" ({own / rise:.0%} of {edit})" if name not in (reference, edit) else "")]
-        cells.append(f"{row['retain'] - base['retain']:+.3f}")
-        for attack in ATTACKS:
-            left, released = kept(row, base, attack)
-            cells.append(f"{left:+.3f}" + (f" ({left / released:.0%})" if abs(released) > 1e-9 else ""))
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
+    cells = [row_cells(name, rows, reference, edit) for name in rows]
+    lines = [markdown_table(header, cells, align="l" + "r" * (len(header) - 1)), ""]
     lines.append(
         f"Base model ({reference}): forget loss {base['forget']:.4f}; on each attack's text released -> attacked: "
         + ", ".join(f"{a} {base[a][0]:.4f} -> {base[a][1]:.4f}" for a in ATTACKS)
@@ -123,6 +117,20 @@ def table(rows: dict[str, dict], reference: str, edit: str, baked: Sequence[str]
         ]
         lines.append(f"- goals of {name}: " + "; ".join(verdict) + ".")
     return "\n".join(lines)
+
+
+def row_cells(name: str, rows: dict[str, dict], reference: str, edit: str) -> list[str]:
+    """A model's row: its rise and retain change, and what is left of its rise after each attack (row names, which
+    the command line gives, with any `|` escaped)."""
+    base, row = rows[reference], rows[name]
+    rise = rows[edit]["forget"] - base["forget"]
+    own = row["forget"] - base["forget"]
+    share = f" ({own / rise:.0%} of {edit})" if name not in (reference, edit) else ""
+    cells = [escape_pipes(name), escape_pipes(f"{own:+.3f}{share}"), f"{row['retain'] - base['retain']:+.3f}"]
+    for attack in ATTACKS:
+        left, released = kept(row, base, attack)
+        cells.append(f"{left:+.3f}" + (f" ({left / released:.0%})" if abs(released) > 1e-9 else ""))
+    return cells
 
 
 def main(argv: Sequence[str] | None = None) -> int:

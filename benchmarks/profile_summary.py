@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from codeunlearn.tables import escape_pipes, markdown_table
+
 
 def summarise(path: Path, rules: list[tuple[str, str]]) -> tuple[dict[str, int], int]:
     """Samples per rule label (plus "other") and the total."""
@@ -42,10 +44,12 @@ def main() -> None:
     if any(len(rule) != 2 for rule in rules):
         parser.error("a --rule is LABEL=TEXT")
     counts, total = summarise(args.profile, rules)
-    print(f"| step | samples | seconds (at {args.rate:g}/s) | share |\n|---|---:|---:|---:|")
-    for label, samples in counts.items():
-        print(f"| {label} | {samples:,} | {samples / args.rate:,.1f} | {samples / max(total, 1):.1%} |")
-    print(f"| total | {total:,} | {total / args.rate:,.1f} | 100% |")
+    rows = [
+        [escape_pipes(label), f"{samples:,}", f"{samples / args.rate:,.1f}", f"{samples / max(total, 1):.1%}"]
+        for label, samples in counts.items()
+    ]
+    rows.append(["total", f"{total:,}", f"{total / args.rate:,.1f}", "100%"])
+    print(markdown_table(["step", "samples", f"seconds (at {args.rate:g}/s)", "share"], rows, align="lrrr"))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from codeunlearn.tables import escape_pipes, markdown_table
+
 
 @dataclass
 class Curve:
@@ -76,19 +78,32 @@ def table(curves: Sequence[Curve], reference: str) -> str:
     ref_lowest = min(c.lowest for c in ref)
     step_heads = sorted({step for c in curves for step in c.steps})
     head = ["model", "attack", *(f"step {s}" for s in step_heads), "recovery at last step", "max recovery"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
-    for c in curves:
-        cells = [f"{dict(zip(c.steps, c.losses, strict=True))[s]:.4f}" if s in c.steps else "-" for s in step_heads]
-        recovery = c.losses[0] - c.losses[-1]
-        best = c.losses[0] - c.lowest
-        lines.append(f"| {c.row} | {c.attack} | {' | '.join(cells)} | {recovery:+.4f} | {best:+.4f} |")
-    lines += ["", f"| model | runs | lowest forget loss reached | above `{reference}`'s lowest ({ref_lowest:.4f}) |"]
-    lines.append("|---|---:|---:|---:|")
+    per_run = markdown_table(head, [run_cells(c, step_heads) for c in curves], align="ll" + "r" * (len(head) - 2))
+    lowest_head = [
+        "model",
+        "runs",
+        "lowest forget loss reached",
+        f"above `{escape_pipes(reference)}`'s lowest ({ref_lowest:.4f})",
+    ]
+    per_row = []
     for row in dict.fromkeys(c.row for c in curves):
         runs = [c for c in curves if c.row == row]
         lowest = min(c.lowest for c in runs)
-        lines.append(f"| {row} | {len(runs)} | {lowest:.4f} | {lowest - ref_lowest:+.4f} |")
-    return "\n".join(lines)
+        per_row.append([escape_pipes(row), len(runs), f"{lowest:.4f}", f"{lowest - ref_lowest:+.4f}"])
+    return per_run + "\n\n" + markdown_table(lowest_head, per_row, align="lrrr")
+
+
+def run_cells(c: Curve, step_heads: list[int]) -> list[str]:
+    """One run's row: its forget loss at each step of any run (`-` where it has none) and its recoveries."""
+    losses = dict(zip(c.steps, c.losses, strict=True))
+    cells = [f"{losses[s]:.4f}" if s in c.steps else "-" for s in step_heads]
+    return [
+        escape_pipes(c.row),
+        c.attack,
+        *cells,
+        f"{c.losses[0] - c.losses[-1]:+.4f}",
+        f"{c.losses[0] - c.lowest:+.4f}",
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

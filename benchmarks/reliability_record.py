@@ -28,6 +28,8 @@ import xml.etree.ElementTree as ET
 from collections import defaultdict
 from pathlib import Path
 
+from codeunlearn.tables import escape_pipes, markdown_table
+
 REPO = Path(__file__).resolve().parents[1]
 FAULTS = "tests/test_kill_resume.py"
 BAD_INPUTS = (
@@ -111,20 +113,16 @@ def main() -> int:
     kill_tests = by_file[FAULTS]
     faults = [(c, value) for c in kill_tests for name, value in c["properties"] if name == "fault"]
     print(f"## Faults injected ({FAULTS}: {outcome_counts(kill_tests)})\n")
-    print("| fault | the resumed run equals the uninterrupted one |")
-    print("|---|---|")
-    for case, fault in faults:
-        print(f"| {fault} | {'yes' if case['outcome'] == 'passed' else 'NO'} |")
+    rows = [[escape_pipes(fault), "yes" if case["outcome"] == "passed" else "NO"] for case, fault in faults]
+    print(markdown_table(["fault", "the resumed run equals the uninterrupted one"], rows))
     resumed = sum(case["outcome"] == "passed" for case, _ in faults)
     print(f"\nfaults injected: {len(faults)}; resumed bit for bit: {resumed}\n")
 
     print("## Bad inputs (a refusal: one `error: ... -- fix: ...` line, exit code 2)\n")
-    print("| test file (its refusals and the accepted inputs beside them) | cases |")
-    print("|---|---|")
-    for name in BAD_INPUTS:
-        print(f"| {name} | {outcome_counts(by_file[name])} |")
     refusals = [c for c in kill_tests if not any(name == "fault" for name, _ in c["properties"])]
-    print(f"| {FAULTS} (resume refusals) | {outcome_counts(refusals)} |")
+    rows = [[name, outcome_counts(by_file[name])] for name in BAD_INPUTS]
+    rows.append([f"{FAULTS} (resume refusals)", outcome_counts(refusals)])
+    print(markdown_table(["test file (its refusals and the accepted inputs beside them)", "cases"], rows))
     matrix = [c for c in by_file[BAD_INPUTS[0]] if c["name"].startswith("test_bad_input[")]
     checked = [int(v) for c in matrix for n, v in c["properties"] if n == "files_checked"]
     changed = sum(c["outcome"] == "failed" for c in matrix)
@@ -137,12 +135,12 @@ def main() -> int:
     examples = hypothesis_examples(output)
     property_tests = by_file[PROPERTIES]
     print(f"## Fuzzed inputs ({PROPERTIES}: {outcome_counts(property_tests)})\n")
-    print("| property test | outcome | examples passing / failing / invalid |")
-    print("|---|---|---|")
+    rows = []
     for case in property_tests:
         counts = examples.get(case["name"])
         shown = " / ".join(f"{n:,}" for n in counts) if counts else "(not a Hypothesis test)"
-        print(f"| {case['name']} | {case['outcome']} | {shown} |")
+        rows.append([escape_pipes(case["name"]), case["outcome"], shown])
+    print(markdown_table(["property test", "outcome", "examples passing / failing / invalid"], rows))
     total = sum(counts[0] for counts in examples.values())
     print(f"\ngenerated examples that passed: {total:,}\n")
 

@@ -39,6 +39,7 @@ from codeunlearn.bottleneck.sae import SAEOutput
 from codeunlearn.data import shuffled_chunks
 from codeunlearn.evaluate.evaluation import sae_quality
 from codeunlearn.runtime import autocast, batches, model_device
+from codeunlearn.tables import markdown_table
 from codeunlearn.unlearn.guardrail import calibrate_guardrail, calibrate_threshold
 from codeunlearn.unlearn.selection import SelectionRule, random_control, select_codes, truncate
 from codeunlearn.unlearn.statistics import collect_code_statistics
@@ -97,20 +98,78 @@ def window_gate_scores(fires: torch.Tensor, n: int, window: int) -> torch.Tensor
 
 # ---------------------------------------------------------------------------------------------------- output
 def curve_table(rows: list[dict]) -> list[str]:
-    lines = [
-        "| N/layer | method | removed | Δforget | Δhistory | Δwiki | Δretain | forget − retain | forget | history | wiki |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+    header = [
+        "N/layer",
+        "method",
+        "removed",
+        "Δforget",
+        "Δhistory",
+        "Δwiki",
+        "Δretain",
+        "forget − retain",
+        "forget",
+        "history",
+        "wiki",
     ]
-    for r in rows:
-        d, loss = r["delta"], r.get("loss", {})
-        lines.append(
-            f"| {r['n'] if r['n'] is not None else '–'} | {r['label']} | {r['removed']} | "
-            + " | ".join(common.fmt(d.get(k), signed=True) for k in CORPORA)
-            + f" | {common.fmt(d['forget'] - d['retain'], signed=True)} | "
-            + " | ".join(common.fmt(loss.get(k)) for k in ("forget", "history", "wiki"))
-            + " |"
+    return markdown_table(header, [curve_row(r) for r in rows]).split("\n")
+
+
+def curve_row(r: dict) -> list[object]:
+    d, loss = r["delta"], r.get("loss", {})
+    deltas = [common.fmt(d.get(k), signed=True) for k in CORPORA]
+    losses = [common.fmt(loss.get(k)) for k in ("forget", "history", "wiki")]
+    n = r["n"] if r["n"] is not None else "–"
+    return [n, r["label"], r["removed"], *deltas, common.fmt(d["forget"] - d["retain"], signed=True), *losses]
+
+
+def quality_table(quality: list[dict]) -> list[str]:
+    """The SAE's reconstruction quality per layer and held-out corpus."""
+    header = [
+        "layer",
+        "corpus",
+        "L0",
+        "FVU",
+        "dead features",
+        "CE base",
+        "CE spliced",
+        "Δ CE",
+        "CE zero-ablated",
+        "CE recovered",
+    ]
+    return markdown_table(header, [quality_row(q) for q in quality]).split("\n")
+
+
+def quality_row(q: dict) -> list[object]:
+    return [
+        q["layer"],
+        q["corpus"],
+        f"{q['l0']:.1f}",
+        f"{q['fvu']:.4f}",
+        f"{q['dead_features']} of {q['num_features']}",
+        f"{q['ce_base']:.4f}",
+        f"{q['ce_spliced']:.4f}",
+        f"{q['ce_spliced'] - q['ce_base']:+.4f}",
+        f"{q['ce_zero_ablation']:.4f}",
+        f"{q['ce_recovered']:.1%}",
+    ]
+
+
+def gate_table(num_features: list[int], gates: dict, attack: dict, pads: list[int]) -> list[str]:
+    """Per N/layer: the guardrail's false positives, the passages it blocks, and those still blocked after each
+    padding length, by the window gate and by the whole-prompt gate."""
+    header = ["N/layer", "FPR history (held-out windows)", "FPR wiki", "forget windows gated"]
+    header += ["passages blocked (no padding)", *(f"still blocked after {p}" for p in pads)]
+    header += [f"whole-prompt gate still blocked after {p}" for p in pads]
+    rows = []
+    for n in num_features:
+        g, a = gates[n], attack[n]
+        rows.append(
+            [n, common.fmt(g["history_fpr"], pct=True), common.fmt(g["wiki_fpr"], pct=True)]
+            + [common.fmt(g["forget_gated"], pct=True), common.fmt(a["blocked"][0], pct=True)]
+            + [common.fmt(a["still_blocked"][p], pct=True) for p in pads]
+            + [common.fmt(a["prompt_gate_still_blocked"][p], pct=True) for p in pads]
         )
-    return lines
+    return markdown_table(header, rows).split("\n")
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
@@ -431,32 +490,7 @@ def main(argv: list[str] | None = None) -> None:
     # ------------------------------------------------------------------------------------------ outputs
     with timer.stage("write outputs"):
         plot(rows, out / "sae_curves.png", f"{args.topic}: held-out loss change, SAE at layers {layers}")
-        quality_lines = [
-            "| layer | corpus | L0 | FVU | dead features | CE base | CE spliced | Δ CE | CE zero-ablated | CE recovered |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-            *(f"| {q['layer']} | {q['corpus']} | {q['l0']:.1f} | {q['fvu']:.4f} | {q['dead_features']} of "
-              f"{q['num_features']} | {q['ce_base']:.4f} | {q['ce_spliced']:.4f} | {q['ce_spliced'] - q['ce_base']:+.4f} "
-              f"| {q['ce_zero_ablation']:.4f} | {q['ce_recovered']:.1%} |" for q in quality),
-        ]  # fmt: skip
         pads = [pad for pad in lengths if pad]
-        gate_lines = [
-            "| N/layer | FPR history (held-out windows) | FPR wiki | forget windows gated | passages blocked (no padding) | "
-            + " | ".join(f"still blocked after {p}" for p in pads)
-            + " | "
-            + " | ".join(f"whole-prompt gate still blocked after {p}" for p in pads)
-            + " |",
-            "|---|---|---|---|---|" + "---|" * (2 * len(pads)),
-        ]
-        for n in args.num_features:
-            g, a = gates[n], attack[n]
-            gate_lines.append(
-                f"| {n} | {common.fmt(g['history_fpr'], pct=True)} | {common.fmt(g['wiki_fpr'], pct=True)} | "
-                f"{common.fmt(g['forget_gated'], pct=True)} | {common.fmt(a['blocked'][0], pct=True)} | "
-                + " | ".join(common.fmt(a["still_blocked"][p], pct=True) for p in pads)
-                + " | "
-                + " | ".join(common.fmt(a["prompt_gate_still_blocked"][p], pct=True) for p in pads)
-                + " |"
-            )
         machine = common.machine_info()
         md = [
             f"## SAE forgetting: {args.topic} vs U.S. history + WikiText (held-out)",
@@ -479,7 +513,7 @@ def main(argv: list[str] | None = None) -> None:
             "",
             "### SAE quality (held-out)",
             "",
-            *quality_lines,
+            *quality_table(quality),
             "",
             "### Forgetting curves",
             "",
@@ -494,7 +528,7 @@ def main(argv: list[str] | None = None) -> None:
             "Whole-prompt gate: the published design (fraction of the prompt's tokens firing a selected feature), "
             f"its threshold set to the same {args.target_fpr:.0%} false-positive rate over U.S.-history chunks.",
             "",
-            *gate_lines,
+            *gate_table(args.num_features, gates, attack, pads),
             "",
             "Seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in timer.seconds.items()),
             "",

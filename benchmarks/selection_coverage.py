@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from codeunlearn.bottleneck.config import CONFIG_NAME
+from codeunlearn.tables import escape_pipes, markdown_table
 from codeunlearn.unlearn.selection import SelectionRule, enrichment_scores
 from codeunlearn.unlearn.statistics import CodeStatistics
 
@@ -124,13 +125,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"statistics tokens: {tokens}")
     print()
     other = args.split
-    header = (
-        f"| rule | N | eligible | train forget slots | train retain slots | {other} forget slots | {other} retain slots "
-        f"| {other} forget/retain | codes per stage |"
-    )
-    print(header)
-    print("|" + "---|" * (header.count("|") - 1))
-    rows = []
+    header = ["rule", "N", "eligible", "train forget slots", "train retain slots", f"{other} forget slots"]
+    header += [f"{other} retain slots", f"{other} forget/retain", "codes per stage"]
+    rows, cells = [], []
     for spec in rules:
         spec = {**spec, "num_codes": max(args.num_codes)}
         for layer in sorted(stats["forget", "train"].counts):
@@ -144,7 +141,6 @@ def main(argv: list[str] | None = None) -> None:
                 ratio = share["forget", other] / max(share["retain", other], 1e-12)
                 per_stage = torch.bincount(codes // (heads * size), minlength=stages).tolist()
                 rule = {k: v for k, v in spec.items() if k != "num_codes"}
-                label = json.dumps(rule)
                 rows.append(
                     {
                         "rule": rule,
@@ -155,10 +151,10 @@ def main(argv: list[str] | None = None) -> None:
                         "codes_per_stage": per_stage,
                     }
                 )
-                print(
-                    f"| {label} | {len(codes)} | {eligible} | {share['forget', 'train']:.2%} | {share['retain', 'train']:.2%} "
-                    f"| {share['forget', other]:.2%} | {share['retain', other]:.2%} | {ratio:.1f} | {per_stage} |"
-                )
+                shares = [f"{share[key]:.2%}" for key in (("forget", "train"), ("retain", "train"))]
+                shares += [f"{share['forget', other]:.2%}", f"{share['retain', other]:.2%}", f"{ratio:.1f}"]
+                cells.append([escape_pipes(json.dumps(rule)), len(codes), eligible, *shares, per_stage])
+    print(markdown_table(header, cells))
     if args.out:
         Path(args.out).write_text(json.dumps({"tokens": tokens, "rows": rows}, indent=1) + "\n")
 

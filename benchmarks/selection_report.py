@@ -10,6 +10,7 @@ from codeunlearn.bottleneck.codebook import QuantizeOutput, flat_code_ids
 from codeunlearn.bottleneck.edit import Edit
 from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.runtime import autocast, batches, model_device
+from codeunlearn.tables import markdown_table
 from codeunlearn.unlearn.statistics import CodeStatistics
 
 if __package__:
@@ -106,6 +107,12 @@ def selection_report(
     return report
 
 
+def code_row(e: dict) -> list[object]:
+    """A selected code's row: where it sits, its counts and frequencies, its score."""
+    counts = [e["forget_count"], e["retain_count"], f"{e['forget_freq']:.2e}", f"{e['retain_freq']:.2e}"]
+    return [e["rank"], e["code"], f"{e['stage']}/{e['head']}/{e['index']}", *counts, f"{e['score']:.3f}"]
+
+
 def selection_markdown(report: dict, args) -> list[str]:
     lines = ["## Selection report", ""]
     lines.append(
@@ -115,15 +122,9 @@ def selection_markdown(report: dict, args) -> list[str]:
     )
     for layer, data in report["layers"].items():
         lines += ["", f"### Layer {layer} ({data['eligible_codes']} eligible codes selected)", ""]
-        lines.append(
-            "| rank | code | stage/head/index | forget count | retain count | forget freq | retain freq | score |"
-        )
-        lines.append("|---|---|---|---|---|---|---|---|")
-        for e in data["top"]:
-            lines.append(
-                f"| {e['rank']} | {e['code']} | {e['stage']}/{e['head']}/{e['index']} | {e['forget_count']} | {e['retain_count']} "
-                f"| {e['forget_freq']:.2e} | {e['retain_freq']:.2e} | {e['score']:.3f} |"
-            )
+        header = ["rank", "code", "stage/head/index", "forget count", "retain count", "forget freq", "retain freq"]
+        rows = [code_row(e) for e in data["top"]]
+        lines += markdown_table([*header, "score"], rows).split("\n")
         with_examples = [e for e in data["top"] if e.get("examples")]
         if with_examples:
             lines += ["", "Example firings:", ""]

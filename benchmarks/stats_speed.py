@@ -44,6 +44,7 @@ from codeunlearn.bottleneck.kmeans import SEARCH_CHUNK, squared_norms
 from codeunlearn.bottleneck.loading import attach_bottleneck
 from codeunlearn.bottleneck.model import BottleneckedModel, BottleneckLayer
 from codeunlearn.runtime import autocast
+from codeunlearn.tables import markdown_table
 from codeunlearn.unlearn.statistics import collect_code_statistics
 
 if __package__:
@@ -214,23 +215,30 @@ def run_benchmark(
 
 # ---------------------------------------------------------------------------------------------------- report
 def table(times: dict, tokens: int, last: int) -> list[str]:
-    lines = [
-        f"| precision | truncated fwd L0..{last} tok/s | stats pass tok/s | full fwd tok/s | code lookup tok/s "
-        "| search GEMM tok/s | limit (truncated + GEMM) tok/s | t_stats / t_truncated | t_stats / t_limit "
-        "| t_truncated / t_full |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+    header = [
+        "precision",
+        f"truncated fwd L0..{last} tok/s",
+        "stats pass tok/s",
+        "full fwd tok/s",
+        "code lookup tok/s",
+        "search GEMM tok/s",
+        "limit (truncated + GEMM) tok/s",
+        "t_stats / t_truncated",
+        "t_stats / t_limit",
+        "t_truncated / t_full",
     ]
-    for precision, by_measure in times.items():
-        median = {m: statistics.median(v) for m, v in by_measure.items()}
-        speed = {m: tokens / median[m] for m in MEASURES}
-        limit = median["truncated"] + median["gemm"]
-        lines.append(
-            f"| {precision} | {speed['truncated']:,.0f} | {speed['stats']:,.0f} | {speed['full']:,.0f} "
-            f"| {speed['lookup']:,.0f} | {speed['gemm']:,.0f} | {tokens / limit:,.0f} "
-            f"| {median['stats'] / median['truncated']:.2f} | {median['stats'] / limit:.2f} "
-            f"| {median['truncated'] / median['full']:.2f} |"
-        )
-    return lines
+    rows = [speed_row(precision, by_measure, tokens) for precision, by_measure in times.items()]
+    return markdown_table(header, rows).split("\n")
+
+
+def speed_row(precision: str, by_measure: dict, tokens: int) -> list[str]:
+    """One precision's row: tokens per second of each measure (median over repeats), the limit, the ratios."""
+    median = {m: statistics.median(v) for m, v in by_measure.items()}
+    speed = {m: tokens / median[m] for m in MEASURES}
+    limit = median["truncated"] + median["gemm"]
+    speeds = [f"{speed[m]:,.0f}" for m in ("truncated", "stats", "full", "lookup", "gemm")]
+    ratios = [median["stats"] / median["truncated"], median["stats"] / limit, median["truncated"] / median["full"]]
+    return [precision, *speeds, f"{tokens / limit:,.0f}", *(f"{r:.2f}" for r in ratios)]
 
 
 def append_results(path: Path, entry: list[str]) -> None:
