@@ -105,6 +105,24 @@ class BaselineResult:
         return dataclasses.asdict(self)
 
 
+@dataclass
+class _Run:
+    """What the stages of one baseline run share: the method, the trained parameters with their optimizer and
+    schedule, the chunk streams, where the run writes, and how far it is (its step, the seconds of the runs it
+    resumed)."""
+
+    method: UnlearningMethod
+    args: BaselineTrainingArguments
+    accelerator: Accelerator
+    output_dir: Path
+    params: dict[str, nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    streams: dict[str, ChunkStream]
+    step: int = 0
+    previous_seconds: float = 0.0
+
+
 def _check_chunks(name: str, chunks: Tensor | None, method: UnlearningMethod) -> None:
     if chunks is None:
         raise CodeunlearnError(f"{method.name} needs {name} text and none was given", f"pass {name} chunks/corpora")
@@ -173,21 +191,20 @@ def _truncate_metrics(path: Path, step: int) -> None:
         atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
-def _save_checkpoint(
-    output_dir: Path, step: int, params, optimizer, scheduler, streams, seconds, method, args, accelerator
-) -> None:
-    if not accelerator.is_main_process:
+def _save_checkpoint(run: _Run, seconds: float) -> None:
+    if not run.accelerator.is_main_process:
         return
-    root = output_dir / CHECKPOINTS_DIR
-    with atomic_directory(root / f"step-{step:07d}", overwrite=True) as tmp:
-        atomic_save_tensors({name: p.detach() for name, p in params.items()}, tmp / TRAINED_NAME)
+    method, args = run.method, run.args
+    root = run.output_dir / CHECKPOINTS_DIR
+    with atomic_directory(root / f"step-{run.step:07d}", overwrite=True) as tmp:
+        atomic_save_tensors({name: p.detach() for name, p in run.params.items()}, tmp / TRAINED_NAME)
         atomic_save_tensors({"torch": torch.get_rng_state()}, tmp / RNG_NAME)
-        torch.save(optimizer.state_dict(), tmp / OPTIMIZER_NAME)
+        torch.save(run.optimizer.state_dict(), tmp / OPTIMIZER_NAME)
         state = {
-            "step": step,
-            "cursors": {name: stream.cursor for name, stream in streams.items()},
+            "step": run.step,
+            "cursors": {name: stream.cursor for name, stream in run.streams.items()},
             "train_seconds": seconds,
-            "scheduler": scheduler.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
             "method": method.name,
             "config": method.config.to_dict(),
             "seed": args.seed,
@@ -238,14 +255,13 @@ def train_baseline(
     Chunks are (num_chunks, seq_len) token ids of the *train* split. Returns the run's record; with
     `args.save_model` the model (and `tokenizer`, if given) is saved to OUTPUT/model.
 
-    One function on purpose (about 100 lines), as `transformers.Trainer`'s inner loop is: setup, resume, then every
-    step's accumulate / clip / step / log / checkpoint in the order they run, which is what a reader checks against
-    the methods' papers."""
+    The stages run in `transformers.Trainer`'s order: setup (`_start_run`), resume, the steps (`_train_steps`: every
+    step's accumulate / clip / step / log / checkpoint, what a reader checks against the methods' papers), then the
+    save and the record (`_baseline_result`)."""
     if method.needs_forget:
         _check_chunks("forget", forget, method)
     if method.needs_retain:
         _check_chunks("retain", retain, method)
-    config = method.config
     accelerator = accelerator or distributed.join()
     output_dir = Path(args.output_dir)
     resume_from = _prepare_output_dir(output_dir, args)
@@ -256,6 +272,45 @@ def train_baseline(
     started = time.perf_counter()
     resolved = method.prepare(model, forget, retain)
     prepare_seconds = time.perf_counter() - started
+    run = _start_run(model, method, forget, retain, args, accelerator, output_dir)
+    if resume_from is not None:
+        _resume(resume_from, run)
+        _truncate_metrics(output_dir / METRICS_NAME, run.step)
+    prepared_model, run.optimizer = accelerator.prepare(model, run.optimizer)
+
+    model.train()  # as under transformers.Trainer (no effect on dropout-free models such as Llama/SmolLM2)
+    metrics, train_seconds = _train_steps(run, prepared_model)
+    model.eval()
+    model.requires_grad_(False)
+    method.release()
+    accelerator.wait_for_everyone()
+
+    finished = run.step >= method.config.max_steps
+    save_seconds, model_dir = 0.0, None
+    if finished and args.save_model and accelerator.is_main_process:
+        started = time.perf_counter()
+        model_dir = _save_model(accelerator.unwrap_model(prepared_model), tokenizer, output_dir / MODEL_DIR)
+        save_seconds = time.perf_counter() - started
+    seconds_by_part = {"train": train_seconds, "prepare": prepare_seconds, "save": save_seconds}
+    seq_len = next(chunks.shape[1] for chunks in (forget, retain) if chunks is not None)
+    result = _baseline_result(run, seq_len, resolved, seconds_by_part, metrics, model_dir)
+    if finished and accelerator.is_main_process:
+        atomic_write_text(output_dir / RESULT_NAME, json.dumps(result.to_dict(), indent=1) + "\n")
+    return result
+
+
+def _start_run(
+    model: nn.Module,
+    method: UnlearningMethod,
+    forget: Tensor | None,
+    retain: Tensor | None,
+    args: BaselineTrainingArguments,
+    accelerator: Accelerator,
+    output_dir: Path,
+) -> _Run:
+    """Make the method's parameters the only trained ones, with their AdamW and schedule, and open the seeded chunk
+    streams it reads (forget: `seed`, retain: `seed + 1`)."""
+    config = method.config
     model.requires_grad_(False)
     params = method.trainable_parameters(model)
     for param in params.values():
@@ -267,76 +322,75 @@ def train_baseline(
         streams["forget"] = ChunkStream(forget, args.seed)
     if method.needs_retain:
         streams["retain"] = ChunkStream(retain, args.seed + 1)
+    return _Run(method, args, accelerator, output_dir, params, optimizer, scheduler, streams)
 
-    step, previous_seconds = 0, 0.0
-    metrics_path = output_dir / METRICS_NAME
-    if resume_from is not None:
-        step, previous_seconds = _resume(resume_from, params, optimizer, scheduler, streams, method, args)
-        _truncate_metrics(metrics_path, step)
-    prepared_model, optimizer = accelerator.prepare(model, optimizer)
 
+def _train_steps(run: _Run, model: nn.Module) -> tuple[list[dict[str, Any]], float]:
+    """The optimizer steps up to `max_steps` (or `stop_after_steps`): each accumulates the gradients, clips them, steps
+    the optimizer and schedule, logs every `log_every` steps and at the last, and checkpoints every
+    `checkpoint_every`. Returns the logged records and the loop's seconds (the resumed runs' included)."""
+    config, args, accelerator = run.method.config, run.args, run.accelerator
     end = config.max_steps if args.stop_after_steps is None else min(config.max_steps, args.stop_after_steps)
-    world, accumulation = accelerator.num_processes, args.gradient_accumulation_steps
     show = args.progress and accelerator.is_main_process
-    bar = tqdm(total=end, initial=step, desc=method.name, unit="step", disable=not show)
+    bar = tqdm(total=end, initial=run.step, desc=run.method.name, unit="step", disable=not show)
     metrics: list[dict[str, Any]] = []
-    model.train()  # as under transformers.Trainer (no effect on dropout-free models such as Llama/SmolLM2)
     loop_started = time.perf_counter()
 
     def seconds() -> float:
-        return previous_seconds + time.perf_counter() - loop_started
+        return run.previous_seconds + time.perf_counter() - loop_started
 
-    while step < end:
-        sums = _accumulate_gradients(method, prepared_model, streams, args, accelerator)
+    while run.step < end:
+        sums = _accumulate_gradients(run.method, model, run.streams, args, accelerator)
         if config.max_grad_norm > 0:
-            sums["grad_norm"] = float(accelerator.clip_grad_norm_(list(params.values()), config.max_grad_norm))
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
+            sums["grad_norm"] = float(accelerator.clip_grad_norm_(list(run.params.values()), config.max_grad_norm))
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        run.step += 1
         bar.update(1)
-        if step % args.log_every == 0 or step == end:
-            record = {"step": step, "seconds": round(seconds(), 3), "lr": scheduler.get_last_lr()[0], **sums}
-            metrics.append(record)
-            if accelerator.is_main_process:
-                with metrics_path.open("a") as handle:
-                    handle.write(json.dumps(record) + "\n")
+        if run.step % args.log_every == 0 or run.step == end:
+            metrics.append(_log_step(run, sums, seconds()))
             bar.set_postfix({k: round(v, 4) for k, v in sums.items() if k != "grad_norm"})
-        if args.checkpoint_every and (step % args.checkpoint_every == 0 or step == end):
-            _save_checkpoint(
-                output_dir, step, params, optimizer, scheduler, streams, seconds(), method, args, accelerator
-            )
+        if args.checkpoint_every and (run.step % args.checkpoint_every == 0 or run.step == end):
+            _save_checkpoint(run, seconds())
     train_seconds = seconds()
     bar.close()
-    model.eval()
-    model.requires_grad_(False)
-    method.release()
-    accelerator.wait_for_everyone()
+    return metrics, train_seconds
 
-    finished = step >= config.max_steps
-    save_seconds, model_dir = 0.0, None
-    if finished and args.save_model and accelerator.is_main_process:
-        started = time.perf_counter()
-        model_dir = _save_model(accelerator.unwrap_model(prepared_model), tokenizer, output_dir / MODEL_DIR)
-        save_seconds = time.perf_counter() - started
-    samples = step * accumulation * config.batch_size * world
-    seq_len = next(chunks.shape[1] for chunks in (forget, retain) if chunks is not None)
-    seconds_by_part = {"train": train_seconds, "prepare": prepare_seconds, "save": save_seconds}
-    result = BaselineResult(
-        method=method.name,
+
+def _log_step(run: _Run, sums: dict[str, float], seconds: float) -> dict[str, Any]:
+    """The step's metrics record (step, seconds, learning rate, loss parts), appended to OUTPUT/metrics.jsonl by the
+    main process."""
+    record = {"step": run.step, "seconds": round(seconds, 3), "lr": run.scheduler.get_last_lr()[0], **sums}
+    if run.accelerator.is_main_process:
+        with (run.output_dir / METRICS_NAME).open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+    return record
+
+
+def _baseline_result(
+    run: _Run,
+    seq_len: int,
+    resolved: dict[str, Any],
+    seconds_by_part: dict[str, float],
+    metrics: list[dict[str, Any]],
+    model_dir: str | None,
+) -> BaselineResult:
+    """The run's record: method, config, steps, seconds per part, what it trained and on how many tokens."""
+    config = run.method.config
+    samples = run.step * run.args.gradient_accumulation_steps * config.batch_size * run.accelerator.num_processes
+    return BaselineResult(
+        method=run.method.name,
         config=config.to_dict(),
-        steps=step,
-        finished=finished,
+        steps=run.step,
+        finished=run.step >= config.max_steps,
         **{f"{part}_seconds": round(value, 3) for part, value in seconds_by_part.items()},
-        trainable_parameters=sum(p.numel() for p in params.values()),
-        tokens={name: samples * seq_len for name in streams},
+        trainable_parameters=sum(p.numel() for p in run.params.values()),
+        tokens={name: samples * seq_len for name in run.streams},
         resolved=resolved,
         metrics=metrics,
         model_dir=model_dir,
     )
-    if finished and accelerator.is_main_process:
-        atomic_write_text(output_dir / RESULT_NAME, json.dumps(result.to_dict(), indent=1) + "\n")
-    return result
 
 
 def _accumulate_gradients(
@@ -374,19 +428,11 @@ def _save_model(model: nn.Module, tokenizer: Any, directory: Path) -> str:
     return str(directory)
 
 
-def _resume(
-    checkpoint: Path,
-    params: dict[str, nn.Parameter],
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    streams: dict[str, ChunkStream],
-    method: UnlearningMethod,
-    args: BaselineTrainingArguments,
-) -> tuple[int, float]:
-    """Load a checkpoint into the parameters, optimizer, schedule and data cursors; returns (step, seconds so far)."""
-    state = _load_checkpoint(checkpoint, params, method, args)
-    optimizer.load_state_dict(torch.load(checkpoint / OPTIMIZER_NAME, weights_only=True))
-    scheduler.load_state_dict(state["scheduler"])
-    for name, stream in streams.items():
+def _resume(checkpoint: Path, run: _Run) -> None:
+    """Load a checkpoint into the run: its parameters, optimizer, schedule and data cursors, its step and seconds."""
+    state = _load_checkpoint(checkpoint, run.params, run.method, run.args)
+    run.optimizer.load_state_dict(torch.load(checkpoint / OPTIMIZER_NAME, weights_only=True))
+    run.scheduler.load_state_dict(state["scheduler"])
+    for name, stream in run.streams.items():
         stream.cursor = state["cursors"][name]
-    return state["step"], state["train_seconds"]
+    run.step, run.previous_seconds = state["step"], state["train_seconds"]
