@@ -70,6 +70,16 @@ LIMITATIONS = """\
   corpus); check the tasks you care about before relying on the model.
 - Small base models know little about most topics to begin with; the effect of an edit is clearest on text loss."""
 
+BOTTLENECK_LIMITATIONS = """\
+## Limitations
+
+- The bottleneck costs some fidelity (see above); check the tasks you care about with the bottleneck attached.
+- It fits only the base model it was trained for (same architecture and weights); loading refuses other shapes,
+  but not another checkpoint of the same shape.
+- Forgetting with it is measured as held-out next-token loss on a topic's text versus retain text. That is not a
+  guarantee that nothing about the topic remains: paraphrases, other languages, few-shot prompts or fine-tuning may
+  recover some of it (`codeunlearn eval --suite ... --attacks` measures some of these)."""
+
 
 def _base_model_id(name: str) -> str | None:
     """A Hub id for the card metadata, or None when the base model was a local path or file."""
@@ -1095,25 +1105,15 @@ def bottleneck_card(
     load it by repo id. Everything is read from `directory` and `fidelity`; nothing is written. `license` (a Hub
     license id) wins; else the base model's license if known (`base_model_license`), else codeunlearn's own.
 
-    One function on purpose (about 100 lines): its body is the card's text in reading order, section by section, so
-    that what a reader of the Hub page sees can be read here top to bottom."""
+    The card's text is `_bottleneck_card_body`, section by section in reading order, so that what a reader of the
+    Hub page sees can be read there top to bottom."""
     from codeunlearn.bottleneck.config import CONFIG_NAME
     from codeunlearn.bottleneck.model import EDITS_NAME
 
     directory = Path(directory)
     config = BottleneckConfig.from_json_file(directory / CONFIG_NAME)
-    base_id = _base_model_id(config.base_model)
-    # A local base path says nothing to a reader (and shows the uploader's disk), so the card names the Hub id.
-    base_name = public_base_name(config.base_model, config.model_type or "?")
-    load_base = _loadable_base(config.base_model)
-    load_name = repo_id or "REPO_ID"
-    revision = next(
-        (str(config.extra[key]) for key in ("base_revision", "revision", "model_revision") if config.extra.get(key)),
-        None,
-    )
     edits = _read_json(directory / EDITS_NAME) if (directory / EDITS_NAME).is_file() else []
     card = config.card_text()
-    kind = card.kind
     tags = ["codeunlearn", "unlearning", "bottleneck", *card.tags]
     corpora = _training_corpora(directory, fidelity)
     edited = (
@@ -1126,15 +1126,37 @@ def bottleneck_card(
     # and publish it under the base model's license when that is known. Otherwise codeunlearn's own license
     # (Apache-2.0), under which the code that trained it is published; `--license` overrides either.
     license_id = license or base_model_license(config.base_model) or CODEUNLEARN_LICENSE
+    base_id = _base_model_id(config.base_model)
     data = ModelCardData(base_model=base_id, library_name="codeunlearn", license=license_id, tags=tags)
+    body = _bottleneck_card_body(directory, config, card, edited, corpora, repo_id, fidelity)
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
+
+
+def _bottleneck_card_body(
+    directory: Path,
+    config: BottleneckConfig,
+    card: CardText,
+    edited: str,
+    corpora: list[str],
+    repo_id: str | None,
+    fidelity: FidelityReport | None,
+) -> str:
+    """The text of a bottleneck's card under its metadata, in reading order: title, what it is (and the edits it
+    carries, `edited`), shape, base model, training corpora, fidelity, cached statistics, loading, limitations."""
+    # A local base path says nothing to a reader (and shows the uploader's disk), so the card names the Hub id.
+    base_name = public_base_name(config.base_model, config.model_type or "?")
+    revision = next(
+        (str(config.extra[key]) for key in ("base_revision", "revision", "model_revision") if config.extra.get(key)),
+        None,
+    )
     intro = (
         f"A trained codeunlearn bottleneck: attached to `{base_name}`, it passes the residual stream after the "
         f"layer(s) above through {card.units}, "
         f"and a topic is forgotten by removing the {config.unit_name} its text uses far more than other text. The base weights "
         "are not part of this repository and are never changed."
     )
-    body = f"""
-{_title(repo_id, f"codeunlearn bottleneck for {base_name}: layer(s) {config.layers}, {kind}")}
+    return f"""
+{_title(repo_id, f"codeunlearn bottleneck for {base_name}: layer(s) {config.layers}, {card.kind}")}
 
 {intro} {edited}
 
@@ -1160,7 +1182,15 @@ Loading checks the hidden size, the number of layers and the `model_type` agains
 
 {_statistics_section(directory)}
 
-## How to load
+{_bottleneck_how_to_load(repo_id or "REPO_ID", _loadable_base(config.base_model))}
+
+{BOTTLENECK_LIMITATIONS}
+"""
+
+
+def _bottleneck_how_to_load(load_name: str, load_base: str) -> str:
+    """The card's "How to load" section: the CLI and Python lines that load the bottleneck by repo id."""
+    return f"""## How to load
 
 Every `--bottleneck_dir` of the codeunlearn CLI takes the repo id (`OWNER/NAME[/subfolder][@revision]`); it is
 downloaded once into the Hugging Face cache:
@@ -1177,15 +1207,4 @@ from codeunlearn.modeling import load_model_and_tokenizer
 
 model, tokenizer = load_model_and_tokenizer("{load_base}")
 bmodel = BottleneckedModel.from_pretrained(model, huggingface_hub.snapshot_download("{load_name}"))
-```
-
-## Limitations
-
-- The bottleneck costs some fidelity (see above); check the tasks you care about with the bottleneck attached.
-- It fits only the base model it was trained for (same architecture and weights); loading refuses other shapes,
-  but not another checkpoint of the same shape.
-- Forgetting with it is measured as held-out next-token loss on a topic's text versus retain text. That is not a
-  guarantee that nothing about the topic remains: paraphrases, other languages, few-shot prompts or fine-tuning may
-  recover some of it (`codeunlearn eval --suite ... --attacks` measures some of these).
-"""
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
+```"""
