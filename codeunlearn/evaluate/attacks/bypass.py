@@ -184,11 +184,7 @@ def bypass_attack(
     """
     if isinstance(error_term_steps, bool) or not isinstance(error_term_steps, int) or error_term_steps < 0:
         raise CodeunlearnError(f"{name}: error_term_steps={error_term_steps!r}", "pass 0 (no attack) or more steps")
-    # The error-term attack runs on an SAE bottleneck spliced with its error term (without one there is nothing to
-    # route through): `attacked_model` is that model, None otherwise.
-    saes = sae_bottlenecks(ctx.model) if error_term_steps else None
-    error_term = saes is not None and all(b.splice == "error_term" for b in saes)
-    attacked_model = ctx.model if error_term and isinstance(ctx.model, BottleneckedModel) else None
+    attacked_model = _error_term_target(ctx.model, error_term_steps)
     text = load_heldout_text(
         ctx, forget_corpus, retain_corpora, heldout_fraction, split_seed, seq_len, max_tokens, skip_positions,
         text_field, name,
@@ -197,6 +193,32 @@ def bypass_attack(
     train_chunks = None
     if attacked_model is not None:  # check its settings and read the attacker's text before any long work
         train_chunks = attack.train_text(ctx, forget_corpus, heldout_fraction, split_seed, text_field, seq_len, text)
+    released, bypassed, has_switch = _released_and_bypassed(ctx, text, facts_path, fact_relations)
+    scores = switch_scores(released, bypassed, has_switch, text if retain_corpora else None)
+    details: list[dict[str, Any]] = [
+        {"model": "released", **released},
+        {"model": "bypassed", "switch": switch_of(ctx.model) or "none", **bypassed},
+    ]
+    if attacked_model is not None and train_chunks is not None:
+        after, row = attack.run(ctx, attacked_model, train_chunks, text, facts_path, fact_relations)
+        scores.update(error_term_scores(released, after))
+        details.append(row)
+    return MetricResult(name=name, scores=scores, n=text.tokens, details=details, group=group)
+
+
+def _error_term_target(model: nn.Module, steps: int) -> BottleneckedModel | None:
+    """The model the error-term attack fine-tunes: `model` when `steps` asks for the attack and its SAE bottlenecks
+    are all spliced with their error term (without one there is nothing to route through), else None."""
+    saes = sae_bottlenecks(model) if steps else None
+    error_term = saes is not None and all(b.splice == "error_term" for b in saes)
+    return model if error_term and isinstance(model, BottleneckedModel) else None
+
+
+def _released_and_bypassed(
+    ctx: EvalContext, text: HeldoutText, facts_path: str | None, fact_relations: Sequence[str] | None
+) -> tuple[dict[str, float], dict[str, float], bool]:
+    """The held-out losses (and with `facts_path` the facts' top-1 accuracy) of `ctx.model` as released and with its
+    edit switched off (the switch restored after), and whether it has a switch."""
 
     def measure(model: nn.Module) -> dict[str, float]:
         values = text.losses(ctx, model)
@@ -208,19 +230,7 @@ def bypass_attack(
     with switched_off(ctx.model) as has_switch:
         # Without a switch there is nothing else to measure: the bypassed model is the released one.
         bypassed = measure(ctx.model) if has_switch else dict(released)
-    scores = switch_scores(released, bypassed, has_switch, text if retain_corpora else None)
-    details: list[dict[str, Any]] = [
-        {"model": "released", **released},
-        {"model": "bypassed", "switch": switch_of(ctx.model) or "none", **bypassed},
-    ]
-    if attacked_model is not None and train_chunks is not None:
-        after, row = attack.run(ctx, attacked_model, train_chunks, text, facts_path, fact_relations)
-        scores["forget_loss_error_term"] = after[FORGET]
-        scores["error_term_recovery"] = released[FORGET] - after[FORGET]
-        if facts_path is not None:
-            scores["facts_top1_error_term"] = after["facts_top1"]
-        details.append(row)
-    return MetricResult(name=name, scores=scores, n=text.tokens, details=details, group=group)
+    return released, bypassed, has_switch
 
 
 @dataclass
@@ -298,4 +308,13 @@ def switch_scores(
         scores["facts_top1"] = released["facts_top1"]
         scores["facts_top1_bypassed"] = bypassed["facts_top1"]
         scores["facts_recovery"] = bypassed["facts_top1"] - released["facts_top1"]
+    return scores
+
+
+def error_term_scores(released: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """The scores of the error-term attack: the attacked copy's forget loss, the loss it took back, and the facts'
+    top-1 accuracy where measured."""
+    scores = {"forget_loss_error_term": after[FORGET], "error_term_recovery": released[FORGET] - after[FORGET]}
+    if "facts_top1" in after:
+        scores["facts_top1_error_term"] = after["facts_top1"]
     return scores
