@@ -5,7 +5,7 @@ counts for the first rule (in the order given) whose text occurs in any of its f
 the general ones; samples no rule matches count as "other".
 
     python benchmarks/profile_summary.py benchmarks/results/faithful/train_profile.txt \\
-        --rule "k-means search=nearest (codeunlearn/bottleneck/kmeans.py" --rule "forward=states_at"
+        --rule "k-means search=nearest (codeunlearn/kinds/codebook/kmeans.py" --rule "forward=states_at"
 """
 
 from __future__ import annotations

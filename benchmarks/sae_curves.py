@@ -33,11 +33,11 @@ import torch
 from tqdm.auto import tqdm
 
 from codeunlearn.bottleneck.edit import Edit, Guardrail
-from codeunlearn.bottleneck.interventions import window_scores
 from codeunlearn.bottleneck.loading import attach_bottleneck
-from codeunlearn.bottleneck.sae import SAEOutput
 from codeunlearn.data import shuffled_chunks
 from codeunlearn.evaluate.evaluation import sae_quality
+from codeunlearn.kinds.sae.bottleneck import SAEOutput
+from codeunlearn.kinds.sae.interventions import window_scores
 from codeunlearn.runtime import autocast, batches, model_device
 from codeunlearn.tables import markdown_table
 from codeunlearn.unlearn.guardrail import calibrate_guardrail, calibrate_threshold

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import torch
 
-from codeunlearn.bottleneck.codebook import QuantizeOutput, flat_code_ids
 from codeunlearn.bottleneck.edit import Edit
 from codeunlearn.bottleneck.model import BottleneckedModel
+from codeunlearn.kinds.codebook.bottleneck import QuantizeOutput, flat_code_ids
 from codeunlearn.runtime import autocast, batches, model_device
 from codeunlearn.tables import markdown_table
 from codeunlearn.unlearn.statistics import CodeStatistics

@@ -9,7 +9,7 @@ Four measurements, each over the same --tokens (batches of --batch_size x --seq_
   (c) the full base forward with logits (bottleneck disabled);
   (d) code lookup alone: `bottleneck.quantize` on layer-L states cached beforehand;
   (e) the search GEMM alone: the distance GEMMs of an exhaustive nearest-code search (every stage, every head,
-      every code; `codeunlearn.bottleneck.kmeans.nearest` without its argmin) on the same cached states.
+      every code; `codeunlearn.kinds.codebook.kmeans.nearest` without its argmin) on the same cached states.
 
 The limit of a statistics pass is (a) + (e): the forward it needs plus the search it cannot skip; the table gives
 the statistics pass as a share of that limit.
@@ -39,10 +39,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from codeunlearn.bottleneck.architectures import DECODER_LAYER_PATHS, model_type_of
-from codeunlearn.bottleneck.config import CodebookConfig
-from codeunlearn.bottleneck.kmeans import SEARCH_CHUNK, squared_norms
 from codeunlearn.bottleneck.loading import attach_bottleneck
 from codeunlearn.bottleneck.model import BottleneckedModel, BottleneckLayer
+from codeunlearn.kinds.codebook.config import CodebookConfig
+from codeunlearn.kinds.codebook.kmeans import SEARCH_CHUNK, squared_norms
 from codeunlearn.runtime import autocast
 from codeunlearn.tables import markdown_table
 from codeunlearn.unlearn.statistics import collect_code_statistics

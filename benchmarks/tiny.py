@@ -14,8 +14,9 @@ from pathlib import Path
 
 import torch
 
-from codeunlearn.bottleneck.config import CodebookConfig, SAEConfig
 from codeunlearn.bottleneck.model import BottleneckedModel
+from codeunlearn.kinds.codebook.config import CodebookConfig
+from codeunlearn.kinds.sae.config import SAEConfig
 
 
 def tiny_llama(vocab_size: int, num_layers: int, max_positions: int, **token_ids: int):

@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 from helpers import VOCAB, make_model, make_tokens, tiny_args, tiny_config
 
-from codeunlearn.bottleneck.codebook import flat_code_ids
 from codeunlearn.bottleneck.edit import Edit, LayerCodes
 from codeunlearn.bottleneck.model import BottleneckedModel
+from codeunlearn.kinds.codebook.bottleneck import flat_code_ids
 from codeunlearn.train import train_bottleneck
 
 PROBE = make_tokens(2, 10, seed=7)

@@ -8,9 +8,9 @@ import torch
 from helpers import ARCHITECTURES, assert_fix_error, make_model, make_tokens, tiny_args, tiny_config
 
 from codeunlearn.bottleneck.architectures import decoder_layers
-from codeunlearn.bottleneck.config import CodebookConfig
 from codeunlearn.bottleneck.model import BottleneckedModel, BottleneckLayer
 from codeunlearn.errors import CodeunlearnError
+from codeunlearn.kinds.codebook.config import CodebookConfig
 from codeunlearn.train import train_bottleneck
 
 PROBE = make_tokens(2, 10, seed=7)

@@ -5,16 +5,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
+from typing import ClassVar
 
 import pytest
 from helpers import make_model, tiny_config
 from test_sae import sae_config
 
-from codeunlearn.bottleneck import KINDS
-from codeunlearn.bottleneck.config import CONFIG_NAME, BottleneckConfig, CodebookConfig, SAEConfig
+from codeunlearn.bottleneck import registry
+from codeunlearn.bottleneck.base import Bottleneck
+from codeunlearn.bottleneck.config import CONFIG_NAME, BottleneckConfig
+from codeunlearn.bottleneck.edit import Edit
 from codeunlearn.bottleneck.model import BottleneckedModel
-from codeunlearn.bottleneck.registry import get_kind
+from codeunlearn.bottleneck.registry import get_kind, register_kind, trainer_for
 from codeunlearn.errors import CodeunlearnError
+from codeunlearn.kinds import KINDS
+from codeunlearn.kinds.codebook.config import CodebookConfig
+from codeunlearn.kinds.sae.config import SAEConfig
+from codeunlearn.train.base import Trainer
 
 # bottleneck_config.json as the flat BottleneckConfig of codeunlearn 0.1.0 (before the per-kind classes) wrote it,
 # key order included.
@@ -75,3 +83,40 @@ def test_fingerprints_hash_what_they_always_hashed():
     for layer in sae.layers:
         digest.update(sae.bottleneck(layer).sae.W_enc.detach().cpu().float().numpy().tobytes())
     assert sae.fingerprint() == digest.hexdigest()[:16]
+
+
+def test_one_registry_holds_each_kinds_module_config_and_trainer():
+    for kind in KINDS:
+        entry = get_kind(kind)
+        assert entry.config_class.kind == kind and issubclass(entry.module_class, Bottleneck)
+        assert isinstance(entry.trainer, Trainer) and trainer_for(kind) is entry.trainer
+
+
+def test_a_kind_added_later_is_one_register_kind_line_and_leaves_the_flat_files_alone(monkeypatch):
+    """A third kind (a transcoder, say) is found by its string everywhere; its fields stay out of the other kinds'
+    files (a codebook's fingerprint hashes its file), and a kind without a trainer is refused by name."""
+
+    @dataclass
+    class TranscoderConfig(BottleneckConfig):
+        kind: ClassVar[str] = "transcoder"
+        unit_name: ClassVar[str] = "latents"
+        interventions: ClassVar[tuple[str, ...]] = ("zero",)
+        default_intervention: ClassVar[str] = "zero"
+
+        transcoder_width: int = 16
+
+    monkeypatch.setattr(registry, "BOTTLENECK_REGISTRY", dict(registry.BOTTLENECK_REGISTRY))
+    register_kind(Bottleneck, TranscoderConfig)
+    config = BottleneckConfig.from_dict({"layers": [1], "kind": "transcoder", "transcoder_width": 8})
+    assert type(config) is TranscoderConfig and config.transcoder_width == 8
+    assert config.to_dict()["num_heads"] == 8 and config.to_dict()["sae_k"] == 32  # the flat layout's fields
+    assert BottleneckConfig.from_dict(FLAT_VQ).to_dict() == FLAT_VQ  # no `transcoder_width` in a codebook's file
+    assert Edit(topic="t", layers={}, kind="transcoder", intervention="zero").kind == "transcoder"
+    with pytest.raises(CodeunlearnError, match="no trainer for bottleneck kind 'transcoder'"):
+        trainer_for("transcoder")
+
+
+def test_splice_modes_are_asked_of_the_kind():
+    vq = BottleneckedModel.attach(make_model("llama"), tiny_config())
+    with pytest.raises(CodeunlearnError, match="splice modes are not for 'vq' bottlenecks"), vq.splice("zero_ablation"):
+        pass

@@ -18,9 +18,10 @@ import pytest
 import torch
 from helpers import make_cli_workspace, run_error, run_ok
 
-from codeunlearn.bottleneck.config import CodebookConfig, SAEConfig
 from codeunlearn.cli import main
 from codeunlearn.cli.arguments import BottleneckArguments, SelectionArguments
+from codeunlearn.kinds.codebook.config import CodebookConfig
+from codeunlearn.kinds.sae.config import SAEConfig
 from codeunlearn.unlearn.selection import SelectionRule
 
 REPO = Path(__file__).resolve().parents[1]

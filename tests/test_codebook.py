@@ -7,10 +7,10 @@ import torch
 from helpers import assert_fix_error
 from torch import nn
 
-from codeunlearn.bottleneck.codebook import CodebookBottleneck, random_rotation
-from codeunlearn.bottleneck.config import CodebookConfig
-from codeunlearn.bottleneck.kmeans import SEARCH_CHUNK
 from codeunlearn.errors import CodeunlearnError
+from codeunlearn.kinds.codebook.bottleneck import CodebookBottleneck, random_rotation
+from codeunlearn.kinds.codebook.config import CodebookConfig
+from codeunlearn.kinds.codebook.kmeans import SEARCH_CHUNK
 
 # Two heads of dimension 2, three codes each. Head 0 keys sit on the +axes, head 1 keys on the -axes.
 KEYS = torch.tensor(

@@ -26,9 +26,9 @@ from helpers import make_cli_workspace
 from safetensors.torch import load_file
 
 from codeunlearn import distributed
-from codeunlearn.bottleneck.kmeans import kmeans
 from codeunlearn.cli import main
 from codeunlearn.errors import CodeunlearnError
+from codeunlearn.kinds.codebook.kmeans import kmeans
 
 REPO = Path(__file__).resolve().parents[1]
 CPU_CONFIG = REPO / "configs" / "accelerate" / "cpu.yaml"

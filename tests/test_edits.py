@@ -8,11 +8,11 @@ import pytest
 import torch
 from helpers import assert_fix_error, make_model, make_tokens, tiny_args, tiny_config
 
-from codeunlearn.bottleneck.codebook import flat_code_ids
 from codeunlearn.bottleneck.edit import Edit, LayerCodes
 from codeunlearn.bottleneck.model import EDITS_NAME, BottleneckedModel
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.evaluate.evaluation import bottleneck_fidelity, mean_loss, token_losses
+from codeunlearn.kinds.codebook.bottleneck import flat_code_ids
 from codeunlearn.train import train_bottleneck
 from codeunlearn.unlearn.selection import SelectionRule, select_codes
 from codeunlearn.unlearn.statistics import collect_code_statistics

@@ -9,10 +9,11 @@ import pytest
 import torch
 from export_helpers import make_tokenizer, topic_edits, trained_bmodel
 
-from codeunlearn.bottleneck import interventions, kmeans
 from codeunlearn.bottleneck.architectures import DECODER_LAYER_PATHS
 from codeunlearn.export.remote_code import modeling_codeunlearn as remote
 from codeunlearn.export.save import save_pretrained
+from codeunlearn.kinds.codebook import kmeans
+from codeunlearn.kinds.sae import interventions
 
 
 def test_constants_are_the_library_ones():

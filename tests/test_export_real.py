@@ -15,11 +15,12 @@ import torch
 from export_helpers import used_codes
 from helpers import tiny_args
 
-from codeunlearn.bottleneck.config import CodebookConfig
 from codeunlearn.bottleneck.edit import Edit, LayerCodes
 from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.data import pack_documents
 from codeunlearn.export.save import save_pretrained
+from codeunlearn.kinds.codebook.config import CodebookConfig
+from codeunlearn.kinds.sae import attach_sae
 
 pytestmark = [
     pytest.mark.slow,
@@ -111,7 +112,7 @@ def test_smollm2_sae_export_is_exactly_the_edited_model(tmp_path, smollm2):
         torch.manual_seed(0)
         sae = SAE.from_dict({"architecture": "topk", "d_in": hidden, "d_sae": 8 * hidden, "k": 32})
     sae.cfg.metadata = SAEMetadata(hook_name=f"blocks.{LAYER}.hook_resid_post", model_name="smollm2-135m")
-    bmodel = BottleneckedModel.attach_sae(model, {LAYER: sae})
+    bmodel = attach_sae(model, {LAYER: sae})
     with torch.no_grad():
         assert torch.equal(bmodel(input_ids=probe, use_cache=False).logits, base)  # the error term
 

@@ -21,7 +21,6 @@ from sae_helpers import TOPIC, TOPIC_ACT, context_free_model, tokens_without_top
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from codeunlearn.bottleneck.config import SAEConfig
 from codeunlearn.bottleneck.edit import Edit, Guardrail, LayerCodes
 from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.errors import CodeunlearnError
@@ -34,6 +33,8 @@ from codeunlearn.export.linear import (
     save_linear_export,
 )
 from codeunlearn.export.save import BOTTLENECK_SUBDIR, save_pretrained
+from codeunlearn.kinds.sae import attach_sae
+from codeunlearn.kinds.sae.config import SAEConfig
 from codeunlearn.unlearn.guardrail import calibrate_guardrail
 
 PROBE = make_tokens(2, 12, seed=7)
@@ -116,7 +117,7 @@ def sae_bmodel(arch: str, sae: str, tmp_path, error_term: bool = True, **cfg) ->
         return trained_sae_bmodel(arch, tmp_path)
     model = make_model(arch)
     saes = {layer: random_sae(model, sae, layer, **cfg) for layer in LAYERS}
-    return BottleneckedModel.attach_sae(model, saes, error_term=error_term)
+    return attach_sae(model, saes, error_term=error_term)
 
 
 def firing(bmodel: BottleneckedModel, tokens: torch.Tensor = PROBE) -> dict[int, tuple[list[int], list[float]]]:
@@ -308,7 +309,7 @@ def topic_export(tmp_path_factory):
     """The context-free model with the hand-built SAE at layer 0 and the TOPIC guardrail, exported."""
     root = tmp_path_factory.mktemp("topic-export")
     model = context_free_model()
-    bmodel = BottleneckedModel.attach_sae(model, {0: topic_sae(model)})
+    bmodel = attach_sae(model, {0: topic_sae(model)})
     bmodel.apply_edit(guardrail(bmodel))
     save_pretrained(bmodel, root / "export", make_tokenizer())
     return {"bmodel": bmodel, "dir": root / "export", "model": load(root / "export")}
@@ -514,7 +515,7 @@ def test_unsupported_saes_are_refused_and_write_nothing(tmp_path):
 
         sae = SAE.from_dict({"d_in": HIDDEN, "d_sae": 8, **cfg})
         sae.cfg.metadata = SAEMetadata(hook_name="blocks.1.hook_resid_post")
-        bmodel = BottleneckedModel.attach_sae(model, sae)
+        bmodel = attach_sae(model, sae)
         with pytest.raises(CodeunlearnError) as excinfo:
             save_pretrained(bmodel, tmp_path / "out", make_tokenizer())
         assert_fix_error(excinfo)
@@ -569,7 +570,7 @@ def cli_workspace(tmp_path_factory) -> dict:
     model.save_pretrained(root / "model")
     make_tokenizer().save_pretrained(root / "model")
     random_sae(model, "topk", 1).save_model(root / "sae")
-    bmodel = BottleneckedModel.attach_sae(model, root / "sae")
+    bmodel = attach_sae(model, root / "sae")
     features, means = firing(bmodel)[1]
     edit = Edit("topic", {1: LayerCodes(features[:3], scales=means[:3])}, "clamp", multiplier=-5.0, kind="sae",
                 bottleneck_fingerprint=bmodel.fingerprint())  # fmt: skip

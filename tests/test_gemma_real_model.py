@@ -20,12 +20,12 @@ import pytest
 import torch
 from helpers import assert_fix_error, tiny_args
 
-from codeunlearn.bottleneck.config import CodebookConfig
 from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.data import pack_documents
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.evaluate.evaluation import mean_loss
 from codeunlearn.export.save import save_pretrained
+from codeunlearn.kinds.codebook.config import CodebookConfig
 from codeunlearn.train import train_bottleneck
 from codeunlearn.unlearn.selection import SelectionRule, select_codes
 from codeunlearn.unlearn.statistics import collect_code_statistics

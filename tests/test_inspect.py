@@ -18,8 +18,6 @@ import pytest
 import torch
 from helpers import FORGET_WORDS, RETAIN_WORDS, run_error, run_ok, save_tiny_llama, write_corpus
 
-from codeunlearn.bottleneck.codebook import flat_code_ids
-from codeunlearn.bottleneck.config import CodebookConfig
 from codeunlearn.bottleneck.edit import Edit, LayerCodes
 from codeunlearn.bottleneck.loading import attach_bottleneck
 from codeunlearn.bottleneck.model import BottleneckedModel
@@ -28,6 +26,9 @@ from codeunlearn.inspection.contexts import TopFirings, token_texts
 from codeunlearn.inspection.histogram import ActivationHistograms, aligned
 from codeunlearn.inspection.logit_lens import final_norm, lm_head
 from codeunlearn.inspection.page import plain_token, token_html
+from codeunlearn.kinds.codebook.bottleneck import flat_code_ids
+from codeunlearn.kinds.codebook.config import CodebookConfig
+from codeunlearn.kinds.sae import attach_sae
 from codeunlearn.unlearn.statistics import CodeStatistics
 
 PLANTED_VQ = "wizard"  # codebook code 0's key is this token's exact state
@@ -165,7 +166,7 @@ def sae_bottleneck(workspace) -> dict[str, Path]:
     kept away from the edit, so it is found only through --control."""
     root = workspace["root"] / "sae"
     model, tokenizer = load_model(workspace)
-    bmodel = BottleneckedModel.attach_sae(model, {0: planted_sae(model, tokenizer)})
+    bmodel = attach_sae(model, {0: planted_sae(model, tokenizer)})
     bmodel.save_pretrained(root / "bottleneck")
     fingerprint = bmodel.fingerprint()
     Edit("scripts", {0: LayerCodes([0, NEVER_SAE], [3.0, 1.0])}, intervention="zero", kind="sae",

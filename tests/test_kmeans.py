@@ -1,4 +1,4 @@
-"""Chunked nearest-key search and k-means (`codeunlearn.bottleneck.kmeans`) against brute force and known clusters."""
+"""Chunked nearest-key search and k-means (`codeunlearn.kinds.codebook.kmeans`) against brute force and known clusters."""
 
 from __future__ import annotations
 
@@ -6,11 +6,18 @@ import pytest
 import torch
 from helpers import assert_fix_error, make_model, tiny_config
 
-from codeunlearn.bottleneck.codebook import CodebookBottleneck
-from codeunlearn.bottleneck.config import CodebookConfig
-from codeunlearn.bottleneck.kmeans import SEARCH_CHUNK, fit_residual_codebooks, kmeans, lookup, nearest, squared_norms
 from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.errors import CodeunlearnError
+from codeunlearn.kinds.codebook.bottleneck import CodebookBottleneck
+from codeunlearn.kinds.codebook.config import CodebookConfig
+from codeunlearn.kinds.codebook.kmeans import (
+    SEARCH_CHUNK,
+    fit_residual_codebooks,
+    kmeans,
+    lookup,
+    nearest,
+    squared_norms,
+)
 
 
 def test_nearest_matches_brute_force_across_chunks_and_skips_excluded():

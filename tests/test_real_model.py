@@ -7,9 +7,9 @@ import torch
 from helpers import tiny_args
 
 from codeunlearn.bottleneck.architectures import decoder_layers
-from codeunlearn.bottleneck.config import CodebookConfig
 from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.data import pack_documents
+from codeunlearn.kinds.codebook.config import CodebookConfig
 from codeunlearn.train import train_bottleneck
 from codeunlearn.unlearn.statistics import collect_code_statistics
 

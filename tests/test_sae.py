@@ -14,8 +14,9 @@ from sae_helpers import NUM_FEATURES, TOPIC, TOPIC_ACT, context_free_model, toke
 from codeunlearn.bottleneck.config import BottleneckConfig
 from codeunlearn.bottleneck.edit import Edit, LayerCodes
 from codeunlearn.bottleneck.model import EDITS_NAME, BottleneckedModel
-from codeunlearn.bottleneck.sae import LAYER_DIR, SAEOutput
 from codeunlearn.errors import CodeunlearnError
+from codeunlearn.kinds.sae import attach_sae
+from codeunlearn.kinds.sae.bottleneck import LAYER_DIR, SAEOutput
 
 PROBE = make_tokens(3, 12, seed=41)
 
@@ -104,7 +105,7 @@ def test_sae_saved_by_sae_lens_attaches_with_one_argument(tmp_path, architecture
     model = make_model("llama")
     with torch.no_grad():
         base = logits(model)
-    bmodel = BottleneckedModel.attach_sae(model, tmp_path / "release" / "blocks.2.hook_resid_post")
+    bmodel = attach_sae(model, tmp_path / "release" / "blocks.2.hook_resid_post")
     assert bmodel.layers == [2] and bmodel.config.kind == "sae"
     assert bmodel.bottleneck(2).architecture == architecture
     result = observe_layer(bmodel, PROBE, 2)
@@ -115,7 +116,7 @@ def test_sae_saved_by_sae_lens_attaches_with_one_argument(tmp_path, architecture
 
     # the same SAE by explicit layer, as the release folder (layers from hook names), and as a sae-lens object
     for source in ({2: tmp_path / "release" / "blocks.2.hook_resid_post"}, tmp_path / "release", {2: sae}):
-        again = BottleneckedModel.attach_sae(model, source)
+        again = attach_sae(model, source)
         assert again.layers == [2] and again.fingerprint() == bmodel.fingerprint()
         again.detach()
 
@@ -134,7 +135,7 @@ def test_gemma_scope_folder_attaches(tmp_path):
     np.savez(folder / "params.npz", **params)
     model = make_model("llama")
     base = logits(model)
-    bmodel = BottleneckedModel.attach_sae(model, folder)
+    bmodel = attach_sae(model, folder)
     assert bmodel.layers == [1] and bmodel.bottleneck(1).architecture == "jumprelu"
     result = observe_layer(bmodel, PROBE, 1)
     pre = result.states @ torch.from_numpy(params["W_enc"]) + torch.from_numpy(params["b_enc"])
@@ -195,7 +196,7 @@ def topic_model():
     tokens = tokens_without_topic(14, seed=5).unsqueeze(0)
     tokens[0, 3] = tokens[0, 9] = TOPIC
     base = logits(model, tokens)
-    bmodel = BottleneckedModel.attach_sae(model, {0: topic_sae(model)})
+    bmodel = attach_sae(model, {0: topic_sae(model)})
     return {"bmodel": bmodel, "tokens": tokens, "base": base, "sae": bmodel.bottleneck(0)}
 
 
@@ -286,13 +287,13 @@ def saved_sae(tmp_path, hook="blocks.1.hook_resid_post", d_in=HIDDEN, architectu
 
 def test_sae_of_another_width_or_layer_is_refused(tmp_path):
     model = make_model("llama")
-    message = raises_fix(BottleneckedModel.attach_sae, model, saved_sae(tmp_path / "a", d_in=HIDDEN + 8))
+    message = raises_fix(attach_sae, model, saved_sae(tmp_path / "a", d_in=HIDDEN + 8))
     assert "d_in=40" in message and "32" in message
-    message = raises_fix(BottleneckedModel.attach_sae, model, {2: saved_sae(tmp_path / "b")})
+    message = raises_fix(attach_sae, model, {2: saved_sae(tmp_path / "b")})
     assert "layer 1" in message  # names the layer to attach it at
-    raises_fix(BottleneckedModel.attach_sae, model, saved_sae(tmp_path / "c", hook="blocks.1.hook_mlp_out"))
-    raises_fix(BottleneckedModel.attach_sae, model, saved_sae(tmp_path / "d", hook="blocks.7.hook_resid_post"))
-    raises_fix(BottleneckedModel.attach_sae, model, tmp_path / "nothing-here")
+    raises_fix(attach_sae, model, saved_sae(tmp_path / "c", hook="blocks.1.hook_mlp_out"))
+    raises_fix(attach_sae, model, saved_sae(tmp_path / "d", hook="blocks.7.hook_resid_post"))
+    raises_fix(attach_sae, model, tmp_path / "nothing-here")
     assert not any(type(layer).__name__ == "BottleneckLayer" for layer in model.model.layers)
 
 
@@ -303,7 +304,7 @@ def test_unknown_sae_architecture_is_refused(tmp_path):
     directory = saved_sae(tmp_path)
     cfg = json.loads((directory / "cfg.json").read_text())
     (directory / "cfg.json").write_text(json.dumps({**cfg, "architecture": "banana"}))
-    message = raises_fix(BottleneckedModel.attach_sae, make_model("llama"), directory)
+    message = raises_fix(attach_sae, make_model("llama"), directory)
     assert "banana" in message and "jumprelu" in message
 
 
@@ -336,7 +337,7 @@ def test_features_out_of_range_and_other_bad_edits(topic_model):
 
 
 def test_hook_names_map_to_decoder_layers():
-    from codeunlearn.bottleneck.sae import hook_layer
+    from codeunlearn.kinds.sae.bottleneck import hook_layer
 
     assert hook_layer("blocks.12.hook_resid_post") == 12
     assert hook_layer("blocks.12.hook_resid_pre") == 11  # the input of block 12 is the output of layer 11

@@ -9,9 +9,9 @@ from helpers import assert_fix_error
 from sae_helpers import TOPIC, TOPIC_ACT, context_free_model, tokens_without_topic, topic_sae
 
 from codeunlearn.bottleneck.edit import Edit, Guardrail, LayerCodes
-from codeunlearn.bottleneck.interventions import gate, window_scores
-from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.errors import CodeunlearnError
+from codeunlearn.kinds.sae import attach_sae
+from codeunlearn.kinds.sae.interventions import gate, window_scores
 from codeunlearn.unlearn.guardrail import calibrate_guardrail, calibrate_threshold, gate_rate
 from codeunlearn.unlearn.guardrail_attacks import gate_padding_attack, prompt_fraction_gate
 
@@ -43,7 +43,7 @@ def test_calibrated_threshold_hits_the_target_rate():
 @pytest.fixture
 def topic_model():
     model = context_free_model()
-    return BottleneckedModel.attach_sae(model, {0: topic_sae(model)})
+    return attach_sae(model, {0: topic_sae(model)})
 
 
 def guardrail_edit(bmodel, window=4, threshold=0.3, action="zero", multiplier=None) -> Edit:

@@ -7,9 +7,10 @@ import torch
 from helpers import tiny_args
 
 from codeunlearn.bottleneck.architectures import decoder_layers
-from codeunlearn.bottleneck.config import SAEConfig
 from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.data import pack_documents
+from codeunlearn.kinds.sae import attach_sae
+from codeunlearn.kinds.sae.config import SAEConfig
 from codeunlearn.train import train_bottleneck
 from codeunlearn.unlearn.guardrail import calibrate_guardrail
 from codeunlearn.unlearn.selection import SelectionRule, select_codes
@@ -102,7 +103,7 @@ def test_saved_sae_directory_attaches_by_its_hook_name(real):
     """Last in the module: it takes the trained SAE off the shared model."""
     bmodel = real["bmodel"]
     model = bmodel.detach()
-    attached = BottleneckedModel.attach_sae(model, real["dir"] / f"layer_{LAYER}")
+    attached = attach_sae(model, real["dir"] / f"layer_{LAYER}")
     assert attached.layers == [LAYER] and attached.fingerprint() == bmodel.fingerprint()
     assert torch.equal(logits(attached, real["probe"]), real["base_logits"])
     attached.detach()

@@ -10,8 +10,8 @@ import torch
 from helpers import assert_fix_error
 from sae_helpers import TOPIC, TOPIC_ACT, context_free_model, tokens_without_topic, topic_sae
 
-from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.errors import CodeunlearnError
+from codeunlearn.kinds.sae import attach_sae
 from codeunlearn.unlearn.selection import (
     SelectionRule,
     feature_scales,
@@ -31,7 +31,7 @@ def collect(bmodel, chunks, corpus=""):
 @pytest.fixture
 def topic_model():
     model = context_free_model()
-    return BottleneckedModel.attach_sae(model, {0: topic_sae(model)})
+    return attach_sae(model, {0: topic_sae(model)})
 
 
 def test_statistics_count_topic_firings_exactly(topic_model, tmp_path):

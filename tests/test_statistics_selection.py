@@ -9,9 +9,9 @@ import torch
 from helpers import assert_fix_error, make_tokens
 
 from codeunlearn.bottleneck.architectures import decoder_layers
-from codeunlearn.bottleneck.codebook import flat_code_ids
 from codeunlearn.bottleneck.edit import Edit, LayerCodes
 from codeunlearn.errors import CodeunlearnError
+from codeunlearn.kinds.codebook.bottleneck import flat_code_ids
 from codeunlearn.unlearn.selection import SelectionRule, enrichment_scores, random_control, select_codes, truncate
 from codeunlearn.unlearn.statistics import CodeStatistics, collect_code_statistics
 

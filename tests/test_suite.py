@@ -35,6 +35,7 @@ from codeunlearn.evaluate.suite.models import BaseModelView, base_model_run, loa
 from codeunlearn.evaluate.suite.report import combine_reports, load_report, markdown_report, write_report
 from codeunlearn.evaluate.suite.runner import SuiteReport, plan_suite, run_suite
 from codeunlearn.evaluate.suite.text_loss import heldout_loss
+from codeunlearn.kinds.sae import attach_sae
 from codeunlearn.modeling import load_model_and_tokenizer
 from codeunlearn.train import train_bottleneck
 
@@ -646,7 +647,7 @@ def test_sae_directory_with_a_guardrail_edit(workspace, tmp_path):
     with torch.no_grad():
         sae.b_enc.zero_()  # random directions, no bias: about half the features fire on any token
     base, _ = load_model_and_tokenizer(str(workspace["model"]))
-    bmodel = BottleneckedModel.attach_sae(base, {1: sae})
+    bmodel = attach_sae(base, {1: sae})
     gate = Guardrail(window=4, thresholds={1: 0.0}, action="zero")
     bmodel.apply_edit(
         Edit(

@@ -403,8 +403,9 @@ def test_export_card_tables(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("kind", ["vq", "sae"])
 def test_bottleneck_repository_card_tables(tmp_path: Path, kind: str) -> None:
-    from codeunlearn.bottleneck.config import CodebookConfig, SAEConfig
     from codeunlearn.export.card import bottleneck_card
+    from codeunlearn.kinds.codebook.config import CodebookConfig
+    from codeunlearn.kinds.sae.config import SAEConfig
 
     shape = {
         "vq": {"num_heads": 2, "codebook_size": 64, "adapter_rank": 4},

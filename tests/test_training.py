@@ -9,10 +9,10 @@ import pytest
 import torch
 from helpers import assert_fix_error, make_model, make_tokens, tiny_args, tiny_config
 
-from codeunlearn.bottleneck.codebook import flat_code_ids
 from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.evaluate.evaluation import bottleneck_fidelity, mean_loss
+from codeunlearn.kinds.codebook.bottleneck import flat_code_ids
 from codeunlearn.train import ChunkStream, train_bottleneck
 
 KEY_STEPS, VALUE_STEPS = 3, 4

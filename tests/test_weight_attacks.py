@@ -34,6 +34,7 @@ from codeunlearn.evaluate.attacks.quantization import (
 from codeunlearn.evaluate.metrics.base import EvalContext
 from codeunlearn.evaluate.metrics.cloze import fact_cloze
 from codeunlearn.evaluate.suite.text_loss import heldout_loss
+from codeunlearn.kinds.sae import attach_sae
 
 SEQ = 16
 SPLIT = {"seq_len": SEQ, "heldout_fraction": 0.2, "split_seed": 0}
@@ -297,7 +298,7 @@ def test_switched_off_restores_the_switch_after_an_error():
 def clamped_sae_model() -> BottleneckedModel:
     """The context-free Llama with the hand-built SAE at layer 0, its topic feature clamped to -20."""
     model = context_free_model()
-    bmodel = BottleneckedModel.attach_sae(model, {0: topic_sae(model)})
+    bmodel = attach_sae(model, {0: topic_sae(model)})
     layers = {0: LayerCodes([0], scales=[1.0])}
     bmodel.apply_edit(
         Edit("topic", layers, "clamp", bottleneck_fingerprint=bmodel.fingerprint(), kind="sae", multiplier=-20.0)

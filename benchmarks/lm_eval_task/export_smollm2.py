@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from codeunlearn.bottleneck.config import CodebookConfig
 from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.data import pack_documents
 from codeunlearn.export.save import save_pretrained
+from codeunlearn.kinds.codebook.config import CodebookConfig
 from codeunlearn.modeling import load_model_and_tokenizer
 from codeunlearn.train import TrainingArguments, train_bottleneck
 from codeunlearn.unlearn.selection import SelectionRule, select_codes

@@ -1,37 +1,16 @@
-"""The bottleneck kinds and what wraps them around a frozen causal LM.
+"""What wraps a bottleneck of any kind around a frozen causal LM (the kinds themselves are in `codeunlearn.kinds`).
 
-- `config`: the shared `BottleneckConfig` and one subclass per kind (`CodebookConfig`, `SAEConfig`);
+- `config`: `BottleneckConfig`, the fields every kind shares, and the flat JSON layout;
 - `base`: `Bottleneck`, the interface every kind's per-layer module implements;
-- `codebook` (+ `kmeans`), `sae`: the kinds;
-- `registry`: kind string -> (module class, config class), filled here;
+- `registry`: kind string -> (module class, config class, trainer), filled by `codeunlearn.kinds`;
 - `model`: `BottleneckedModel`, the frozen model with a bottleneck wrapped around chosen decoder layers;
-- `edit`, `interventions`: what a topic removes and what that does to SAE features;
+- `loading`: the one path from a bottleneck source to a `BottleneckedModel`;
+- `edit`: what a topic removes;
 - `adapters`, `architectures`: downstream LoRA adapters and where each supported architecture keeps its layers.
 """
 
-from codeunlearn.bottleneck.codebook import CodebookBottleneck
-from codeunlearn.bottleneck.config import BottleneckConfig, CodebookConfig, SAEConfig
-from codeunlearn.bottleneck.registry import all_interventions, kind_names, register_kind
-from codeunlearn.bottleneck.sae import SAEBottleneck
+from codeunlearn.bottleneck.config import BottleneckConfig
+from codeunlearn.bottleneck.edit import Edit, LayerCodes
+from codeunlearn.bottleneck.model import BottleneckedModel
 
-register_kind(CodebookBottleneck, CodebookConfig)
-register_kind(SAEBottleneck, SAEConfig)
-
-KINDS = kind_names()
-INTERVENTIONS = all_interventions()
-
-from codeunlearn.bottleneck.edit import Edit, LayerCodes  # noqa: E402
-from codeunlearn.bottleneck.model import BottleneckedModel  # noqa: E402
-
-__all__ = [
-    "INTERVENTIONS",
-    "KINDS",
-    "BottleneckConfig",
-    "BottleneckedModel",
-    "CodebookBottleneck",
-    "CodebookConfig",
-    "Edit",
-    "LayerCodes",
-    "SAEBottleneck",
-    "SAEConfig",
-]
+__all__ = ["BottleneckConfig", "BottleneckedModel", "Edit", "LayerCodes"]

@@ -1,12 +1,13 @@
 """`Bottleneck`: what every bottleneck kind implements at one decoder layer, so that `BottleneckedModel`,
 training, statistics and export treat every kind alike (SAELens-style: one class per kind behind one interface,
-found through `codeunlearn.bottleneck.registry`)."""
+found through `codeunlearn.bottleneck.registry`; the kinds themselves live in `codeunlearn.kinds`)."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from torch import Tensor, nn
 
@@ -48,6 +49,9 @@ class Bottleneck(nn.Module):
     config: BottleneckConfig
     initialized: Tensor  # bool buffer: trained or loaded (an untrained bottleneck refuses to run)
     typical_norm: Tensor  # scalar buffer: the median token norm, which massive-norm passthrough is measured against
+    # Other ways of splicing the bottleneck in that a kind runs on request (`BottleneckedModel.splice`), e.g. an SAE
+    # without its error term; () for a kind that has none.
+    splices: ClassVar[tuple[str, ...]] = ()
 
     # ------------------------------------------------------------------------------------------ creation and files
     @classmethod
@@ -67,6 +71,17 @@ class Bottleneck(nn.Module):
         config and the edits."""
         raise NotImplementedError
 
+    @classmethod
+    def is_foreign_source(cls, path: Path) -> bool:
+        """Whether directory `path` holds this kind's modules in another library's format (e.g. sae-lens SAE
+        directories), which `attach_foreign` wraps around a model without a `bottleneck_config.json`."""
+        return False
+
+    @classmethod
+    def attach_foreign(cls, model: nn.Module, path: Path) -> Any:
+        """The `BottleneckedModel` of `model` with the modules `is_foreign_source` recognised in `path`."""
+        raise NotImplementedError
+
     # ------------------------------------------------------------------------------------------ shape
     @property
     def num_features(self) -> int:
@@ -82,6 +97,11 @@ class Bottleneck(nn.Module):
         raise NotImplementedError
 
     # ------------------------------------------------------------------------------------------ running
+    @classmethod
+    def spliced(cls, bottlenecks: list[Bottleneck], splice: str) -> contextlib.AbstractContextManager[None]:
+        """Run `bottlenecks` (one model's, of this kind) with the splice `splice` (one of `splices`) for a while."""
+        raise NotImplementedError
+
     @property
     def transparent(self) -> bool:
         """Whether the output is exactly the input (so the wrapper may skip running it)."""

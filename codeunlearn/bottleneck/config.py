@@ -1,10 +1,11 @@
-"""Bottleneck configs: the fields every kind shares (`BottleneckConfig`) and one subclass per kind (`CodebookConfig`,
-`SAEConfig`), stored as JSON (`bottleneck_config.json`) beside the bottleneck's weights.
+"""Bottleneck configs: the fields every kind shares (`BottleneckConfig`; each kind's subclass lives in its folder under
+`codeunlearn.kinds`, e.g. `CodebookConfig`, `SAEConfig`), stored as JSON (`bottleneck_config.json`) beside the
+bottleneck's weights.
 
-The JSON layout is flat and the same for every kind: the shared fields, `kind`, the codebook's fields and the SAE's
-`sae_*` fields, whichever the kind. A config keeps the fields of the other kinds as it read them
-(`inactive_fields`), so it writes back exactly the file it read; that matters because a codebook's fingerprint
-hashes this text (`BottleneckedModel.fingerprint`). `BottleneckConfig.from_dict` picks the class by `kind`
+The JSON layout is flat: the shared fields, `kind`, the codebook's fields and the SAE's `sae_*` fields, whichever
+the kind (`FLAT_LAYOUT_KINDS`). A config keeps the fields of the other kinds as it read them (`inactive_fields`), so
+it writes back exactly the file it read; that matters because a codebook's fingerprint hashes this text
+(`BottleneckedModel.fingerprint`). `BottleneckConfig.from_dict` picks the class by `kind`
 (`codeunlearn.bottleneck.registry`).
 """
 
@@ -23,10 +24,6 @@ from codeunlearn.errors import CodeunlearnError
 
 CONFIG_NAME = "bottleneck_config.json"
 SITES = ("residual", "block_output")
-# SAE architectures a config can name: `relu` (MSE + L1) and `topk` are trained here; `pretrained` marks SAEs
-# attached from sae-lens directories, whose own cfg.json says what they are (jumprelu, gated, ...).
-SAE_ARCHITECTURES = ("relu", "topk", "pretrained")
-TRAINABLE_SAE_ARCHITECTURES = ("relu", "topk")
 DEFAULT_KIND = "vq"  # what a file without a `kind` field holds
 _TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool}
 
@@ -204,193 +201,10 @@ class BottleneckConfig:
         return cls.from_dict(data)
 
 
-@dataclass
-class CodebookConfig(BottleneckConfig):
-    """A multi-head residual vector quantizer at each layer (`kind="vq"`, `codeunlearn.bottleneck.codebook`).
-
-    The defaults are the faithful codebook (`configs/faithful_smollm2.yaml`): 8 residual stages x 8 heads x 4,096
-    codes, 768 bits per token, within 5% of SmolLM2-135M's held-out loss at layer 15 (benchmarks/RESULTS.md).
-
-    Each token's state at a bottleneck is centred, rotated by a fixed random orthogonal matrix (so that every head
-    sees a similar share of the variance instead of a few outlier dimensions), split into `num_heads` pieces and
-    each piece snapped to one of `codebook_size` codes, `num_stages` times on the remaining residual. A token thus
-    carries `num_stages * num_heads` codes, `num_stages * num_heads * log2(codebook_size)` bits.
-
-    Attributes:
-        num_heads: code pieces per stage; the hidden size must divide by it.
-        codebook_size: codes per head and stage.
-        num_stages: residual-quantization stages (1 = plain multi-head VQ).
-        ema_decay: decay of the search keys in the EMA key steps after the k-means fit, if any
-            (`vector_quantize_pytorch.VectorQuantize`).
-        dead_code_threshold: EMA usage below which an EMA key step replaces a code by a batch sample. It is a
-            code's usage *per batch*: with 2048-token batches and 4096 codes an average code scores 0.5, so the
-            threshold must sit far below that or live codes get replaced.
-        kmeans_iters: Lloyd iterations per stage of the k-means fit of the keys (`codeunlearn.bottleneck.kmeans`).
-
-    `seed` seeds the rotation and the k-means initialisation.
-    """
-
-    kind: ClassVar[str] = "vq"
-    unit_name: ClassVar[str] = "codes"
-    interventions: ClassVar[tuple[str, ...]] = ("substitute", "exclude")
-    default_intervention: ClassVar[str] = "substitute"  # measured stronger than `exclude` (benchmarks/RESULTS.md)
-
-    num_heads: int = 8
-    codebook_size: int = 4096
-    num_stages: int = 8
-    ema_decay: float = 0.99
-    kmeans_iters: int = 2
-    dead_code_threshold: float = 0.02
-
-    def _check(self) -> None:
-        for name in ("num_heads", "codebook_size", "num_stages"):
-            if getattr(self, name) < 1:
-                raise CodeunlearnError(f"{name} must be >= 1, got {getattr(self, name)}", f"set {name} to 1 or more")
-        # Out of these ranges the EMA key steps diverge or never replace a dead code, with no error until much later.
-        if not 0 <= self.ema_decay <= 1:
-            raise CodeunlearnError(f"ema_decay must be in [0, 1], got {self.ema_decay}", "use e.g. 0.99 (the default)")
-        if self.kmeans_iters < 0:
-            raise CodeunlearnError(f"kmeans_iters must be >= 0, got {self.kmeans_iters}", "use e.g. 2 (the default)")
-        if not (math.isfinite(self.dead_code_threshold) and self.dead_code_threshold >= 0):
-            raise CodeunlearnError(
-                f"dead_code_threshold must be a finite number >= 0, got {self.dead_code_threshold}",
-                "use e.g. 0.02 (the default)",
-            )
-        if self.hidden_size and self.hidden_size % self.num_heads:
-            raise CodeunlearnError(
-                f"hidden size {self.hidden_size} is not divisible by num_heads={self.num_heads}",
-                "choose num_heads that divides the hidden size",
-            )
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
-
-    @property
-    def codes_per_layer(self) -> int:
-        return self.num_stages * self.num_heads * self.codebook_size
-
-    @property
-    def bits_per_token(self) -> float:
-        return self.num_stages * self.num_heads * math.log2(self.codebook_size)
-
-    def describe(self) -> str:
-        return f"{self.codebook_size} codes x {self.num_heads} heads"
-
-    def card_text(self) -> CardText:
-        adapters = f"rank {self.adapter_rank}" if self.adapter_rank else "none"
-        return CardText(
-            kind="codebook (multi-head residual vector quantization)",
-            shape_rows=[
-                (
-                    "heads x codes x stages",
-                    f"{self.num_heads} x {self.codebook_size} x {self.num_stages} ({self.codes_per_layer:,} codes per "
-                    "layer)",
-                ),
-                ("bits per token", f"{self.bits_per_token:g}"),
-                ("downstream LoRA adapters", adapters),
-            ],
-            tags=["vector-quantization"],
-            units="a small set of discrete codes",
-        )
-
-    def fingerprint_prefix(self) -> bytes:
-        # the whole shape: the same keys mean other codes under another rotation, head split or stage count
-        return self.to_json_string().encode()
-
-
-@dataclass
-class SAEConfig(BottleneckConfig):
-    """A sae-lens sparse autoencoder on the residual stream after each layer (`kind="sae"`,
-    `codeunlearn.bottleneck.sae`).
-
-    Attributes:
-        sae_architecture: `relu` (ReLU encoder, MSE + L1 on decoder-norm-weighted activations) or `topk` (the k
-            largest pre-activations, MSE + aux-k), both sae-lens's own training classes; `pretrained` for SAEs
-            attached from sae-lens directories.
-        sae_width: SAE features per layer (d_sae); 0 = `sae_expansion_factor` x hidden size.
-        sae_expansion_factor: SAE width as a multiple of the hidden size (when `sae_width` is 0).
-        sae_k: active features per token of a `topk` SAE.
-        sae_l1_coefficient: weight of the L1 sparsity loss of a `relu` SAE (on inputs scaled to norm sqrt(d_in)).
-        sae_error_term: keep the SAE's reconstruction error in the output (output = decode(edited features) +
-            (h - decode(features))), so an unedited SAE changes nothing; False splices the bare reconstruction in.
-
-    `seed` seeds the SAE weight initialisation; `site` must be `residual` and `adapter_rank` 0.
-    """
-
-    kind: ClassVar[str] = "sae"
-    unit_name: ClassVar[str] = "features"
-    interventions: ClassVar[tuple[str, ...]] = ("zero", "clamp", "guardrail")
-    default_intervention: ClassVar[str] = "clamp"
-    has_activations: ClassVar[bool] = True
-
-    sae_architecture: Literal["relu", "topk", "pretrained"] = "topk"
-    sae_width: int = 0
-    sae_expansion_factor: int = 8
-    sae_k: int = 32
-    sae_l1_coefficient: float = 5.0
-    sae_error_term: bool = True
-
-    def _check(self) -> None:
-        if self.sae_architecture not in SAE_ARCHITECTURES:
-            raise CodeunlearnError(
-                f"unknown SAE architecture {self.sae_architecture!r}", f"use one of {TRAINABLE_SAE_ARCHITECTURES}"
-            )
-        if self.site != "residual":
-            raise CodeunlearnError(
-                f"an SAE bottleneck reads the residual stream, not site={self.site!r}", "use site residual"
-            )
-        if self.adapter_rank:
-            raise CodeunlearnError(
-                "downstream adapters are for codebooks; an SAE keeps its error term instead", "set adapter_rank 0"
-            )
-        if self.sae_width < 0:  # 0 is allowed: sae_expansion_factor x the hidden size
-            raise CodeunlearnError(
-                f"sae_width must be >= 0, got {self.sae_width}", "use 0 (sae_expansion_factor x hidden size) or a width"
-            )
-        for name in ("sae_expansion_factor", "sae_k"):
-            if getattr(self, name) < 1:
-                raise CodeunlearnError(f"{name} must be >= 1, got {getattr(self, name)}", f"set {name} to 1 or more")
-        if not (math.isfinite(self.sae_l1_coefficient) and self.sae_l1_coefficient >= 0):
-            raise CodeunlearnError(
-                f"sae_l1_coefficient must be a finite number >= 0, got {self.sae_l1_coefficient}", "use e.g. 5.0"
-            )
-        width = self.codes_per_layer
-        if self.sae_architecture == "topk" and width and self.sae_k > width:
-            raise CodeunlearnError(
-                f"sae_k={self.sae_k} exceeds the SAE width {width}", "choose sae_k below the number of features"
-            )
-
-    @property
-    def codes_per_layer(self) -> int:
-        return self.sae_width or self.sae_expansion_factor * self.hidden_size
-
-    def describe(self) -> str:
-        return f"{self.sae_architecture} SAE, {self.sae_width} features"
-
-    def card_text(self) -> CardText:
-        top_k = f" (top-k, k = {self.sae_k})" if self.sae_architecture == "topk" else ""
-        return CardText(
-            kind=f"sparse autoencoder ({self.sae_architecture})",
-            shape_rows=[
-                ("features per layer", f"{self.codes_per_layer:,}{top_k}"),
-                ("error term", "kept" if self.sae_error_term else "dropped"),
-                ("bits per token", "- (continuous feature activations)"),
-            ],
-            tags=["sparse-autoencoder", "sae-lens"],
-            units="sparse features",
-        )
-
-    def fill_model_facts(self) -> None:
-        self.sae_width = self.codes_per_layer
-
-    def fingerprint_prefix(self) -> bytes:
-        # the layers only: the encoders identify the features, and a pretrained SAE's config says little
-        return repr(list(self.layers)).encode()
-
-
-# Every bottleneck_config.json carries these kinds' fields, whatever its kind, in this order (module docstring).
-FLAT_LAYOUT_KINDS: tuple[type[BottleneckConfig], ...] = (CodebookConfig, SAEConfig)
+# Every bottleneck_config.json carries these kinds' fields, whatever its kind, in this order (module docstring). The
+# list is part of the file format, not the list of registered kinds: a kind added later writes its own fields in its
+# own files only, so that the files of these kinds (and a codebook's fingerprint, which hashes them) stay the same.
+FLAT_LAYOUT_KINDS = ("vq", "sae")
 FLAT_LAYOUT = (
     "layers", "kind", "site", "num_heads", "codebook_size", "num_stages", "passthrough_first_position",
     "massive_norm_factor", "ema_decay", "kmeans_iters", "dead_code_threshold", "adapter_rank", "seed",
@@ -404,7 +218,7 @@ def _inactive_defaults(cls: type[BottleneckConfig]) -> dict[str, Any]:
     mine = {f.name for f in dataclasses.fields(cls)}
     defaults = {}
     for other in FLAT_LAYOUT_KINDS:
-        for f in dataclasses.fields(other):
+        for f in dataclasses.fields(config_class_for(other)):
             if f.name not in mine:
                 defaults[f.name] = f.default
     return defaults

@@ -2,7 +2,7 @@
 
 One format for every bottleneck kind; the interventions a kind honours are its config's `interventions`. A codebook (`kind="vq"`) edit removes codes (`substitute` / `exclude`); an
 SAE (`kind="sae"`) edit acts on features when they fire (`zero`, `clamp` to `multiplier * scale`, or either only
-where a calibrated local-window `guardrail` gate is on; see `codeunlearn.bottleneck.interventions`). Fields an older file
+where a calibrated local-window `guardrail` gate is on; see `codeunlearn.kinds.sae.interventions`). Fields an older file
 lacks take their defaults, and a VQ edit writes exactly the keys it always did.
 """
 
@@ -16,16 +16,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from codeunlearn.bottleneck.config import DEFAULT_KIND, CodebookConfig
-from codeunlearn.bottleneck.registry import all_interventions, get_kind, kind_names
+from codeunlearn.bottleneck.config import DEFAULT_KIND
+from codeunlearn.bottleneck.registry import all_interventions, config_class_for, kind_names
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.io import atomic_write_text
 
-DEFAULT_INTERVENTION = CodebookConfig.default_intervention  # that of the default kind
 # Firing features clamped to -10x their mean forget activation: zero-ablation leaves most of the topic's loss
 # (Farrell et al. 2024, "Applying sparse autoencoders to unlearn knowledge"); sweep it with benchmarks/sae_curves.py.
 DEFAULT_MULTIPLIER = -10.0
 GUARDRAIL_ACTIONS = ("zero", "clamp")
+
+
+def default_intervention() -> str:
+    """The intervention of an edit that names none: that of the default kind (looked up when an edit is made, as
+    the kinds register themselves above this module)."""
+    return config_class_for(DEFAULT_KIND).default_intervention
 
 
 def check_multiplier(multiplier: Any, what: str = "clamp") -> float:
@@ -190,7 +195,7 @@ class Edit:
 
     topic: str
     layers: dict[int, LayerCodes]
-    intervention: Literal["substitute", "exclude", "zero", "clamp", "guardrail"] = DEFAULT_INTERVENTION
+    intervention: str | None = None  # None: the default kind's `default_intervention` (`default_intervention()`)
     rule: dict[str, Any] = field(default_factory=dict)
     bottleneck_fingerprint: str = ""
     kind: str = DEFAULT_KIND
@@ -198,6 +203,8 @@ class Edit:
     guardrail: Guardrail | None = None
 
     def __post_init__(self) -> None:
+        if self.intervention is None:
+            self.intervention = default_intervention()
         if self.intervention not in all_interventions():
             raise CodeunlearnError(f"unknown intervention {self.intervention!r}", f"use one of {all_interventions()}")
         self.layers = {
@@ -206,7 +213,7 @@ class Edit:
         }
         if isinstance(self.guardrail, dict):
             self.guardrail = Guardrail(**self.guardrail)
-        allowed = get_kind(self.kind)[1].interventions if self.kind in kind_names() else all_interventions()
+        allowed = config_class_for(self.kind).interventions if self.kind in kind_names() else all_interventions()
         if self.intervention not in allowed:
             raise CodeunlearnError(
                 f"intervention {self.intervention!r} is not for a {self.kind!r} bottleneck", f"use one of {allowed}"

@@ -5,8 +5,8 @@ A bottleneck source is any of:
 - a bottleneck directory (`bottleneck_config.json`, written by `codeunlearn train`, `apply` or `forget`), with its
   saved edits;
 - the output directory of `codeunlearn train`, which holds `bottleneck/`;
-- a sae-lens (or Gemma Scope) SAE directory, or a folder of them (a downloaded release), attached at the layers
-  their hook names record;
+- modules saved by another library that a kind reads (`Bottleneck.is_foreign_source`): a sae-lens (or Gemma
+  Scope) SAE directory, or a folder of them (a downloaded release), attached at the layers their hook names record;
 - a Hub repo id `OWNER/NAME[/sub/folder][@revision]` that holds one of those (`codeunlearn.hub`).
 """
 
@@ -19,7 +19,7 @@ from torch import nn
 
 from codeunlearn.bottleneck.config import CONFIG_NAME
 from codeunlearn.bottleneck.model import BottleneckedModel
-from codeunlearn.bottleneck.sae import is_sae_directory
+from codeunlearn.bottleneck.registry import kind_names, module_class_for
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.hub import resolve_bottleneck_source
 from codeunlearn.modeling import ModelArguments
@@ -49,11 +49,14 @@ def is_bottleneck_source(path: Path) -> bool:
     return _bottleneck_in(path) is not None
 
 
-def is_sae_source(path: Path) -> bool:
-    """A sae-lens (or Gemma Scope) SAE directory, or a directory whose subdirectories are."""
-    if is_sae_directory(path):
-        return True
-    return path.is_dir() and any(p.is_dir() and is_sae_directory(p) for p in path.iterdir())
+def foreign_kind(path: Path) -> Any:
+    """The module class of the kind that reads `path` as modules saved by another library (sae-lens SAE
+    directories: `Bottleneck.is_foreign_source`), or None."""
+    for kind in kind_names():
+        module_class = module_class_for(kind)
+        if module_class.is_foreign_source(path):
+            return module_class
+    return None
 
 
 def _bottleneck_in(path: Path) -> Path | None:
@@ -62,7 +65,7 @@ def _bottleneck_in(path: Path) -> Path | None:
         return path
     if (path / "bottleneck" / CONFIG_NAME).is_file():
         return path / "bottleneck"
-    if is_sae_source(path):
+    if foreign_kind(path) is not None:
         return path
     return None
 
@@ -73,7 +76,7 @@ def attach_bottleneck(model: nn.Module, source: str | Path) -> BottleneckedModel
     path = resolve_bottleneck_dir(source)
     if (path / CONFIG_NAME).is_file():
         return BottleneckedModel.from_pretrained(model, path)
-    return BottleneckedModel.attach_sae(model, path)
+    return foreign_kind(path).attach_foreign(model, path)
 
 
 def load_bottlenecked(

@@ -4,10 +4,11 @@ The wrapper replaces `layers[L]` by a module that runs the original layer and pa
 transformers 4.x, tensor in 5.x) through the bottleneck. Disabled, it returns the layer output untouched, so the
 logits are bit-identical to the base model's.
 
-A bottleneck is any registered kind (`codeunlearn.bottleneck.registry`): a `CodebookBottleneck` (`kind="vq"`), an
-`SAEBottleneck` (`kind="sae"`, a sae-lens SAE). Every kind implements `codeunlearn.bottleneck.base.Bottleneck`
-(`quantize`, `set_edits`, its files ...), so nothing here depends on which kind it holds; an SAE alone can be
-attached from saved sae-lens directories (`attach_sae`) and run with another splice (`splice`).
+A bottleneck is any registered kind (`codeunlearn.bottleneck.registry`, the kinds in `codeunlearn.kinds`): a
+`CodebookBottleneck` (`kind="vq"`), an `SAEBottleneck` (`kind="sae"`, a sae-lens SAE). Every kind implements
+`codeunlearn.bottleneck.base.Bottleneck` (`quantize`, `set_edits`, its files ...), so nothing here depends on which
+kind it holds; a kind may run with another splice on request (`splice`: an SAE without its error term), and a kind
+may attach modules saved by another library (`codeunlearn.kinds.sae.attach_sae`: sae-lens directories).
 """
 
 from __future__ import annotations
@@ -37,34 +38,15 @@ from codeunlearn.bottleneck.architectures import (
     model_type_of,
 )
 from codeunlearn.bottleneck.base import WEIGHTS_NAME, Bottleneck, layer_state
-from codeunlearn.bottleneck.config import CONFIG_NAME, BottleneckConfig, SAEConfig
+from codeunlearn.bottleneck.config import CONFIG_NAME, BottleneckConfig
 from codeunlearn.bottleneck.edit import Edit
-from codeunlearn.bottleneck.registry import module_class_for
-from codeunlearn.bottleneck.sae import SAEBottleneck, Splice, is_sae_directory, load_sae_module, spliced
+from codeunlearn.bottleneck.registry import kind_names, module_class_for
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.io import atomic_directory, atomic_write_text, load_tensors
 
 EDITS_NAME = "edits.json"
 
 Observer = Callable[[int, Tensor, Any], None]  # (layer, states, the bottleneck's output or None)
-SAESource = str | Path | nn.Module  # a sae-lens directory, or a sae-lens SAE module
-
-
-def _sae_sources(saes: Any) -> list[tuple[int | None, SAESource]]:
-    """(layer or None, source) pairs from `{layer: source}`, one source, or a list of sources; a directory whose
-    subdirectories are SAE directories (a downloaded release) stands for all of them."""
-    if isinstance(saes, dict):
-        return [(int(layer), source) for layer, source in saes.items()]
-    if isinstance(saes, (str, Path)):
-        path = Path(saes)
-        if path.is_dir() and not is_sae_directory(path):
-            found = sorted(p for p in path.iterdir() if p.is_dir() and is_sae_directory(p))
-            if found:
-                return [(None, p) for p in found]
-        return [(None, path)]
-    if isinstance(saes, nn.Module):
-        return [(None, saes)]
-    return [(None, source) for source in saes]
 
 
 def _read_saved_edits(path: Path) -> list[Edit]:
@@ -181,42 +163,6 @@ class BottleneckedModel(nn.Module):
         return cls(model, config, bottlenecks)
 
     @classmethod
-    def attach_sae(
-        cls,
-        model: nn.Module,
-        saes: dict[int, SAESource] | SAESource | list[SAESource],
-        error_term: bool = True,
-        passthrough_first_position: bool = True,
-    ) -> BottleneckedModel:
-        """Attach trained SAEs saved by sae-lens (or by codeunlearn, or a downloaded Gemma Scope folder).
-
-        `saes` is `{layer: directory or sae-lens SAE}`, or directories alone (each SAE's recorded hook name, e.g.
-        `blocks.12.hook_resid_post`, gives its layer), or one directory holding such directories. An SAE whose
-        d_in or hook layer does not match the model is refused with a one-line error.
-        """
-        layers = decoder_layers(model)
-        config = SAEConfig(
-            layers=[0],
-            sae_architecture="pretrained",
-            sae_error_term=error_term,
-            passthrough_first_position=passthrough_first_position,
-            hidden_size=hidden_size(model),
-            num_hidden_layers=len(layers),
-            model_type=model_type_of(model),
-            base_model=str(getattr(model.config, "_name_or_path", "")),
-        )
-        bottlenecks: dict[int, SAEBottleneck] = {}
-        for layer, source in _sae_sources(saes):
-            bottleneck = load_sae_module(source, config, layer)
-            if bottleneck.layer in bottlenecks:
-                raise CodeunlearnError(f"two SAEs for layer {bottleneck.layer}", "attach one SAE per layer")
-            bottlenecks[bottleneck.layer] = bottleneck
-        config.layers = check_layer_indices(sorted(bottlenecks), len(layers))
-        config.sae_width = bottlenecks[config.layers[0]].num_features
-        device = next(model.parameters()).device
-        return cls(model, config, {layer: bn.to(device) for layer, bn in bottlenecks.items()})
-
-    @classmethod
     def from_pretrained(cls, model: nn.Module, path: str | Path) -> BottleneckedModel:
         """Attach the bottlenecks saved in `path` (and re-apply its saved edits) to `model`."""
         path = Path(path)
@@ -324,13 +270,18 @@ class BottleneckedModel(nn.Module):
         return self.bottleneck(layer).num_features
 
     @contextlib.contextmanager
-    def splice(self, mode: Splice) -> Iterator[None]:
-        """SAE only: run with `reconstruction` (no error term: the "CE loss recovered" splice) or `zero_ablation`
-        (the states replaced by zeros) instead of the default error-term splice."""
-        bottlenecks = [self.bottleneck(layer) for layer in self.layers]
-        if not all(isinstance(bottleneck, SAEBottleneck) for bottleneck in bottlenecks):
-            raise CodeunlearnError("splice modes are for SAE bottlenecks", "use a bottleneck of kind sae")
-        with spliced(bottlenecks, mode):
+    def splice(self, mode: str) -> Iterator[None]:
+        """Run with another splice of the kind's (its `Bottleneck.splices`): an SAE's `reconstruction` (no error
+        term: the "CE loss recovered" splice) or `zero_ablation` (the states replaced by zeros) instead of its
+        default error-term splice."""
+        kind = module_class_for(self.config.kind)
+        if not kind.splices:
+            with_splices = [name for name in kind_names() if module_class_for(name).splices]
+            raise CodeunlearnError(
+                f"splice modes are not for {self.config.kind!r} bottlenecks",
+                f"use a bottleneck of kind {' or '.join(with_splices)}",
+            )
+        with kind.spliced([self.bottleneck(layer) for layer in self.layers], mode):
             yield
 
     def wrappers(self) -> list[BottleneckLayer]:

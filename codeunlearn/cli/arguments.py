@@ -29,11 +29,12 @@ from typing import Any, Literal, Union
 from transformers import HfArgumentParser
 from transformers.hf_argparser import string_to_bool
 
-from codeunlearn.bottleneck import INTERVENTIONS, KINDS
-from codeunlearn.bottleneck.config import DEFAULT_KIND, FLAT_LAYOUT, BottleneckConfig, CodebookConfig, SAEConfig
+from codeunlearn.bottleneck.config import DEFAULT_KIND, FLAT_LAYOUT, BottleneckConfig
 from codeunlearn.bottleneck.edit import DEFAULT_MULTIPLIER
+from codeunlearn.bottleneck.registry import config_class_for
 from codeunlearn.cli.common import check_multiplier
 from codeunlearn.errors import CodeunlearnError, check_range
+from codeunlearn.kinds import INTERVENTIONS, KINDS
 from codeunlearn.unlearn.selection import SCALES, SelectionRule
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
@@ -113,15 +114,14 @@ MODEL_FACTS = ("hidden_size", "num_hidden_layers", "model_type", "base_model", "
 @dataclass
 class BottleneckArguments(
     library_arguments(
-        CodebookConfig,
-        SAEConfig,
+        *(config_class_for(name) for name in KINDS),
         exclude=MODEL_FACTS,
         # `seed` is taken by TrainingArguments (data order); this one seeds the bottleneck's initialisation.
         rename={"seed": "bottleneck_seed"},
         order=FLAT_LAYOUT,
     )
 ):
-    """The shape of the bottleneck: the fields of every kind's config (`codeunlearn.bottleneck.config`, as the flat
+    """The shape of the bottleneck: the fields of every kind's config (`codeunlearn.kinds`, as the flat
     `bottleneck_config.json` holds them), minus the facts read off the model; `kind` picks the config class."""
 
     kind: Literal[KINDS] = field(

@@ -31,8 +31,7 @@ from typing import Any
 
 from torch import Tensor
 
-from codeunlearn.bottleneck.config import CodebookConfig
-from codeunlearn.bottleneck.edit import DEFAULT_INTERVENTION, Edit
+from codeunlearn.bottleneck.edit import Edit
 from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.cli.arguments import (
     BottleneckArguments,
@@ -53,6 +52,7 @@ from codeunlearn.evaluate.loss_table import (
     loss_table,
 )
 from codeunlearn.io import atomic_write_text
+from codeunlearn.kinds.codebook.config import CodebookConfig
 from codeunlearn.modeling import ModelArguments
 from codeunlearn.runtime import Stopwatch
 from codeunlearn.tables import markdown_table
@@ -430,7 +430,7 @@ def render_report(
             f"- Statistics on train splits: forget {tokens['forget_train']:,} tokens, retain {tokens['retain_train']:,} "
             "tokens (the retain counts are kept with the bottleneck and reused by every later topic).\n"
             f"- Selection: top codes per layer by log-enrichment (min_forget_count {selection.min_forget_count}); "
-            f"{num_codes} codes removed by `{selection.intervention or DEFAULT_INTERVENTION}`"
+            f"{num_codes} codes removed by `{selection.intervention or CodebookConfig.default_intervention}`"
             + (
                 f", N chosen by the rule fixed in the config ({report['num_codes_rule']})"
                 if report["num_codes_rule"]

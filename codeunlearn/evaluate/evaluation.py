@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from codeunlearn import distributed
-from codeunlearn.bottleneck.codebook import QuantizeOutput, flat_code_ids
 from codeunlearn.bottleneck.model import BottleneckedModel
-from codeunlearn.bottleneck.sae import SAEOutput
 from codeunlearn.errors import CodeunlearnError
+from codeunlearn.kinds.codebook.bottleneck import QuantizeOutput, flat_code_ids
+from codeunlearn.kinds.sae.bottleneck import SAEOutput
 from codeunlearn.runtime import autocast, batches, model_device
 
 

@@ -167,7 +167,7 @@ def push_bottleneck_to_hub(
         raise CodeunlearnError(
             f"no codeunlearn bottleneck at {given} (no {CONFIG_NAME} in it or in its bottleneck/)",
             "pass the bottleneck directory `codeunlearn train` wrote; a sae-lens SAE directory is attached once "
-            "(`BottleneckedModel.attach_sae`) and saved with save_pretrained first",
+            "(`codeunlearn.kinds.sae.attach_sae`) and saved with save_pretrained first",
         )
     if repo_id.count("/") > 1 or not repo_id.strip("/"):
         raise CodeunlearnError(f"invalid repo id {repo_id!r}", "use NAME or NAMESPACE/NAME")

@@ -35,12 +35,12 @@ from codeunlearn.bottleneck.architectures import (
     ships_this_code,
 )
 from codeunlearn.bottleneck.model import BottleneckedModel, BottleneckLayer
-from codeunlearn.bottleneck.sae import LAYER_DIR, SAEBottleneck
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.export.card import EVAL_REPORT_NAME, read_eval_report, write_model_card
 from codeunlearn.export.remote_code import modeling_codeunlearn as remote_module
 from codeunlearn.export.remote_code.modeling_codeunlearn import CodeunlearnConfig, CodeunlearnForCausalLM
 from codeunlearn.io import atomic_directory, stamp_checksums
+from codeunlearn.kinds.sae.bottleneck import LAYER_DIR, SAEBottleneck
 
 BOTTLENECK_SUBDIR = "codeunlearn_bottleneck"
 VERIFY_TOLERANCE = 1e-4  # relative to the largest logit; fp32 reloads agree to ~1e-6

@@ -1,6 +1,6 @@
 """The training loop every bottleneck kind shares (`train_bottleneck`), on `accelerate`: the data stream, resume,
-metrics, checkpoints and the final save; the kind's `Trainer` (`codeunlearn.train.registry`) runs the steps
-(`codeunlearn.train.codebook`, `codeunlearn.train.sae`).
+metrics, checkpoints and the final save; the kind's `Trainer` (`codeunlearn.bottleneck.registry`) runs the steps
+(`codeunlearn.kinds.codebook.trainer`, `codeunlearn.kinds.sae.trainer`).
 
 Checkpoints (every `checkpoint_every` steps, atomic directories) hold the bottleneck weights and buffers, the
 optimizer and scheduler, the RNG states and the data cursor; `resume=True` continues from the latest one and ends
@@ -24,13 +24,13 @@ from tqdm.auto import tqdm
 
 from codeunlearn import distributed
 from codeunlearn.bottleneck.model import BottleneckedModel
+from codeunlearn.bottleneck.registry import trainer_for
 from codeunlearn.data import corpus_fingerprint
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.io import atomic_write_text
 from codeunlearn.train.arguments import TrainingArguments
 from codeunlearn.train.base import TrainingRun
 from codeunlearn.train.checkpoints import latest_checkpoint, load_checkpoint, truncate_metrics
-from codeunlearn.train.registry import trainer_for
 from codeunlearn.train.stream import ChunkStream
 
 

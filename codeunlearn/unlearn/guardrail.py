@@ -1,7 +1,7 @@
 """The SAE guardrail: calibrating its threshold on retain text, and the two numbers that show it works.
 
 A guardrail edit intervenes (zero / clamp its features) only at tokens where the local-window score of its
-features is above a threshold (`codeunlearn.bottleneck.interventions`). Here:
+features is above a threshold (`codeunlearn.kinds.sae.interventions`). Here:
 
 - `calibrate_guardrail` turns a zero/clamp edit into a guardrail whose per-layer threshold gives at most a target
   false-positive rate on retain text: at most that fraction of retain windows (one window ends at every counted
@@ -22,11 +22,11 @@ import torch
 from torch import Tensor
 
 from codeunlearn.bottleneck.edit import GUARDRAIL_ACTIONS, Edit, Guardrail
-from codeunlearn.bottleneck.interventions import firing_counts, window_scores
 from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.bottleneck.registry import config_class_for
-from codeunlearn.bottleneck.sae import SAEOutput
 from codeunlearn.errors import CodeunlearnError
+from codeunlearn.kinds.sae.bottleneck import SAEOutput
+from codeunlearn.kinds.sae.interventions import firing_counts, window_scores
 from codeunlearn.runtime import autocast, batches, model_device
 
 DEFAULT_WINDOW = 32

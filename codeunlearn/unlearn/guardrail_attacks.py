@@ -17,10 +17,10 @@ import torch
 from torch import Tensor
 
 from codeunlearn.bottleneck.edit import Edit
-from codeunlearn.bottleneck.interventions import firing_counts, window_scores
 from codeunlearn.bottleneck.model import BottleneckedModel
-from codeunlearn.bottleneck.sae import SAEOutput
 from codeunlearn.errors import CodeunlearnError
+from codeunlearn.kinds.sae.bottleneck import SAEOutput
+from codeunlearn.kinds.sae.interventions import firing_counts, window_scores
 from codeunlearn.runtime import autocast, model_device
 from codeunlearn.unlearn.guardrail import check_sae_edit, unedited
 

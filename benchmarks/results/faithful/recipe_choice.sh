@@ -17,7 +17,7 @@ test -f outputs/faithful_profiled/bottleneck/bottleneck_config.json  # py-spy ex
 echo "seconds train command: $(( $(date +%s) - start ))" | tee -a $HERE/train.log
 python benchmarks/profile_summary.py $HERE/train_profile.txt --rule "load model=load_base" \
   --rule "retain statistics pass=collect_code_statistics" \
-  --rule "k-means: nearest-key GEMM and argmin=nearest (codeunlearn/bottleneck/kmeans.py" \
+  --rule "k-means: nearest-key GEMM and argmin=nearest (codeunlearn/kinds/codebook/kmeans.py" \
   --rule "k-means: centroid update=_scatter_means" --rule "k-means: the rest=fit_residual_codebooks" \
   --rule "states at layer 15 (truncated forward)=states_at" --rule "read and tokenize corpora=read_corpora" \
   --rule "read and tokenize corpora=pack" --rule "save=save_pretrained" | tee $HERE/train_profile.md

@@ -36,13 +36,13 @@ from torch import Tensor, nn
 
 from codeunlearn.bottleneck.architectures import EXPORTED_MODEL_TYPE, decoder_layers_path
 from codeunlearn.bottleneck.model import BottleneckedModel
-from codeunlearn.bottleneck.sae import SAEBottleneck
 from codeunlearn.data import load_split
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.evaluate.attacks.heldout import FORGET, HeldoutText, facts_top1, load_heldout_text
 from codeunlearn.evaluate.attacks.relearn import RelearnConfig, check_disjoint, trainable_for_relearning
 from codeunlearn.evaluate.evaluation import next_token_nll
 from codeunlearn.evaluate.metrics.base import EvalContext, MetricResult
+from codeunlearn.kinds.sae.bottleneck import SAEBottleneck
 from codeunlearn.runtime import autocast, model_device
 from codeunlearn.train.stream import ChunkStream
 

@@ -33,11 +33,13 @@ import torch
 from torch import Tensor, nn
 
 from codeunlearn import distributed
+from codeunlearn.bottleneck.architectures import check_layer_indices, decoder_layers, hidden_size, model_type_of
 from codeunlearn.bottleneck.base import Bottleneck, Tally
-from codeunlearn.bottleneck.config import TRAINABLE_SAE_ARCHITECTURES, SAEConfig
 from codeunlearn.bottleneck.edit import Edit
-from codeunlearn.bottleneck.interventions import FeatureIntervention, apply_interventions, compile_edit
+from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.errors import CodeunlearnError
+from codeunlearn.kinds.sae.config import TRAINABLE_SAE_ARCHITECTURES, SAEConfig
+from codeunlearn.kinds.sae.interventions import FeatureIntervention, apply_interventions, compile_edit
 
 # Our architecture names -> sae-lens architecture registry keys (sae_lens.registry), in SAELens's style.
 SAE_LENS_ARCHITECTURES = {"relu": "standard", "topk": "topk"}
@@ -48,6 +50,7 @@ LAYER_DIR = "layer_{layer}"
 METADATA_KEY = "codeunlearn"
 SPLICES = ("error_term", "reconstruction", "zero_ablation")
 Splice = Literal["error_term", "reconstruction", "zero_ablation"]
+SAESource = str | Path | nn.Module  # a sae-lens directory, or a sae-lens SAE module
 
 
 def residual_hook_name(layer: int) -> str:
@@ -211,6 +214,8 @@ class SAEOutput:
 class SAEBottleneck(Bottleneck):
     """A sae-lens SAE on the residual stream after one decoder layer, honouring the active feature edits."""
 
+    splices = SPLICES
+
     def __init__(self, sae: nn.Module, config: SAEConfig, layer: int, initialized: bool = True) -> None:
         super().__init__()
         self.sae = sae.requires_grad_(False)  # trained only through `training_step` (its caller enables gradients)
@@ -271,6 +276,18 @@ class SAEBottleneck(Bottleneck):
         info = sae.cfg.metadata.get(METADATA_KEY) or {}
         bottleneck.typical_norm.fill_(float(info.get("typical_norm", 0.0)))
         return bottleneck
+
+    @classmethod
+    def is_foreign_source(cls, path: Path) -> bool:
+        """A sae-lens (or Gemma Scope) SAE directory, or a directory whose subdirectories are."""
+        if is_sae_directory(path):
+            return True
+        return path.is_dir() and any(p.is_dir() and is_sae_directory(p) for p in path.iterdir())
+
+    @classmethod
+    def attach_foreign(cls, model: nn.Module, path: Path) -> BottleneckedModel:
+        """The SAEs saved in `path` by sae-lens, attached at the layers their hook names record (`attach_sae`)."""
+        return attach_sae(model, path)
 
     @classmethod
     def load_layers(cls, path: Path, config: SAEConfig) -> dict[int, SAEBottleneck]:
@@ -400,9 +417,25 @@ class SAEBottleneck(Bottleneck):
         finally:
             self.error_term_gradients_only = previous
 
+    @classmethod
+    @contextlib.contextmanager
+    def spliced(cls, bottlenecks: list[Bottleneck], splice: str) -> Iterator[None]:
+        """Temporarily run SAEs with another splice (`error_term`, `reconstruction`, `zero_ablation`)."""
+        if splice not in SPLICES:
+            raise CodeunlearnError(f"unknown SAE splice {splice!r}", f"use one of {SPLICES}")
+        previous = [b.splice for b in bottlenecks]
+        for bottleneck in bottlenecks:
+            bottleneck.splice = splice
+        try:
+            yield
+        finally:
+            for bottleneck, value in zip(bottlenecks, previous, strict=True):
+                bottleneck.splice = value
+
     # ----------------------------------------------------------------------------------------------- edits
     def set_edits(self, layer: int, edits: list[Edit]) -> None:
-        """Compile the active edits that name features at `layer` into interventions (`codeunlearn.bottleneck.interventions`)."""
+        """Compile the active edits that name features at `layer` into interventions
+        (`codeunlearn.kinds.sae.interventions`)."""
         self.set_interventions([compile_edit(e, layer) for e in edits if layer in e.layers and e.layers[layer].codes])
 
     def tally(self, result: SAEOutput) -> Tally:
@@ -548,16 +581,53 @@ class SAEBottleneck(Bottleneck):
         return {name: tensor.detach().float().clone() for name, tensor in tensors.items()}
 
 
-@contextlib.contextmanager
-def spliced(bottlenecks: list[SAEBottleneck], splice: Splice) -> Iterator[None]:
-    """Temporarily run SAEs with another splice (`error_term`, `reconstruction`, `zero_ablation`)."""
-    if splice not in SPLICES:
-        raise CodeunlearnError(f"unknown SAE splice {splice!r}", f"use one of {SPLICES}")
-    previous = [b.splice for b in bottlenecks]
-    for bottleneck in bottlenecks:
-        bottleneck.splice = splice
-    try:
-        yield
-    finally:
-        for bottleneck, value in zip(bottlenecks, previous, strict=True):
-            bottleneck.splice = value
+def _sae_sources(saes: Any) -> list[tuple[int | None, SAESource]]:
+    """(layer or None, source) pairs from `{layer: source}`, one source, or a list of sources; a directory whose
+    subdirectories are SAE directories (a downloaded release) stands for all of them."""
+    if isinstance(saes, dict):
+        return [(int(layer), source) for layer, source in saes.items()]
+    if isinstance(saes, (str, Path)):
+        path = Path(saes)
+        if path.is_dir() and not is_sae_directory(path):
+            found = sorted(p for p in path.iterdir() if p.is_dir() and is_sae_directory(p))
+            if found:
+                return [(None, p) for p in found]
+        return [(None, path)]
+    if isinstance(saes, nn.Module):
+        return [(None, saes)]
+    return [(None, source) for source in saes]
+
+
+def attach_sae(
+    model: nn.Module,
+    saes: dict[int, SAESource] | SAESource | list[SAESource],
+    error_term: bool = True,
+    passthrough_first_position: bool = True,
+) -> BottleneckedModel:
+    """Attach trained SAEs saved by sae-lens (or by codeunlearn, or a downloaded Gemma Scope folder).
+
+    `saes` is `{layer: directory or sae-lens SAE}`, or directories alone (each SAE's recorded hook name, e.g.
+    `blocks.12.hook_resid_post`, gives its layer), or one directory holding such directories. An SAE whose
+    d_in or hook layer does not match the model is refused with a one-line error.
+    """
+    layers = decoder_layers(model)
+    config = SAEConfig(
+        layers=[0],
+        sae_architecture="pretrained",
+        sae_error_term=error_term,
+        passthrough_first_position=passthrough_first_position,
+        hidden_size=hidden_size(model),
+        num_hidden_layers=len(layers),
+        model_type=model_type_of(model),
+        base_model=str(getattr(model.config, "_name_or_path", "")),
+    )
+    bottlenecks: dict[int, SAEBottleneck] = {}
+    for layer, source in _sae_sources(saes):
+        bottleneck = load_sae_module(source, config, layer)
+        if bottleneck.layer in bottlenecks:
+            raise CodeunlearnError(f"two SAEs for layer {bottleneck.layer}", "attach one SAE per layer")
+        bottlenecks[bottleneck.layer] = bottleneck
+    config.layers = check_layer_indices(sorted(bottlenecks), len(layers))
+    config.sae_width = bottlenecks[config.layers[0]].num_features
+    device = next(model.parameters()).device
+    return BottleneckedModel(model, config, {layer: bn.to(device) for layer, bn in bottlenecks.items()})

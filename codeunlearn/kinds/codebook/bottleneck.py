@@ -26,11 +26,11 @@ from vector_quantize_pytorch.vector_quantize_pytorch import sample_vectors_distr
 from codeunlearn import __version__, distributed
 from codeunlearn.bottleneck.adapters import ADAPTER_PREFIX
 from codeunlearn.bottleneck.base import WEIGHTS_NAME, Bottleneck, Tally, layer_state
-from codeunlearn.bottleneck.config import CodebookConfig
 from codeunlearn.bottleneck.edit import Edit
-from codeunlearn.bottleneck.kmeans import fit_residual_codebooks, nearest, squared_norms
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.io import atomic_save_tensors, load_tensors
+from codeunlearn.kinds.codebook.config import CodebookConfig
+from codeunlearn.kinds.codebook.kmeans import fit_residual_codebooks, nearest, squared_norms
 
 
 @dataclass
@@ -196,12 +196,12 @@ class CodebookBottleneck(Bottleneck):
     def initialize(self, states: Tensor, positions: Tensor | None = None) -> float:
         """Fit every stage's search keys by k-means on the ordinary tokens of `states` (..., dim); returns the FVU.
         Data-parallel, `states` is this process's share and every process ends with the same keys
-        (`codeunlearn.bottleneck.kmeans`).
+        (`codeunlearn.kinds.codebook.kmeans`).
 
         Sets the typical norm (median over non-first positions) and the centring mean (over ordinary tokens), then
         runs `config.kmeans_iters` Lloyd iterations per stage on what the earlier stages left over
-        (`codeunlearn.bottleneck.kmeans`). Values start equal to the keys, so the module outputs centroids until (and
-        unless) value training moves them.
+        (`codeunlearn.kinds.codebook.kmeans`). Values start equal to the keys, so the module outputs centroids
+        until (and unless) value training moves them.
         """
         states = states.float()
         ordinary = self._fit_typical_norm(states, positions)

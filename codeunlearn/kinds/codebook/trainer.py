@@ -3,7 +3,7 @@ training by gradient.
 
 1. **Keys** (`key_steps`): step 1 reads the states at each bottleneck layer for `kmeans_init_tokens` tokens (one
    truncated forward per token, stopping at that layer; shallower bottlenecks run as trained) and fits every
-   residual stage by chunked k-means on them (`codeunlearn.bottleneck.kmeans`, fp32). Steps 2.. `key_steps` are
+   residual stage by chunked k-means on them (`codeunlearn.kinds.codebook.kmeans`, fp32). Steps 2.. `key_steps` are
    optional EMA updates with dead-code replacement (`vector_quantize_pytorch`) on fresh batches. No gradients.
    Data-parallel, each process reads its share of the k-means tokens and of every batch; the k-means sums and
    counts and the EMA sums are summed over the processes, so every process holds the same keys.
@@ -37,11 +37,11 @@ from transformers import get_cosine_schedule_with_warmup
 from codeunlearn import distributed
 from codeunlearn.bottleneck.adapters import ADAPTER_PREFIX
 from codeunlearn.bottleneck.base import WEIGHTS_NAME
-from codeunlearn.bottleneck.codebook import QuantizeOutput, flat_code_ids
 from codeunlearn.bottleneck.config import CONFIG_NAME, BottleneckConfig
 from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.io import load_tensors
+from codeunlearn.kinds.codebook.bottleneck import QuantizeOutput, flat_code_ids
 from codeunlearn.runtime import autocast
 from codeunlearn.train.arguments import TrainingArguments
 from codeunlearn.train.base import Trainer, TrainingRun

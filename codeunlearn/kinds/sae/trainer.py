@@ -21,9 +21,9 @@ from transformers import get_cosine_schedule_with_warmup
 from codeunlearn.bottleneck.base import WEIGHTS_NAME
 from codeunlearn.bottleneck.config import CONFIG_NAME
 from codeunlearn.bottleneck.model import BottleneckedModel
-from codeunlearn.bottleneck.sae import SAEBottleneck
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.io import atomic_save_tensors, atomic_write_text, load_tensors
+from codeunlearn.kinds.sae.bottleneck import SAEBottleneck
 from codeunlearn.runtime import autocast
 from codeunlearn.train.arguments import TrainingArguments
 from codeunlearn.train.base import Trainer, TrainingRun
