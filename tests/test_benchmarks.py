@@ -269,3 +269,40 @@ tests/test_properties.py::test_q:
     - 7 passing, 0 failing, and 3 invalid test cases
 """
     assert hypothesis_examples(output) == {"test_p": (402, 1, 64), "test_q": (7, 0, 3)}
+
+
+def test_shape_table_joins_fidelity_demo_and_speed_rows_by_shape(tmp_path):
+    fidelity = {
+        "name": "s16_c256",
+        "bits_per_token": 1024.0,
+        "train_seconds": 53.0,
+        "delta_ce": {"history": 0.1207, "wiki": 0.1138, "micro": 0.1443, "cyber": 0.1489, "hp": 0.3264},
+        "relative_delta_ce": {"history": 0.0393, "wiki": 0.0341, "micro": 0.05, "cyber": 0.05, "hp": 0.1},
+    }
+    missing_demo = {**fidelity, "name": "s8_c4096"}  # no demo report: left out of the table
+    (tmp_path / "fidelity.jsonl").write_text(json.dumps(missing_demo) + "\n" + json.dumps(fidelity) + "\n")
+    (tmp_path / "demo_s16_c256_report.md").write_text(
+        "- Selection: 128 codes removed, N chosen by the rule (retain cost on validation text by codes per layer "
+        "(budget 0.05): 128*: +0.0139, 256: +0.0878).\n\n"
+        "| row | codes removed | forget loss | retain loss | Δ forget | Δ retain | selectivity |\n"
+        "|---|---:|---:|---:|---:|---:|---:|\n"
+        "| edited (harry_potter codes) | 128 | 3.8 | 3.27 | +0.2090 | +0.0061 | +0.2028 |\n"
+        "| random-codes control | 128 | 3.6 | 3.28 | +0.0475 | +0.0207 | +0.0267 |\n"
+    )
+    (tmp_path / "inference_speed_s16_c256.json").write_text(json.dumps({"prefill_ratio": 0.961, "decode_ratio": 0.987}))
+    out = run_script("shape_table.py", "--results_dir", str(tmp_path)).stdout.splitlines()
+    assert len(out) == 3  # header, alignment row, the one shape with all three files
+    assert out[2] == (
+        "| 16 x 256 | 1,024 | 4,096 | 53 | +0.121 (3.9%) | +0.114 (3.4%) | +0.144 / +0.149 / +0.326 "
+        "| 128 (+0.0139; 256: +0.0878) | +0.2090 / +0.0061 | +0.0475 / +0.0207 | 0.96x, 0.99x |"
+    )
+
+
+def test_shape_table_counts_an_edits_codes_per_stage(tmp_path):
+    (tmp_path / "bottleneck").mkdir()
+    config = {"num_heads": 2, "codebook_size": 4, "num_stages": 3}
+    (tmp_path / "bottleneck" / "bottleneck_config.json").write_text(json.dumps(config))
+    # flat id = (stage * heads + head) * codes + code: 8 ids per stage
+    (tmp_path / "edit.json").write_text(json.dumps({"layers": {"5": {"codes": [0, 9, 17, 23], "scores": [1] * 4}}}))
+    out = run_script("shape_table.py", "--edit_stages", str(tmp_path)).stdout.splitlines()
+    assert out[2:] == ["| 5 | 1 | 1 |", "| 5 | 2 | 1 |", "| 5 | 3 | 2 |"]

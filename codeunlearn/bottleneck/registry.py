@@ -18,8 +18,8 @@ from codeunlearn.errors import CodeunlearnError
 
 
 class Kind(NamedTuple):
-    """What is registered for one kind: (module class, config class, trainer). The classes are typed loosely: this module imports no kind, and the config
-    module looks kinds up here.
+    """What is registered for one kind: (module class, config class, trainer). The classes are typed loosely: this
+    module imports no kind, and the config module looks kinds up here.
 
     Attributes:
         module_class: the kind's `Bottleneck` subclass (one per decoder layer).

@@ -205,7 +205,7 @@ class CodebookQuantizer(nn.Module):
     def _nearest(self, z: torch.Tensor, stage: int) -> torch.Tensor:
         """Index of the nearest searchable key per head, in fp32. z (N, H, d) -> (N, H).
 
-        The same computation as `codeunlearn.bottleneck.kmeans.nearest` (one batched GEMM per chunk of tokens, the
+        The same computation as `codeunlearn.kinds.codebook.kmeans.nearest` (one batched GEMM per chunk of tokens, the
         keys read transposed in place), so that the export picks the codes the edited model picks, ties included."""
         keys = self.keys[stage].float()
         tag = (keys.data_ptr(), keys._version, self.excluded.data_ptr(), self.excluded._version)
