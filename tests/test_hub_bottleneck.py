@@ -18,7 +18,6 @@ from helpers import make_model, make_tokens, run_error, run_ok, tiny_config
 from codeunlearn.bottleneck.config import CONFIG_NAME
 from codeunlearn.bottleneck.loading import resolve_bottleneck_dir
 from codeunlearn.bottleneck.model import BottleneckedModel
-from codeunlearn.data import corpus_fingerprint
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.export.card import read_fidelity_report
 from codeunlearn.hub import HubSource, parse_hub_source
@@ -63,7 +62,6 @@ def bottleneck_dir(tmp_path_factory) -> Path:
     bmodel.bottleneck(1).initialize(bmodel.states_at(1, tokens))
     bmodel.save_pretrained(run / "bottleneck")
     stats = collect_code_statistics(bmodel, tokens, batch_size=4, corpus="wiki", progress=False)
-    stats.corpus_fingerprint = corpus_fingerprint(tokens)
     save_retain_statistics(stats, run / "bottleneck")
     (run / "run_args.json").write_text(json.dumps({"corpora": ["/home/me/data/wiki.txt"], "retain_corpora": []}))
     return run / "bottleneck"

@@ -10,6 +10,7 @@ from helpers import assert_fix_error, make_tokens
 
 from codeunlearn.bottleneck.architectures import decoder_layers
 from codeunlearn.bottleneck.edit import Edit, LayerCodes
+from codeunlearn.data import corpus_fingerprint
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.kinds.codebook.bottleneck import flat_code_ids
 from codeunlearn.unlearn.selection import SelectionRule, enrichment_scores, random_control, select_codes, truncate
@@ -89,12 +90,19 @@ def test_statistics_stop_after_the_deepest_bottleneck(trained):
 
 
 def test_statistics_save_load_round_trip(trained, tmp_path):
-    stats = collect(trained, make_tokens(4, 8, seed=24), corpus="forget")
+    tokens = make_tokens(4, 8, seed=24)
+    stats = collect(trained, tokens, corpus="forget")
     assert stats.bottleneck_fingerprint == trained.fingerprint()
+    # the counts name the text they counted: the same ids give the same hash, one changed id another
+    assert stats.corpus_fingerprint == corpus_fingerprint(tokens.clone())
+    changed = tokens.clone()
+    changed[0, 0] += 1
+    assert corpus_fingerprint(changed) != stats.corpus_fingerprint
     stats.save(tmp_path / "forget.safetensors")
     loaded = CodeStatistics.load(tmp_path / "forget.safetensors")
     assert loaded.tokens == stats.tokens
     assert (loaded.corpus, loaded.bottleneck_fingerprint) == ("forget", stats.bottleneck_fingerprint)
+    assert loaded.corpus_fingerprint == stats.corpus_fingerprint
     assert sorted(loaded.counts) == sorted(stats.counts)
     assert all(torch.equal(loaded.counts[k], stats.counts[k]) for k in stats.counts)
 

@@ -41,7 +41,7 @@ from codeunlearn.cli.arguments import (
 )
 from codeunlearn.cli.common import check_skip_positions
 from codeunlearn.cli.forget import CONTROL_NAME, EDIT_NAME, make_edits, summarize
-from codeunlearn.data import Corpora, DataArguments, corpus_fingerprint, read_corpora
+from codeunlearn.data import Corpora, DataArguments, read_corpora
 from codeunlearn.errors import CodeunlearnError, check_range
 from codeunlearn.evaluate.loss_table import (
     TABLE_NOTE,
@@ -324,7 +324,6 @@ def main(argv: Sequence[str]) -> int:
         retain_stats = collect_code_statistics(
             bmodel, text.retain_stats, batch, corpus=retain_corpora.name, progress=progress, bf16=bf16
         )
-        retain_stats.corpus_fingerprint = corpus_fingerprint(text.retain_stats)
         save_retain_statistics(retain_stats, output_dir / "bottleneck")
     with watch.stage("forget"):  # what forgetting a new topic costs: one pass over its text, then selection
         forget_stats = collect_code_statistics(

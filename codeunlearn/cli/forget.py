@@ -210,7 +210,6 @@ def forget_on_bottleneck(
         forget = collect_code_statistics(
             bmodel, chunks, args.batch_size, corpus=forget_corpora.name, progress=run.progress, bf16=run.bf16
         )
-        forget.corpus_fingerprint = corpus_fingerprint(chunks)
     with watch.stage("select"):
         edit, control = make_edits(forget, retain, selection)
         if selection.max_retain_cost is not None:  # N by rule, on train-split text after what training read
@@ -310,7 +309,6 @@ def _retain_statistics(
     stats = collect_code_statistics(
         bmodel, chunks, args.batch_size, corpus=retain_corpora.name, progress=run.progress, bf16=run.bf16
     )
-    stats.corpus_fingerprint = key
     # A bottleneck named by Hub repo id lives in the Hugging Face cache, which is not ours to write into.
     keep = directory if Path(args.bottleneck_dir).exists() else Path(run.output_dir)
     print(f"retain statistics: counted on {chunks.numel():,} tokens, kept at {save_retain_statistics(stats, keep)}")

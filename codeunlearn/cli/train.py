@@ -35,7 +35,7 @@ from codeunlearn import distributed, figures
 from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.cli.arguments import BottleneckArguments, parse_arguments, to_flat_dict
 from codeunlearn.cli.common import check_output_dir_free
-from codeunlearn.data import DataArguments, corpus_fingerprint, read_corpora
+from codeunlearn.data import DataArguments, read_corpora
 from codeunlearn.errors import CodeunlearnError, check_range
 from codeunlearn.io import atomic_write_text
 from codeunlearn.modeling import ModelArguments
@@ -132,7 +132,6 @@ def main(argv: Sequence[str]) -> int:
                 progress=training_args.progress,
                 bf16=training_args.bf16,
             )
-            stats.corpus_fingerprint = corpus_fingerprint(stats_chunks)
             if distributed.is_main_process():
                 path = save_retain_statistics(stats, output_dir / "bottleneck")
                 print(f"retain statistics on {stats_chunks.numel():,} tokens: {path}")

@@ -55,7 +55,7 @@ class CodeStatistics:
     activation_sums: dict[int, Tensor] = field(default_factory=dict)  # float64, SAE only
     activation_max: dict[int, Tensor] = field(default_factory=dict)  # float32, SAE only
     kind: str = DEFAULT_KIND
-    corpus_fingerprint: str = ""  # hash of the packed token ids counted (`statistics_cache.corpus_fingerprint`)
+    corpus_fingerprint: str = ""  # hash of the packed token ids counted (`codeunlearn.data.corpus_fingerprint`)
 
     def frequency(self, layer: int) -> Tensor:
         """Fraction of quantized tokens on which each code fires (a code owns one stage/head slot)."""
@@ -327,16 +327,18 @@ def collect_code_statistics(
     """Count code firings (SAE: feature firings and activation sums) of `chunks` (num_chunks, seq_len) at every
     bottleneck layer; what a batch adds is each bottleneck's `tally` of its output. Data-parallel, each process
     counts its share of `chunks` and every process returns the sums over all of them (integer counts: exactly
-    what one process counts).
+    what one process counts). The result records the hash of `chunks` (`corpus_fingerprint`), which names the
+    counts in a bottleneck's statistics cache.
 
     With `checkpoint`, the partial sums are saved every `checkpoint.every` batches and, with `checkpoint.resume`,
     continued from; the caller removes them (`checkpoint.discard()`) once the result is saved."""
     if len(chunks) == 0:
         raise CodeunlearnError(f"corpus {corpus!r} gave no chunks", "use more text or a smaller --seq_len")
     check_range("batch_size", batch_size, batch_size >= 1, ">= 1")
-    fingerprint = chunks_fingerprint = ""
+    fingerprint = ""
+    chunks_fingerprint = corpus_fingerprint(chunks)
     if distributed.world_size() > 1 or checkpoint is not None:  # hashing the bottleneck costs a read of every key
-        fingerprint, chunks_fingerprint = bmodel.fingerprint(), corpus_fingerprint(chunks)
+        fingerprint = bmodel.fingerprint()
     if distributed.world_size() > 1:
         distributed.check_same_everywhere(
             "the bottleneck or the chunks to count",
@@ -385,4 +387,5 @@ def collect_code_statistics(
         tallies.sums,
         tallies.maxima,
         kind=bmodel.config.kind,
+        corpus_fingerprint=chunks_fingerprint,
     )
