@@ -306,3 +306,24 @@ def test_shape_table_counts_an_edits_codes_per_stage(tmp_path):
     (tmp_path / "edit.json").write_text(json.dumps({"layers": {"5": {"codes": [0, 9, 17, 23], "scores": [1] * 4}}}))
     out = run_script("shape_table.py", "--edit_stages", str(tmp_path)).stdout.splitlines()
     assert out[2:] == ["| 5 | 1 | 1 |", "| 5 | 2 | 1 |", "| 5 | 3 | 2 |"]
+
+
+def test_search_bound_counts_one_candidate_when_the_bound_uses_every_dimension():
+    """With p = the head dimension the bound is the distance itself: only the nearest key is a candidate; with
+    p = 1 the bound is looser, so at least as many keys remain."""
+    from helpers import make_model, make_tokens, tiny_config
+
+    from benchmarks.search_bound import candidate_rows
+    from codeunlearn.bottleneck.model import BottleneckedModel
+
+    bmodel = BottleneckedModel.attach(make_model("llama"), tiny_config(layers=[1], num_stages=2))
+    bottleneck = bmodel.bottleneck(1)
+    states = bmodel.states_at(1, make_tokens(8, 12))
+    bottleneck.initialize(states)
+    flat = states.reshape(-1, states.shape[-1]).float()
+    z = bottleneck._to_code_space(flat).view(len(flat), bottleneck.config.num_heads, -1)
+    head_dim = z.shape[-1]
+    rows = candidate_rows(bottleneck, z, [1, head_dim])
+    assert [row[:2] for row in rows] == [["1", "1"], ["1", str(head_dim)], ["2", "1"], ["2", str(head_dim)]]
+    assert all(row[2:5] == ["1", "1", "1"] for row in rows if row[1] == str(head_dim))
+    assert all(float(loose[2]) >= 1 for loose in rows if loose[1] == "1")
