@@ -19,6 +19,8 @@ import torch
 
 from codeunlearn.bottleneck.loading import attach_bottleneck
 from codeunlearn.data import load_split
+from codeunlearn.errors import CodeunlearnError
+from codeunlearn.kinds.codebook import CodebookConfig
 from codeunlearn.modeling import load_model_and_tokenizer
 from codeunlearn.tables import markdown_table
 
@@ -69,8 +71,13 @@ def main() -> None:
     parser.add_argument("--dims", type=int, nargs="+", default=[8, 16, 24], help="bound dimensions p")
     args = parser.parse_args()
 
-    model, tokenizer = load_model_and_tokenizer(args.model)
-    bmodel = attach_bottleneck(model, args.bottleneck)
+    try:
+        model, tokenizer = load_model_and_tokenizer(args.model)
+        bmodel = attach_bottleneck(model, args.bottleneck)
+    except CodeunlearnError as err:
+        parser.exit(2, f"error: {err.problem} -- fix: {err.fix}\n")
+    if not isinstance(bmodel.config, CodebookConfig) or len(bmodel.layers) != 1:
+        parser.exit(2, f"error: {args.bottleneck} is not a one-layer codebook -- fix: pass a codebook at one layer\n")
     bmodel.clear_edits()
     data = Path(args.data_dir or common.DEFAULT_DATA_DIR) / TEXT
     _, heldout = load_split(str(data), tokenizer, 256, 0.2, seed=0, max_tokens=65536)

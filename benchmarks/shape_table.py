@@ -118,8 +118,17 @@ def main() -> None:
     parser.add_argument("--edit_stages", metavar="DEMO_DIR", help="a `codeunlearn demo` output directory")
     args = parser.parse_args()
     if args.edit_stages:
+        demo = Path(args.edit_stages)
+        if not ((demo / "edit.json").is_file() and (demo / "bottleneck" / "bottleneck_config.json").is_file()):
+            parser.exit(
+                2, f"error: {demo} holds no edit.json and bottleneck/ -- fix: pass a `codeunlearn demo` output\n"
+            )
         print(markdown_table(["layer", "stage", "codes removed"], stage_counts(Path(args.edit_stages)), "rrr"))
     else:
+        if not (Path(args.results_dir) / "fidelity.jsonl").is_file():
+            parser.exit(
+                2, f"error: no fidelity.jsonl in {args.results_dir} -- fix: run the shape study's scripts first\n"
+            )
         print(markdown_table(HEADER, shape_rows(Path(args.results_dir))))
 
 

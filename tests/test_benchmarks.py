@@ -327,3 +327,12 @@ def test_search_bound_counts_one_candidate_when_the_bound_uses_every_dimension()
     assert [row[:2] for row in rows] == [["1", "1"], ["1", str(head_dim)], ["2", "1"], ["2", str(head_dim)]]
     assert all(row[2:5] == ["1", "1", "1"] for row in rows if row[1] == str(head_dim))
     assert all(float(loose[2]) >= 1 for loose in rows if loose[1] == "1")
+
+
+def test_shape_table_refuses_a_folder_without_the_study_in_one_line(tmp_path):
+    for argv in (["--results_dir", str(tmp_path)], ["--edit_stages", str(tmp_path)]):
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "shape_table.py"), *argv], capture_output=True, text=True
+        )
+        assert done.returncode == 2 and done.stdout == ""
+        assert re.fullmatch(r"error: .+ -- fix: .+\n", done.stderr)
