@@ -58,6 +58,14 @@ def join(**accelerator_kwargs) -> Accelerator:
     return accelerator
 
 
+def device() -> torch.device:
+    """The device this process computes on: its own GPU under a launcher (accelerate assigns it), the first GPU in a
+    single process, else the CPU."""
+    from accelerate import PartialState
+
+    return PartialState().device
+
+
 def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
@@ -119,6 +127,17 @@ def all_sum_(tensor: Tensor) -> Tensor:
 def all_max_(tensor: Tensor) -> Tensor:
     """Element-wise maximum of `tensor` over every process, in place (returns it)."""
     return _all_reduce(tensor, dist.ReduceOp.MAX)
+
+
+def broadcast_(tensor: Tensor, source: int = 0) -> Tensor:
+    """Overwrite `tensor` on every process with process `source`'s, in place (returns it)."""
+    if world_size() == 1:
+        return tensor
+    moved = tensor.to(_device())
+    dist.broadcast(moved, src=source)
+    if moved is not tensor:
+        tensor.copy_(moved)
+    return tensor
 
 
 def all_sum(value: float | int) -> float | int:

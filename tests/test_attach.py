@@ -218,3 +218,24 @@ def test_downstream_adapters_keep_disabled_equal_to_base_and_detach_cleanly(tmp_
     assert all(torch.equal(v, base_state[k]) for k, v in restored.state_dict().items())
     with torch.no_grad():
         assert torch.equal(restored(input_ids=PROBE).logits, base_logits)
+
+
+def test_adapters_are_drawn_from_the_config_seed_and_leave_the_global_generator_alone():
+    """Two attaches of one config give the same LoRA A matrices (processes of a data-parallel run must start from
+    the same adapters), another seed gives others, and the global random stream is where it was."""
+
+    def adapters(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
+        bmodel = BottleneckedModel.attach(model, tiny_config(layers=[1], adapter_rank=2, seed=seed))
+        return {name: p.detach().clone() for name, p in bmodel.adapter_parameters().items()}
+
+    models = [make_model() for _ in range(3)]  # (make_model seeds the global generator itself)
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    first = adapters(models[0], 0)
+    assert torch.equal(torch.rand(3), expected_next)
+    second, other = adapters(models[1], 0), adapters(models[2], 1)
+    a_names = [name for name in first if "lora_A" in name]
+    assert a_names and first.keys() == second.keys()
+    assert all(torch.equal(first[name], second[name]) for name in first)
+    assert all(not torch.equal(first[name], other[name]) for name in a_names)

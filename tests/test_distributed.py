@@ -24,6 +24,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from helpers import make_cli_workspace
 from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
 
 from codeunlearn import distributed
 from codeunlearn.cli import main
@@ -250,6 +251,36 @@ def test_two_processes_train_the_sae_one_process_trains(workspace, tmp_path):
         torch.testing.assert_close(b[name], a[name], rtol=0, atol=2e-4, msg=name)
 
 
+FSDP_CONFIG = REPO / "configs" / "accelerate" / "fsdp.yaml"
+
+
+def test_two_fsdp_processes_shard_the_base_and_train_what_one_process_trains(workspace, tmp_path):
+    """configs/accelerate/fsdp.yaml on 2 CPU processes: each holds half of the base weights, the bottleneck and its
+    downstream LoRA adapters stay whole, and the run ends where one process at twice the batch ends. Odd chunk counts (5 k-means chunks, 17 retain
+    statistics chunks) give the processes unequal shares, which a sharded forward must still run in lockstep."""
+    uneven = ["--kmeans_init_tokens", "80", "--retain_statistics_tokens", "272", "--adapter_rank", "2"]
+    assert main(["train", *train_flags(workspace, 4, tmp_path / "one"), *uneven]) == 0
+    launcher = [str(BIN / "accelerate"), "launch", "--config_file", str(FSDP_CONFIG), "--num_processes", "2"]
+    two = launch(
+        [*launcher, str(BIN / "codeunlearn")], ["train", *train_flags(workspace, 2, tmp_path / "two"), *uneven]
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    line = next(x for x in two.stdout.splitlines() if x.startswith("FSDP:"))
+    held, total = (int(n.replace(",", "")) for n in line.split("(")[1].split(" parameters")[0].split(" of its "))
+    assert total == sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(workspace["model"]).parameters())
+    assert abs(held - total / 2) <= 64, line  # each process holds half, up to the rounding of odd dimensions
+    first, second = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    assert [m.get("lr") for m in second] == [m.get("lr") for m in first] and len(second) == 8
+    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
+    for name in a:  # the tolerances of the DDP test above: FSDP changes where the base weights live, not the math
+        trained = "values" in name or "lora" in name
+        torch.testing.assert_close(
+            b[name], a[name], rtol=0 if trained else 1e-5, atol=1e-4 if trained else 1e-6, msg=name
+        )
+    count_a, count_b = retain_counts(tmp_path / "one"), retain_counts(tmp_path / "two")
+    assert all(torch.equal(count_a[k], count_b[k]) for k in count_a) and int(count_a["1"].sum()) > 0
+
+
 def test_launches_that_would_run_copies_are_refused(workspace, tmp_path):
     """WORLD_SIZE > 1 without a process group to join, or a one-process command under a launcher: one line each."""
     cli = [str(BIN / "codeunlearn")]
@@ -279,6 +310,7 @@ def test_every_accelerate_config_file_loads():
 
     expected = {"cpu": ("MULTI_GPU", 2, 1), "gpu": ("NO", 1, 1), "multi_gpu": ("MULTI_GPU", 8, 1)}
     expected["multi_node"] = ("MULTI_GPU", 16, 2)
+    expected["fsdp"] = ("FSDP", 8, 1)
     files = sorted((REPO / "configs" / "accelerate").glob("*.yaml"))
     assert {f.stem for f in files} == set(expected)
     for path in files:

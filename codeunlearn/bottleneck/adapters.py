@@ -8,6 +8,7 @@ disabling the bottleneck disables them too, so the disabled model is still exact
 
 from __future__ import annotations
 
+import torch
 from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import Tensor, nn
@@ -31,11 +32,14 @@ def adapter_target_names(model: nn.Module, first_layer: int) -> list[str]:
     return names
 
 
-def inject_adapters(model: nn.Module, rank: int, first_layer: int) -> None:
-    """Add LoRA adapters (B initialised to zero, so the model is unchanged until trained)."""
+def inject_adapters(model: nn.Module, rank: int, first_layer: int, seed: int = 0) -> None:
+    """Add LoRA adapters (B initialised to zero, so the model is unchanged until trained). A is drawn from `seed`
+    (the global generator is left as it was), so the same config gives the same adapters in every run and process."""
     targets = adapter_target_names(model, first_layer)
     config = LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.0, target_modules=targets, bias="none")
-    inject_adapter_in_model(config, model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        inject_adapter_in_model(config, model)
 
 
 def adapter_layers(model: nn.Module) -> list[BaseTunerLayer]:

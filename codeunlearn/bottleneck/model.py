@@ -141,7 +141,7 @@ class BottleneckedModel(nn.Module):
         for index, bottleneck in bottlenecks.items():
             layers[index] = BottleneckLayer(layers[index], bottleneck, index)
         if config.adapter_rank:
-            inject_adapters(model, config.adapter_rank, first_layer=min(bottlenecks) + 1)
+            inject_adapters(model, config.adapter_rank, first_layer=min(bottlenecks) + 1, seed=config.seed)
             model.requires_grad_(False)
 
     # ------------------------------------------------------------------------------------------------ creation

@@ -14,9 +14,10 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from torch import Tensor
+from torch import Tensor, nn
 
 from codeunlearn import distributed
+from codeunlearn.bottleneck import sharding
 from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.io import atomic_directory, atomic_save_tensors, atomic_write_text
@@ -148,6 +149,22 @@ class TrainingRun:
         """The states the bottleneck at `layer` reads on this process's share of `chunks` (`distributed.share`),
         (chunks, seq, hidden), in batches."""
         device = self.accelerator.device
+        parts = distributed.share(chunks).split(self.args.batch_size)
+        states = []
         with torch.no_grad(), autocast(device, self.args.bf16):
-            parts = distributed.share(chunks).split(self.args.batch_size)
-            return torch.cat([self.bmodel.states_at(layer, part.to(device)) for part in parts])
+            for part, real in sharding.lockstep(self.bmodel, parts):
+                got = self.bmodel.states_at(layer, part.to(device))
+                if real:
+                    states.append(got)
+        return torch.cat(states)
+
+    def prepare(self, optimizer: torch.optim.Optimizer, model: nn.Module | None = None) -> tuple[Any, Any]:
+        """(model, optimizer) ready for data-parallel steps: through accelerate (DDP around `model` when given),
+        or, when the base model is sharded, as they are: the caller averages the bottleneck's gradients with
+        `sharding.average_gradients` (DDP cannot wrap a sharded model, nor accelerate's FSDP prepare leave the
+        bottleneck whole)."""
+        if sharding.is_sharded(self.bmodel):
+            return model, optimizer
+        if model is None:
+            return None, self.accelerator.prepare(optimizer)
+        return self.accelerator.prepare(model, optimizer)

@@ -23,6 +23,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from codeunlearn import distributed
+from codeunlearn.bottleneck import sharding
 from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.bottleneck.registry import trainer_for
 from codeunlearn.data import corpus_fingerprint
@@ -110,6 +111,14 @@ def train_bottleneck(
     elif args.init_from is not None:
         step = trainer.init_from(bmodel, Path(args.init_from), args)
 
+    if sharding.requested() and accelerator.num_processes > 1:
+        held, total = sharding.shard_frozen_base(bmodel, accelerator.device)
+        if accelerator.is_main_process:
+            print(
+                f"FSDP: the frozen base model is sharded over {accelerator.num_processes} processes "
+                f"({held:,} of its {total:,} parameters on each); the bottleneck is whole on every process",
+                flush=True,
+            )
     bmodel.to(accelerator.device)
     output_dir.mkdir(parents=True, exist_ok=True)
     total = trainer.total_steps(args)

@@ -25,14 +25,16 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from codeunlearn import distributed
+from codeunlearn.bottleneck import sharding
 from codeunlearn.bottleneck.config import DEFAULT_KIND
 from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.data import corpus_fingerprint
 from codeunlearn.errors import CodeunlearnError, check_range
 from codeunlearn.io import atomic_save_tensors, atomic_write_text, load_tensors, remove_leftovers
-from codeunlearn.runtime import autocast, batches, model_device
+from codeunlearn.runtime import autocast, bars_enabled, model_device
 
 SUM_SUFFIX = ".activation_sum"
 MAX_SUFFIX = ".activation_max"
@@ -370,10 +372,14 @@ def collect_code_statistics(
 
     device = model_device(bmodel)
     remaining = share[done * batch_size :]
-    with autocast(device, bf16):
-        for index, batch in enumerate(
-            batches(remaining, batch_size, desc=f"stats {corpus}", progress=progress), start=done + 1
-        ):
+    mine = remaining.split(batch_size)
+    bar = tqdm(desc=f"stats {corpus}", total=len(mine), unit="batch", disable=not bars_enabled(progress), leave=False)
+    with autocast(device, bf16), bar:
+        for index, (batch, real) in enumerate(sharding.lockstep(bmodel, mine), start=done + 1):
+            bar.update(real)
+            if not real:  # a sharded base model: a forward the other processes need, counted by none
+                bmodel.run_to_deepest(batch.to(device), lambda *_: None)
+                continue
             bmodel.run_to_deepest(batch.to(device), observe)
             # The last batch is never saved: the finished result is, by the caller.
             if checkpoint is not None and index % checkpoint.every == 0 and index < num_batches:

@@ -35,6 +35,7 @@ from torch import Tensor
 from transformers import get_cosine_schedule_with_warmup
 
 from codeunlearn import distributed
+from codeunlearn.bottleneck import sharding
 from codeunlearn.bottleneck.adapters import ADAPTER_PREFIX
 from codeunlearn.bottleneck.base import WEIGHTS_NAME
 from codeunlearn.bottleneck.config import CONFIG_NAME, BottleneckConfig
@@ -257,7 +258,8 @@ class CodebookTrainer(Trainer):
         run.resume_optimizer(optimizer, scheduler)
         # The scheduler is not handed to accelerate, whose wrapper steps it once per process: the schedule counts
         # optimizer steps.
-        model, optimizer = accelerator.prepare(bmodel, optimizer)
+        model, optimizer = run.prepare(optimizer, bmodel)
+        sharded = sharding.is_sharded(bmodel)
         recorded: dict[int, tuple[Tensor, QuantizeOutput]] = {}
 
         def reduce(value: Tensor) -> Tensor:
@@ -300,6 +302,8 @@ class CodebookTrainer(Trainer):
                 sync = contextlib.nullcontext() if micro == accumulation - 1 else accelerator.no_sync(model)
                 with sync:
                     measured += micro_step(run.take_batch(), 1 / accumulation)
+            if sharded:
+                sharding.average_gradients(params)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)

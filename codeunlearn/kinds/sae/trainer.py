@@ -130,7 +130,7 @@ class _Optimizer:
         scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps * updates, max(run.total * updates, 1))
         run.resume_optimizer(optimizer, scheduler)
         # The scheduler stays ours: accelerate's wrapper would step it once per process.
-        self.optimizer, self.scheduler = run.accelerator.prepare(optimizer), scheduler
+        self.optimizer, self.scheduler = run.prepare(optimizer)[1], scheduler
 
     def close(self) -> None:
         for p in self.params:
