@@ -125,6 +125,20 @@ def test_stats_speed_tiny_reports_the_search_limit():
     assert bf16.startswith("| bf16 |")
 
 
+def test_train_throughput_tiny_reports_each_measure_against_the_base_step():
+    out = run_script(
+        "train_throughput.py",
+        *("--tiny", "--precision", "fp32", "--kmeans_tokens", "512", "--value_steps", "2", "--repeats", "1"),
+        *("--seq_len", "32", "--num_stages", "2"),
+    )
+    rows = [line for line in out.stdout.splitlines() if line.startswith("|")]
+    assert rows[0] == "| measure | tokens/s | time per token / base step's | peak memory GiB |"
+    cells = {row.split("|")[1].strip(): [c.strip() for c in row.split("|")[2:-1]] for row in rows[2:]}
+    assert list(cells) == ["base step", "value step", "key fit"]
+    assert cells["base step"][1] == "1.00" and cells["key fit"][0].replace(",", "").isdigit()
+    assert all(c[2] == "not measured (CPU)" for c in cells.values())
+
+
 def test_profile_summary_counts_each_sample_under_its_first_matching_rule(tmp_path):
     profile = tmp_path / "profile.txt"
     profile.write_text("main;train;states_at;forward 30\nmain;train;nearest;baddbmm 50\nmain;load 20\n")
