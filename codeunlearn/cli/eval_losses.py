@@ -94,6 +94,7 @@ def run(
     retain_corpora = read_corpora(data_args.retain_corpora, data_args, "retain_corpora")
     edit_files = [(path, Edit.load(path)) for path in args.edits]
     bmodel, tokenizer = load_bottlenecked(bottleneck_dir, model_args, run_args.progress)
+    bmodel.to(distributed.device())  # on a GPU machine, score on the GPU (one per process when launched)
     forget, retain = forget_corpora.pack(tokenizer, "heldout"), retain_corpora.pack(tokenizer, "heldout")
     specs = [RowSpec("base", None), RowSpec(REFERENCE_ROW, [])]
     if bmodel.edits:
