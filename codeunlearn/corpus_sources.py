@@ -454,12 +454,14 @@ def _load_hub(hub: HubDataset, source: str, streaming: bool = False) -> datasets
         else:
             reason = unreachable or _one_line(err)
         config = f", {hub.config!r}" if hub.config else ""
+        # A streamed Hub dataset is read from the Hub's files, never from the datasets cache of an earlier load.
+        cached = ", or leave out --streaming to read a copy cached by an earlier load" if streaming else ""
         raise CodeunlearnError(
             f"{subject} is not in the local cache ({datasets.config.HF_DATASETS_CACHE}) and the "
             f"Hub cannot be reached: {reason}",
             "load it once with network access (unset HF_HUB_OFFLINE / HF_DATASETS_OFFLINE), or on a connected "
             f"machine run datasets.load_dataset({hub.name!r}{config}, split={hub.split!r}).save_to_disk(DIR) and "
-            "pass DIR, or set HF_HOME to the cache that holds it",
+            f"pass DIR, or set HF_HOME to the cache that holds it{cached}",
         ) from None
     except Exception as err:  # unknown config or split, and whatever else datasets raises
         raise CodeunlearnError(
@@ -542,6 +544,8 @@ def _table_texts(table: datasets.IterableDataset, text_field: str, source: str) 
     import datasets
 
     checked = table.features is not None
+    if checked and not table.features:  # a file of blank lines has no column: no document, as in memory
+        return
     if checked:
         _check_text_field(table.features, text_field, source)
     for batch in table.with_format("arrow").iter(batch_size=STREAM_ROWS):

@@ -72,9 +72,13 @@ class StreamedSplit:
         return {"train": len(self.heldout) - held, "heldout": held, "all": len(self.heldout)}[split]
 
     def side(self, split: Split) -> Iterator[str]:
-        """The documents of one split, streamed in corpus order."""
+        """The documents of one split, streamed in corpus order (`all`: the train documents, then the held-out
+        ones, as in memory)."""
+        if split == "all":
+            yield from itertools.chain(self.side("train"), self.side("heldout"))
+            return
         for index, doc in enumerate(self.stream):
-            if split == "all" or self.heldout[index] == (split == "heldout"):
+            if self.heldout[index] == (split == "heldout"):
                 yield doc
 
 
