@@ -329,7 +329,6 @@ def test_streaming_an_uncached_hub_dataset_offline_is_one_line(offline_empty_cac
     assert "not in the local cache" in line and "leave out --streaming to read a copy cached" in line
 
 
-@pytest.mark.slow
 def test_streamed_statistics_of_two_torchrun_processes_equal_one_process(workspace, trained, tmp_path):
     bottleneck = trained["memory"] / "bottleneck"
     assert main(stats_argv(workspace, bottleneck, tmp_path / "one.safetensors", "--batch_size", "3")) == 0
