@@ -336,3 +336,18 @@ def test_streamed_statistics_of_two_torchrun_processes_equal_one_process(workspa
     two = launch(TORCHRUN, argv)
     assert two.returncode == 0, two.stderr[-3000:]
     same_statistics(tmp_path / "one.safetensors", tmp_path / "two.safetensors")
+
+
+def test_forget_streaming_selects_the_in_memory_codes(workspace, trained, tmp_path):
+    """`forget --bottleneck_dir` packs its topic and retain text through `Corpora.pack`: streamed, the same edit."""
+    edits = []
+    for name, extra in (("memory", []), ("streamed", ["--streaming"])):
+        argv = ["forget", *flags(workspace), "--bottleneck_dir", str(trained["memory"] / "bottleneck")]
+        argv += ["--forget_corpora", str(workspace["forget"]), "--retain_corpora", str(workspace["retain"])]
+        argv += ["--topic", "wizards", "--num_codes", "3", "--min_forget_count", "1"]
+        assert main([*argv, "--output_dir", str(tmp_path / name), *extra]) == 0
+        edits.append(sorted(p.read_text() for p in (tmp_path / name).glob("*.json") if "edit" in p.name))
+    assert edits[0] and edits[1] == edits[0]
+    same_statistics(
+        tmp_path / "memory" / "forget_statistics.safetensors", tmp_path / "streamed" / "forget_statistics.safetensors"
+    )
