@@ -14,6 +14,12 @@ An existing local path always wins over a Hub name, as in `datasets.load_dataset
 `CodeunlearnError` line that names the real cause and says what to change: an empty file, the offset and line of
 the first byte that is not UTF-8, an unsupported suffix, the first malformed JSON line, a missing text field, or a
 Hub dataset that is not cached while offline or while the Hub does not answer (at once, not after retries). `codeunlearn.data` splits and packs what is read here.
+
+`stream_source` reads the same forms as a `DocumentStream`: the documents `read_source` gives, in the same order, read
+through `datasets` streaming (`load_dataset(..., streaming=True)`, `Dataset.to_iterable_dataset()`) one batch of rows
+at a time on every pass, so a corpus larger than memory is never held whole. What can be checked without reading the
+rows (a missing file, a suffix, a split, a column) fails at once; what needs the rows (bytes that are not UTF-8, a
+malformed JSON line, an empty corpus) fails, with the same line, during the first pass.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from typing import TYPE_CHECKING
 from codeunlearn.errors import CodeunlearnError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     import datasets
 
@@ -136,18 +142,22 @@ def _group_lines(lines: list[str], doc_start_regex: str | None) -> list[str]:
     return ["\n".join(doc) for doc in docs]
 
 
-def _texts(table: datasets.Dataset, text_field: str, source: str) -> list[str]:
-    """The non-empty values of the text column, refusing a missing or non-text column."""
-    if text_field not in table.column_names:
-        raise CodeunlearnError(
-            f"{source} has no field {text_field!r} (fields: {table.column_names})", "pass --text_field NAME"
-        )
-    dtype = getattr(table.features[text_field], "dtype", None)
+def _check_text_field(features: datasets.Features, text_field: str, source: str) -> None:
+    """Refuse a missing or non-text column."""
+    columns = list(features)
+    if text_field not in columns:
+        raise CodeunlearnError(f"{source} has no field {text_field!r} (fields: {columns})", "pass --text_field NAME")
+    dtype = getattr(features[text_field], "dtype", None)
     if dtype not in ("string", "large_string"):
         raise CodeunlearnError(
-            f"field {text_field!r} of {source} holds {dtype or type(table.features[text_field]).__name__}, not text",
-            f"pass --text_field NAME of a text column (fields: {table.column_names})",
+            f"field {text_field!r} of {source} holds {dtype or type(features[text_field]).__name__}, not text",
+            f"pass --text_field NAME of a text column (fields: {columns})",
         )
+
+
+def _texts(table: datasets.Dataset, text_field: str, source: str) -> list[str]:
+    """The non-empty values of the text column, refusing a missing or non-text column."""
+    _check_text_field(table.features, text_field, source)
     return [d for d in table[text_field] if d and d.strip()]
 
 
@@ -184,21 +194,28 @@ def _read_file(
     except CodeunlearnError:
         raise
     except Exception as err:  # datasets and pyarrow raise many types; the user needs the one line
-        # Their messages hide the cause ("An error occurred while generating the dataset"), so the file is read
-        # again to name it; this costs nothing for files that load.
-        cause = _diagnose_text_file(path, source, text_field, skip_empty)
-        if cause is not None:
-            if cause is _SKIP:
-                return []
-            raise cause from None
-        raise CodeunlearnError(
-            f"cannot read corpus file {source} ({_one_line(err)})", f"check that it is a valid {path.suffix} file"
-        ) from None
+        _raise_file_error(path, source, text_field, skip_empty, err)
+        return []
     finally:
         datasets.logging.set_verbosity(verbosity)
     if not docs and not skip_empty:
         raise _empty_error(path, source, text_field if path.suffix != ".txt" else None)
     return docs
+
+
+def _raise_file_error(path: Path, source: str, text_field: str, skip_empty: bool, err: Exception) -> None:
+    """Raise the one line naming why `datasets` failed on a corpus file; returns only for an all-blank file in a
+    folder (no documents, no error)."""
+    # datasets' messages hide the cause ("An error occurred while generating the dataset"), so the file is read
+    # again to name it; this costs nothing for files that load.
+    cause = _diagnose_text_file(path, source, text_field, skip_empty)
+    if cause is _SKIP:
+        return
+    if cause is not None:
+        raise cause from None
+    raise CodeunlearnError(
+        f"cannot read corpus file {source} ({_one_line(err)})", f"check that it is a valid {path.suffix} file"
+    ) from None
 
 
 # Returned by `_diagnose_text_file` for an all-blank file in a folder: no error, no documents.
@@ -305,23 +322,41 @@ def _json_error(path: Path, source: str) -> CodeunlearnError | None:
 def _read_folder(path: Path, text_field: str, doc_start_regex: str | None, split: str, source: str) -> list[str]:
     if (path / SAVED_DICT_FILE).is_file() or (path / SAVED_DATASET_FILE).is_file():
         return _read_saved(path, text_field, split, source)
+    docs = [
+        doc
+        for file in _folder_files(path, source)
+        for doc in _read_file(file, text_field, doc_start_regex, str(file), True)
+    ]
+    if not docs:
+        raise _empty_folder_error(source)
+    return docs
+
+
+def _folder_files(path: Path, source: str) -> list[Path]:
+    """The corpus files at the top level of a folder, in name order (none: an error)."""
     files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in FILE_SUFFIXES and p.name[0] != ".")
     if not files:
         raise CodeunlearnError(
             f"corpus folder {source} holds no {'/'.join(FILE_SUFFIXES)} files and is not a save_to_disk dataset",
             "put the corpus files at its top level, or pass a file",
         )
-    docs = [doc for file in files for doc in _read_file(file, text_field, doc_start_regex, str(file), True)]
-    if not docs:
-        raise CodeunlearnError(
-            f"corpus folder {source} is empty (its files hold no non-blank document)",
-            "put at least one document in its files, or pass another corpus",
-        )
-    return docs
+    return files
+
+
+def _empty_folder_error(source: str) -> CodeunlearnError:
+    return CodeunlearnError(
+        f"corpus folder {source} is empty (its files hold no non-blank document)",
+        "put at least one document in its files, or pass another corpus",
+    )
 
 
 def _read_saved(path: Path, text_field: str, split: str, source: str) -> list[str]:
     """A `save_to_disk` folder: a Dataset, or a DatasetDict's `split`."""
+    return _texts(_load_saved(path, split, source), text_field, source)
+
+
+def _load_saved(path: Path, split: str, source: str) -> datasets.Dataset:
+    """The memory-mapped Dataset of a `save_to_disk` folder (a DatasetDict's `split`); no row is read."""
     import datasets
 
     try:
@@ -338,7 +373,7 @@ def _read_saved(path: Path, text_field: str, split: str, source: str) -> list[st
                 f"name a split after a colon, e.g. {path}:{next(iter(loaded), DEFAULT_SPLIT)}",
             )
         loaded = loaded[split]
-    return _texts(loaded, text_field, source)
+    return loaded
 
 
 def _offline() -> bool:
@@ -392,6 +427,11 @@ def _forced_offline(active: bool) -> Iterator[None]:
 
 
 def _read_hub(hub: HubDataset, text_field: str, source: str) -> list[str]:
+    return _texts(_load_hub(hub, source), text_field, source)
+
+
+def _load_hub(hub: HubDataset, source: str, streaming: bool = False) -> datasets.Dataset | datasets.IterableDataset:
+    """`load_dataset(NAME, CONFIG, split=SPLIT)` (with `streaming`: an IterableDataset), every failure one line."""
     import datasets
     from datasets.exceptions import DatasetNotFoundError
 
@@ -401,7 +441,7 @@ def _read_hub(hub: HubDataset, text_field: str, source: str) -> list[str]:
     unreachable = None if offline else _hub_unreachable()
     try:
         with _forced_offline(offline or unreachable is not None):
-            table = datasets.load_dataset(hub.name, hub.config, split=hub.split)
+            table = datasets.load_dataset(hub.name, hub.config, split=hub.split, streaming=streaming)
     except (ConnectionError, DatasetNotFoundError) as err:
         # datasets raises ConnectionError (or, offline, DatasetNotFoundError) for a dataset it has no cached copy of
         if not (offline or unreachable or isinstance(err, ConnectionError)):
@@ -414,24 +454,166 @@ def _read_hub(hub: HubDataset, text_field: str, source: str) -> list[str]:
         else:
             reason = unreachable or _one_line(err)
         config = f", {hub.config!r}" if hub.config else ""
+        # A streamed Hub dataset is read from the Hub's files, never from the datasets cache of an earlier load.
+        cached = ", or leave out --streaming to read a copy cached by an earlier load" if streaming else ""
         raise CodeunlearnError(
             f"{subject} is not in the local cache ({datasets.config.HF_DATASETS_CACHE}) and the "
             f"Hub cannot be reached: {reason}",
             "load it once with network access (unset HF_HUB_OFFLINE / HF_DATASETS_OFFLINE), or on a connected "
             f"machine run datasets.load_dataset({hub.name!r}{config}, split={hub.split!r}).save_to_disk(DIR) and "
-            "pass DIR, or set HF_HOME to the cache that holds it",
+            f"pass DIR, or set HF_HOME to the cache that holds it{cached}",
         ) from None
     except Exception as err:  # unknown config or split, and whatever else datasets raises
         raise CodeunlearnError(
             f"{subject} (config {hub.config!r}, split {hub.split!r}) cannot be loaded ({_one_line(err)})",
             f"check NAME[:CONFIG[:SPLIT]] against the dataset's configs and splits, {local_fix}",
         ) from None
-    if isinstance(table, datasets.DatasetDict):  # not expected with a split given; kept as one clear line
+    if isinstance(table, (datasets.DatasetDict, datasets.IterableDatasetDict)):  # not expected with a split given
         raise CodeunlearnError(f"{subject} gave several splits {list(table)}", "name one as NAME:CONFIG:SPLIT")
-    return _texts(table, text_field, source)
+    return table
 
 
 def _one_line(err: object, limit: int = 300) -> str:
     """`Type: message` on one line, cut to `limit` characters (datasets' messages span lines and list files)."""
     text = " ".join(f"{type(err).__name__}: {err}".split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ------------------------------------------------------------------------------------------------ streaming
+STREAM_ROWS = 1024  # rows per `datasets` batch while streaming: bounds what one read holds
+
+
+class DocumentStream:
+    """The documents of one corpus, read through `datasets` streaming on every pass (`iter(stream)`): exactly the
+    documents `read_source` gives, in its order, holding one batch of rows at a time. Made by `stream_source`."""
+
+    def __init__(self, source: str, parts: list[Callable[[], Iterator[str]]], empty: CodeunlearnError | None) -> None:
+        self.source = source
+        self._parts = parts
+        self._empty = empty  # raised when a pass finds no document (None: an empty corpus is the caller's call)
+
+    def __iter__(self) -> Iterator[str]:
+        found = False
+        for part in self._parts:
+            for doc in part():
+                found = True
+                yield doc
+        if not found and self._empty is not None:
+            raise self._empty
+
+
+def stream_source(
+    source: str, text_field: str, doc_start_regex: str | None, split: str = DEFAULT_SPLIT
+) -> DocumentStream:
+    """Corpus `source` (any form `read_source` reads, resolved the same way) as a `DocumentStream`. Whatever can be
+    checked without reading rows is checked now, with `read_source`'s error lines."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    path = Path(source).expanduser()
+    if path.is_file():
+        return DocumentStream(source, [_FileStream(path, text_field, doc_start_regex, source, False)], None)
+    if path.is_dir():
+        if (path / SAVED_DICT_FILE).is_file() or (path / SAVED_DATASET_FILE).is_file():
+            return _saved_stream(path, text_field, split, source)
+        files = _folder_files(path, source)
+        parts = [_FileStream(file, text_field, doc_start_regex, str(file), True) for file in files]
+        return DocumentStream(source, parts, _empty_folder_error(source))
+    folder, _, named_split = source.rpartition(":")
+    if folder and named_split and (Path(folder).expanduser() / SAVED_DICT_FILE).is_file():
+        return _saved_stream(Path(folder).expanduser(), text_field, named_split, source)
+    if folder and named_split and (Path(folder).expanduser() / SAVED_DATASET_FILE).is_file():
+        read_source(source, text_field, doc_start_regex, split)  # raises the single-split error
+    if _looks_local(source):
+        raise CodeunlearnError(f"corpus file not found: {source}", f"check the path ({_FORMS})")
+    table = _load_hub(HubDataset.parse(source, split), source, streaming=True)
+    return DocumentStream(source, [lambda: _table_texts(table, text_field, source)], None)
+
+
+def _saved_stream(path: Path, text_field: str, split: str, source: str) -> DocumentStream:
+    """A `save_to_disk` folder: its columns checked now, its rows streamed from the memory-mapped Arrow files."""
+    table = _load_saved(path, split, source)
+    _check_text_field(table.features, text_field, source)
+    rows = table.select_columns([text_field]).to_iterable_dataset()
+    return DocumentStream(source, [lambda: _table_texts(rows, text_field, source)], None)
+
+
+def _table_texts(table: datasets.IterableDataset, text_field: str, source: str) -> Iterator[str]:
+    """The non-empty values of the text column, streamed; the column is checked against the features when they are
+    known, else against the first batch's."""
+    import datasets
+
+    checked = table.features is not None
+    if checked and not table.features:  # a file of blank lines has no column: no document, as in memory
+        return
+    if checked:
+        _check_text_field(table.features, text_field, source)
+    for batch in table.with_format("arrow").iter(batch_size=STREAM_ROWS):
+        if not checked:
+            _check_text_field(datasets.Features.from_arrow_schema(batch.schema), text_field, source)
+            checked = True
+        yield from (d for d in batch.column(text_field).to_pylist() if d and d.strip())
+
+
+class _FileStream:
+    """One corpus file streamed: a callable giving its documents on every call (`read_source`'s for the file)."""
+
+    def __init__(self, path: Path, text_field: str, doc_start_regex: str | None, source: str, skip_empty: bool) -> None:
+        if path.suffix not in FILE_SUFFIXES or path.stat().st_size == 0:
+            _read_file(path, text_field, doc_start_regex, source, skip_empty)  # raises the suffix or empty error
+        self.path, self.text_field, self.source, self.skip_empty = path, text_field, source, skip_empty
+        self.pattern = re.compile(doc_start_regex) if doc_start_regex else None
+        self.grouped: bool | None = None if self.pattern else False  # whether some line starts a document
+
+    def __call__(self) -> Iterator[str]:
+        import datasets
+
+        if self.path.stat().st_size == 0:  # a skipped empty file in a folder
+            return
+        verbosity = datasets.logging.get_verbosity()
+        datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # as in `_read_file`: the one line says it all
+        found = False
+        try:
+            if self.path.suffix == ".txt":
+                docs = self._grouped_lines()
+            else:
+                builder = "parquet" if self.path.suffix == ".parquet" else "json"
+                table = datasets.load_dataset(builder, data_files=str(self.path), split="train", streaming=True)
+                docs = _table_texts(table, self.text_field, self.source)
+            for doc in docs:
+                found = True
+                yield doc
+        except CodeunlearnError:
+            raise
+        except Exception as err:  # datasets and pyarrow raise many types; the user needs the one line
+            _raise_file_error(self.path, self.source, self.text_field, self.skip_empty, err)
+            return
+        finally:
+            datasets.logging.set_verbosity(verbosity)
+        if not found and not self.skip_empty:
+            raise _empty_error(self.path, self.source, self.text_field if self.path.suffix != ".txt" else None)
+
+    def _lines(self) -> Iterator[str]:
+        """The file's non-blank lines, as `datasets`' text builder splits them."""
+        import datasets
+
+        lines = datasets.load_dataset("text", data_files=str(self.path), split="train", streaming=True)
+        for batch in lines.iter(batch_size=STREAM_ROWS):
+            yield from (line for line in batch["text"] if line.strip())
+
+    def _grouped_lines(self) -> Iterator[str]:
+        """`_group_lines` on the stream: whether any line matches is found once (a scan that stops at the first
+        match), then documents are built one at a time."""
+        if self.grouped is None:
+            self.grouped = any(self.pattern.match(line) for line in self._lines())
+        if not self.grouped:
+            yield from self._lines()
+            return
+        doc: list[str] = []
+        for line in self._lines():
+            if self.pattern.match(line) and doc:
+                yield "\n".join(doc)
+                doc = []
+            doc.append(line)
+        if doc:
+            yield "\n".join(doc)

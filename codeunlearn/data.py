@@ -7,19 +7,27 @@ WikiText article headings ` = Title = `) start a new multi-line document; other 
 
 `DataArguments` says which corpora a run reads and how they are split and cut; `read_corpora` loads and splits them
 (before any model loads, so a bad path fails fast) and `Corpora.pack` cuts one split into chunks.
+
+With `--streaming` no corpus is held whole: `read_corpora` counts each corpus's documents in one streamed pass and
+keeps only which of them are held out (one byte per document, the in-memory split exactly); `Corpora.pack` then packs
+the chosen side batch by batch (`iter_packed`, the ids `pack_documents` gives) and holds only the packed ids, and
+`Corpora.chunk_stream` gives the chunks as a `ChunkStream` that `codeunlearn stats` counts without ever holding them.
 """
 
 from __future__ import annotations
 
+import array
 import hashlib
+import itertools
 import random
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-from codeunlearn.corpus_sources import corpus_name, read_source
+from codeunlearn.corpus_sources import DocumentStream, corpus_name, read_source, stream_source
 from codeunlearn.errors import CodeunlearnError, check_range
 
 WIKITEXT_ARTICLE_START = r"^ = [^=].* = $"
@@ -34,6 +42,44 @@ class DocumentSplit:
     name: str
     train: list[str]
     heldout: list[str]
+
+    @property
+    def num_documents(self) -> int:
+        return len(self.train) + len(self.heldout)
+
+    def count(self, split: Split) -> int:
+        return len(self.side(split))
+
+    def side(self, split: Split) -> list[str]:
+        """The documents of one split."""
+        return {"train": self.train, "heldout": self.heldout, "all": self.train + self.heldout}[split]
+
+
+@dataclass
+class StreamedSplit:
+    """One corpus read as a stream, split by document: the stream, and which documents (by position) are held out."""
+
+    name: str
+    stream: DocumentStream
+    heldout: bytearray  # 1 at the position of every held-out document (`heldout_mask`)
+
+    @property
+    def num_documents(self) -> int:
+        return len(self.heldout)
+
+    def count(self, split: Split) -> int:
+        held = sum(self.heldout)
+        return {"train": len(self.heldout) - held, "heldout": held, "all": len(self.heldout)}[split]
+
+    def side(self, split: Split) -> Iterator[str]:
+        """The documents of one split, streamed in corpus order (`all`: the train documents, then the held-out
+        ones, as in memory)."""
+        if split == "all":
+            yield from itertools.chain(self.side("train"), self.side("heldout"))
+            return
+        for index, doc in enumerate(self.stream):
+            if self.heldout[index] == (split == "heldout"):
+                yield doc
 
 
 def load_documents(
@@ -50,24 +96,35 @@ def load_documents(
 
 def split_documents(name: str, docs: list[str], heldout_fraction: float, seed: int) -> DocumentSplit:
     """Seeded split by document; at least one document on each side when there are two or more."""
+    held = heldout_mask(name, len(docs), heldout_fraction, seed)
+    return DocumentSplit(
+        name=name,
+        train=[d for d, h in zip(docs, held, strict=True) if not h],
+        heldout=[d for d, h in zip(docs, held, strict=True) if h],
+    )
+
+
+def heldout_mask(name: str, num_docs: int, heldout_fraction: float, seed: int) -> bytearray:
+    """Which of `num_docs` documents are held out (1) under the seeded split, by position: the first
+    `round(fraction x num_docs)` positions of a seeded shuffle, at least one document on each side when there are two
+    or more. Needs only the count, so a streamed corpus is split exactly as the same corpus in memory."""
     if not 0.0 <= heldout_fraction < 1.0:
         raise CodeunlearnError(f"heldout_fraction={heldout_fraction}", "use a value in [0, 1)")
-    order = list(range(len(docs)))
+    # An int64 array shuffles exactly as a list of ints (random.shuffle only swaps by index) at 8 bytes a document.
+    order = array.array("q", range(num_docs))
     random.Random(seed).shuffle(order)
-    n_heldout = round(heldout_fraction * len(docs))
-    if len(docs) == 1 and n_heldout:
+    n_heldout = round(heldout_fraction * num_docs)
+    if num_docs == 1 and n_heldout:
         raise CodeunlearnError(
             f"corpus {name!r} is a single document, so it cannot be split into train and held-out parts",
             "put one document per line (or JSONL row), or set heldout_fraction 0",
         )
-    if heldout_fraction > 0 and len(docs) >= 2:
-        n_heldout = min(max(n_heldout, 1), len(docs) - 1)
-    held = set(order[:n_heldout])
-    return DocumentSplit(
-        name=name,
-        train=[d for i, d in enumerate(docs) if i not in held],
-        heldout=[d for i, d in enumerate(docs) if i in held],
-    )
+    if heldout_fraction > 0 and num_docs >= 2:
+        n_heldout = min(max(n_heldout, 1), num_docs - 1)
+    held = bytearray(num_docs)
+    for index in order[:n_heldout]:
+        held[index] = 1
+    return held
 
 
 def pack_documents(docs: list[str], tokenizer, seq_len: int, max_tokens: int | None = None) -> Tensor:
@@ -92,6 +149,41 @@ def pack_documents(docs: list[str], tokenizer, seq_len: int, max_tokens: int | N
             "use more text or a smaller --seq_len",
         )
     return torch.tensor(ids[: n_chunks * seq_len], dtype=torch.long).view(n_chunks, seq_len)
+
+
+def iter_packed(
+    docs: Iterable[str], tokenizer, seq_len: int, max_tokens: int | None = None, group: int = 64
+) -> Iterator[Tensor]:
+    """`pack_documents` batch by batch: the same (num_chunks, seq_len) ids, yielded as (k, seq_len) pieces as each
+    `group` of documents is tokenized, holding only the tokens that do not fill a chunk yet. The documents are read
+    only up to the token cap."""
+    if seq_len < 2:
+        raise CodeunlearnError(f"seq_len={seq_len}", "use a sequence length of at least 2")
+    eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    budget = None if max_tokens is None else max(max_tokens, seq_len)
+    carry = torch.empty(0, dtype=torch.long)
+    total = chunks = 0
+    docs = iter(docs)
+    while batch := list(itertools.islice(docs, group)):  # itertools.batched needs Python 3.12
+        rows = tokenizer(batch, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor(list(itertools.chain.from_iterable(row + eos for row in rows)), dtype=torch.long)
+        full = budget is not None and total + len(ids) >= budget
+        if full:
+            ids = ids[: budget - total]
+        total += len(ids)
+        carry = torch.cat([carry, ids])
+        n = len(carry) // seq_len
+        if n:
+            chunks += n
+            yield carry[: n * seq_len].view(n, seq_len)
+            carry = carry[n * seq_len :].clone()  # a view would keep the whole piece alive
+        if full:
+            break
+    if chunks == 0:
+        raise CodeunlearnError(
+            f"corpus has {total} tokens, fewer than one chunk of seq_len={seq_len}",
+            "use more text or a smaller --seq_len",
+        )
 
 
 def load_split(
@@ -154,6 +246,14 @@ class DataArguments:
         default=0, metadata={"help": "Seed of the train/held-out document split; use the same one in every command."}
     )
     max_tokens: int | None = field(default=None, metadata={"help": "Cap on tokens taken from each corpus (per split)."})
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Read corpora through `datasets` streaming instead of whole: no corpus, document list or token "
+            "list is held in memory (only the packed ids a command trains on; `stats` not even those). The same "
+            "documents, split and chunks as without it; each corpus is read once more to count its documents."
+        },
+    )
 
     def __post_init__(self) -> None:
         # Checked here, before any corpus is read: 0 or a negative cap used to read as "no cap"/one chunk silently,
@@ -173,17 +273,16 @@ class Corpora:
     """Several corpora, each split by document (with the same seed in every command)."""
 
     sources: list[str]
-    splits: list[DocumentSplit]
+    splits: list[DocumentSplit] | list[StreamedSplit]
     data: DataArguments
 
     @property
     def name(self) -> str:
         return "+".join(split.name for split in self.splits)
 
-    def documents(self, source: str, split: Split) -> list[str]:
-        """Documents of one corpus in one split."""
-        part = self.splits[self.sources.index(source)]
-        return {"train": part.train, "heldout": part.heldout, "all": part.train + part.heldout}[split]
+    def documents(self, source: str, split: Split) -> list[str] | Iterator[str]:
+        """Documents of one corpus in one split (streamed: an iterator)."""
+        return self.splits[self.sources.index(source)].side(split)
 
     def pack(self, tokenizer, split: Split, max_tokens: int | None = None, skip_tokens: int = 0) -> Tensor:
         """Packed (num_chunks, seq_len) token ids of `split`, every corpus capped on its own at `max_tokens`
@@ -195,15 +294,13 @@ class Corpora:
             raise ValueError("skip_tokens needs a token cap")
         chunks = []
         for source, part in zip(self.sources, self.splits, strict=True):
-            docs = self.documents(source, split)
-            if not docs:
-                raise CodeunlearnError(
-                    f"corpus {source} has no {split} documents ({len(part.train) + len(part.heldout)} documents, "
-                    f"heldout_fraction={self.data.heldout_fraction})",
-                    "use a corpus with more documents or change --heldout_fraction",
-                )
+            docs = self._side(source, part, split)
             try:
-                packed = pack_documents(docs, tokenizer, self.data.seq_len, None if cap is None else cap + skip_tokens)
+                limit = None if cap is None else cap + skip_tokens
+                if isinstance(part, StreamedSplit):
+                    packed = torch.cat(list(iter_packed(docs, tokenizer, self.data.seq_len, limit)))
+                else:
+                    packed = pack_documents(docs, tokenizer, self.data.seq_len, limit)
                 if skip and len(packed) <= skip:
                     raise CodeunlearnError(
                         f"{len(packed) * self.data.seq_len:,} tokens, none after the first {skip_tokens:,}",
@@ -214,11 +311,63 @@ class Corpora:
                 raise CodeunlearnError(f"corpus {source} ({split} split): {err.problem}", err.fix) from None
         return torch.cat(chunks)
 
+    def chunk_stream(self, tokenizer, split: Split, max_tokens: int | None = None) -> ChunkStream:
+        """The chunks `pack(tokenizer, split, max_tokens)` gives, as a stream read anew on every pass."""
+        cap = self.data.max_tokens if max_tokens is None else max_tokens
+        for source, part in zip(self.sources, self.splits, strict=True):
+            self._side(source, part, split)  # an empty side fails now, not during a pass
+        return ChunkStream(self, tokenizer, split, cap)
+
+    def _side(self, source: str, part: DocumentSplit | StreamedSplit, split: Split) -> list[str] | Iterator[str]:
+        if not part.count(split):
+            raise CodeunlearnError(
+                f"corpus {source} has no {split} documents ({part.num_documents} documents, "
+                f"heldout_fraction={self.data.heldout_fraction})",
+                "use a corpus with more documents or change --heldout_fraction",
+            )
+        return part.side(split)
+
+
+@dataclass
+class ChunkStream:
+    """The packed chunks of one split of several corpora (each capped on its own), tokenized anew on every pass and
+    yielded as (k, seq_len) pieces in corpus order: `Corpora.pack` without the tensor of all chunks."""
+
+    corpora: Corpora
+    tokenizer: object
+    split: Split
+    max_tokens: int | None
+    num_chunks: int | None = None  # known once `measure` has run
+
+    @property
+    def seq_len(self) -> int:
+        return self.corpora.data.seq_len
+
+    def measure(self) -> tuple[int, str]:
+        """One pass: the number of chunks and 16 hex digits of their ids (not `corpus_fingerprint`, which needs the
+        number first)."""
+        digest = hashlib.sha256()
+        count = 0
+        for piece in self:
+            digest.update(piece.numpy().tobytes())
+            count += len(piece)
+        self.num_chunks = count
+        return count, digest.hexdigest()[:16]
+
+    def __iter__(self) -> Iterator[Tensor]:
+        for source, part in zip(self.corpora.sources, self.corpora.splits, strict=True):
+            try:
+                yield from iter_packed(part.side(self.split), self.tokenizer, self.seq_len, self.max_tokens)
+            except CodeunlearnError as err:
+                raise CodeunlearnError(f"corpus {source} ({self.split} split): {err.problem}", err.fix) from None
+
 
 def read_corpora(sources: list[str], data: DataArguments, what: str = "corpora") -> Corpora:
     """Load and split documents (no tokenizer needed, so a bad path fails before the model loads)."""
     if not sources:
         raise CodeunlearnError(f"no {what} given", f"pass --{what} FILE [FILE ...]")
+    if data.streaming:
+        return Corpora(list(sources), [stream_corpus(source, data) for source in sources], data)
     splits = [
         split_documents(
             corpus_name(source),
@@ -231,8 +380,24 @@ def read_corpora(sources: list[str], data: DataArguments, what: str = "corpora")
     return Corpora(list(sources), splits, data)
 
 
+def stream_corpus(source: str, data: DataArguments) -> StreamedSplit:
+    """One corpus as a stream, split by document: one pass counts its documents (and meets any bad row)."""
+    stream = stream_source(source, data.text_field, WIKITEXT_ARTICLE_START)
+    num_docs = sum(1 for _ in stream)
+    if not num_docs:
+        raise CodeunlearnError(f"corpus {source} is empty", "pass a corpus with at least one non-empty document")
+    name = corpus_name(source)
+    return StreamedSplit(name, stream, heldout_mask(name, num_docs, data.heldout_fraction, data.split_seed))
+
+
 def corpus_fingerprint(chunks: Tensor) -> str:
     """16 hex digits identifying packed token ids (num_chunks, seq_len)."""
-    digest = hashlib.sha256(str(tuple(chunks.shape)).encode())
+    digest = fingerprint_hasher(tuple(chunks.shape))
     digest.update(chunks.cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def fingerprint_hasher(shape: tuple[int, int]) -> hashlib._Hash:
+    """The hash `corpus_fingerprint` takes of chunks of `shape` before their bytes: fed the int64 bytes of the
+    chunks in order, piece by piece, its first 16 hex digits are their fingerprint (the shape must be known first)."""
+    return hashlib.sha256(str(tuple(shape)).encode())

@@ -15,7 +15,7 @@ a share of the chunks pad the shorter shares with forwards whose results are dro
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 from accelerate.utils import parse_flag_from_env
@@ -69,19 +69,18 @@ def shard_frozen_base(bmodel: BottleneckedModel, device: torch.device) -> tuple[
     return held, total
 
 
-def lockstep(model: nn.Module, batches: Sequence[Tensor]) -> Iterator[tuple[Tensor, bool]]:
-    """`(batch, True)` for each of this process's `batches`; when `model` is sharded, then `(filler, False)` until
-    every process has run as many forwards as the process with the most batches (the caller drops those results).
-    The filler is this process's first batch, or one chunk of zeros as long as the others' chunks when it has none.
-    Every process must call it at the same point (it starts with a collective when sharded)."""
+def lockstep(model: nn.Module, batches: Iterable[Tensor], count: int, seq_len: int) -> Iterator[tuple[Tensor, bool]]:
+    """`(batch, True)` for each of this process's `count` `batches`; when `model` is sharded, then one chunk of
+    zeros of `seq_len` tokens, `(filler, False)`, until every process has run as many forwards as the process with
+    the most batches (the caller drops those results). Every process must call it at the same point: when sharded it
+    starts with a collective."""
     if not is_sharded(model):
         yield from ((batch, True) for batch in batches)
         return
-    mine = torch.tensor([len(batches), batches[0].shape[1] if batches else 0], dtype=torch.long)
-    most, length = (int(v) for v in distributed.all_max_(mine))
+    most = int(distributed.all_max_(torch.tensor([count], dtype=torch.long)).item())
     yield from ((batch, True) for batch in batches)
-    filler = batches[0] if batches else torch.zeros((1, length), dtype=torch.long)
-    for _ in range(most - len(batches)):
+    filler = torch.zeros((1, seq_len), dtype=torch.long)
+    for _ in range(most - count):
         yield filler, False
 
 

@@ -11,6 +11,10 @@ data-parallel process); a killed count continues with the same command plus `--r
 statistics an uninterrupted count gives. The partial state is removed once FILE is written. A partial state left
 beside FILE is refused without `--resume` (continue) or `--overwrite` (discard it and start over); `--resume` may
 write FILE even if it exists, since the count it continues was already allowed to.
+
+With `--streaming` the corpora are read through `datasets` streaming and the chunks are packed batch by batch during
+the count (a first pass counts the documents, a second the chunks): neither the text nor its token ids are ever held
+whole, and the statistics are exactly those of the same count without `--streaming`.
 """
 
 from __future__ import annotations
@@ -127,7 +131,7 @@ def main(argv: Sequence[str]) -> int:
             f"note: ignoring the saved edits {[e.topic for e in bmodel.edits]} (statistics describe the unedited bottleneck)"
         )
         bmodel.clear_edits()
-    chunks = corpora.pack(tokenizer, args.split)
+    chunks = corpora.chunk_stream(tokenizer, args.split) if data_args.streaming else corpora.pack(tokenizer, args.split)
     name = args.name or corpora.name
     if run.overwrite and not run.resume:
         # Only now, once everything that can refuse the run has: a refused run leaves the interrupted count intact.
@@ -146,7 +150,8 @@ def main(argv: Sequence[str]) -> int:
     if distributed.is_main_process():
         stats.save(output)
         checkpoint.discard()  # after the result is saved: a kill before leaves the count resumable
-    print(f"{name} ({args.split} split, {len(chunks)} chunks x {chunks.shape[1]} tokens):")
+    count = chunks.num_chunks if data_args.streaming else len(chunks)
+    print(f"{name} ({args.split} split, {count} chunks x {data_args.seq_len} tokens):")
     print(describe(stats, bmodel.config.codes_per_layer))
     print(f"wrote {output} and {output.with_suffix('.json')}")
     return 0

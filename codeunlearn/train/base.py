@@ -152,7 +152,7 @@ class TrainingRun:
         parts = distributed.share(chunks).split(self.args.batch_size)
         states = []
         with torch.no_grad(), autocast(device, self.args.bf16):
-            for part, real in sharding.lockstep(self.bmodel, parts):
+            for part, real in sharding.lockstep(self.bmodel, parts, len(parts), chunks.shape[1]):
                 got = self.bmodel.states_at(layer, part.to(device))
                 if real:
                     states.append(got)

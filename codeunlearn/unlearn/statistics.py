@@ -10,14 +10,21 @@ file per data-parallel process in `OUTPUT.partial/`, see `partial_statistics_pat
 continues from them. The resumed pass repeats the same additions in the same order, so its result equals an
 uninterrupted pass bit for bit (float64 activation sums included). A resume onto another bottleneck, other chunks,
 another batch size, precision or number of processes is refused: the saved sums would describe another count.
+
+The chunks may be a `ChunkStream` (`--streaming`) instead of a tensor: one tokenizing pass first counts them (so the
+shares, the batches and the partial states are those of the same chunks in memory), then the counting pass packs
+them again batch by batch, hashing every chunk on the way, so the counts and the recorded `corpus_fingerprint` equal
+the in-memory pass's while only one batch of chunks is held.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,10 +38,10 @@ from codeunlearn import distributed
 from codeunlearn.bottleneck import sharding
 from codeunlearn.bottleneck.config import DEFAULT_KIND
 from codeunlearn.bottleneck.model import BottleneckedModel
-from codeunlearn.data import corpus_fingerprint
+from codeunlearn.data import ChunkStream, corpus_fingerprint, fingerprint_hasher
 from codeunlearn.errors import CodeunlearnError, check_range
 from codeunlearn.io import atomic_save_tensors, atomic_write_text, load_tensors, remove_leftovers
-from codeunlearn.runtime import autocast, bars_enabled, model_device
+from codeunlearn.runtime import autocast, bars_enabled, batches, model_device
 
 SUM_SUFFIX = ".activation_sum"
 MAX_SUFFIX = ".activation_max"
@@ -192,7 +199,9 @@ class _Tallies:
 
 
 # What must match for saved partial sums to be continued, and how to make it match (the saved value filled in).
+# A streamed count records a digest of its chunks' ids, not their fingerprint, so it checks `streaming` first.
 _MUST_MATCH = {
+    "streaming": "pass --streaming {}, as the interrupted count did",
     "world_size": "launch {} process(es), as the interrupted count did",
     "batch_size": "pass --batch_size {}, as the interrupted count did",
     "bf16": "pass --bf16 {}, as the interrupted count did",
@@ -288,7 +297,7 @@ class StatisticsCheckpoint:
                 "pass --overwrite to start the count over",
             )
         for key, fix in _MUST_MATCH.items():
-            if saved.get(key) != state[key]:
+            if saved.get(key, False if key == "streaming" else None) != state[key]:  # older states never stream
                 raise CodeunlearnError(
                     f"partial statistics {path} were counted with {key} {saved.get(key)}, this run has {state[key]}",
                     f"{fix.format(saved.get(key))} (or pass --overwrite to start over)",
@@ -319,37 +328,42 @@ def read_partial_state(path: str | Path) -> dict:
 @torch.no_grad()
 def collect_code_statistics(
     bmodel: BottleneckedModel,
-    chunks: Tensor,
+    chunks: Tensor | ChunkStream,
     batch_size: int = 8,
     corpus: str = "",
     progress: bool = True,
     bf16: bool = False,
     checkpoint: StatisticsCheckpoint | None = None,
 ) -> CodeStatistics:
-    """Count code firings (SAE: feature firings and activation sums) of `chunks` (num_chunks, seq_len) at every
-    bottleneck layer; what a batch adds is each bottleneck's `tally` of its output. Data-parallel, each process
-    counts its share of `chunks` and every process returns the sums over all of them (integer counts: exactly
-    what one process counts). The result records the hash of `chunks` (`corpus_fingerprint`), which names the
-    counts in a bottleneck's statistics cache.
+    """Count code firings (SAE: feature firings and activation sums) of `chunks` (num_chunks, seq_len), a tensor or
+    a `ChunkStream`, at every bottleneck layer; what a batch adds is each bottleneck's `tally` of its output.
+    Data-parallel, each process counts its contiguous share of the chunks and every process returns the sums over
+    all of them (integer counts: exactly what one process counts). The result records the hash of the chunks
+    (`corpus_fingerprint`), which names the counts in a bottleneck's statistics cache.
 
     With `checkpoint`, the partial sums are saved every `checkpoint.every` batches and, with `checkpoint.resume`,
     continued from; the caller removes them (`checkpoint.discard()`) once the result is saved."""
-    if len(chunks) == 0:
-        raise CodeunlearnError(f"corpus {corpus!r} gave no chunks", "use more text or a smaller --seq_len")
     check_range("batch_size", batch_size, batch_size >= 1, ">= 1")
+    streamed = isinstance(chunks, ChunkStream)
+    # A stream's fingerprint needs the number of chunks before their ids: a first pass counts them, and its digest
+    # stands for the chunks in the checks below until the counting pass has hashed them all.
+    num_chunks, identity = chunks.measure() if streamed else (len(chunks), "")
+    if num_chunks == 0:
+        raise CodeunlearnError(f"corpus {corpus!r} gave no chunks", "use more text or a smaller --seq_len")
+    identity = identity or corpus_fingerprint(chunks)
     fingerprint = ""
-    chunks_fingerprint = corpus_fingerprint(chunks)
     if distributed.world_size() > 1 or checkpoint is not None:  # hashing the bottleneck costs a read of every key
         fingerprint = bmodel.fingerprint()
     if distributed.world_size() > 1:
         distributed.check_same_everywhere(
             "the bottleneck or the chunks to count",
-            fingerprint + chunks_fingerprint,
+            fingerprint + identity,
             "launch every process with the same command line and the same corpus files",
         )
     tallies = _Tallies.zeros(bmodel)
-    share = distributed.share(chunks)
-    num_batches = math.ceil(len(share) / batch_size)
+    mine = distributed.share(torch.arange(num_chunks))  # this process's chunk positions, contiguous
+    first, count = (int(mine[0]) if len(mine) else num_chunks), len(mine)
+    num_batches = math.ceil(count / batch_size)
     state: dict = {}
     done = 0
     if checkpoint is not None:
@@ -357,12 +371,13 @@ def collect_code_statistics(
             "format": PARTIAL_FORMAT,
             "corpus": corpus,
             "kind": bmodel.config.kind,
+            "streaming": streamed,
             "world_size": distributed.world_size(),
             "rank": distributed.rank(),
             "batch_size": batch_size,
             "bf16": bf16,
             "bottleneck_fingerprint": fingerprint,
-            "corpus_fingerprint": chunks_fingerprint,
+            "corpus_fingerprint": identity,
             "num_batches": num_batches,
         }
         done = checkpoint.start(tallies, state)
@@ -371,12 +386,20 @@ def collect_code_statistics(
         tallies.add(layer, bmodel.bottleneck(layer).tally(result))
 
     device = model_device(bmodel)
-    remaining = share[done * batch_size :]
-    mine = remaining.split(batch_size)
-    bar = tqdm(desc=f"stats {corpus}", total=len(mine), unit="batch", disable=not bars_enabled(progress), leave=False)
-    with autocast(device, bf16), bar:
-        for index, (batch, real) in enumerate(sharding.lockstep(bmodel, mine), start=done + 1):
-            bar.update(real)
+    desc = f"stats {corpus}"
+    if streamed:
+        hashes = [fingerprint_hasher((num_chunks, chunks.seq_len)), hashlib.sha256()]
+        window = _window(chunks, first + done * batch_size, first + count, batch_size, hashes)
+        remaining = tqdm(
+            window, desc, num_batches - done, leave=False, unit="batch", disable=not bars_enabled(progress)
+        )
+        seq_len = chunks.seq_len
+    else:
+        remaining = batches(chunks[first : first + count][done * batch_size :], batch_size, desc, progress)
+        seq_len = chunks.shape[1]
+    steps = sharding.lockstep(bmodel, remaining, num_batches - done, seq_len)
+    with autocast(device, bf16):
+        for index, (batch, real) in enumerate(steps, start=done + 1):
             if not real:  # a sharded base model: a forward the other processes need, counted by none
                 bmodel.run_to_deepest(batch.to(device), lambda *_: None)
                 continue
@@ -384,6 +407,13 @@ def collect_code_statistics(
             # The last batch is never saved: the finished result is, by the caller.
             if checkpoint is not None and index % checkpoint.every == 0 and index < num_batches:
                 checkpoint.save(tallies, {**state, "batches_done": index})
+    if streamed:
+        if hashes[1].hexdigest()[:16] != identity:
+            raise CodeunlearnError(
+                f"corpus {corpus!r} changed while it was counted (its chunks differ between two passes)",
+                "leave the corpus files unchanged until the count ends, and run it again",
+            )
+        identity = hashes[0].hexdigest()[:16]
     tallies.reduce()
     return CodeStatistics(
         tallies.counts,
@@ -393,5 +423,29 @@ def collect_code_statistics(
         tallies.sums,
         tallies.maxima,
         kind=bmodel.config.kind,
-        corpus_fingerprint=chunks_fingerprint,
+        corpus_fingerprint=identity,
     )
+
+
+def _window(stream: ChunkStream, start: int, stop: int, batch_size: int, hashes: list) -> Iterator[Tensor]:
+    """Batches of `batch_size` chunks at positions [start, stop) of `stream`, while every chunk of the whole pass
+    (also those outside the window) goes through each of `hashes` in order."""
+    position = 0
+    pending: list[Tensor] = []
+    held = 0
+    for piece in stream:
+        data = piece.numpy().tobytes()
+        for digest in hashes:
+            digest.update(data)
+        low, high = max(start - position, 0), min(stop - position, len(piece))
+        position += len(piece)
+        if low >= high:
+            continue
+        pending.append(piece[low:high])
+        held += high - low
+        while held >= batch_size:
+            joined = torch.cat(pending)
+            yield joined[:batch_size]
+            pending, held = [joined[batch_size:]], held - batch_size
+    if held:
+        yield torch.cat(pending)
