@@ -247,3 +247,29 @@ def test_compiled_layers_train_what_eager_layers_train(tmp_path):
     with torch.no_grad():
         bmodel(input_ids=make_tokens(2, 7, seed=3), use_cache=False)  # a new shape: compiled layers would compile
     assert counters["frames"]["total"] == frames
+
+
+# ----------------------------------------------------------------------------------------------- data-parallel
+@pytest.mark.slow  # two accelerate-launched CPU processes: about 20 s
+def test_two_fp16_processes_train_what_one_fp16_process_trains(tmp_path):
+    """`train --fp16` under `accelerate launch` (2 gloo processes at batch 2) against one process at batch 4: the
+    scaler reads the reduced gradients, so the scale, the schedule and the values follow the one-process run (values
+    to 1e-4, as for fp32 in test_distributed)."""
+    from test_distributed import ACCELERATE, launch, metrics, train_flags, weights
+
+    from codeunlearn.cli import main
+
+    workspace = make_cli_workspace(tmp_path)
+    fp16 = ["--fp16", "--objective", "kl"]
+    assert main(["train", *train_flags(workspace, 4, tmp_path / "one"), *fp16]) == 0
+    two = launch(ACCELERATE, ["train", *train_flags(workspace, 2, tmp_path / "two"), *fp16])
+    assert two.returncode == 0, two.stderr[-3000:]
+    logged = [
+        [(m.get("lr"), m.get("grad_scale"), m.get("skipped_updates")) for m in metrics(tmp_path / run)]
+        for run in ("one", "two")
+    ]
+    assert logged[0] == logged[1] and logged[0][-1][1] == INIT_SCALE
+    one, two_weights = weights(tmp_path / "one"), weights(tmp_path / "two")
+    for name in one:
+        if ".values." in name:
+            torch.testing.assert_close(two_weights[name], one[name], rtol=0, atol=1e-4, msg=name)
