@@ -1,8 +1,9 @@
 """How a run executes: batching, precision and progress of forward passes, and the options every run shares.
 
 bf16 autocast of the frozen model is opt-in (`bf16=True`): it is 3-4x faster on GPUs and on CPUs with bf16 matmul
-kernels (AMX / AVX512-BF16), but 6-50x *slower* on AVX2-only CPUs (`bf16_is_fast` tells them apart). Bottleneck
-distances always stay fp32.
+kernels (AMX / AVX512-BF16), but 6-50x *slower* on AVX2-only CPUs (`bf16_is_fast` tells them apart). fp16 autocast
+(`fp16=True`, training only) is for GPUs without fast bf16; its trained parameters stay fp32 and their loss is
+scaled (`codeunlearn.train.precision`). Bottleneck distances always stay fp32.
 """
 
 from __future__ import annotations
@@ -20,11 +21,19 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from codeunlearn.errors import CodeunlearnError
+
 BF16_HELP = (
     "bf16 autocast of the frozen model's forward passes (bottleneck math stays fp32). Default: off where a run's "
     "numbers must not depend on the machine (train, forget, demo, baseline, relearn: training and the statistics "
     "it keeps share one precision); for stats, calibrate and eval, on where bf16 matmuls are fast (a GPU, a CPU with "
     "AVX512-BF16/AMX), decided when the command runs. `--no_bf16` turns it off."
+)
+FP16_HELP = (
+    "fp16 autocast of the frozen model's forward passes, for GPUs without fast bf16 (V100, T4): the trained "
+    "parameters stay fp32 and their loss is scaled (torch.amp.GradScaler; an update whose gradients overflow is "
+    "skipped and the scale halved, logged as grad_scale and skipped_updates); bottleneck math stays fp32. Not with "
+    "--bf16."
 )
 
 
@@ -38,6 +47,7 @@ class RunArguments:
     overwrite: bool = field(default=False, metadata={"help": "Replace what an earlier run wrote there."})
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
     bf16: bool = field(default=False, metadata={"help": BF16_HELP})
+    fp16: bool = field(default=False, metadata={"help": FP16_HELP})
     resume: bool = field(
         default=False,
         metadata={"help": "Continue an interrupted run from the state it saved (refused if it saved none)."},
@@ -62,11 +72,27 @@ def run_arguments(*names: str, writes: str | None = None) -> type:
     return dataclasses.make_dataclass("RunArguments", chosen)
 
 
+def check_precision(bf16: bool, fp16: bool) -> None:
+    """Refuse both autocast precisions at once (one run autocasts to one of them)."""
+    if bf16 and fp16:
+        raise CodeunlearnError(
+            "--bf16 and --fp16 were both given", "pass one: --bf16 where bf16 is fast (most GPUs), else --fp16"
+        )
+
+
 def autocast(device: torch.device | str, enabled: bool = True) -> contextlib.AbstractContextManager:
-    device_type = torch.device(device).type
-    if not enabled:
+    """bf16 autocast of forward passes on `device` when `enabled`."""
+    return mixed_precision(device, bf16=enabled)
+
+
+def mixed_precision(
+    device: torch.device | str, bf16: bool = False, fp16: bool = False
+) -> contextlib.AbstractContextManager:
+    """Autocast of forward passes on `device` to bf16 or fp16, or none (`check_precision` refuses both)."""
+    check_precision(bf16, fp16)
+    if not (bf16 or fp16):
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16 if bf16 else torch.float16)
 
 
 _bars_off = False  # set by `progress_bars(False)`: codeunlearn's own bars stay hidden whatever a caller passes

@@ -99,13 +99,20 @@ def test_training_improves_reconstruction(tmp_path, architecture):
 
 
 @pytest.mark.parametrize(
-    ("stop", "checkpoint_every", "bf16", "updates"),
-    [(1, 1, False, 1), (3, 1, False, 1), (4, 2, False, 1), (3, 1, True, 1), (2, 1, False, 3)],
-    ids=["after-first-step", "midway", "between-checkpoints", "bf16-autocast", "three-updates-per-batch"],
+    ("stop", "checkpoint_every", "precision", "updates"),
+    [(1, 1, "fp32", 1), (3, 1, "fp32", 1), (4, 2, "fp32", 1), (3, 1, "bf16", 1), (3, 1, "fp16", 1), (2, 1, "fp32", 3)],
+    ids=[
+        "after-first-step",
+        "midway",
+        "between-checkpoints",
+        "bf16-autocast",
+        "fp16-scaled",
+        "three-updates-per-batch",
+    ],
 )
-def test_resume_is_exact(uninterrupted, tmp_path_factory, tmp_path, stop, checkpoint_every, bf16, updates):
-    options = {"bf16": bf16, "sae_updates_per_batch": updates}
-    if bf16 or updates > 1:
+def test_resume_is_exact(uninterrupted, tmp_path_factory, tmp_path, stop, checkpoint_every, precision, updates):
+    options = {"bf16": precision == "bf16", "fp16": precision == "fp16", "sae_updates_per_batch": updates}
+    if precision != "fp32" or updates > 1:
         reference = fresh()
         train_bottleneck(reference, CHUNKS, run_args(tmp_path_factory.mktemp("sae-reference"), **options))
         expected = final_state(reference)

@@ -44,11 +44,14 @@ def uninterrupted(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted_bf16(tmp_path_factory):
-    """Run A under bf16 autocast (the default on CPU and GPU)."""
-    bmodel = fresh()
-    train_bottleneck(bmodel, CHUNKS, run_args(tmp_path_factory.mktemp("run-a-bf16"), bf16=True))
-    return {"state": final_state(bmodel)}
+def uninterrupted_autocast(tmp_path_factory):
+    """Run A under bf16 and under fp16 autocast (fp16 with its loss scale), by precision."""
+    states = {}
+    for precision in ("bf16", "fp16"):
+        bmodel = fresh()
+        train_bottleneck(bmodel, CHUNKS, run_args(tmp_path_factory.mktemp(f"run-a-{precision}"), **{precision: True}))
+        states[precision] = final_state(bmodel)
+    return states
 
 
 def test_metrics_are_logged_for_both_phases(uninterrupted):
@@ -132,20 +135,22 @@ def test_key_phase_fixes_keys_and_value_phase_trains_values(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("stop", "checkpoint_every", "bf16"),
+    ("stop", "checkpoint_every", "precision"),
     [
-        (2, 1, False),
-        (KEY_STEPS, 1, False),
-        (KEY_STEPS + 2, 1, False),
-        (KEY_STEPS + 2, 2, False),
-        (KEY_STEPS + 1, 1, True),
+        (2, 1, "fp32"),
+        (KEY_STEPS, 1, "fp32"),
+        (KEY_STEPS + 2, 1, "fp32"),
+        (KEY_STEPS + 2, 2, "fp32"),
+        (KEY_STEPS + 1, 1, "bf16"),
+        (KEY_STEPS + 2, 1, "fp16"),
     ],
-    ids=["in-key-phase", "at-phase-boundary", "in-value-phase", "between-checkpoints", "bf16-autocast"],
+    ids=["in-key-phase", "at-phase-boundary", "in-value-phase", "between-checkpoints", "bf16-autocast", "fp16-scaled"],
 )
-def test_resume_is_exact(uninterrupted, uninterrupted_bf16, tmp_path, stop, checkpoint_every, bf16):
-    expected = (uninterrupted_bf16 if bf16 else uninterrupted)["state"]
+def test_resume_is_exact(uninterrupted, uninterrupted_autocast, tmp_path, stop, checkpoint_every, precision):
+    expected = uninterrupted_autocast[precision] if precision != "fp32" else uninterrupted["state"]
+    options = {"bf16": precision == "bf16", "fp16": precision == "fp16"}
     first = fresh()
-    args = run_args(tmp_path, stop_after_steps=stop, checkpoint_every=checkpoint_every, bf16=bf16)
+    args = run_args(tmp_path, stop_after_steps=stop, checkpoint_every=checkpoint_every, **options)
     metrics = train_bottleneck(first, CHUNKS, args)
     assert metrics[-1]["step"] == stop
     assert not (tmp_path / "bottleneck").exists()  # an unfinished run leaves only checkpoints
@@ -154,10 +159,11 @@ def test_resume_is_exact(uninterrupted, uninterrupted_bf16, tmp_path, stop, chec
     assert all(int(name.split("-")[1]) <= stop for name in checkpoints)
 
     second = fresh()  # a new process would attach a new, untrained bottleneck to the same base
-    args = run_args(tmp_path, checkpoint_every=checkpoint_every, resume=True, bf16=bf16)
+    args = run_args(tmp_path, checkpoint_every=checkpoint_every, resume=True, **options)
     metrics = train_bottleneck(second, CHUNKS, args)
     assert metrics[-1]["step"] == KEY_STEPS + VALUE_STEPS
-    if not bf16:  # the checkpoint keeps when each code was last used: the usage logged is the uninterrupted run's
+    # the checkpoint keeps when each code was last used: the usage logged is the uninterrupted run's
+    if precision == "fp32":
         usage = ("codes_used_in_batch", "dead_codes_in_window")
         logged = {r["step"]: [r[k] for k in usage] for r in uninterrupted["metrics"] if usage[0] in r}
         assert [[r[k] for k in usage] for r in metrics] == [logged[r["step"]] for r in metrics]

@@ -8,20 +8,40 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from accelerate.utils import parse_choice_from_env
+
 from codeunlearn.bottleneck.base import WEIGHTS_NAME
 from codeunlearn.errors import CodeunlearnError, check_range
-from codeunlearn.runtime import run_arguments
+from codeunlearn.runtime import check_precision, run_arguments
 
 OBJECTIVES = ("reconstruction", "kl", "kl+reconstruction")
+
+
+def check_no_accelerate_precision(mixed_precision: str) -> None:
+    """Refuse accelerate's own mixed precision (`accelerate launch --mixed_precision`, a config file's
+    `mixed_precision`): it would autocast the bottleneck's training math too and, in fp16, scale the loss a second
+    time. Training's precision is `--bf16` / `--fp16`, checked before anything is written."""
+    if mixed_precision != "no":
+        raise CodeunlearnError(
+            f"accelerate was launched with mixed_precision {mixed_precision}",
+            "launch with mixed_precision 'no' (as configs/accelerate/*.yaml do) and pass --bf16 or --fp16 to the "
+            "command",
+        )
 
 
 @dataclass
 class TrainingArguments(
     run_arguments(
-        "output_dir", "overwrite", "progress", "bf16", writes="checkpoints, metrics.jsonl and the final bottleneck"
+        "output_dir",
+        "overwrite",
+        "progress",
+        "bf16",
+        "fp16",
+        writes="checkpoints, metrics.jsonl and the final bottleneck",
     )
 ):
-    """How to train a bottleneck (the bottleneck's shape is `BottleneckConfig`); bf16 is off unless asked."""
+    """How to train a bottleneck (the bottleneck's shape is `BottleneckConfig`); bf16, fp16 and compile are off
+    unless asked."""
 
     objective: Literal["reconstruction", "kl", "kl+reconstruction"] = field(
         default="kl+reconstruction", metadata={"help": "Loss for the value phase."}
@@ -85,8 +105,18 @@ class TrainingArguments(
         default=None, metadata={"help": "End this run after this global step (for staged runs)."}
     )
     seed: int = field(default=0, metadata={"help": "Seeds data order and RNG."})
+    compile: bool = field(
+        default=False,
+        metadata={
+            "help": "torch.compile each decoder layer of the frozen model for this run (the bottlenecks stay eager): "
+            "faster forwards on a GPU after a compile of a minute or so; results equal the eager run's to float "
+            "rounding."
+        },
+    )
 
     def __post_init__(self) -> None:
+        check_precision(self.bf16, self.fp16)
+        check_no_accelerate_precision(parse_choice_from_env("ACCELERATE_MIXED_PRECISION", "no"))
         if self.objective not in OBJECTIVES:
             raise CodeunlearnError(f"unknown objective {self.objective!r}", f"use one of {OBJECTIVES}")
         # Every numeric argument in its range before anything slow: a 0 or negative value used to run and fail late

@@ -21,9 +21,10 @@ from codeunlearn.bottleneck import sharding
 from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.io import atomic_directory, atomic_save_tensors, atomic_write_text
-from codeunlearn.runtime import autocast
+from codeunlearn.runtime import mixed_precision
 from codeunlearn.train.arguments import TrainingArguments
 from codeunlearn.train.checkpoints import OPTIMIZER_NAME, RNG_NAME, STATE_NAME, latest_checkpoint
+from codeunlearn.train.precision import LossScaler
 from codeunlearn.train.stream import ChunkStream
 
 
@@ -54,7 +55,7 @@ class Trainer:
 @dataclass
 class TrainingRun:
     """What a kind's `Trainer` gets from the shared loop: the model, data, arguments and step bounds, and the
-    loop's services (metrics, checkpoints, the initialisation tokens, resuming an optimizer)."""
+    loop's services (metrics, checkpoints, the initialisation tokens, precision, resuming an optimizer)."""
 
     bmodel: BottleneckedModel
     stream: ChunkStream
@@ -102,6 +103,18 @@ class TrainingRun:
     def latest_checkpoint(self) -> Path | None:
         return latest_checkpoint(self.output_dir)
 
+    def autocast(self) -> Any:
+        """The autocast of the frozen model's forward passes (`bf16`, `fp16` or none), on this process's device."""
+        return mixed_precision(self.accelerator.device, self.args.bf16, self.args.fp16)
+
+    def loss_scaler(self) -> LossScaler:
+        """The loss scaler of a gradient phase (a pass-through unless `fp16`), as the checkpoint being resumed left
+        it (a checkpoint without one, e.g. of a run in another precision, starts a fresh scale)."""
+        scaler = LossScaler(self.accelerator.device, self.args.fp16)
+        if self.resume_state is not None and "loss_scaler" in self.resume_state:
+            scaler.load_state_dict(self.resume_state["loss_scaler"])
+        return scaler
+
     def resume_optimizer(self, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
         """Load the optimizer and scheduler states of the checkpoint being resumed, if it holds them."""
         if self.resume_state is not None and "scheduler" in self.resume_state:
@@ -114,9 +127,10 @@ class TrainingRun:
         optimizer: torch.optim.Optimizer | None = None,
         scheduler: Any = None,
         extra: dict[str, dict[str, Tensor]] | None = None,
+        scaler: LossScaler | None = None,
     ) -> None:
         """Write checkpoint `step` (the trainer's bottleneck state, `extra` tensors files by name, RNG, cursor,
-        optimizer) and drop all but the newest `keep_checkpoints`."""
+        optimizer, loss scaler) and drop all but the newest `keep_checkpoints`."""
         if not self.accelerator.is_main_process:
             return
         root = self.output_dir / "checkpoints"
@@ -137,6 +151,8 @@ class TrainingRun:
             if optimizer is not None:
                 torch.save(optimizer.state_dict(), tmp / OPTIMIZER_NAME)
                 state["scheduler"] = scheduler.state_dict()
+            if scaler is not None and scaler.enabled:
+                state["loss_scaler"] = scaler.state_dict()
             atomic_write_text(tmp / STATE_NAME, json.dumps(state, indent=1) + "\n")
         for old in sorted(root.glob("step-*"))[: -self.args.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
@@ -151,7 +167,7 @@ class TrainingRun:
         device = self.accelerator.device
         parts = distributed.share(chunks).split(self.args.batch_size)
         states = []
-        with torch.no_grad(), autocast(device, self.args.bf16):
+        with torch.no_grad(), self.autocast():
             for part, real in sharding.lockstep(self.bmodel, parts, len(parts), chunks.shape[1]):
                 got = self.bmodel.states_at(layer, part.to(device))
                 if real:

@@ -9,6 +9,10 @@ with exactly the weights an uninterrupted run would have.
 Data-parallel (`accelerate launch` / `torchrun`, `codeunlearn.distributed`): every process holds the whole
 bottleneck and reads its share of each step's chunks; the processes must agree on the config, the arguments and
 the chunks (checked), and only the main process writes files.
+
+Precision is the run's own (`bf16`, `fp16`: autocast of the frozen model, `codeunlearn.train.precision` for fp16's
+loss scale), not accelerate's `mixed_precision`, which is refused (`check_no_accelerate_precision`). `compile`
+compiles the frozen decoder layers for the run (`codeunlearn.train.compiled`).
 """
 
 from __future__ import annotations
@@ -29,9 +33,10 @@ from codeunlearn.bottleneck.registry import trainer_for
 from codeunlearn.data import corpus_fingerprint
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.io import atomic_write_text
-from codeunlearn.train.arguments import TrainingArguments
+from codeunlearn.train.arguments import TrainingArguments, check_no_accelerate_precision
 from codeunlearn.train.base import TrainingRun
 from codeunlearn.train.checkpoints import latest_checkpoint, load_checkpoint, truncate_metrics
+from codeunlearn.train.compiled import compiled_layers
 from codeunlearn.train.stream import ChunkStream
 
 
@@ -74,6 +79,7 @@ def train_bottleneck(
     """Train `bmodel`'s bottlenecks on `chunks` (num_chunks, seq_len) with their kind's `Trainer`; returns the
     logged metrics."""
     accelerator = accelerator or distributed.join()
+    check_no_accelerate_precision(accelerator.mixed_precision)
     trainer = trainer_for(bmodel.config.kind)
     output_dir = Path(args.output_dir)
     check_enough_tokens(chunks, args)
@@ -127,7 +133,8 @@ def train_bottleneck(
         total=end, initial=step, desc="train", unit="step", disable=not (args.progress and accelerator.is_main_process)
     )
     run = TrainingRun(bmodel, stream, args, accelerator, trainer, total, end, bar, resume_state)
-    step = trainer.train(run, step)
+    with compiled_layers(bmodel, args.compile):
+        step = trainer.train(run, step)
     bar.close()
     accelerator.wait_for_everyone()
     if step >= total:

@@ -10,7 +10,8 @@ training by gradient.
 2. **Values** (`value_steps`, optional): the codes' output vectors are trained by gradient through the frozen
    downstream layers; the objective is `reconstruction` (FVU), `kl` (KL from the base model's next-token
    distribution to the bottlenecked model's) or `kl+reconstruction`. Batches are sharded across processes; DDP
-   averages gradients.
+   averages gradients. Under `fp16` the values and adapters stay fp32 and their loss is scaled
+   (`codeunlearn.train.precision`).
 
 Every logged EMA and value step records `codes_used_in_batch` (distinct codes of the step's batches) and
 `dead_codes_in_window` (codes no batch used in the last `dead_feature_window` steps), per layer, over every process;
@@ -43,7 +44,6 @@ from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.io import load_tensors
 from codeunlearn.kinds.codebook.bottleneck import QuantizeOutput, flat_code_ids
-from codeunlearn.runtime import autocast
 from codeunlearn.train.arguments import TrainingArguments
 from codeunlearn.train.base import Trainer, TrainingRun
 
@@ -213,7 +213,7 @@ class CodebookTrainer(Trainer):
     @staticmethod
     def _ema_steps(run: TrainingRun, step: int, means: dict[int, Tensor], usage: _CodeUsage) -> int:
         """Key steps 2.. `key_steps`: EMA updates with dead-code replacement on fresh batches (no gradients)."""
-        bmodel, args, accelerator = run.bmodel, run.args, run.accelerator
+        bmodel, args = run.bmodel, run.args
         fvus: dict[int, float] = {}
 
         def observe(layer: int, states: Tensor, result: QuantizeOutput) -> None:
@@ -227,7 +227,7 @@ class CodebookTrainer(Trainer):
             for wrapper in wrappers:
                 wrapper.fit_keys = True
             try:
-                with torch.no_grad(), autocast(accelerator.device, args.bf16):
+                with torch.no_grad(), run.autocast():
                     bmodel.run_to_deepest(batch, observe)
             finally:
                 for wrapper in wrappers:
@@ -256,6 +256,7 @@ class CodebookTrainer(Trainer):
         optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
         scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, max(args.value_steps, 1))
         run.resume_optimizer(optimizer, scheduler)
+        scaler = run.loss_scaler()
         # The scheduler is not handed to accelerate, whose wrapper steps it once per process: the schedule counts
         # optimizer steps.
         model, optimizer = run.prepare(optimizer, bmodel)
@@ -273,9 +274,9 @@ class CodebookTrainer(Trainer):
             """Forward and backward of one batch (the loss scaled by `scale`); returns its detached
             (loss, kl, fvu, ce, ce_base)."""
             recorded.clear()
-            with torch.no_grad(), bmodel.disabled(), autocast(accelerator.device, args.bf16):
+            with torch.no_grad(), bmodel.disabled(), run.autocast():
                 base_logits = bmodel.model(input_ids=batch, use_cache=False).logits[:, :-1].float()
-            with bmodel.observing(record), autocast(accelerator.device, args.bf16):
+            with bmodel.observing(record), run.autocast():
                 logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
             base_logp = F.log_softmax(base_logits, -1)
             logp = F.log_softmax(logits, -1)
@@ -287,7 +288,7 @@ class CodebookTrainer(Trainer):
                 loss = fvu
             else:
                 loss = kl + args.reconstruction_weight * fvu
-            accelerator.backward(loss * scale)
+            accelerator.backward(scaler.scale(loss * scale))
             with torch.no_grad():
                 targets = batch[:, 1:]
                 ce = F.cross_entropy(logits.transpose(1, 2), targets)
@@ -302,10 +303,9 @@ class CodebookTrainer(Trainer):
                 sync = contextlib.nullcontext() if micro == accumulation - 1 else accelerator.no_sync(model)
                 with sync:
                     measured += micro_step(run.take_batch(), 1 / accumulation)
-            if sharded:
+            if sharded:  # (scaled gradients: an overflow on any process reaches every process)
                 sharding.average_gradients(params)
-            optimizer.step()
-            scheduler.step()
+            scaler.step(optimizer, scheduler)  # skipped where an fp16 gradient overflowed
             optimizer.zero_grad(set_to_none=True)
             step += 1
             usage.end_step(step)
@@ -314,9 +314,10 @@ class CodebookTrainer(Trainer):
                 # the whole step's batches, not this process's share of them
                 measured = accelerator.reduce(measured / accumulation, "mean")
                 batch = args.batch_size * run.world_size * accumulation
-                run.log(_value_record(step, measured, scheduler.get_last_lr()[0], batch) | usage.record(step))
+                logged = _value_record(step, measured, scheduler.get_last_lr()[0], batch)
+                run.log(logged | usage.record(step) | scaler.record())
             if step % args.checkpoint_every == 0 or step == run.total:
-                run.save_checkpoint(step, optimizer, scheduler, usage.state())
+                run.save_checkpoint(step, optimizer, scheduler, usage.state(), scaler)
         for p in params:
             p.requires_grad_(False)
         return step

@@ -2,7 +2,9 @@
 read by truncated forwards (no later layer).
 
 sae-lens's own training forward pass (MSE + L1 on decoder-norm-weighted activations for `relu`, MSE + aux-k on
-dead features for `topk`), Adam, gradient clipping at 1 as sae-lens does. The first `kmeans_init_tokens` tokens
+dead features for `topk`), Adam, gradient clipping at 1 as sae-lens does. Under `fp16` only the base model's
+forwards are autocast: the SAE's own forward stays fp32, and its loss is scaled all the same
+(`codeunlearn.train.precision`), so an update with an inf or nan gradient is skipped. The first `kmeans_init_tokens` tokens
 set b_dec to the data mean and the input scale (average norm -> sqrt(d_in)); the scale is folded into the weights
 when training ends. Logged: L0, FVU, features dead for `dead_feature_window` updates. Batches are sharded across
 processes and gradients averaged. Since the forward is the expensive part, `sae_updates_per_batch` > 1 makes
@@ -24,7 +26,6 @@ from codeunlearn.bottleneck.model import BottleneckedModel
 from codeunlearn.errors import CodeunlearnError
 from codeunlearn.io import atomic_save_tensors, atomic_write_text, load_tensors
 from codeunlearn.kinds.sae.bottleneck import SAEBottleneck
-from codeunlearn.runtime import autocast
 from codeunlearn.train.arguments import TrainingArguments
 from codeunlearn.train.base import Trainer, TrainingRun
 
@@ -58,7 +59,7 @@ class SAETrainer(Trainer):
 
         One step = one truncated forward of `batch_size` chunks and `sae_updates_per_batch` optimizer updates, each
         on a disjoint share of its tokens (the forward is what costs; the updates are cheap)."""
-        bmodel, args, accelerator = run.bmodel, run.args, run.accelerator
+        bmodel, args = run.bmodel, run.args
         bottlenecks = {layer: bmodel.bottleneck(layer) for layer in bmodel.layers}
         for layer, bottleneck in bottlenecks.items():
             if not bottleneck.trainable:
@@ -94,7 +95,7 @@ class SAETrainer(Trainer):
             while step < run.end:
                 batch = run.take_batch()
                 states.clear()
-                with torch.no_grad(), autocast(accelerator.device, args.bf16):
+                with torch.no_grad(), run.autocast():
                     bmodel.run_to_deepest(batch, record, states_only=True)
                 ordinary = {
                     layer: states[layer][~bottleneck.passthrough_mask(states[layer], None)].float()
@@ -110,7 +111,7 @@ class SAETrainer(Trainer):
                     run.log(optimizer.record(step, loss, parts, by_layer))
                 if step % args.checkpoint_every == 0 or step == run.total:
                     extra = {SAE_STATE_NAME: {str(layer): counts for layer, counts in since_fired.items()}}
-                    run.save_checkpoint(step, optimizer.optimizer, optimizer.scheduler, extra)
+                    run.save_checkpoint(step, optimizer.optimizer, optimizer.scheduler, extra, optimizer.scaler)
         finally:
             optimizer.close()
         return step
@@ -129,6 +130,7 @@ class _Optimizer:
         optimizer = torch.optim.Adam(self.params, lr=args.sae_learning_rate, betas=(0.9, 0.999))
         scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps * updates, max(run.total * updates, 1))
         run.resume_optimizer(optimizer, scheduler)
+        self.scaler = run.loss_scaler()
         # The scheduler stays ours: accelerate's wrapper would step it once per process.
         self.optimizer, self.scheduler = run.prepare(optimizer)[1], scheduler
 
@@ -159,14 +161,14 @@ class _Optimizer:
                 by_layer[layer] = _sae_batch_metrics(out, fired)
                 for name, value in out.losses.items():
                     parts[name] = parts.get(name, 0.0) + float(value)
-        accelerator.backward(loss)
+        accelerator.backward(self.scaler.scale(loss))
         if accelerator.num_processes > 1:
             for p in self.params:
                 if p.grad is not None:
                     p.grad = accelerator.reduce(p.grad, reduction="mean")
+        self.scaler.unscale_(self.optimizer)  # the clipping reads the true gradient norm
         accelerator.clip_grad_norm_(self.params, 1.0)  # as sae-lens's trainer does
-        self.optimizer.step()
-        self.scheduler.step()
+        self.scaler.step(self.optimizer, self.scheduler)
         self.optimizer.zero_grad(set_to_none=True)
         return loss.item(), parts, by_layer
 
@@ -185,4 +187,5 @@ class _Optimizer:
             "l0_by_layer": {layer: round(m["l0"], 2) for layer, m in by_layer.items()},
             "dead_features": {layer: int(self.dead(layer).sum()) for layer in self.bottlenecks},
             "lr": self.scheduler.get_last_lr()[0],
+            **self.scaler.record(),
         }
