@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from codeunlearn.bottleneck.config import CONFIG_NAME
@@ -80,10 +81,15 @@ def attach_bottleneck(model: nn.Module, source: str | Path) -> BottleneckedModel
 
 
 def load_bottlenecked(
-    source: str | Path, base: ModelArguments | None = None, progress: bool = False
+    source: str | Path,
+    base: ModelArguments | None = None,
+    progress: bool = False,
+    device: torch.device | str | None = None,
 ) -> tuple[BottleneckedModel, Any]:
     """The base model (default: the shipped SmolLM2) with the bottleneck `source` names, and the base model's
-    tokenizer: (bmodel, tokenizer). A source that names no bottleneck fails before the (slow) model load."""
+    tokenizer: (bmodel, tokenizer), on `device` (default: the CPU). A source that names no bottleneck fails before
+    the (slow) model load."""
     path = resolve_bottleneck_dir(source)
     model, tokenizer = (base or ModelArguments()).load(progress)
-    return attach_bottleneck(model, path), tokenizer
+    bmodel = attach_bottleneck(model, path)
+    return (bmodel if device is None else bmodel.to(device)), tokenizer

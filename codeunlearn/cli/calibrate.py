@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from codeunlearn import distributed
 from codeunlearn.bottleneck.edit import GUARDRAIL_ACTIONS, Edit
 from codeunlearn.bottleneck.loading import load_bottlenecked
 from codeunlearn.bottleneck.registry import config_class_for
@@ -76,7 +77,7 @@ def main(argv: Sequence[str]) -> int:
         raise CodeunlearnError(f"edit {args.edit} is for a {edit.kind!r} bottleneck", "calibrate an SAE edit")
     retain = read_corpora(data_args.retain_corpora, data_args, "retain_corpora")
     forget = read_corpora(data_args.forget_corpora, data_args, "forget_corpora") if data_args.forget_corpora else None
-    bmodel, tokenizer = load_bottlenecked(args.bottleneck_dir, model_args, run.progress)
+    bmodel, tokenizer = load_bottlenecked(args.bottleneck_dir, model_args, run.progress, distributed.device())
     if bmodel.edits:
         print(
             f"note: setting aside the saved edits {[e.topic for e in bmodel.edits]} (the gate reads the unedited SAE)"

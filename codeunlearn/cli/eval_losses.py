@@ -93,8 +93,7 @@ def run(
     forget_corpora = read_corpora(data_args.forget_corpora, data_args, "forget_corpora")
     retain_corpora = read_corpora(data_args.retain_corpora, data_args, "retain_corpora")
     edit_files = [(path, Edit.load(path)) for path in args.edits]
-    bmodel, tokenizer = load_bottlenecked(bottleneck_dir, model_args, run_args.progress)
-    bmodel.to(distributed.device())  # on a GPU machine, score on the GPU (one per process when launched)
+    bmodel, tokenizer = load_bottlenecked(bottleneck_dir, model_args, run_args.progress, distributed.device())
     forget, retain = forget_corpora.pack(tokenizer, "heldout"), retain_corpora.pack(tokenizer, "heldout")
     specs = [RowSpec("base", None), RowSpec(REFERENCE_ROW, [])]
     if bmodel.edits:

@@ -197,7 +197,7 @@ def forget_on_bottleneck(
         read_corpora(data_args.retain_corpora, data_args, "retain_corpora") if data_args.retain_corpora else None
     )
     with watch.stage("load"):
-        bmodel, tokenizer = load_bottlenecked(args.bottleneck_dir, model_args, run.progress)
+        bmodel, tokenizer = load_bottlenecked(args.bottleneck_dir, model_args, run.progress, distributed.device())
         if bmodel.edits:
             print(f"note: selecting on the unedited bottleneck; its saved edits {[e.topic for e in bmodel.edits]} stay")
         saved_edits = list(bmodel.edits)

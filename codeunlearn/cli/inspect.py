@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from codeunlearn import distributed
 from codeunlearn.bottleneck.edit import Edit
 from codeunlearn.bottleneck.loading import load_bottlenecked, resolve_bottleneck_dir
 from codeunlearn.bottleneck.model import BottleneckedModel
@@ -115,7 +116,7 @@ def main(argv: Sequence[str]) -> int:
     forget = read_corpora(data_args.forget_corpora, data_args, "forget_corpora")
     retain = read_corpora(data_args.retain_corpora, data_args, "retain_corpora")
     resolve_bottleneck_dir(args.bottleneck_dir)  # a wrong path fails before the model loads
-    bmodel, tokenizer = load_bottlenecked(args.bottleneck_dir, model_args, run.progress)
+    bmodel, tokenizer = load_bottlenecked(args.bottleneck_dir, model_args, run.progress, distributed.device())
     check_made_for(bmodel, edit, "edit", args.edit)
     if control is not None:
         check_made_for(bmodel, control, "control edit", control_path)

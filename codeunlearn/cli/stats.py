@@ -123,8 +123,7 @@ def main(argv: Sequence[str]) -> int:
         )
     checkpoint = check_checkpoint(output, args.checkpoint_every, run.resume, run.overwrite)
     corpora = read_corpora(data_args.all_corpora(), data_args)
-    bmodel, tokenizer = load_bottlenecked(args.bottleneck_dir, model_args, run.progress)
-    bmodel.to(distributed.device())  # on a GPU machine, count on the GPU (one per process when launched)
+    bmodel, tokenizer = load_bottlenecked(args.bottleneck_dir, model_args, run.progress, distributed.device())
     if bmodel.edits:
         # Selection scores codes of the unedited bottleneck; an `exclude` edit would change which codes fire.
         print(
