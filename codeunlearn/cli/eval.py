@@ -19,6 +19,8 @@ Combined table of suite reports, one row per model (`codeunlearn.cli.eval_combin
         npo=outputs/eval/hp_npo --output_dir outputs/eval/hp_table [--columns hp_loss hp_trivia_hard:acc]
 
 The three take their arguments from one parser, so a config file may pick the behaviour (`suite: harry_potter`).
+The loss table and the suite run under `accelerate launch` / `torchrun` (docs/multi-gpu.md); --combine, which only
+reads reports, runs in one process.
 """
 
 from __future__ import annotations

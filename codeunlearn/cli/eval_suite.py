@@ -12,7 +12,9 @@ suite are inside --data_dir; --heldout_fraction, --split_seed, --seq_len, --text
 reach every metric that splits or packs a corpus, so pass the values `stats` used. --with_base evaluates the base
 model too (for a bottleneck: the same model with the bottleneck off; for an export: its `bottleneck_enabled=False`
 load) and writes it to OUTPUT/base/; --baseline_report reuses an earlier base-model report instead. Writes
-OUTPUT/report.json, OUTPUT/report.md, OUTPUT/details/<metric>.jsonl and OUTPUT/plots/<section>.png.
+OUTPUT/report.json, OUTPUT/report.md, OUTPUT/details/<metric>.jsonl and OUTPUT/plots/<section>.png. Under
+`accelerate launch` / `torchrun` the metrics (of both models) are dealt across the processes and the report is the
+one-process report (`codeunlearn.evaluate.suite.parallel`); the main process alone writes and prints it.
 (`--config FILE` stays the argument file of every subcommand; a suite config is passed with --suite.)
 """
 

@@ -11,6 +11,11 @@ failures and the exit code, and the caller lets the main process alone write and
 recorded as a failure on the process that ran it, as `run_suite(keep_going=True)` records it; the others do not wait
 on it. Outside a process group every unit runs here in the config's order: the one-process run, exactly.
 
+While its units run, a process acts as a run of its own (`distributed.alone`): a metric's held-out losses read all
+of their chunks instead of a share. The equality with one process rests on every metric leaving the model as it
+found it (the shipped attacks train and quantize copies, the bypass switch is restored), since a process runs only
+some of the metrics that run before a given one in one process.
+
     from codeunlearn.evaluate.suite.parallel import SuiteModel, run_suites
 
     report, base = run_suites([SuiteModel(ctx, loaded.description), SuiteModel(base_ctx, "base", evaluating_base)],
