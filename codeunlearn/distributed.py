@@ -28,6 +28,7 @@ LAUNCH_FIX = (
     "launch with `accelerate launch --config_file configs/accelerate/FILE.yaml $(which codeunlearn) ...` "
     "(docs/multi-gpu.md), or run one process without WORLD_SIZE set"
 )
+_alone = False  # inside `alone()`: this process acts as a run of its own
 
 
 def requested_world_size() -> int:
@@ -59,9 +60,6 @@ def join(**accelerator_kwargs) -> Accelerator:
             LAUNCH_FIX,
         )
     return accelerator
-
-
-_alone = False  # inside `alone()`
 
 
 def world_size() -> int:
