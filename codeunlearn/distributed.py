@@ -11,8 +11,11 @@ Only `join` creates the group (through accelerate, which also picks the device);
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -25,6 +28,7 @@ LAUNCH_FIX = (
     "launch with `accelerate launch --config_file configs/accelerate/FILE.yaml $(which codeunlearn) ...` "
     "(docs/multi-gpu.md), or run one process without WORLD_SIZE set"
 )
+_alone = False  # inside `alone()`: this process acts as a run of its own
 
 
 def requested_world_size() -> int:
@@ -67,11 +71,28 @@ def device() -> torch.device:
 
 
 def world_size() -> int:
+    if _alone:
+        return 1
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def rank() -> int:
+    if _alone:
+        return 0
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+@contextlib.contextmanager
+def alone() -> Iterator[None]:
+    """Inside, this process acts as a run of its own (`world_size()` 1, `rank()` 0): the library's shares and
+    reductions are the identity, so work dealt whole to this process (one metric of an evaluation suite) reads all
+    of its data and waits on no other process. The group stays joined; collectives after it span the group again."""
+    global _alone
+    before, _alone = _alone, True
+    try:
+        yield
+    finally:
+        _alone = before
 
 
 def is_main_process() -> bool:
@@ -162,6 +183,17 @@ def gather_rows(part: Tensor) -> Tensor:
     gathered = [torch.empty_like(padded) for _ in lengths]
     dist.all_gather(gathered, padded)
     return torch.cat([g[:n] for g, n in zip(gathered, lengths, strict=True)]).to(part.device)
+
+
+def all_gather_objects(value: Any) -> list[Any]:
+    """Every process's picklable `value`, in rank order, on every process (one process: `[value]`). For results
+    that are not tensors of one shape (e.g. the metric results of an evaluation suite); NCCL pickles them through
+    the process's GPU."""
+    if world_size() == 1:
+        return [value]
+    gathered: list[Any] = [None] * world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
 
 
 def check_same_everywhere(what: str, value: str, fix: str) -> None:

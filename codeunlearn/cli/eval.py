@@ -19,6 +19,8 @@ Combined table of suite reports, one row per model (`codeunlearn.cli.eval_combin
         npo=outputs/eval/hp_npo --output_dir outputs/eval/hp_table [--columns hp_loss hp_trivia_hard:acc]
 
 The three take their arguments from one parser, so a config file may pick the behaviour (`suite: harry_potter`).
+The loss table and the suite run under `accelerate launch` / `torchrun` (docs/multi-gpu.md); --combine, which only
+reads reports, runs in one process.
 """
 
 from __future__ import annotations
@@ -84,10 +86,10 @@ def main(argv: Sequence[str]) -> int:
         DESCRIPTION,
         defaults={"bf16": bf16_is_fast()},
     )
-    if distributed.world_size() > 1 and (combine.combine or suite.suite is not None):
+    if distributed.world_size() > 1 and combine.combine:  # it reads a few report files: nothing to share
         raise CodeunlearnError(
-            "`eval --suite` and `eval --combine` run in one process (the loss table is the data-parallel eval)",
-            "run them without accelerate launch / torchrun",
+            "`eval --combine` runs in one process (it only reads reports)",
+            "run it without accelerate launch / torchrun",
         )
     # Refused before any slow step: an earlier report in --output_dir would be replaced without a word.
     for name in ("table.json", "table.md") if combine.combine else ("report.json", "report.md"):

@@ -12,25 +12,28 @@ suite are inside --data_dir; --heldout_fraction, --split_seed, --seq_len, --text
 reach every metric that splits or packs a corpus, so pass the values `stats` used. --with_base evaluates the base
 model too (for a bottleneck: the same model with the bottleneck off; for an export: its `bottleneck_enabled=False`
 load) and writes it to OUTPUT/base/; --baseline_report reuses an earlier base-model report instead. Writes
-OUTPUT/report.json, OUTPUT/report.md, OUTPUT/details/<metric>.jsonl and OUTPUT/plots/<section>.png.
+OUTPUT/report.json, OUTPUT/report.md, OUTPUT/details/<metric>.jsonl and OUTPUT/plots/<section>.png. Under
+`accelerate launch` / `torchrun` the metrics (of both models) are dealt across the processes and the report is the
+one-process report (`codeunlearn.evaluate.suite.parallel`); the main process alone writes and prints it.
 (`--config FILE` stays the argument file of every subcommand; a suite config is passed with --suite.)
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from codeunlearn import distributed
 from codeunlearn.data import DataArguments
 from codeunlearn.errors import CodeunlearnError, check_range
 from codeunlearn.evaluate.metrics.base import EvalContext
 from codeunlearn.evaluate.suite.config import load_suite_config, named_configs
 from codeunlearn.evaluate.suite.models import base_model_run, load_model_for_eval
-from codeunlearn.evaluate.suite.report import load_report, markdown_report, write_report
-from codeunlearn.evaluate.suite.runner import plan_suite, run_suite
+from codeunlearn.evaluate.suite.parallel import SuiteModel, run_suites
+from codeunlearn.evaluate.suite.report import MARKDOWN_NAME, REPORT_NAME, load_report, markdown_report, write_report
+from codeunlearn.evaluate.suite.runner import plan_suite
 from codeunlearn.modeling import ModelArguments
 
 # The suite options that, given without --suite, are refused rather than ignored.
@@ -142,30 +145,40 @@ def run(
         max_length=args.max_length,
     )
     print(f"suite {config.name} on {loaded.description}", flush=True)
-    evaluate = functools.partial(run_suite, data_dir=args.data_dir, attacks=args.attacks, fast=args.fast, shared=shared)
-    report = evaluate(ctx, config, description=loaded.description, keep_going=True)
+    models = [SuiteModel(ctx, loaded.description)]
+    # The model under test is the base model: it is its own base column.
+    evaluate_base = args.with_base and loaded.reference is not None
+    if evaluate_base:
+        base, evaluating_base = base_model_run(loaded)
+        base_ctx = dataclasses.replace(ctx, model=base, reference_model=None)
+        description = f"base model of: {loaded.description}"
+        models.append(SuiteModel(base_ctx, description, evaluating_base, f"suite {config.name} on the base model"))
+    # Under a launch the metrics are dealt across the processes; every process ends with every report.
+    report, *rest = run_suites(models, config, args.data_dir, args.attacks, args.fast, shared)
     output_dir = Path(run_args.output_dir)
     baseline_source = args.baseline_report
-    if args.with_base:
-        if loaded.reference is None:  # the model under test is the base model: its own base column
-            baseline, baseline_source = report, "the model under test (it is the base model)"
-        else:
-            print(f"suite {config.name} on the base model", flush=True)
-            base, evaluating_base = base_model_run(loaded)
-            with evaluating_base:
-                base_ctx = dataclasses.replace(ctx, model=base, reference_model=None)
-                baseline = evaluate(
-                    base_ctx, config, description=f"base model of: {loaded.description}", keep_going=True
-                )
-            baseline_source = str(write_report(baseline, output_dir / "base")["json"])
-    written = write_report(report, output_dir, baseline, baseline_source)
-    print(markdown_report(report, baseline))
-    print(f"wrote {written['json']}, {written['markdown']}, {len(written['plots'])} plots and details/ in {output_dir}")
+    if evaluate_base:
+        baseline = rest[0]
+        baseline_source = str(output_dir / "base" / REPORT_NAME)
+    elif args.with_base:
+        baseline, baseline_source = report, "the model under test (it is the base model)"
+    markdown_path = output_dir / MARKDOWN_NAME
+    if distributed.is_main_process():
+        if evaluate_base:
+            write_report(baseline, output_dir / "base")
+        written = write_report(report, output_dir, baseline, baseline_source)
+        print(markdown_report(report, baseline))
+        print(
+            f"wrote {written['json']}, {written['markdown']}, {len(written['plots'])} plots and details/ in "
+            f"{output_dir}"
+        )
+    # The launcher stops every process once one exits with an error: none may, before the report is written.
+    distributed.barrier()
     failed = list(report.failures)
-    if args.with_base and baseline is not report:
+    if evaluate_base:
         failed += [f"{name} (base model)" for name in baseline.failures]
-    if failed:  # the report is written; the exit code still says the run is incomplete
+    if failed:  # the report is written; the exit code (of every process) still says the run is incomplete
         raise CodeunlearnError(
-            f"{len(failed)} metric(s) failed: {', '.join(failed)}", f"see the errors above and {written['markdown']}"
+            f"{len(failed)} metric(s) failed: {', '.join(failed)}", f"see the errors above and {markdown_path}"
         )
     return 0

@@ -9,6 +9,7 @@ One job per module:
 - `models`: `load_model_for_eval` for a base model, a bottleneck directory, an export or any HF model directory,
   with the base model that fluency is measured under.
 - `runner`: `run_suite(ctx, config, data_dir, attacks, fast)` -> `SuiteReport`, seeded and timed per metric.
+- `parallel`: `run_suites`, the same runs with their metrics dealt across the processes of a launch.
 - `report`: `write_report` (report.json, report.md, details/, plots/), `load_report`, `combine_reports`.
 - `plots`: matplotlib figures (a bar chart per section, the forget-vs-retain trade-off scatter).
 
@@ -45,6 +46,8 @@ _EXPORTS = {
     "SuiteReport": "codeunlearn.evaluate.suite.runner",
     "plan_suite": "codeunlearn.evaluate.suite.runner",
     "run_suite": "codeunlearn.evaluate.suite.runner",
+    "SuiteModel": "codeunlearn.evaluate.suite.parallel",
+    "run_suites": "codeunlearn.evaluate.suite.parallel",
     "write_report": "codeunlearn.evaluate.suite.report",
     "load_report": "codeunlearn.evaluate.suite.report",
     "combine_reports": "codeunlearn.evaluate.suite.report",

@@ -42,6 +42,28 @@ class PlannedMetric:
 
 
 @dataclass
+class MetricOutcome:
+    """What running one planned metric gave: its result, or the one-line error it failed with (`keep_going`).
+
+    Attributes:
+        name: the metric's name in the config.
+        seconds: wall time.
+        result: the result (None when it failed).
+        failure: the one-line error (None when it ran).
+        params / max_items: what it ran with.
+        headline: the config's headline key (None: the result's first score).
+    """
+
+    name: str
+    seconds: float
+    result: MetricResult | None = None
+    failure: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    max_items: int | None = None
+    headline: str | None = None
+
+
+@dataclass
 class SuiteReport:
     """What one suite run measured on one model.
 
@@ -218,56 +240,81 @@ def run_suite(
     `SuiteReport.failures` (its traceback printed unless it is a `CodeunlearnError`) and the run goes on, so one
     failing attack at the end does not cost the results of a long run."""
     planned = plan_suite(config, data_dir, attacks, fast, shared)
-    results, seconds, params, caps, headline, failures = [], {}, {}, {}, {}, {}
-    for index, item in enumerate(planned, 1):
-        name = item.spec.name
-        cap = ctx.max_items if ctx.max_items is not None else item.max_items
-        metric_ctx = dataclasses.replace(ctx, max_items=cap)
-        if verbose:
-            print(f"[{index}/{len(planned)}] {name} ({item.spec.metric}, {item.spec.group}) ...", flush=True)
-        seed_everything(ctx.seed)
-        start = time.perf_counter()
-        try:
-            result = item.function(metric_ctx, **item.params)
-            if not isinstance(result, MetricResult):
-                raise TypeError(f"metric {item.spec.metric} returned {type(result).__name__}, not MetricResult")
-        except Exception as err:
-            if not keep_going:
-                raise
-            seconds[name] = time.perf_counter() - start
-            failures[name] = " ".join(str(err).split()) if isinstance(err, CodeunlearnError) else repr(err)
-            if not isinstance(err, CodeunlearnError):  # a bug: its traceback is what a fix needs
-                traceback.print_exc()
-            print(f"[{index}/{len(planned)}] {name} FAILED: {failures[name]}", file=sys.stderr, flush=True)
-            continue
-        seconds[name] = time.perf_counter() - start
-        result.name, result.group = name, item.spec.group
-        results.append(result)
-        params[name] = item.params
-        caps[name] = cap
-        if item.spec.key is not None:
-            if item.spec.key not in result.scores:  # after a long run, a typo must not cost the results
-                print(f"warning: {name} has no score {item.spec.key!r}; its first score is its headline", flush=True)
-            headline[name] = item.spec.key
-        if verbose:
-            shown = ", ".join(f"{k} {v:.4f}" for k, v in list(result.scores.items())[:4] if isinstance(v, float))
-            print(f"[{index}/{len(planned)}] {name}: {shown} (n={result.n}) in {seconds[name]:.1f} s", flush=True)
-    return SuiteReport(
+    outcomes = [
+        run_planned(ctx, item, f"[{index}/{len(planned)}]", verbose, keep_going)
+        for index, item in enumerate(planned, 1)
+    ]
+    return assemble_report(ctx, config, outcomes, description, attacks, fast)
+
+
+def run_planned(
+    ctx: EvalContext, item: PlannedMetric, label: str, verbose: bool = True, keep_going: bool = False
+) -> MetricOutcome:
+    """Run one planned metric on `ctx.model` from the seeded random state of `ctx.seed` (so its result does not depend
+    on what ran before it, or on which process runs it). `label` starts its progress lines (e.g. `[3/12]`). With
+    `keep_going`, an exception becomes the outcome's `failure` (a `CodeunlearnError` as its one line, anything else
+    as its repr with the traceback printed)."""
+    name = item.spec.name
+    cap = ctx.max_items if ctx.max_items is not None else item.max_items
+    metric_ctx = dataclasses.replace(ctx, max_items=cap)
+    if verbose:
+        print(f"{label} {name} ({item.spec.metric}, {item.spec.group}) ...", flush=True)
+    seed_everything(ctx.seed)
+    start = time.perf_counter()
+    try:
+        result = item.function(metric_ctx, **item.params)
+        if not isinstance(result, MetricResult):
+            raise TypeError(f"metric {item.spec.metric} returned {type(result).__name__}, not MetricResult")
+    except Exception as err:
+        if not keep_going:
+            raise
+        failure = " ".join(str(err).split()) if isinstance(err, CodeunlearnError) else repr(err)
+        if not isinstance(err, CodeunlearnError):  # a bug: its traceback is what a fix needs
+            traceback.print_exc()
+        print(f"{label} {name} FAILED: {failure}", file=sys.stderr, flush=True)
+        return MetricOutcome(name, time.perf_counter() - start, failure=failure)
+    seconds = time.perf_counter() - start
+    result.name, result.group = name, item.spec.group
+    if item.spec.key is not None and item.spec.key not in result.scores:  # after a long run, a typo must not cost it
+        print(f"warning: {name} has no score {item.spec.key!r}; its first score is its headline", flush=True)
+    if verbose:
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in list(result.scores.items())[:4] if isinstance(v, float))
+        print(f"{label} {name}: {shown} (n={result.n}) in {seconds:.1f} s", flush=True)
+    return MetricOutcome(name, seconds, result, None, item.params, cap, item.spec.key)
+
+
+def assemble_report(
+    ctx: EvalContext,
+    config: SuiteConfig,
+    outcomes: list[MetricOutcome],
+    description: str = "",
+    attacks: bool = False,
+    fast: bool = False,
+) -> SuiteReport:
+    """The report of `outcomes` (in the config's order) of a run of `config` on `ctx`."""
+    report = SuiteReport(
         model=description,
         config=config.name,
         topic=config.topic,
-        results=results,
-        seconds=seconds,
-        params=params,
-        item_caps=caps,
-        headline=headline,
-        failures=failures,
+        results=[],
+        seconds={},
         seed=ctx.seed,
         fast=fast,
         attacks=attacks,
         max_items=ctx.max_items,
         config_source=config.source,
     )
+    for outcome in outcomes:
+        report.seconds[outcome.name] = outcome.seconds
+        if outcome.result is None:
+            report.failures[outcome.name] = outcome.failure or "failed"
+            continue
+        report.results.append(outcome.result)
+        report.params[outcome.name] = outcome.params
+        report.item_caps[outcome.name] = outcome.max_items
+        if outcome.headline is not None:
+            report.headline[outcome.name] = outcome.headline
+    return report
 
 
 def seed_everything(seed: int) -> None:
