@@ -132,6 +132,7 @@ def run(
         model_args.dtype,
         run_args.progress,
         trust_remote_code=args.trust_remote_code,
+        device=distributed.device(),
     )
     ctx = EvalContext(
         loaded.model,

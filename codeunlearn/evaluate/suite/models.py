@@ -135,8 +135,10 @@ def load_model_for_eval(
     dtype: str = "float32",
     progress: bool = True,
     trust_remote_code: bool = False,
+    device: torch.device | str | None = None,
 ) -> EvalModel:
-    """Load `path_or_name` for evaluation (see the module docstring for what it may be).
+    """Load `path_or_name` for evaluation (see the module docstring for what it may be), on `device` (default: the
+    CPU), its reference model too.
 
     Args:
         path_or_name: the model under test.
@@ -147,7 +149,24 @@ def load_model_for_eval(
         progress: show a ticking bar while models load.
         trust_remote_code: run the Python code a plain model directory or Hub model ships (`auto_map`); without it
             such a model is refused. An export of this version needs no flag: its code is this package's.
+        device: where the models compute.
     """
+    loaded = _load(path_or_name, base_model, gguf_file, dtype, progress, trust_remote_code)
+    if device is not None:
+        loaded.model.to(device)
+        if loaded.reference is not None:
+            loaded.reference.to(device)  # (a bottleneck's base view shares its weights: already there)
+    return loaded
+
+
+def _load(
+    path_or_name: str,
+    base_model: str | None,
+    gguf_file: str | None,
+    dtype: str,
+    progress: bool,
+    trust_remote_code: bool,
+) -> EvalModel:
     kind = model_kind(path_or_name)
     if kind == "bottleneck":
         return _load_bottlenecked(path_or_name, base_model, gguf_file, dtype, progress)
