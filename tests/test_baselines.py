@@ -254,3 +254,68 @@ def test_empty_or_missing_corpus(tmp_path):
     assert "forget" in message
     message = raises_fix(run, make_model("llama"), "rmu", tmp_path, retain=None)
     assert "retain" in message
+
+
+# ------------------------------------------------------------------------------------------------ fp16
+def loud_model(factor: float) -> torch.nn.Module:
+    """The tiny Llama with its output embedding scaled by `factor`: large logits, whose fp16 gradients overflow at
+    GradScaler's starting scale (2**16) for a large enough factor."""
+    model = make_model("llama")
+    with torch.no_grad():
+        model.lm_head.weight.mul_(factor)
+    return model
+
+
+def fp16_args(tmp_path, name: str, **kw) -> BaselineTrainingArguments:
+    return BaselineTrainingArguments(
+        str(tmp_path / name), fp16=True, log_every=1, progress=False, save_model=False, **kw
+    )
+
+
+def test_fp16_gradient_ascent_ends_near_fp32(tmp_path):
+    """fp16 autocast with a loss scale trains what fp32 trains, to fp16's rounding; nothing overflows here."""
+    fp32, fp16 = make_model("llama"), make_model("llama")
+    run(fp32, "ga", tmp_path / "fp32")
+    result = run(fp16, "ga", tmp_path / "fp16", args=fp16_args(tmp_path, "fp16"))
+    assert [m["skipped_updates"] for m in result.metrics] == [0, 0, 0, 0]
+    assert {m["grad_scale"] for m in result.metrics} == {2.0**16}
+    # Adam turns tiny gradients into +-lr steps, so single weights may differ by a step; the losses agree.
+    base, after32, after16 = (mean_loss(m, FORGET) for m in (make_model("llama"), fp32, fp16))
+    assert after32 - base > 0.05 and abs(after16 - after32) < (after32 - base) / 20
+
+
+def test_fp16_overflowing_updates_are_skipped_and_a_resumed_run_ends_where_the_whole_run_ends(tmp_path):
+    """Logits x30 overflow the fp16 backward at scales 2**16 and 2**15: the first two updates are skipped (the scale
+    halves each time), the next two are made at 2**14. The scaler is checkpointed, so a run stopped after step 2 and
+    resumed makes the same two updates (restarted at 2**16 it would skip step 3 again) and ends with the
+    uninterrupted run's weights and log."""
+    start = snapshot(loud_model(30.0))
+    whole = loud_model(30.0)
+    result = run(whole, "ga", tmp_path, args=fp16_args(tmp_path, "whole"), max_steps=4)
+    assert [(m["grad_scale"], m["skipped_updates"]) for m in result.metrics] == [
+        (2.0**15, 1),
+        (2.0**14, 2),
+        (2.0**14, 2),
+        (2.0**14, 2),
+    ]
+    assert changed(whole, start)
+    staged = loud_model(30.0)
+    run(staged, "ga", tmp_path, args=fp16_args(tmp_path, "staged", checkpoint_every=2, stop_after_steps=2), max_steps=4)
+    resumed = loud_model(30.0)
+    again = run(
+        resumed, "ga", tmp_path, args=fp16_args(tmp_path, "staged", checkpoint_every=2, resume=True), max_steps=4
+    )
+    for a, b in zip(whole.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert [(m["grad_scale"], m["skipped_updates"]) for m in again.metrics] == [
+        (m["grad_scale"], m["skipped_updates"]) for m in result.metrics[2:]
+    ]
+
+
+def test_fp16_refuses_float16_parameters_and_bf16(tmp_path):
+    half = make_model("llama").half()
+    message = raises_fix(run, half, "ga", tmp_path, args=fp16_args(tmp_path, "half"))
+    assert "--fp16 trains fp32 parameters" in message
+    with pytest.raises(CodeunlearnError) as excinfo:
+        BaselineTrainingArguments(str(tmp_path / "both"), fp16=True, bf16=True)
+    assert_fix_error(excinfo)

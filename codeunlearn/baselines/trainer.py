@@ -2,7 +2,7 @@
 
 `train_baseline(model, method, forget, retain, args)` trains `model` in place: AdamW over the method's parameters
 (weight decay on matrices only, as `transformers.Trainer` does), a warm-up then linear / cosine / constant
-schedule, gradient accumulation, optional gradient clipping and bf16 autocast. Every `log_every` steps a line goes to
+schedule, gradient accumulation, optional gradient clipping and bf16 or fp16 autocast (fp16 with a loss scale). Every `log_every` steps a line goes to
 OUTPUT/metrics.jsonl; every `checkpoint_every` steps an atomic checkpoint (trained tensors, optimizer, scheduler,
 data cursors, RNG, elapsed seconds) goes to OUTPUT/checkpoints/, and `resume=True` continues from the latest one
 with the weights an uninterrupted run would reach. At the end the model (and tokenizer) is written with
@@ -38,7 +38,8 @@ from codeunlearn import distributed
 from codeunlearn.baselines.base import UnlearningMethod
 from codeunlearn.errors import CodeunlearnError, check_range
 from codeunlearn.io import atomic_directory, atomic_save_tensors, atomic_write_text, load_tensors, stamp_checksums
-from codeunlearn.runtime import autocast, run_arguments
+from codeunlearn.runtime import check_precision, mixed_precision, run_arguments
+from codeunlearn.train.precision import LossScaler
 from codeunlearn.train.stream import ChunkStream
 
 METRICS_NAME = "metrics.jsonl"
@@ -59,11 +60,16 @@ _SCHEDULES = {
 @dataclass
 class BaselineTrainingArguments(
     run_arguments(
-        "output_dir", "overwrite", "progress", "bf16", writes="metrics.jsonl, checkpoints/, model/ and result.json"
+        "output_dir",
+        "overwrite",
+        "progress",
+        "bf16",
+        "fp16",
+        writes="metrics.jsonl, checkpoints/, model/ and result.json",
     )
 ):
-    """How a baseline run is executed and recorded (the method's hyperparameters are its config); bf16 is off
-    unless asked."""
+    """How a baseline run is executed and recorded (the method's hyperparameters are its config); bf16 and fp16 are
+    off unless asked."""
 
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
     seed: int = field(default=0, metadata={"help": "Seeds the order of forget and retain chunks and torch's RNG."})
@@ -77,6 +83,7 @@ class BaselineTrainingArguments(
     save_model: bool = field(default=True, metadata={"help": "Write the trained model to OUTPUT/model at the end."})
 
     def __post_init__(self) -> None:
+        check_precision(self.bf16, self.fp16)
         for name in ("gradient_accumulation_steps", "log_every", "keep_checkpoints"):
             check_range(name, getattr(self, name), getattr(self, name) >= 1, ">= 1")
         check_range("checkpoint_every", self.checkpoint_every, self.checkpoint_every >= 0, ">= 0 (0 = never)")
@@ -119,6 +126,7 @@ class _Run:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     streams: dict[str, ChunkStream]
+    scaler: LossScaler
     step: int = 0
     previous_seconds: float = 0.0
 
@@ -209,6 +217,7 @@ def _save_checkpoint(run: _Run, seconds: float) -> None:
             "config": method.config.to_dict(),
             "seed": args.seed,
             "gradient_accumulation_steps": args.gradient_accumulation_steps,
+            "loss_scaler": run.scaler.state_dict(),
         }
         atomic_write_text(tmp / STATE_NAME, json.dumps(state, indent=1) + "\n")
     for old in sorted(root.glob("step-*"))[: -args.keep_checkpoints]:
@@ -315,6 +324,13 @@ def _start_run(
     params = method.trainable_parameters(model)
     for param in params.values():
         param.requires_grad_(True)
+    half = sorted(name for name, param in params.items() if param.dtype == torch.float16)
+    if args.fp16 and half:
+        # GradScaler unscales fp32 gradients only; fp16 autocast already runs the matmuls in fp16
+        raise CodeunlearnError(
+            f"--fp16 trains fp32 parameters, but {half[0]} (and {len(half) - 1} more) is float16",
+            "load the model in float32 (--dtype float32) and keep --fp16, or drop --fp16",
+        )
     optimizer = _optimizer(params, config.learning_rate, config.weight_decay)
     scheduler = _SCHEDULES[config.lr_scheduler](optimizer, config.warmup_steps, config.max_steps)
     streams: dict[str, ChunkStream] = {}
@@ -322,7 +338,8 @@ def _start_run(
         streams["forget"] = ChunkStream(forget, args.seed)
     if method.needs_retain:
         streams["retain"] = ChunkStream(retain, args.seed + 1)
-    return _Run(method, args, accelerator, output_dir, params, optimizer, scheduler, streams)
+    scaler = LossScaler(accelerator.device, args.fp16)
+    return _Run(method, args, accelerator, output_dir, params, optimizer, scheduler, streams, scaler)
 
 
 def _train_steps(run: _Run, model: nn.Module) -> tuple[list[dict[str, Any]], float]:
@@ -340,11 +357,11 @@ def _train_steps(run: _Run, model: nn.Module) -> tuple[list[dict[str, Any]], flo
         return run.previous_seconds + time.perf_counter() - loop_started
 
     while run.step < end:
-        sums = _accumulate_gradients(run.method, model, run.streams, args, accelerator)
+        sums = _accumulate_gradients(run.method, model, run.streams, args, accelerator, run.scaler)
         if config.max_grad_norm > 0:
+            run.scaler.unscale_(run.optimizer)  # the clipping reads the true gradient norm
             sums["grad_norm"] = float(accelerator.clip_grad_norm_(list(run.params.values()), config.max_grad_norm))
-        run.optimizer.step()
-        run.scheduler.step()
+        run.scaler.step(run.optimizer, run.scheduler)  # skipped where an fp16 gradient overflowed
         run.optimizer.zero_grad(set_to_none=True)
         run.step += 1
         bar.update(1)
@@ -362,6 +379,7 @@ def _log_step(run: _Run, sums: dict[str, float], seconds: float) -> dict[str, An
     """The step's metrics record (step, seconds, learning rate, loss parts), appended to OUTPUT/metrics.jsonl by the
     main process."""
     record = {"step": run.step, "seconds": round(seconds, 3), "lr": run.scheduler.get_last_lr()[0], **sums}
+    record |= run.scaler.record()
     if run.accelerator.is_main_process:
         with (run.output_dir / METRICS_NAME).open("a") as handle:
             handle.write(json.dumps(record) + "\n")
@@ -399,9 +417,10 @@ def _accumulate_gradients(
     streams: dict[str, ChunkStream],
     args: BaselineTrainingArguments,
     accelerator: Accelerator,
+    scaler: LossScaler,
 ) -> dict[str, float]:
     """One optimizer step's backward passes (`gradient_accumulation_steps` micro-batches, this rank's share of each
-    stream); returns the mean loss and loss parts."""
+    stream; the loss scaled under fp16); returns the mean loss and loss parts."""
     config, accumulation = method.config, args.gradient_accumulation_steps
     world, rank = accelerator.num_processes, accelerator.process_index
     sums: dict[str, float] = {}
@@ -410,9 +429,9 @@ def _accumulate_gradients(
         for name, stream in streams.items():
             batch[name] = stream.take(config.batch_size, skip=rank * config.batch_size).to(accelerator.device)
             stream.advance(config.batch_size * world)
-        with autocast(accelerator.device, args.bf16):
+        with mixed_precision(accelerator.device, args.bf16, args.fp16):
             loss, parts = method.loss(model, batch.get("forget"), batch.get("retain"))
-        accelerator.backward(loss / accumulation)
+        accelerator.backward(scaler.scale(loss / accumulation))
         for key, value in {"loss": float(loss.detach()), **parts}.items():
             sums[key] = sums.get(key, 0.0) + value / accumulation
     return sums
@@ -433,6 +452,7 @@ def _resume(checkpoint: Path, run: _Run) -> None:
     state = _load_checkpoint(checkpoint, run.params, run.method, run.args)
     run.optimizer.load_state_dict(torch.load(checkpoint / OPTIMIZER_NAME, weights_only=True))
     run.scheduler.load_state_dict(state["scheduler"])
+    run.scaler.load_state_dict(state.get("loss_scaler", {}))
     for name, stream in run.streams.items():
         stream.cursor = state["cursors"][name]
     run.step, run.previous_seconds = state["step"], state["train_seconds"]
