@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -130,14 +130,20 @@ def _device() -> torch.device:
     return torch.device("cpu")
 
 
-def _all_reduce(tensor: Tensor, op: dist.ReduceOp) -> Tensor:
+def _in_place(tensor: Tensor, collective: Callable[[Tensor], Any]) -> Tensor:
+    """Run `collective` on `tensor` where the group's collectives run (the process's GPU for NCCL), writing the
+    result back into `tensor`."""
     if world_size() == 1:
         return tensor
     moved = tensor.to(_device())
-    dist.all_reduce(moved, op=op)
+    collective(moved)
     if moved is not tensor:
         tensor.copy_(moved)
     return tensor
+
+
+def _all_reduce(tensor: Tensor, op: dist.ReduceOp) -> Tensor:
+    return _in_place(tensor, lambda moved: dist.all_reduce(moved, op=op))
 
 
 def all_sum_(tensor: Tensor) -> Tensor:
@@ -152,13 +158,7 @@ def all_max_(tensor: Tensor) -> Tensor:
 
 def broadcast_(tensor: Tensor, source: int = 0) -> Tensor:
     """Overwrite `tensor` on every process with process `source`'s, in place (returns it)."""
-    if world_size() == 1:
-        return tensor
-    moved = tensor.to(_device())
-    dist.broadcast(moved, src=source)
-    if moved is not tensor:
-        tensor.copy_(moved)
-    return tensor
+    return _in_place(tensor, lambda moved: dist.broadcast(moved, src=source))
 
 
 def all_sum(value: float | int) -> float | int:

@@ -252,6 +252,26 @@ def test_cli_uncached_hub_dataset_offline_exits_2(offline_empty_cache, tmp_path,
 LATIN1_TXT = "first line\nsecond caf\u00e9 line\n".encode("latin-1")  # 0xe9 at offset 21, on line 2
 
 
+# The files `cause_files` writes, each failing for its own cause.
+CAUSE_CASES = [
+    "empty txt",
+    "blank txt",
+    "empty jsonl",
+    "blank jsonl",
+    "blank values",
+    "latin-1 txt",
+    "latin-1 jsonl",
+    "binary",
+    "unsupported suffix",
+    "no suffix",
+    "malformed jsonl line",
+    "jsonl line not an object",
+    "malformed json array",
+    "missing text field",
+    "folder of blank files",
+]
+
+
 def cause_files(root: Path) -> dict[str, tuple[str, dict, list[str]]]:
     """name -> (source, load_documents keywords, phrases the message must hold), built under `root`."""
     (root / "empty.txt").write_bytes(b"")
@@ -294,26 +314,7 @@ def cause_files(root: Path) -> dict[str, tuple[str, dict, list[str]]]:
     }
 
 
-@pytest.mark.parametrize(
-    "case",
-    [
-        "empty txt",
-        "blank txt",
-        "empty jsonl",
-        "blank jsonl",
-        "blank values",
-        "latin-1 txt",
-        "latin-1 jsonl",
-        "binary",
-        "unsupported suffix",
-        "no suffix",
-        "malformed jsonl line",
-        "jsonl line not an object",
-        "malformed json array",
-        "missing text field",
-        "folder of blank files",
-    ],
-)
+@pytest.mark.parametrize("case", CAUSE_CASES)
 def test_bad_file_names_the_cause(tmp_path, monkeypatch, case):
     monkeypatch.chdir(tmp_path)
     source, keywords, phrases = cause_files(tmp_path)[case]

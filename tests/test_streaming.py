@@ -17,10 +17,9 @@ import pytest
 import torch
 from helpers import assert_fix_error, make_cli_workspace, run_error
 from safetensors.torch import load_file
-from test_corpus_sources import bad_inputs, cause_files
-from test_data import WORDS
+from test_corpus_sources import CAUSE_CASES, bad_inputs, cause_files
+from test_data import WORDS, word_tokenizer
 from test_distributed import TORCHRUN, launch
-from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from codeunlearn.cli import main
@@ -46,11 +45,7 @@ def quiet_datasets() -> None:
 
 @pytest.fixture(scope="module")
 def tokenizer() -> PreTrainedTokenizerFast:
-    """Word-level: <eos>=0, <unk>=1, a=2 ... h=9."""
-    vocab = {"<eos>": 0, "<unk>": 1, **{w: i + 2 for i, w in enumerate(WORDS)}}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", unk_token="<unk>")
+    return word_tokenizer()
 
 
 def rows(n: int, seed: int) -> list[str]:
@@ -141,23 +136,7 @@ def every_bad_input(root: Path) -> dict[str, tuple[str, dict]]:
 
 
 BAD = [
-    *[
-        "empty txt",
-        "blank txt",
-        "empty jsonl",
-        "blank jsonl",
-        "blank values",
-        "latin-1 txt",
-        "latin-1 jsonl",
-        "binary",
-        "unsupported suffix",
-        "no suffix",
-        "malformed jsonl line",
-        "jsonl line not an object",
-        "malformed json array",
-        "missing text field",
-        "folder of blank files",
-    ],
+    *CAUSE_CASES,
     *[
         f"input: {name}"
         for name in (
