@@ -7,6 +7,7 @@ wherever it runs: the scores, details and parameters are compared exactly (the s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -110,6 +111,9 @@ def test_run_suites_in_one_process_is_run_suite(workspace):  # noqa: F811
     assert without_seconds(report.to_dict()) == without_seconds(alone.to_dict())
     planned = plan_suite(config, workspace["data"], shared=shared)
     assert [expected_seconds(p, fast) for p in planned for fast in (False, True)] == [38.0, 9.0] * 2
+    capped = dataclasses.replace(planned[0], max_items=100)  # --max_items 25 runs a quarter of its items
+    assert [expected_seconds(capped, False, cap) for cap in (None, 25, 100, 400)] == [38.0, 9.5, 38.0, 38.0]
+    assert expected_seconds(dataclasses.replace(planned[0], max_items=None), False, 25) == 38.0  # count unknown
 
 
 def without_seconds(report: dict) -> dict:

@@ -88,9 +88,13 @@ class SuiteModel:
     announce: str = ""
 
 
-def expected_seconds(item: PlannedMetric, fast: bool) -> float:
-    """The expected run time of `item` in a full or a `fast` run, for dealing only (`KIND_SECONDS`)."""
-    return KIND_SECONDS.get(item.spec.metric, UNKNOWN_SECONDS)[fast]
+def expected_seconds(item: PlannedMetric, fast: bool, max_items: int | None = None) -> float:
+    """The expected run time of `item` in a full or a `fast` run, for dealing only (`KIND_SECONDS`, measured at the
+    config's item caps); a command line cap `max_items` below the metric's own scales it down in proportion."""
+    seconds = KIND_SECONDS.get(item.spec.metric, UNKNOWN_SECONDS)[fast]
+    if max_items is not None and item.max_items is not None and max_items < item.max_items:
+        seconds *= max_items / item.max_items
+    return seconds
 
 
 def deal(costs: Sequence[float], processes: int) -> list[list[int]]:
@@ -122,7 +126,8 @@ def run_suites(
     it with the same models and arguments; every process returns the same reports."""
     planned = plan_suite(config, data_dir, attacks, fast, shared)
     units = [(m, k) for m in range(len(models)) for k in range(len(planned))]
-    mine = deal([expected_seconds(planned[k], fast) for _, k in units], distributed.world_size())[distributed.rank()]
+    costs = [expected_seconds(planned[k], fast, models[m].ctx.max_items) for m, k in units]
+    mine = deal(costs, distributed.world_size())[distributed.rank()]
     where = f" rank {distributed.rank()}" if distributed.world_size() > 1 else ""
     outcomes: dict[tuple[int, int], MetricOutcome] = {}
     with distributed.alone():  # a metric's own data-parallel passes (held-out losses) must not wait on the others
