@@ -11,7 +11,7 @@ WikiText article headings ` = Title = `) start a new multi-line document; other 
 With `--streaming` no corpus is held whole: `read_corpora` counts each corpus's documents in one streamed pass and
 keeps only which of them are held out (one byte per document, the in-memory split exactly); `Corpora.pack` then packs
 the chosen side batch by batch (`iter_packed`, the ids `pack_documents` gives) and holds only the packed ids, and
-`Corpora.chunk_stream` gives the chunks as a `ChunkStream` that `codeunlearn stats` counts without ever holding them.
+`Corpora.chunk_stream` gives the chunks as a `StreamedChunks` that `codeunlearn stats` counts without ever holding them.
 """
 
 from __future__ import annotations
@@ -311,12 +311,12 @@ class Corpora:
                 raise CodeunlearnError(f"corpus {source} ({split} split): {err.problem}", err.fix) from None
         return torch.cat(chunks)
 
-    def chunk_stream(self, tokenizer, split: Split, max_tokens: int | None = None) -> ChunkStream:
+    def chunk_stream(self, tokenizer, split: Split, max_tokens: int | None = None) -> StreamedChunks:
         """The chunks `pack(tokenizer, split, max_tokens)` gives, as a stream read anew on every pass."""
         cap = self.data.max_tokens if max_tokens is None else max_tokens
         for source, part in zip(self.sources, self.splits, strict=True):
             self._side(source, part, split)  # an empty side fails now, not during a pass
-        return ChunkStream(self, tokenizer, split, cap)
+        return StreamedChunks(self, tokenizer, split, cap)
 
     def _side(self, source: str, part: DocumentSplit | StreamedSplit, split: Split) -> list[str] | Iterator[str]:
         if not part.count(split):
@@ -329,7 +329,7 @@ class Corpora:
 
 
 @dataclass
-class ChunkStream:
+class StreamedChunks:
     """The packed chunks of one split of several corpora (each capped on its own), tokenized anew on every pass and
     yielded as (k, seq_len) pieces in corpus order: `Corpora.pack` without the tensor of all chunks."""
 

@@ -11,7 +11,7 @@ continues from them. The resumed pass repeats the same additions in the same ord
 uninterrupted pass bit for bit (float64 activation sums included). A resume onto another bottleneck, other chunks,
 another batch size, precision or number of processes is refused: the saved sums would describe another count.
 
-The chunks may be a `ChunkStream` (`--streaming`) instead of a tensor: one tokenizing pass first counts them (so the
+The chunks may be a `StreamedChunks` (`--streaming`) instead of a tensor: one tokenizing pass first counts them (so the
 shares, the batches and the partial states are those of the same chunks in memory), then the counting pass packs
 them again batch by batch, hashing every chunk on the way, so the counts and the recorded `corpus_fingerprint` equal
 the in-memory pass's while only one batch of chunks is held.
@@ -38,7 +38,7 @@ from codeunlearn import distributed
 from codeunlearn.bottleneck import sharding
 from codeunlearn.bottleneck.config import DEFAULT_KIND
 from codeunlearn.bottleneck.model import BottleneckedModel
-from codeunlearn.data import ChunkStream, corpus_fingerprint, fingerprint_hasher
+from codeunlearn.data import StreamedChunks, corpus_fingerprint, fingerprint_hasher
 from codeunlearn.errors import CodeunlearnError, check_range
 from codeunlearn.io import atomic_save_tensors, atomic_write_text, load_tensors, remove_leftovers
 from codeunlearn.runtime import autocast, bars_enabled, batches, model_device
@@ -328,7 +328,7 @@ def read_partial_state(path: str | Path) -> dict:
 @torch.no_grad()
 def collect_code_statistics(
     bmodel: BottleneckedModel,
-    chunks: Tensor | ChunkStream,
+    chunks: Tensor | StreamedChunks,
     batch_size: int = 8,
     corpus: str = "",
     progress: bool = True,
@@ -336,7 +336,7 @@ def collect_code_statistics(
     checkpoint: StatisticsCheckpoint | None = None,
 ) -> CodeStatistics:
     """Count code firings (SAE: feature firings and activation sums) of `chunks` (num_chunks, seq_len), a tensor or
-    a `ChunkStream`, at every bottleneck layer; what a batch adds is each bottleneck's `tally` of its output.
+    a `StreamedChunks`, at every bottleneck layer; what a batch adds is each bottleneck's `tally` of its output.
     Data-parallel, each process counts its contiguous share of the chunks and every process returns the sums over
     all of them (integer counts: exactly what one process counts). The result records the hash of the chunks
     (`corpus_fingerprint`), which names the counts in a bottleneck's statistics cache.
@@ -344,7 +344,7 @@ def collect_code_statistics(
     With `checkpoint`, the partial sums are saved every `checkpoint.every` batches and, with `checkpoint.resume`,
     continued from; the caller removes them (`checkpoint.discard()`) once the result is saved."""
     check_range("batch_size", batch_size, batch_size >= 1, ">= 1")
-    streamed = isinstance(chunks, ChunkStream)
+    streamed = isinstance(chunks, StreamedChunks)
     # A stream's fingerprint needs the number of chunks before their ids: a first pass counts them, and its digest
     # stands for the chunks in the checks below until the counting pass has hashed them all.
     num_chunks, identity = chunks.measure() if streamed else (len(chunks), "")
@@ -427,7 +427,7 @@ def collect_code_statistics(
     )
 
 
-def _window(stream: ChunkStream, start: int, stop: int, batch_size: int, hashes: list) -> Iterator[Tensor]:
+def _window(stream: StreamedChunks, start: int, stop: int, batch_size: int, hashes: list) -> Iterator[Tensor]:
     """Batches of `batch_size` chunks at positions [start, stop) of `stream`, while every chunk of the whole pass
     (also those outside the window) goes through each of `hashes` in order."""
     position = 0
