@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> list[str]:
         "base step": median["base step"] / step_tokens,
         # V more steps: what one more step costs, without the load, save and checkpoints both runs pay
         "value step": (median["value steps 2V"] - median["value steps V"]) / step_tokens,
-        "key fit": median["key fit"] / (len(chunks[: -(-args.kmeans_tokens // args.seq_len)]) * args.seq_len),
+        "key fit": median["key fit"] / (-(-args.kmeans_tokens // args.seq_len) * args.seq_len),  # whole chunks
     }
     peaks["value step"] = peaks.pop("value steps 2V")
     return table(per_token, peaks)
