@@ -350,3 +350,33 @@ def test_shape_table_refuses_a_folder_without_the_study_in_one_line(tmp_path):
         )
         assert done.returncode == 2 and done.stdout == ""
         assert re.fullmatch(r"error: .+ -- fix: .+\n", done.stderr)
+
+
+def test_bf16_first_pass_keeps_one_candidate_for_separated_keys_and_every_key_for_equal_ones():
+    """Keys far apart leave only the nearest as a candidate (points at a key of stage 1 plus a key of stage 2, a
+    hundred times smaller); equal keys cannot be told apart, so every one of them stays. The bf16 errors stay inside
+    the bound."""
+    import torch
+    from helpers import make_model, make_tokens, tiny_config
+
+    from benchmarks.search_bound import bf16_candidate_rows
+    from codeunlearn.bottleneck.model import BottleneckedModel
+
+    bmodel = BottleneckedModel.attach(make_model("llama"), tiny_config(layers=[1], num_stages=2))
+    bottleneck = bmodel.bottleneck(1)
+    bottleneck.initialize(bmodel.states_at(1, make_tokens(8, 12)))
+    heads, codes, dim = bottleneck.keys(0).shape
+    code = torch.arange(codes)
+    separated = 50.0 * (1 + code // dim).unsqueeze(-1) * torch.nn.functional.one_hot(code % dim, dim)
+    with torch.no_grad():
+        for stage, scale in ((0, 1.0), (1, 0.01)):
+            bottleneck.keys(stage).copy_(scale * separated.expand(heads, -1, -1))
+    generator = torch.Generator().manual_seed(0)
+    first, second = torch.randint(0, codes, (2, 40, heads), generator=generator)
+    z = separated[first] + 0.01 * separated[second] + 1e-4 * torch.randn(40, heads, dim, generator=generator)
+    rows = bf16_candidate_rows(bottleneck, z)
+    assert [row[:5] for row in rows] == [[str(stage), "1.0", "1", "1", "100%"] for stage in (1, 2)]
+    assert all(float(row[5]) <= 1 for row in rows)
+    with torch.no_grad():
+        bottleneck.keys(1).copy_(torch.ones(heads, codes, dim))
+    assert bf16_candidate_rows(bottleneck, z)[1][1:5] == [f"{codes:.1f}", str(codes), str(codes), "0%"]

@@ -28,9 +28,13 @@ case $TOPIC in
     columns="--columns geo_facts:top1 other_facts:top1 history_loss wikitext_loss sport_general mmlu arc_easy"
     columns="$columns sports_athlete fluency rephrased_facts:multiple_choice rephrased_facts:few_shot"
     columns="$columns rephrased_facts:cloze relearning:facts_recovery" ;;
-  cyber) recorded="rmu=$OUT/rmu"  # baselines_cyber.sh adds each gradient baseline it finished
-    for method in ga npo grad_diff; do
-      if [ -f $OUT/$method/report.json ]; then recorded="$recorded $method=$OUT/$method"; fi
+  cyber) # RMU and the gradient baselines this machine ran (rmu_cyber.sh, baselines_cyber.sh); a method not run here
+    # comes from the committed table of an earlier run (checked against this run's base row like any recorded row)
+    T=$HERE/table_${TAG}_recorded.json
+    recorded=""
+    for method in rmu ga npo grad_diff; do
+      if [ -f $OUT/$method/report.json ]; then recorded="$recorded $method=$OUT/$method"
+      elif [ -f $T ] && grep -q "\"$method\"" $T; then recorded="$recorded $method=$T#$method"; fi
     done ;;
   *) echo "error: unknown topic $TOPIC -- fix: harry_potter, microbiology, geography or cyber" >&2; exit 2 ;;
 esac
